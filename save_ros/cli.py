@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("save_ros.eval.demo", "the main job: the bundled default, end to end, with a summary"),
     "campaign": ("save_ros.eval.campaign_cli", "seeded fault-injection campaign on a model"),
     "pvf": ("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
-    "analyze": ("save_ros.core.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
+    "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
     "bench": ("save_ros.eval.bench", "protected vs unprotected latency, side by side"),
     "replay": ("save_ros.ros.replay", "replay a rosbag through the node and record its outputs"),
     "train": ("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
