@@ -1,0 +1,248 @@
+"""The result of SAVE Selection: per-tensor ranges and bit attribution, saved as JSON or YAML.
+
+An `Analysis` holds one `TensorAnalysis` per weight (parameters and float buffers, named as in
+`named_parameters()` / `named_buffers()`) and per activation (named by the fx node that produces
+it). `bit_shares[bit] = (robust, ranging, vulnerable)`, bit 0 the least significant; the three
+shares of a bit sum to 1. For a weight the share is over its elements (golden values); for an
+activation over (element, calibration input) pairs: the chance that a flip of that bit during one
+inference falls in that class.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+SCHEMA_VERSION = 1
+
+
+class TensorKind(str, enum.Enum):
+    """Where a tensor lives: persistent weights or per-inference activations."""
+
+    WEIGHT = "weight"
+    ACTIVATION = "activation"
+
+
+class RangeSource(str, enum.Enum):
+    """Which range a runtime check uses."""
+
+    SOUND = "sound"  # interval propagation from the input box: holds for every valid input
+    CALIBRATION = "calibration"  # observed on calibration inputs, widened by the margin
+
+
+class BitClass(enum.IntEnum):
+    """What a single flip of one bit of one element does."""
+
+    ROBUST = 0  # masked: numerically or by the consuming op
+    RANGING = 1  # leaves the tensor's known range (or becomes NaN / Inf): a range check sees it
+    VULNERABLE = 2  # neither
+
+
+class AnalysisFormatError(ValueError):
+    """A saved analysis file that cannot be read back."""
+
+
+@dataclass
+class TensorAnalysis:
+    """Ranges and bit attribution of one tensor."""
+
+    name: str
+    kind: TensorKind
+    layer: str  # the layer that reads it (weight) or produces it (activation)
+    dtype: str
+    shape: list[int]  # without the batch dimension for activations
+    numel: int
+    sound_low: float
+    sound_high: float
+    calib_low: float
+    calib_high: float
+    check: RangeSource
+    channel_dim: int | None = None  # dim of the per-channel ranges (batch dim included for acts)
+    sound_low_ch: list[float] | None = None
+    sound_high_ch: list[float] | None = None
+    calib_low_ch: list[float] | None = None
+    calib_high_ch: list[float] | None = None
+    looseness: float = 1.0  # sound width / calibration width (mean over channels)
+    bit_shares: list[tuple[float, float, float]] = field(default_factory=list)
+    robust_bits: float = 0.0
+    ranging_bits: float = 0.0
+    vulnerable_bits: float = 0.0
+    nbytes: int = 0
+    score: float = 0.0  # vulnerable bits per byte: what Allocation ranks by
+    masked_by: str | None = None  # consuming op that masks flips ("relu"), if any
+
+    def check_range(self) -> tuple[list[float], list[float]] | tuple[float, float]:
+        """The range the runtime checks: per channel lists when known, else scalars."""
+        if self.check is RangeSource.SOUND:
+            if self.sound_low_ch is not None:
+                return self.sound_low_ch, self.sound_high_ch
+            return self.sound_low, self.sound_high
+        if self.calib_low_ch is not None:
+            return self.calib_low_ch, self.calib_high_ch
+        return self.calib_low, self.calib_high
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON / YAML."""
+        d = asdict(self)
+        d["kind"] = self.kind.value
+        d["check"] = self.check.value
+        d["bit_shares"] = [list(s) for s in self.bit_shares]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorAnalysis:
+        """Inverse of to_dict."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["kind"] = TensorKind(d["kind"])
+        d["check"] = RangeSource(d["check"])
+        d["bit_shares"] = [tuple(s) for s in d.get("bit_shares", [])]
+        return cls(**d)
+
+
+@dataclass
+class Totals:
+    """Bit counts of a set of tensors (expected counts: share x elements, summed)."""
+
+    robust: float = 0.0
+    ranging: float = 0.0
+    vulnerable: float = 0.0
+    bits: int = 0
+
+    def share(self) -> tuple[float, float, float]:
+        """(robust, ranging, vulnerable) as fractions of all bits."""
+        if not self.bits:
+            return (0.0, 0.0, 0.0)
+        return (self.robust / self.bits, self.ranging / self.bits, self.vulnerable / self.bits)
+
+
+@dataclass
+class Analysis:
+    """SAVE Selection result for one model, input box and calibration set."""
+
+    key: str
+    capture: str  # "fx" or "hooks"
+    layers: list[dict[str, Any]]  # Layer records (index, name, op, target, kind, inputs, params)
+    tensors: dict[str, TensorAnalysis]
+    unsupported: list[str] = field(default_factory=list)  # "node: op" that fell back to calib
+    input_range: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # margin, thresholds, seeds, sizes
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    schema: int = SCHEMA_VERSION
+
+    def weights(self) -> list[TensorAnalysis]:
+        """Weight tensors in order."""
+        return [t for t in self.tensors.values() if t.kind is TensorKind.WEIGHT]
+
+    def activations(self) -> list[TensorAnalysis]:
+        """Activation tensors in order."""
+        return [t for t in self.tensors.values() if t.kind is TensorKind.ACTIVATION]
+
+    def totals(self, kind: TensorKind | None = None) -> Totals:
+        """Summed robust / ranging / vulnerable bits over tensors of `kind` (all if None)."""
+        tot = Totals()
+        for t in self.tensors.values():
+            if kind is not None and t.kind is not kind:
+                continue
+            tot.robust += t.robust_bits
+            tot.ranging += t.ranging_bits
+            tot.vulnerable += t.vulnerable_bits
+            tot.bits += t.numel * len(t.bit_shares)
+        return tot
+
+    def by_score(self) -> list[TensorAnalysis]:
+        """Tensors with the most vulnerable bits per byte first (Allocation's order)."""
+        return sorted(self.tensors.values(), key=lambda t: -t.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON / YAML."""
+        return {
+            "schema": self.schema,
+            "key": self.key,
+            "capture": self.capture,
+            "layers": self.layers,
+            "unsupported": self.unsupported,
+            "input_range": self.input_range,
+            "settings": self.settings,
+            "timings": self.timings,
+            "tensors": [t.to_dict() for t in self.tensors.values()],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Analysis:
+        """Inverse of to_dict."""
+        if d.get("schema") != SCHEMA_VERSION:
+            raise AnalysisFormatError(
+                f"analysis schema {d.get('schema')!r} is not {SCHEMA_VERSION}; re-run the analysis"
+            )
+        tensors = [TensorAnalysis.from_dict(t) for t in d["tensors"]]
+        return cls(
+            key=d["key"],
+            capture=d["capture"],
+            layers=d["layers"],
+            tensors={t.name: t for t in tensors},
+            unsupported=d.get("unsupported", []),
+            input_range=d.get("input_range", {}),
+            settings=d.get("settings", {}),
+            timings=d.get("timings", {}),
+            schema=d["schema"],
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON (.json) or YAML (.yaml / .yml)."""
+        path = Path(path)
+        data = self.to_dict()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            text = yaml.safe_dump(data, sort_keys=False)
+        elif path.suffix == ".json":
+            text = json.dumps(data, indent=1)
+        else:
+            raise AnalysisFormatError(f"{path}: use a .json, .yaml or .yml file name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, expect_key: str | None = None) -> Analysis:
+        """Read an analysis; with `expect_key`, raise AnalysisFormatError if it is stale."""
+        path = Path(path)
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise AnalysisFormatError(f"{path}: not a readable analysis ({exc})") from exc
+        analysis = cls.from_dict(data)
+        if expect_key is not None and analysis.key != expect_key:
+            raise AnalysisFormatError(
+                f"{path} was made for another model or input box (key {analysis.key[:12]}, "
+                f"expected {expect_key[:12]}); re-run the analysis"
+            )
+        return analysis
+
+
+def analysis_key(
+    model: nn.Module, architecture: str, input_range: Any, settings: dict[str, Any] | None = None
+) -> str:
+    """SHA-256 of the parameters and buffers (names, shapes, bytes), architecture and box."""
+    h = hashlib.sha256()
+    h.update(architecture.encode())
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(input_range, sort_keys=True, default=str).encode())
+    h.update(json.dumps(settings or {}, sort_keys=True, default=str).encode())
+    return h.hexdigest()

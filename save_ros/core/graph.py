@@ -1,0 +1,276 @@
+"""The model as an ordered DAG of layers, captured with torch.fx (module hooks where fx fails).
+
+`capture(model, example_input) -> ModelGraph`. A *layer* is a graph node that computes
+(`call_module`, `call_function`, `call_method`); placeholders, `get_attr` and the output are not
+layers. Each `Layer` knows its op, the node names it reads, and the parameter / buffer names it
+reads (module parameters for `call_module`, `get_attr` targets for functions and methods).
+
+Running:
+- `ModelGraph.run(x)` runs the whole model; `ModelGraph.record(x)` also returns every node's value
+  keyed by node name.
+- `ModelGraph.needed_by(k)` names the values that a re-run from layer k needs (nodes computed
+  before layer k, inputs included, that layer k or a later one reads), and
+  `ModelGraph.run_from(k, values)` re-runs layers k.. given those values and returns the output.
+  Parameters are read live from the model, so a repaired weight is used at once.
+
+With the hooks fallback (`capture == "hooks"`, when symbolic tracing fails, e.g. data-dependent
+control flow) the layers are the leaf modules in their first-call order, recorded with forward
+hooks on the example input. Their data flow is unknown, so `needed_by(k)` is the model input and
+`run_from(k, values)` re-runs the whole model from `values["input"]`: correct, not incremental.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+INPUT = "input"  # the value name of the model input in the hooks fallback
+
+
+class GraphCaptureError(RuntimeError):
+    """Neither torch.fx nor module hooks could capture the model."""
+
+
+@dataclass
+class Layer:
+    """One computing node of the model graph."""
+
+    index: int
+    name: str  # fx node name (or module path with hooks): the activation's name
+    op: str  # call_module | call_function | call_method | module (hooks)
+    target: str  # module path, function name or method name
+    kind: str  # short op kind for reports: "Conv2d", "relu", "add", "matmul", ...
+    inputs: list[str] = field(default_factory=list)  # node names it reads
+    params: list[str] = field(default_factory=list)  # parameter / buffer names it reads
+    users: list[str] = field(default_factory=list)  # node names that read its output
+
+
+def _target_name(node: fx.Node) -> str:
+    """A readable name for a node's target."""
+    t = node.target
+    if isinstance(t, str):
+        return t
+    return getattr(t, "__name__", str(t))
+
+
+def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """Short op kind: the module class for call_module, else the function / method name."""
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    return _target_name(node).strip("_") or _target_name(node)
+
+
+class ModelGraph:
+    """An fx (or hook-recorded) graph of a model with per-layer inputs and parameters."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[Layer],
+        capture: str,
+        gm: fx.GraphModule | None = None,
+    ) -> None:
+        self.model = model
+        self.layers = layers
+        self.capture = capture  # "fx" or "hooks"
+        self.gm = gm
+        self._by_name = {layer.name: layer for layer in layers}
+        if gm is not None:
+            self._nodes = list(gm.graph.nodes)
+            self._pos = {n.name: i for i, n in enumerate(self._nodes)}
+            self.input_names = [n.name for n in self._nodes if n.op == "placeholder"]
+        else:
+            self._nodes = []
+            self._pos = {}
+            self.input_names = [INPUT]
+
+    def layer(self, name: str) -> Layer:
+        """The layer named `name` (KeyError lists the names)."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no layer {name!r}; layers are {list(self._by_name)}") from None
+
+    def index_of(self, name: str) -> int:
+        """Position of the layer named `name` in `layers`."""
+        return self.layer(name).index
+
+    def nodes(self) -> list[fx.Node]:
+        """The fx nodes in order (empty with hooks)."""
+        return list(self._nodes)
+
+    def run(self, *inputs: torch.Tensor) -> Any:
+        """Run the whole model."""
+        if self.gm is not None:
+            return self.gm(*inputs)
+        return self.model(*inputs)
+
+    def record(
+        self, *inputs: torch.Tensor, keep: Callable[[str], bool] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Run the model; return (output, {node name: value}) for inputs and every layer."""
+        values: dict[str, Any] = {}
+        if self.gm is None:
+            return self._record_hooks(inputs, values, keep)
+        interp = fx.Interpreter(self.gm, garbage_collect_values=False)
+        out = interp.run(*inputs)
+        for node, v in interp.env.items():
+            if node.op in ("placeholder", "call_module", "call_function", "call_method"):
+                if keep is None or keep(node.name):
+                    values[node.name] = v
+        return out, values
+
+    def _record_hooks(self, inputs, values, keep) -> tuple[Any, dict[str, Any]]:
+        """record() for the hooks fallback: leaf module outputs by module path."""
+        values[INPUT] = inputs[0] if len(inputs) == 1 else inputs
+        handles = []
+        for layer in self.layers:
+            mod = self.model.get_submodule(layer.target)
+
+            def hook(_m, _i, out, name=layer.name):
+                if keep is None or keep(name):
+                    values.setdefault(name, out)
+
+            handles.append(mod.register_forward_hook(hook))
+        try:
+            out = self.model(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        return out, values
+
+    def needed_by(self, k: int) -> list[str]:
+        """Names of the values computed before layer k that layers k.. (or the output) read."""
+        if self.gm is None:
+            return [INPUT]
+        start = self._pos[self.layers[k].name]
+        needed: list[str] = []
+        for node in self._nodes[start:]:
+            for inp in node.all_input_nodes:
+                if self._pos[inp.name] < start and inp.op != "get_attr" and inp.name not in needed:
+                    needed.append(inp.name)
+        return needed
+
+    def run_from(self, k: int, values: dict[str, Any]) -> Any:
+        """Re-run layers k.. given the values that `needed_by(k)` names; return the output."""
+        if self.gm is None:
+            if INPUT not in values:
+                raise KeyError("hooks capture re-runs the whole model: pass values['input']")
+            x = values[INPUT]
+            return self.model(*x) if isinstance(x, tuple) else self.model(x)
+        missing = [n for n in self.needed_by(k) if n not in values]
+        if missing:
+            raise KeyError(f"run_from({k}) needs the values of {missing}")
+        start = self._pos[self.layers[k].name]
+        interp = fx.Interpreter(self.gm, garbage_collect_values=False)
+        interp.env = {}
+        for node in self._nodes[:start]:
+            if node.name in values:
+                interp.env[node] = values[node.name]
+            elif node.op == "get_attr":
+                interp.env[node] = interp.run_node(node)
+        for node in self._nodes[start:]:
+            interp.env[node] = interp.run_node(node)
+            if node.op == "output":
+                return interp.env[node]
+        raise GraphCaptureError("graph has no output node")
+
+    def run_layer(self, k: int, values: dict[str, Any]) -> Any:
+        """Compute layer k alone from the values of its input nodes (fx capture only)."""
+        if self.gm is None:
+            raise GraphCaptureError("run_layer needs an fx capture; hooks know no data flow")
+        node = self._nodes[self._pos[self.layers[k].name]]
+        interp = fx.Interpreter(self.gm, garbage_collect_values=False)
+        interp.env = {}
+        for inp in node.all_input_nodes:
+            interp.env[inp] = (
+                interp.run_node(inp) if inp.op == "get_attr" else values[inp.name]
+            )
+        return interp.run_node(node)
+
+    def architecture(self) -> str:
+        """A text form of the architecture (fx code, or the module repr): part of hash keys."""
+        if self.gm is not None:
+            return self.gm.code
+        return repr(self.model)
+
+
+def _fx_layers(gm: fx.GraphModule) -> list[Layer]:
+    """Layers of a traced GraphModule in graph order."""
+    modules = dict(gm.named_modules())
+    layers: list[Layer] = []
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        params: list[str] = []
+        if node.op == "call_module":
+            mod = modules[node.target]
+            prefix = f"{node.target}."
+            params += [prefix + n for n, _ in mod.named_parameters()]
+            params += [prefix + n for n, _ in mod.named_buffers()]
+        for inp in node.all_input_nodes:
+            if inp.op == "get_attr":
+                params.append(str(inp.target))
+        layers.append(
+            Layer(
+                index=len(layers),
+                name=node.name,
+                op=node.op,
+                target=_target_name(node),
+                kind=_kind(node, modules),
+                inputs=[i.name for i in node.all_input_nodes if i.op != "get_attr"],
+                params=params,
+                users=[u.name for u in node.users if u.op != "output"],
+            )
+        )
+    return layers
+
+
+def _hook_layers(model: nn.Module, example_input: torch.Tensor) -> list[Layer]:
+    """Leaf modules in first-call order, recorded with forward hooks on the example input."""
+    order: list[str] = []
+    handles = []
+    for path, mod in model.named_modules():
+        if path and not list(mod.children()):
+
+            def hook(_m, _i, _o, path=path):
+                if path not in order:
+                    order.append(path)
+
+            handles.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example_input)
+    except Exception as exc:
+        raise GraphCaptureError(
+            f"the model fails on the example input ({exc}); pass an input it accepts"
+        ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+    layers = []
+    for i, path in enumerate(order):
+        mod = model.get_submodule(path)
+        params = [f"{path}.{n}" for n, _ in mod.named_parameters()]
+        params += [f"{path}.{n}" for n, _ in mod.named_buffers()]
+        layers.append(Layer(i, path, "module", path, type(mod).__name__, [], params, []))
+    return layers
+
+
+def capture(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
+    """Capture `model` as a ModelGraph: torch.fx symbolic trace, module hooks if that fails."""
+    try:
+        gm = fx.symbolic_trace(model)
+        return ModelGraph(model, _fx_layers(gm), "fx", gm)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
+        warnings.warn(
+            f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
+            "falling back to module hooks (capture='hooks'): no data flow, coarser analysis",
+            stacklevel=2,
+        )
+    return ModelGraph(model, _hook_layers(model, example_input), "hooks", None)
