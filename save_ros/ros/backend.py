@@ -1,0 +1,132 @@
+"""What the node runs inputs through: a SAVE `ProtectedModel`, or the bare model as a baseline.
+
+The node sees one small interface (`Backend`): infer an input, get the output at once and a
+future of its `Verdict`; run the pending checks; recover, reanalyze, inject faults. The verdict
+is the node's view of a `FaultStatus`: the level, message and key/values `~/fault_status` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+import torch
+from diagnostic_msgs.msg import DiagnosticStatus
+
+from save_ros.ros.model_source import LoadedModel
+from save_ros.ros.params import NodeConfig, ParameterError, PublishPolicy
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+
+
+class BackendError(RuntimeError):
+    """The model cannot be protected, or a service request cannot be done; says why."""
+
+
+@dataclass
+class Verdict:
+    """What the node reports for one inference."""
+
+    verified: bool
+    level: bytes
+    message: str
+    detected: int = 0
+    repaired: int = 0
+    unrepaired: int = 0
+    publishable: bool = False  # may a `verified`-policy node publish this result
+    output: torch.Tensor | None = None  # the re-computed output after a repair
+    values: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def failed(cls, reason: str) -> Verdict:
+        """An inference whose verification did not complete."""
+        return cls(verified=False, level=ERROR, message=reason, values={"verified": False})
+
+
+def resolve(future: Future, value: Verdict | None = None,
+            error: BaseException | None = None) -> None:
+    """Complete a verdict future once; a second completion (shutdown race) is ignored."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except InvalidStateError:
+        pass
+
+
+class Backend:
+    """Interface the node uses; see `BareBackend` and `ProtectedBackend`."""
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        raise NotImplementedError
+
+    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, Future]:
+        """The output now, and a future of its Verdict."""
+        raise NotImplementedError
+
+    def run_pending_checks(self, timeout: float) -> None:
+        """Run queued checks (a no-op where nothing is queued)."""
+
+    def recover(self) -> str:
+        """Repair from golden copies; a one-line report."""
+        raise BackendError("recover needs protect=true")
+
+    def reanalyze(self) -> str:
+        """Redo Selection and Allocation; a one-line report."""
+        raise BackendError("reanalyze needs protect=true")
+
+    def inject(self, count: int, target: str, seed: int, bits: tuple[int, ...]) -> str:
+        """Flip bits in normal-memory tensors; a JSON report of the flips."""
+        raise BackendError("fault injection needs protect=true")
+
+    def close(self) -> None:
+        """Release threads and memory."""
+
+
+class BareBackend(Backend):
+    """The model without SAVE: the latency baseline; every result is reported unverified."""
+
+    def __init__(self, loaded: LoadedModel, device: str) -> None:
+        self.device = torch.device(device)
+        self.module = loaded.module.to(self.device)
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        return f"UNPROTECTED bare model on {self.device}"
+
+    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, Future]:
+        """Run the model; the verdict is ready at once and says 'not verified'."""
+        with self._lock, torch.no_grad():
+            output = self.module(x.to(self.device)).cpu()
+        future: Future = Future()
+        resolve(future, Verdict(verified=False, level=OK, message="unprotected (protect=false)",
+                                values={"verified": False, "protected": False}))
+        return output, future
+
+
+def make_backend(cfg: NodeConfig, loaded: LoadedModel, logger) -> Backend:
+    """The backend the parameters ask for."""
+    if not cfg.protect:
+        if cfg.publish_policy is PublishPolicy.VERIFIED:
+            raise ParameterError("publish_policy=verified needs protect=true: a bare model "
+                                 "never verifies, so nothing would be published")
+        return BareBackend(loaded, cfg.device)
+    from save_ros.ros.protected_backend import ProtectedBackend
+
+    return ProtectedBackend(cfg, loaded, logger)
+
+
+def flips_report(log) -> str:
+    """JSON summary of an UndoLog: how many flips, which tensors, the first few records."""
+    records = list(log)
+    return json.dumps({
+        "flips": len(records),
+        "tensors": sorted({r.tensor for r in records}),
+        "first": [{"tensor": r.tensor, "index": r.flat_index, "bit": r.bit}
+                  for r in records[:8]],
+    })

@@ -1,0 +1,264 @@
+"""The node's parameters: declared up front with descriptors, validated into a `NodeConfig`.
+
+Parameters that shape the model or the graph (model, device, topics, QoS) are read-only: rclpy
+refuses to change them at runtime with a reason. The rest are checked by `validate_change`, which
+the node registers as its set-parameters callback, so a bad value is refused, never applied.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import ParameterType as T
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+
+class ParameterError(ValueError):
+    """A parameter value is invalid; the message names the parameter and what is allowed."""
+
+
+class PublishPolicy(enum.Enum):
+    """When a result is published: at once (status follows), or only once verified/repaired."""
+
+    IMMEDIATE = "immediate"
+    VERIFIED = "verified"
+
+
+class InputType(enum.Enum):
+    """Message type of the input topic."""
+
+    IMAGE = "image"
+    FLOAT32_MULTI_ARRAY = "float32_multi_array"
+    JOINT_STATE = "joint_state"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter: default, type, description, and whether it is read-only."""
+
+    name: str
+    default: Any
+    type: int
+    description: str
+    read_only: bool = True
+    choices: tuple[str, ...] = ()
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+
+
+SPECS: tuple[ParamSpec, ...] = (
+    ParamSpec("model", "digits_cnn", T.PARAMETER_STRING,
+              "bundled model name; with model_file set to a state dict, its architecture"),
+    ParamSpec("model_file", "", T.PARAMETER_STRING,
+              "TorchScript (.pt from torch.jit.save) or state-dict file; empty: bundled weights"),
+    ParamSpec("task", "", T.PARAMETER_STRING,
+              "classification or control; empty: the reference model's task",
+              choices=("", "classification", "control")),
+    ParamSpec("input_shape", [0], T.PARAMETER_INTEGER_ARRAY,
+              "input shape without batch dim (needed for a TorchScript file); [0]: from model"),
+    ParamSpec("input_low", [math.nan], T.PARAMETER_DOUBLE_ARRAY,
+              "input box lower bound, one value per channel or one for all; [nan]: from model"),
+    ParamSpec("input_high", [math.nan], T.PARAMETER_DOUBLE_ARRAY,
+              "input box upper bound, one value per channel or one for all; [nan]: from model"),
+    ParamSpec("output_names", [""], T.PARAMETER_STRING_ARRAY,
+              "names of the outputs (class or action names); ['']: indices"),
+    ParamSpec("device", "cpu", T.PARAMETER_STRING, "torch device: cpu, cuda or cuda:N"),
+    ParamSpec("protect", True, T.PARAMETER_BOOL,
+              "false serves the bare model (a baseline for latency), without SAVE"),
+    ParamSpec("input_topic", "~/input", T.PARAMETER_STRING, "topic the node subscribes to"),
+    ParamSpec("input_type", "image", T.PARAMETER_STRING, "message type of the input topic",
+              choices=tuple(t.value for t in InputType)),
+    ParamSpec("joint_names", [""], T.PARAMETER_STRING_ARRAY,
+              "for joint_state input: joint order the policy expects; ['']: message order"),
+    ParamSpec("qos.depth", 5, T.PARAMETER_INTEGER, "input subscription history depth",
+              int_range=(1, 1000)),
+    ParamSpec("qos.reliability", "best_effort", T.PARAMETER_STRING,
+              "input subscription reliability", choices=("best_effort", "reliable")),
+    ParamSpec("queue_size", 4, T.PARAMETER_INTEGER,
+              "inputs waiting for inference; when full the oldest is dropped and counted",
+              int_range=(1, 1000)),
+    ParamSpec("publish_policy", "immediate", T.PARAMETER_STRING,
+              "immediate: publish at once, status follows; verified: publish verified results only",
+              read_only=False, choices=tuple(p.value for p in PublishPolicy)),
+    ParamSpec("reliable_memory_bytes", 16384, T.PARAMETER_INTEGER,
+              "byte budget of the reliable (bit-flip free) pool", int_range=(0, 2**40)),
+    ParamSpec("checksum_period", 1, T.PARAMETER_INTEGER,
+              "check weight checksums every N inferences (0: never)", int_range=(0, 1_000_000)),
+    ParamSpec("analysis_cache", "", T.PARAMETER_STRING,
+              "path of a saved Analysis; loaded when its key matches, written otherwise"),
+    ParamSpec("verify_timeout", 1.0, T.PARAMETER_DOUBLE,
+              "seconds one verifier callback may wait for pending checks",
+              float_range=(0.001, 60.0)),
+    ParamSpec("shutdown_timeout", 5.0, T.PARAMETER_DOUBLE,
+              "seconds to finish in-flight verification on SIGINT/SIGTERM",
+              float_range=(0.0, 600.0)),
+    ParamSpec("diagnostics_period", 1.0, T.PARAMETER_DOUBLE,
+              "seconds between /diagnostics messages (also sent on every level change)",
+              float_range=(0.05, 60.0)),
+    ParamSpec("fault_injection.enabled", False, T.PARAMETER_BOOL,
+              "offer ~/inject_faults (tests and demos only)"),
+    ParamSpec("fault_injection.count", 1, T.PARAMETER_INTEGER, "bit flips per ~/inject_faults call",
+              read_only=False, int_range=(1, 1_000_000)),
+    ParamSpec("fault_injection.target", "weights", T.PARAMETER_STRING,
+              "weights (every normal-memory tensor) or one tensor name", read_only=False),
+    ParamSpec("fault_injection.seed", 0, T.PARAMETER_INTEGER,
+              "seed of the first injection; each call uses the next one", read_only=False,
+              int_range=(0, 2**31 - 1)),
+    ParamSpec("fault_injection.bits", [-1], T.PARAMETER_INTEGER_ARRAY,
+              "bit positions to flip (0 = least significant, 31 = fp32 sign); [-1]: any",
+              read_only=False),
+)
+_BY_NAME = {s.name: s for s in SPECS}
+
+
+def declare(node: Node) -> None:
+    """Declare every parameter with its descriptor (type, range, read-only, description)."""
+    for spec in SPECS:
+        choices = ", ".join(c or repr(c) for c in spec.choices)
+        desc = ParameterDescriptor(
+            name=spec.name, type=spec.type, read_only=spec.read_only,
+            description=spec.description + (f" (one of: {choices})" if choices else ""),
+        )
+        if spec.int_range is not None:
+            desc.integer_range = [IntegerRange(from_value=spec.int_range[0],
+                                               to_value=spec.int_range[1], step=0)]
+        if spec.float_range is not None:
+            desc.floating_point_range = [FloatingPointRange(
+                from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)]
+        node.declare_parameter(spec.name, spec.default, desc)
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """What one `~/inject_faults` call does."""
+
+    enabled: bool
+    count: int
+    target: str
+    seed: int
+    bits: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """All parameters, validated and typed."""
+
+    model: str
+    model_file: str
+    task: str
+    input_shape: tuple[int, ...]
+    input_low: tuple[float, ...]
+    input_high: tuple[float, ...]
+    output_names: tuple[str, ...]
+    device: str
+    protect: bool
+    input_topic: str
+    input_type: InputType
+    joint_names: tuple[str, ...]
+    qos_depth: int
+    qos_reliability: str
+    queue_size: int
+    publish_policy: PublishPolicy
+    reliable_memory_bytes: int
+    checksum_period: int
+    analysis_cache: str
+    verify_timeout: float
+    shutdown_timeout: float
+    diagnostics_period: float
+    fault_injection: FaultInjection = field(
+        default_factory=lambda: FaultInjection(False, 1, "weights", 0, ()))
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise ParameterError if `value` is not allowed for parameter `name`."""
+    spec = _BY_NAME.get(name)
+    if spec is None:
+        return
+    if spec.choices and value not in spec.choices:
+        raise ParameterError(
+            f"{name}={value!r} is not allowed; use one of {', '.join(map(repr, spec.choices))}")
+    if spec.int_range is not None and not spec.int_range[0] <= value <= spec.int_range[1]:
+        raise ParameterError(f"{name}={value} is outside [{spec.int_range[0]}, "
+                             f"{spec.int_range[1]}]")
+    if spec.float_range is not None and not spec.float_range[0] <= value <= spec.float_range[1]:
+        raise ParameterError(f"{name}={value} is outside [{spec.float_range[0]}, "
+                             f"{spec.float_range[1]}]")
+    if name == "device":
+        _check_device(value)
+    if name == "fault_injection.bits":
+        bad = [b for b in value if b != -1 and not 0 <= b <= 63]
+        if bad or (-1 in value and len(value) > 1):
+            raise ParameterError(
+                f"fault_injection.bits={list(value)}: give bit positions 0..31 (fp32), or [-1]")
+    if name == "input_shape" and list(value) != [0] and any(d <= 0 for d in value):
+        raise ParameterError(f"input_shape={list(value)}: every dimension must be positive")
+    if name == "input_topic" and not value:
+        raise ParameterError("input_topic is empty; name the topic to subscribe to")
+
+
+def _check_device(device: str) -> None:
+    """Accept cpu / cuda / cuda:N, and cuda only where torch sees a GPU."""
+    import torch
+
+    if device == "cpu":
+        return
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ParameterError(f"device={device!r} but torch sees no CUDA device; use cpu")
+        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
+            raise ParameterError(
+                f"device={device!r} but only {torch.cuda.device_count()} CUDA devices exist")
+        return
+    raise ParameterError(f"device={device!r} is not a torch device; use cpu, cuda or cuda:N")
+
+
+def _strings(values: list[str]) -> tuple[str, ...]:
+    """A string-array parameter, where [''] means 'not set'."""
+    return tuple(v for v in values if v)
+
+
+def read(node: Node) -> NodeConfig:
+    """Read and validate every declared parameter; raise ParameterError on the first bad one."""
+    p = {s.name: node.get_parameter(s.name).value for s in SPECS}
+    for name, value in p.items():
+        check_value(name, value)
+    shape = tuple(int(d) for d in p["input_shape"]) if list(p["input_shape"]) != [0] else ()
+    low = tuple(float(v) for v in p["input_low"] if not math.isnan(v))
+    high = tuple(float(v) for v in p["input_high"] if not math.isnan(v))
+    if len(low) != len(high):
+        raise ParameterError(
+            f"input_low has {len(low)} values, input_high {len(high)}; give both or neither")
+    if any(lo >= hi for lo, hi in zip(low, high, strict=True)):
+        raise ParameterError(f"input_low {list(low)} must be below input_high {list(high)}")
+    bits = tuple(b for b in p["fault_injection.bits"] if b != -1)
+    return NodeConfig(
+        model=p["model"], model_file=p["model_file"], task=p["task"], input_shape=shape,
+        input_low=low, input_high=high, output_names=_strings(p["output_names"]),
+        device=p["device"], protect=p["protect"], input_topic=p["input_topic"],
+        input_type=InputType(p["input_type"]), joint_names=_strings(p["joint_names"]),
+        qos_depth=p["qos.depth"], qos_reliability=p["qos.reliability"],
+        queue_size=p["queue_size"], publish_policy=PublishPolicy(p["publish_policy"]),
+        reliable_memory_bytes=p["reliable_memory_bytes"], checksum_period=p["checksum_period"],
+        analysis_cache=p["analysis_cache"], verify_timeout=p["verify_timeout"],
+        shutdown_timeout=p["shutdown_timeout"], diagnostics_period=p["diagnostics_period"],
+        fault_injection=FaultInjection(
+            enabled=p["fault_injection.enabled"], count=p["fault_injection.count"],
+            target=p["fault_injection.target"], seed=p["fault_injection.seed"], bits=bits),
+    )
+
+
+def validate_change(params: list[Parameter]) -> str:
+    """Reason to refuse a runtime change, or '' to accept it (read-only ones rclpy refuses)."""
+    for param in params:
+        try:
+            check_value(param.name, param.value)
+        except ParameterError as exc:
+            return str(exc)
+        if param.name == "fault_injection.target" and not param.value:
+            return "fault_injection.target is empty; use weights or a tensor name"
+    return ""
