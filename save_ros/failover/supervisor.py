@@ -1,0 +1,572 @@
+"""`FailoverModel`: run inference in a worker process, and fail over to a warm standby on a crash.
+
+A GPU fault (illegal address, a dead CUDA context, a segfault in a kernel) kills the process that
+runs the model. Here the model runs in a worker process; this object, in the ROS-facing process,
+keeps an active worker and a warm standby (model loaded and analysed, weights mapped from the
+one shared copy), a bounded input queue that survives failover, and a watchdog for hangs. When
+the active worker dies or hangs, the requests it held go to the standby, which becomes active,
+and a new standby starts in the background. It has the inference API of `ProtectedModel`.
+
+Threads: the dispatcher (sends requests to the active worker, reads answers, detects death and
+hangs), the spawner (keeps the wanted number of ready workers), and the reporter (calls the event
+callback, so a slow callback never delays inference).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_any
+from typing import Any
+
+import numpy as np
+import torch
+import torch.multiprocessing as tmp
+
+from save_ros.failover.config import FailoverConfig, WeightSharing
+from save_ros.failover.crash import CrashKind, CrashUnavailableError
+from save_ros.failover.events import (
+    ClosedError,
+    EventKind,
+    FailoverEvent,
+    FailoverStateError,
+    QueueFullError,
+    RequestDroppedError,
+    WorkerStartError,
+    describe_exit,
+)
+from save_ros.failover.weights import ModelSource, prepare_shared
+from save_ros.failover.worker import WorkerSpec, worker_main
+
+log = logging.getLogger(__name__)
+_HISTORY = 1000  # events kept for `events()`
+
+
+@dataclass
+class FailoverResult:
+    """One answer: the output, the runtime's status (None for the plain backend), provenance."""
+
+    output: torch.Tensor
+    status: Any  # FaultStatus from the protected runtime, or None
+    verdict: Future | None  # wait=False with protect: a Future of the FaultStatus
+    request_id: int
+    worker_pid: int  # the worker that produced the output
+    attempts: int  # 1 unless a worker died while holding the request
+    latency_s: float  # submit to output
+
+
+@dataclass
+class _Request:
+    id: int
+    array: np.ndarray
+    wait: bool
+    submitted_at: float
+    future: Future = field(default_factory=Future)
+    verdict: Future | None = None
+    output_done: bool = False
+    attempts: int = 0
+    sent_at: float = 0.0
+
+
+class _Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, ctx: Any, spec: WorkerSpec, shared_model: torch.nn.Module | None) -> None:
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(
+            target=worker_main, args=(child_conn, spec, shared_model, time.monotonic()),
+            name="save-ros-failover-worker", daemon=True)
+        self.process.start()
+        child_conn.close()  # the child holds its end; EOF then means the child is gone
+        self.pid: int = self.process.pid
+        self.info: dict[str, Any] = {}
+        self.fatal: str | None = None  # what the worker said before it quit on purpose
+        self.send_lock = threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    def kill(self) -> None:
+        """SIGKILL (no-op when already dead) and reap, so no zombie stays."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5.0)
+        self.conn.close()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the worker to exit; kill it when it does not."""
+        try:
+            self.send(("stop",))
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout)
+        self.kill()
+
+
+class FailoverModel:
+    """A model served by worker processes with a warm standby; survives worker crashes and hangs."""
+
+    def __init__(self, source: ModelSource | str, example_input: torch.Tensor | np.ndarray,
+                 input_range: Any = None, config: FailoverConfig | None = None,
+                 on_event: Callable[[FailoverEvent], None] | None = None,
+                 protect_config: Any = None) -> None:
+        self.config = config or FailoverConfig()
+        self.source = ModelSource.named(source) if isinstance(source, str) else source
+        self._on_event = on_event
+        self._ctx = tmp.get_context(self.config.start_method.value)
+        # The parent's view of the shared weights (None when every worker loads its own).
+        self.model = (None if self.config.weight_sharing is WeightSharing.NONE
+                      else prepare_shared(self.source.load(), self.config.weight_sharing,
+                                          self.config.device))
+        self._spec = WorkerSpec(self.source, _to_array(example_input), self.config,
+                                input_range, protect_config)
+        self._cond = threading.Condition()
+        self._pending: deque[_Request] = deque()
+        self._inflight: dict[int, _Request] = {}
+        self._awaiting: _Request | None = None  # sent, output not yet back
+        self._active: _Worker | None = None
+        self._idle: deque[_Worker] = deque()  # ready standbys
+        self._starting: _Worker | None = None
+        self._failure: tuple[float, int, bool] | None = None  # (when, pid, standby was ready)
+        self._start_error: str | None = None
+        self._ever_active = False
+        self._closing = False
+        self._ids = itertools.count()
+        self._history: deque[FailoverEvent] = deque(maxlen=_HISTORY)
+        self._counts = {k.value: 0 for k in EventKind} | {"answered": 0, "resubmitted": 0}
+        self._events: queue.SimpleQueue[FailoverEvent | None] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._threads = [
+            threading.Thread(target=self._report_loop, name="failover-report", daemon=True),
+            threading.Thread(target=self._spawn_loop, name="failover-spawn", daemon=True),
+            threading.Thread(target=self._dispatch_loop, name="failover-dispatch", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self._active is not None or self._start_error,
+                                     self.config.startup_timeout_s)
+            error = self._start_error if self._active is None else None
+        if not ok or error:
+            self.close()
+            raise WorkerStartError(
+                f"the first worker for {self.source} did not start: "
+                f"{error or f'not ready within {self.config.startup_timeout_s} s'}")
+
+    @classmethod
+    def for_model(cls, name: str, config: FailoverConfig | None = None,
+                  on_event: Callable[[FailoverEvent], None] | None = None,
+                  protect_config: Any = None) -> FailoverModel:
+        """A bundled reference model by name; example input and range from its `ModelSpec`."""
+        from save_ros import models
+
+        spec = models.get_spec(name)
+        low = torch.tensor(spec.input_low, dtype=torch.float32)
+        high = torch.tensor(spec.input_high, dtype=torch.float32)
+        shape = (1, *spec.input_shape)
+        channel_shape = (1, -1) + (1,) * (len(spec.input_shape) - 1)
+        if low.numel() == 1 or len(spec.input_shape) == 1:
+            example = ((low + high) / 2).expand(shape).contiguous()
+        else:
+            example = ((low + high) / 2).reshape(channel_shape).expand(shape).contiguous()
+        return cls(ModelSource.named(name), example, (spec.input_low, spec.input_high), config,
+                   on_event, protect_config)
+
+    # ---- inference API (that of ProtectedModel) ----
+
+    def infer(self, x: torch.Tensor | np.ndarray, wait: bool = True,
+              timeout: float | None = None) -> FailoverResult:
+        """Run one inference; blocks through failover until the answer (or `timeout`)."""
+        return self.submit(x, wait).result(timeout)
+
+    def submit(self, x: torch.Tensor | np.ndarray, wait: bool = True, block: bool = True,
+               timeout: float | None = None) -> Future:
+        """Queue one input; the Future resolves to a `FailoverResult`."""
+        now = time.monotonic()
+        request = _Request(next(self._ids), _to_array(x), wait, now)
+        if not wait:
+            request.verdict = Future()
+        with self._cond:
+            if self._closing:
+                raise ClosedError("this FailoverModel is closed; create a new one")
+            room = self._cond.wait_for(
+                lambda: self._closing or len(self._pending) < self.config.queue_size,
+                timeout if block else 0)
+            if self._closing:
+                raise ClosedError("this FailoverModel closed while the input waited for room")
+            if not room:
+                raise QueueFullError(
+                    f"input queue full ({self.config.queue_size} waiting): the worker cannot "
+                    "keep up; slow the input or raise queue_size")
+            self._pending.append(request)
+        self._wake()
+        return request.future
+
+    # ---- control and introspection ----
+
+    def inject_crash(self, kind: CrashKind | str, when: str = "next",
+                     target: str = "active") -> int:
+        """Make a worker fail: on its next request ("next") or at once ("now"); returns its pid."""
+        kind = CrashKind(kind)
+        if kind is CrashKind.CUDA_ASSERT and not self.config.device.startswith("cuda"):
+            raise CrashUnavailableError("cuda_assert needs device='cuda' workers")
+        if when not in ("next", "now") or target not in ("active", "standby"):
+            raise ValueError("inject_crash: when is 'next' or 'now', target 'active' or 'standby'")
+        with self._cond:
+            worker = self._active if target == "active" else (self._idle[0] if self._idle
+                                                              else None)
+        if worker is None:
+            raise FailoverStateError(f"no {target} worker to crash right now; "
+                                     "wait_ready() first")
+        worker.send(("arm" if when == "next" else "crash", kind))
+        return worker.pid
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until an active worker and (if configured) a warm standby are ready."""
+        wanted = 1 if self.config.standby else 0
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._closing or (self._active is not None and len(self._idle) >= wanted),
+                timeout) and not self._closing
+
+    @property
+    def active_pid(self) -> int | None:
+        """Process id of the active worker (None during a failover)."""
+        with self._cond:
+            return self._active.pid if self._active else None
+
+    @property
+    def standby_pids(self) -> list[int]:
+        """Process ids of the ready standbys."""
+        with self._cond:
+            return [w.pid for w in self._idle]
+
+    def worker_pids(self) -> list[int]:
+        """Every worker process this object holds now (active, standbys, one starting)."""
+        with self._cond:
+            workers = [self._active, *self._idle, self._starting]
+        return [w.pid for w in workers if w is not None]
+
+    def worker_info(self) -> dict[str, Any]:
+        """The active worker's start-up report (timings, shared bytes, device)."""
+        with self._cond:
+            return dict(self._active.info) if self._active else {}
+
+    def stats(self) -> dict[str, int]:
+        """Counters: events by kind, answered requests, resubmitted requests."""
+        with self._cond:
+            return dict(self._counts)
+
+    def events(self) -> list[FailoverEvent]:
+        """The most recent events, oldest first."""
+        with self._cond:
+            return list(self._history)
+
+    def close(self) -> None:
+        """Stop every worker and thread; outstanding requests fail with ClosedError."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._wake()
+        for thread in self._threads[1:]:
+            thread.join(10.0)
+        with self._cond:
+            workers = [self._active, *self._idle]
+            self._active = None
+            self._idle.clear()
+            requests = list(self._pending) + list(self._inflight.values())
+            self._pending.clear()
+            self._inflight.clear()
+        for worker in workers:
+            if worker is not None:
+                worker.stop()
+        for request in requests:
+            _fail(request, ClosedError("the FailoverModel closed before this request finished"))
+        self._events.put(None)
+        self._threads[0].join(5.0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self) -> FailoverModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- internals ----
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is pending anyway) or closed
+
+    def _emit(self, event: FailoverEvent) -> None:
+        with self._cond:
+            self._history.append(event)
+            self._counts[event.kind.value] += 1
+        (log.error if event.is_error else log.info)("failover: %s pid=%s %s", event.kind.value,
+                                                   event.pid, event.detail)
+        self._events.put(event)
+
+    def _report_loop(self) -> None:
+        while (event := self._events.get()) is not None:
+            if self._on_event is None:
+                continue
+            try:
+                self._on_event(event)
+            except Exception:  # a faulty callback must not stop reporting
+                log.exception("failover: the event callback raised")
+
+    def _wanted(self) -> int:
+        return (1 if self.config.standby else 0) + (1 if self._active is None else 0)
+
+    def _spawn_loop(self) -> None:
+        backoff = self.config.restart_backoff_s
+        while True:
+            with self._cond:
+                while not self._closing and len(self._idle) >= self._wanted():
+                    self._cond.wait(0.2)
+                    self._drop_dead_standbys()
+                if self._closing:
+                    return
+            worker, error = self._start_worker()
+            if worker is None:
+                if error is None:
+                    return  # closing
+                self._emit(FailoverEvent(EventKind.START_FAILED, None, error, role="standby"))
+                with self._cond:
+                    if not self._ever_active:
+                        self._start_error = error
+                        self._cond.notify_all()
+                        return  # the very first start failed: the constructor raises
+                    self._cond.wait_for(lambda: self._closing, backoff)
+                backoff = min(backoff * 2, 8.0)
+                continue
+            backoff = self.config.restart_backoff_s
+            with self._cond:
+                if self._closing:
+                    closing = True
+                else:
+                    closing = False
+                    self._idle.append(worker)
+                    self._cond.notify_all()
+            if closing:
+                worker.stop()
+                return
+            self._emit(FailoverEvent(EventKind.STANDBY_READY, worker.pid,
+                                     f"ready in {worker.info['ready_s']:.3f} s", role="standby",
+                                     duration_s=worker.info["ready_s"]))
+            self._wake()
+
+    def _drop_dead_standbys(self) -> None:
+        """(Lock held) A standby that died while idle is reported and replaced."""
+        for worker in [w for w in self._idle if not w.process.is_alive()]:
+            self._idle.remove(worker)
+            worker.kill()
+            event = FailoverEvent(EventKind.CRASH, worker.pid,
+                                  f"idle standby {describe_exit(worker.process.exitcode)}",
+                                  role="standby")
+            self._emit(event)  # the condition's lock is re-entrant
+
+    def _start_worker(self) -> tuple[_Worker | None, str | None]:
+        """Start one worker and wait until it is ready: (worker, None) or (None, why)."""
+        worker = _Worker(self._ctx, self._spec, self.model)
+        with self._cond:
+            self._starting = worker
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        try:
+            while True:
+                with self._cond:
+                    if self._closing:
+                        worker.kill()
+                        return None, None
+                ready = wait_any([worker.conn, worker.process.sentinel], 0.1)
+                if worker.conn in ready:
+                    try:
+                        message = worker.conn.recv()
+                    except (EOFError, OSError):
+                        worker.kill()
+                        return None, f"worker {describe_exit(worker.process.exitcode)} at start"
+                    if message[0] == "ready":
+                        worker.info = message[1]
+                        return worker, None
+                    worker.kill()
+                    return None, str(message[1])
+                if worker.process.sentinel in ready:
+                    worker.kill()
+                    return None, f"worker {describe_exit(worker.process.exitcode)} at start"
+                if time.monotonic() > deadline:
+                    worker.kill()
+                    return None, f"not ready within {self.config.startup_timeout_s} s"
+        finally:
+            with self._cond:
+                self._starting = None
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            request = None
+            with self._cond:
+                if self._closing:
+                    return
+                if self._active is None and not self._promote():
+                    self._cond.wait(0.1)
+                    continue
+                worker = self._active
+                if self._awaiting is None and self._pending:
+                    request = self._pending.popleft()
+                    self._cond.notify_all()  # room in the queue
+                    request.attempts += 1
+                    request.sent_at = time.monotonic()
+                    self._awaiting = request
+                    self._inflight[request.id] = request
+                oldest = min((r.sent_at for r in self._inflight.values()), default=None)
+            if request is not None:
+                # A request whose output was delivered is re-run only for its verdict.
+                wait = request.wait or request.output_done
+                try:
+                    worker.send(("infer", request.id, request.array, wait))
+                except (OSError, ValueError):
+                    self._on_failure(worker, EventKind.CRASH, "pipe to worker broken")
+                    continue
+            timeout = None if oldest is None else max(
+                0.0, oldest + self.config.hang_timeout_s - time.monotonic())
+            ready = wait_any([worker.conn, worker.process.sentinel, self._wake_r], timeout)
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            dead = False
+            if worker.conn in ready or worker.process.sentinel in ready:
+                dead = not self._drain(worker)
+            if dead or worker.process.sentinel in ready:
+                self._on_failure(worker, EventKind.CRASH,
+                                 worker.fatal or "worker process died")
+                continue
+            with self._cond:
+                overdue = [r for r in self._inflight.values()
+                           if time.monotonic() - r.sent_at > self.config.hang_timeout_s]
+            if overdue:
+                self._on_failure(worker, EventKind.HANG,
+                                 f"request {overdue[0].id} unanswered after "
+                                 f"{self.config.hang_timeout_s} s (watchdog)")
+
+    def _drain(self, worker: _Worker) -> bool:
+        """Handle every message waiting from the worker; False when its pipe is closed."""
+        try:
+            while worker.conn.poll():
+                self._handle(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _handle(self, worker: _Worker, message: tuple) -> None:
+        op, rid = message[0], message[1]
+        if op == "fatal":
+            worker.fatal = f"worker quit, device context lost: {message[2]}"
+            return
+        with self._cond:
+            request = self._inflight.get(rid)
+            if request is None:
+                return  # an answer to a request already failed over or closed
+            if request is self._awaiting and op in ("output", "error"):
+                self._awaiting = None
+            done = True
+            if op == "output":
+                _, _, array, status, verdict_follows = message
+                if request.output_done:  # a re-run for the verdict only
+                    request.verdict.set_result(status)
+                else:
+                    request.output_done = True
+                    self._counts["answered"] += 1
+                    request.future.set_result(FailoverResult(
+                        torch.from_numpy(array), status, request.verdict, request.id, worker.pid,
+                        request.attempts, time.monotonic() - request.submitted_at))
+                    if request.verdict is not None and not verdict_follows:
+                        request.verdict.set_result(status)
+                    done = not verdict_follows
+            elif op == "verdict":
+                request.verdict.set_result(message[2])
+            elif op == "error":
+                _fail(request, message[2])
+            if done:
+                del self._inflight[rid]
+
+    def _on_failure(self, worker: _Worker, kind: EventKind, detail: str) -> None:
+        """The active worker died or hung: kill it, requeue its requests, hand over."""
+        failed_at = time.monotonic()
+        worker.kill()
+        how = describe_exit(worker.process.exitcode)
+        dropped = []
+        with self._cond:
+            self._active = None
+            self._awaiting = None
+            held = sorted(self._inflight.values(), key=lambda r: r.id)
+            self._inflight.clear()
+            for request in reversed(held):
+                if request.attempts >= self.config.max_attempts:
+                    dropped.append(request)
+                else:
+                    self._pending.appendleft(request)  # first in line, in the original order
+                    self._counts["resubmitted"] += 1
+            self._failure = (failed_at, worker.pid, bool(self._idle))
+            self._cond.notify_all()
+        self._emit(FailoverEvent(kind, worker.pid, f"{detail} ({how}); "
+                                 f"{len(held) - len(dropped)} request(s) resubmitted"))
+        for request in dropped:
+            _fail(request, RequestDroppedError(
+                f"request {request.id} took down {request.attempts} workers; dropped "
+                f"(max_attempts={self.config.max_attempts}): check this input"))
+            self._emit(FailoverEvent(EventKind.REQUEST_DROPPED, worker.pid,
+                                     f"request {request.id} after {request.attempts} attempts"))
+
+    def _promote(self) -> bool:
+        """(Lock held) Make a ready standby the active worker; False when none is ready."""
+        self._drop_dead_standbys()
+        if not self._idle:
+            return False
+        self._active = self._idle.popleft()
+        self._ever_active = True
+        self._cond.notify_all()  # the spawner starts the next standby
+        if self._failure is not None:
+            failed_at, old_pid, warm = self._failure
+            self._failure = None
+            event = FailoverEvent(
+                EventKind.FAILOVER, old_pid,
+                f"worker {self._active.pid} took over from {old_pid} "
+                f"({'warm standby' if warm else 'cold start'})",
+                duration_s=time.monotonic() - failed_at, warm=warm, new_pid=self._active.pid)
+            self._emit(event)  # the condition's lock is re-entrant
+        return True
+
+
+def _to_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A private contiguous copy, so the caller may reuse its buffer at once."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"input must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    return np.array(x, copy=True, order="C")
+
+
+def _fail(request: _Request, exc: BaseException) -> None:
+    """Fail the request's output future, or its verdict when the output was delivered."""
+    target = request.verdict if request.output_done else request.future
+    if target is not None and not target.done():
+        target.set_exception(exc)
+    if request.verdict is not None and not request.verdict.done():
+        request.verdict.set_exception(exc)

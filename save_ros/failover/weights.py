@@ -1,0 +1,74 @@
+"""Where a worker's model comes from, and how one copy of the weights is shared between workers.
+
+CPU: the parent loads the model once and moves every parameter and buffer into shared memory
+(`Module.share_memory()`); torch.multiprocessing pickles such tensors as file descriptors of the
+same memory, so a spawned worker maps the parent's copy and no byte is copied. GPU: the parent
+keeps the weights on the device and torch.multiprocessing sends CUDA IPC handles; the worker
+maps the same device memory (the parent must outlive it, which the supervisor guarantees).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from save_ros.failover.config import WeightSharing
+
+
+class ModelSourceError(ValueError):
+    """The model source does not name an importable factory."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A picklable recipe for a model: 'module:function' called with `args` (default: by name)."""
+
+    factory: str
+    args: tuple[Any, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def named(cls, name: str) -> ModelSource:
+        """A bundled reference model, loaded with `save_ros.models.load(name)`."""
+        return cls("save_ros.models:load", (name,))
+
+    def load(self) -> nn.Module:
+        """Import the factory and build the model (eval mode)."""
+        module_name, _, attr = self.factory.partition(":")
+        if not attr:
+            raise ModelSourceError(f"factory {self.factory!r} must look like 'package.module:fn'")
+        try:
+            function = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ModelSourceError(f"cannot import model factory {self.factory!r}: {exc}") from exc
+        model = function(*self.args)
+        if not isinstance(model, nn.Module):
+            raise ModelSourceError(f"{self.factory} returned {type(model).__name__}, not a Module")
+        return model.eval()
+
+
+def prepare_shared(model: nn.Module, sharing: WeightSharing, device: str) -> nn.Module | None:
+    """Put the parent's copy where workers can map it; None when workers load their own."""
+    if sharing is WeightSharing.NONE:
+        return None
+    if sharing is WeightSharing.SHARED_MEMORY:
+        return model.cpu().share_memory()
+    if not torch.cuda.is_available():
+        raise RuntimeError("weight_sharing='cuda_ipc' needs CUDA; this torch has none "
+                           "(use 'shared_memory')")
+    return model.to(device)
+
+
+def shared_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers held in shared (or device) memory."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors if t.is_shared() or t.is_cuda)
+
+
+def storage_pointers(model: nn.Module) -> dict[str, int]:
+    """Data pointer of every parameter and buffer (to show which copy a process runs on)."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return {name: tensor.data_ptr() for name, tensor in named}

@@ -1,0 +1,196 @@
+"""The worker process: loads (or maps) the model, warms it up, then answers requests on a pipe.
+
+Protocol, parent -> worker: ("infer", id, array, wait), ("arm", CrashKind) (fail on the next
+request, before answering it), ("crash", CrashKind) (fail now), ("stop",). Worker -> parent:
+("ready", info), ("start_failed", text), ("output", id, array, status, verdict_follows),
+("verdict", id, status), ("error", id, exception) for a bad input (the worker lives on),
+("fatal", id, text) just before the worker exits because its device context is lost.
+Arrays travel by value (numpy pickles); only the weights are shared.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from save_ros.failover import crash
+from save_ros.failover.config import Backend, FailoverConfig
+from save_ros.failover.events import RemoteError
+from save_ros.failover.weights import ModelSource, shared_bytes
+
+FATAL_EXIT_CODE = 3  # the worker quit on purpose: its CUDA context is unusable
+# Messages of CUDA errors that poison the context: every later call fails, so only a new
+# process recovers.
+_STICKY_CUDA_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                       "illegal instruction", "misaligned address", "CUDA error")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to build its model; pickled into the new process."""
+
+    source: ModelSource
+    example_input: np.ndarray  # one batch, for the warm-up (and for protect's analysis)
+    config: FailoverConfig
+    input_range: Any = None  # passed through to protect()
+    protect_config: Any = None  # a ProtectConfig, or None for its defaults
+
+
+class _Runner:
+    """Runs one inference with the chosen backend: (output, status, verdict future or None)."""
+
+    def __init__(self, model: nn.Module, spec: WorkerSpec, device: str) -> None:
+        self.device = device
+        self.model = model
+        self.protected = None
+        if spec.config.backend is Backend.PROTECT:
+            from save_ros.core.protect import ProtectConfig, protect
+
+            example = torch.from_numpy(spec.example_input).to(device)
+            self.protected = protect(model, example, spec.input_range,
+                                     spec.protect_config or ProtectConfig())
+
+    def infer(self, x: torch.Tensor, wait: bool) -> tuple[torch.Tensor, Any, Future | None]:
+        """One forward pass; with protect and wait=False the verdict follows as a future."""
+        if self.protected is None:
+            with torch.inference_mode():
+                return self.model(x), None, None
+        result = self.protected.infer(x, wait=wait)
+        return result.output, result.status, getattr(result, "verdict", None)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """True for errors after which this process cannot compute again (a lost CUDA context)."""
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _STICKY_CUDA_ERRORS)
+
+
+def _watch_parent() -> None:
+    """Exit when the parent dies, even if the main thread hangs: workers never become orphans."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="failover-parent-watch", daemon=True).start()
+
+
+def _picklable(value: Any) -> Any:
+    """The value itself if it pickles, else its repr (a status must never kill the pipe)."""
+    try:
+        pickle.dumps(value)
+        return value
+    except Exception:
+        return repr(value)
+
+
+def _as_array(output: Any) -> np.ndarray:
+    """The model output as a CPU numpy array for the pipe."""
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"the model returned {type(output).__name__}; the failover runtime "
+                        "carries one tensor per result")
+    return output.detach().cpu().numpy()
+
+
+def worker_main(conn: Connection, spec: WorkerSpec, shared_model: nn.Module | None,
+                spawned_at: float) -> None:
+    """Entry point of a worker process (target of multiprocessing.Process)."""
+    entered = time.monotonic()
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent()
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            conn.send(message)
+
+    config = spec.config
+    device = config.device
+    try:
+        torch.set_num_threads(config.num_threads)
+        model = spec.source.load() if shared_model is None else shared_model
+        model = model.to(device).eval()
+        loaded = time.monotonic()
+        runner = _Runner(model, spec, device)
+        prepared = time.monotonic()
+        warm_output, _, warm_verdict = runner.infer(torch.from_numpy(spec.example_input).to(device),
+                                                    True)
+        if warm_verdict is not None:
+            warm_verdict.result()
+        warmed = time.monotonic()
+    except Exception:
+        send(("start_failed", traceback.format_exc()))
+        return
+    info = {
+        "pid": os.getpid(),
+        "device": device,
+        "spawn_to_main_s": entered - spawned_at,  # interpreter start, import torch, unpickle
+        "load_s": loaded - entered,
+        "prepare_s": prepared - loaded,  # protect(): analysis and placement
+        "warmup_s": warmed - prepared,
+        "ready_s": warmed - spawned_at,
+        "shared_bytes": shared_bytes(model) if shared_model is not None else 0,
+        "warm_output": _as_array(warm_output),
+    }
+    send(("ready", info))
+    armed: crash.CrashKind | None = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        op = message[0]
+        if op == "stop":
+            return
+        if op == "arm":
+            armed = message[1]
+            continue
+        rid = message[1] if op == "infer" else None
+        try:
+            if op == "crash":
+                crash.perform(message[1], device)
+                continue
+            _, rid, array, wait = message
+            if armed is not None:
+                kind, armed = armed, None
+                crash.perform(kind, device)
+            output, status, verdict = runner.infer(torch.from_numpy(array).to(device), wait)
+            send(("output", rid, _as_array(output), _picklable(status), verdict is not None))
+            if verdict is not None:
+                verdict.add_done_callback(
+                    lambda f, rid=rid: send(("verdict", rid, _picklable(f.result()))
+                                            if f.exception() is None
+                                            else ("error", rid, _picklable_exc(f.exception()))))
+        except Exception as exc:
+            if is_fatal(exc):
+                send(("fatal", rid, f"{type(exc).__name__}: {exc}"))
+                conn.close()
+                os._exit(FATAL_EXIT_CODE)
+            send(("error", rid, _picklable_exc(exc)))
+
+
+def _picklable_exc(exc: BaseException) -> BaseException:
+    """The exception itself if it survives pickling, else a RemoteError with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RemoteError(f"{type(exc).__name__}: {exc}")
