@@ -27,10 +27,19 @@ def _apply_group(name: str, t: torch.Tensor, group: Sequence[BitFault]) -> list[
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t.numel()):
         raise IndexError(f"fault index out of range for {name!r} ({t.numel()} elements)")
     if idx.numel() != torch.unique(idx).numel():
-        out: list[FlipRecord] = []
-        for f in group:  # an element hit twice: later faults see the earlier ones
-            out.extend(_apply_group(name, t, [f]))
-        return out
+        # An element hit more than once: apply in waves (the k-th hit of every element in wave
+        # k), so later faults on an element see the earlier ones and each wave stays vectorised.
+        seen: dict[int, int] = {}
+        wave = []
+        for f in group:
+            wave.append(seen.get(f.flat_index, 0))
+            seen[f.flat_index] = wave[-1] + 1
+        out: list[FlipRecord | None] = [None] * len(group)
+        for k in range(max(wave) + 1):
+            pos = [i for i, w in enumerate(wave) if w == k]
+            for i, r in zip(pos, _apply_group(name, t, [group[i] for i in pos]), strict=True):
+                out[i] = r
+        return out  # type: ignore[return-value]
     bit_t = torch.tensor([f.bit for f in group], dtype=torch.int64)
     old_bits, old_vals = read_patterns(t, idx), _values(t, idx)
     for op in FaultOp:

@@ -1,0 +1,261 @@
+"""Seeded fault-injection campaigns: per method and flip count, N trials of fresh faults.
+
+Each trial draws `flips` distinct single-bit flips uniformly per bit over the memory the method
+exposes (its `injectable()` weights, the activations of one forward pass of the evaluation batch,
+or both together), applies them, runs the method on the fixed evaluation batch, and undoes them.
+Trial t at flip count n uses seed `trial_seed(seed, n, t)`, the same for every method, so methods
+meet the same draws wherever they expose the same tensors.
+
+Figures per point: accuracy (or task success over gymnasium episodes for a policy) as mean, std,
+min, max over trials; changed / SDC / detected / NaN-Inf rates per sample, pooled over trials with
+a Wilson 95% interval (samples of one trial share its faults, so the interval is optimistic; the
+per-trial spread of the SDC rate is reported next to it); latency of one batched inference.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from save_ros.eval.methods import Method, get_method
+from save_ros.eval.metrics import Proportion, Spread, accurate_latency, compare
+from save_ros.faults import (
+    ActivationFaults,
+    BitFault,
+    RandomFlips,
+    Site,
+    Target,
+    TargetKind,
+    activation_sites,
+    apply_bit_faults,
+    weight_sites,
+)
+from save_ros.faults.records import UndoLog
+
+TARGETS = ("weights", "activations", "both")
+
+
+class CampaignError(ValueError):
+    """A campaign that cannot run as configured (the message says what to change)."""
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """What to run: model, fault target, flip counts, trials, seed, methods, evaluation size."""
+
+    model: str = "digits_cnn"
+    target: str = "weights"
+    flips: tuple[int, ...] = (1, 16, 256, 4096)
+    trials: int = 100
+    seed: int = 0
+    methods: tuple[str, ...] = ("unprotected",)
+    batch: int = 256  # evaluation samples, a fixed strided subset of the test split
+    episodes: int = 3  # per trial, for control policies
+    bits: tuple[int, ...] | None = None  # restrict flipped bit positions; None = all
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise CampaignError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
+        if self.trials < 1 or self.batch < 1 or self.episodes < 0:
+            raise CampaignError("trials and batch must be >= 1 and episodes >= 0")
+        if any(n < 0 for n in self.flips):
+            raise CampaignError(f"flip counts must be >= 0, got {self.flips}")
+
+
+@dataclass
+class EvalSetup:
+    """The model under test and its fixed evaluation data, independent of the registry."""
+
+    name: str
+    build: Callable[[], nn.Module]  # a fresh fault-free model for each method
+    x: torch.Tensor
+    y: torch.Tensor | None  # labels (classification); None for a policy
+    task: str = "classification"
+    spec: Any = None
+    calib: tuple[torch.Tensor, torch.Tensor] | None = None
+    episodes: Callable[[Callable[[torch.Tensor], torch.Tensor], int], float] | None = None
+    data: dict = field(default_factory=dict)  # how x was chosen, for the record
+
+
+def strided(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed subset of n samples spread evenly over the split (every k-th)."""
+    step = max(1, len(x) // n)
+    idx = torch.arange(0, len(x), step)[:n]
+    return x[idx], y[idx]
+
+
+def registry_setup(name: str, batch: int, episodes: int) -> EvalSetup:
+    """An EvalSetup for a bundled model of `save_ros.models`."""
+    from save_ros import models
+
+    spec = models.get_spec(name)
+    x_all, y_all = models.dataset(name, "test")
+    x, y = strided(x_all, y_all, batch)
+    control = spec.task.value == "control"
+    run_eps = None
+    if control and episodes > 0:
+        def run_eps(predict, n_episodes):
+            return models.evaluate(name, predict, episodes=n_episodes)
+    return EvalSetup(
+        name=name, build=lambda: models.load(name), x=x, y=None if control else y,
+        task=spec.task.value, spec=spec, calib=models.dataset(name, "calib"), episodes=run_eps,
+        data={"split": "test", "n": len(x), "of": len(x_all), "stride": max(1, len(x_all) // batch),
+              "episodes_per_trial": episodes if control else 0},
+    )
+
+
+def trial_seed(seed: int, flips: int, trial: int) -> int:
+    """The seed of trial `trial` at `flips` flips (same for every method)."""
+    return (seed * 1_000_003 + flips) * 10_007 + trial
+
+
+def machine_info() -> dict:
+    """Machine, versions and thread settings, for the record."""
+    import numpy
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "torch_threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+def _split(faults: Sequence[BitFault], weight_names: set[str]):
+    w = [f for f in faults if f.site in weight_names]
+    a = [f for f in faults if f.site not in weight_names]
+    return w, a
+
+
+class _StepFaults:
+    """A policy wrapper that gives every inference fresh activation flips (transient faults)."""
+
+    def __init__(self, method: Method, sites: list[Site], n: int, gen: torch.Generator):
+        self.method, self.sites, self.n, self.gen = method, sites, n, gen
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        faults = RandomFlips(self.n).sample(self.sites, self.gen) if self.n else []
+        with ActivationFaults(self.method.model, faults):
+            out, _ = self.method.predict(x)
+        return out
+
+
+def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean: torch.Tensor,
+           w_sites: list[Site], a_sites: list[Site], a_sites_1: list[Site],
+           progress: Callable[[str], None] | None) -> dict:
+    """Run the trials of one (method, flip count) point."""
+    tensors = method.injectable()
+    wnames = {s.name for s in w_sites}
+    pool = {"weights": w_sites, "activations": a_sites, "both": w_sites + a_sites}[cfg.target]
+    total_bits = sum(s.numel * s.width for s in pool)
+    if n > total_bits and pool:
+        raise CampaignError(f"{n} flips exceed the {total_bits} bits {method.name} exposes")
+    acc, sdc_t, lat, seeds, drawn = [], [], [], [], []
+    counts = {"changed": 0, "sdc": 0, "detected": 0, "nonfinite": 0, "samples": 0}
+    for t in range(cfg.trials):
+        seed = trial_seed(cfg.seed, n, t)
+        gen = torch.Generator().manual_seed(seed)
+        faults = RandomFlips(n, cfg.bits).sample(pool, gen) if (n and pool) else []
+        wf, af = _split(faults, wnames)
+        log = UndoLog(apply_bit_faults(tensors, wf))
+        try:
+            with ActivationFaults(method.model, af):
+                t0 = time.perf_counter()
+                out, det = method.predict(setup.x)
+                lat.append(time.perf_counter() - t0)
+            if setup.episodes is not None and cfg.episodes > 0:
+                policy = _StepFaults(method, a_sites_1, len(af), gen)
+                acc.append(setup.episodes(policy, cfg.episodes))
+        finally:
+            log.undo(tensors)
+            method.reset()
+        o = compare(clean, out, det, setup.y)
+        if setup.y is not None:
+            acc.append(float(o.correct.float().mean()))
+        k = len(o.changed)
+        counts["samples"] += k
+        counts["changed"] += int(o.changed.sum())
+        counts["sdc"] += int(o.sdc.sum())
+        counts["detected"] += int(o.detected.sum())
+        counts["nonfinite"] += int(o.nonfinite.sum())
+        sdc_t.append(int(o.sdc.sum()) / k)
+        seeds.append(seed)
+        drawn.append(len(faults))
+        if progress:
+            progress(f"{setup.name} {method.name} {cfg.target} flips={n}: trial {t + 1}/"
+                     f"{cfg.trials}")
+    m = counts["samples"]
+    sdc = Proportion(counts["sdc"], m)
+    lat_s = Spread.of([v * 1e3 for v in lat])
+    return {
+        "method": method.name, "target": cfg.target, "flips": n, "trials": cfg.trials,
+        "accuracy": Spread.of(acc).to_dict(), "accuracy_per_trial": acc,
+        "changed": Proportion(counts["changed"], m).to_dict(), "sdc": sdc.to_dict(),
+        "sdc_per_trial": Spread.of(sdc_t).to_dict(),
+        "detected": Proportion(counts["detected"], m).to_dict(),
+        "nonfinite": Proportion(counts["nonfinite"], m).to_dict(),
+        "latency_ms": lat_s.to_dict(), "latency_ms_per_sample": lat_s.mean / len(setup.x),
+        "accurate_latency_ms": accurate_latency(lat_s.mean, sdc.rate),
+        "flips_drawn": drawn, "seeds": seeds,
+    }
+
+
+def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
+                 progress: Callable[[str], None] | None = None,
+                 command: Sequence[str] | None = None) -> dict:
+    """Run every (method, flip count) point; return the JSON-ready result."""
+    setup = setup or registry_setup(cfg.model, cfg.batch, cfg.episodes)
+    started = time.time()
+    points, methods = [], {}
+    for name in cfg.methods:
+        method = get_method(name)
+        method.prepare(setup.build(), setup.spec, setup.calib)
+        clean, clean_det = method.predict(setup.x)
+        if not torch.isfinite(clean).all():
+            raise CampaignError(f"{name} gives non-finite outputs without faults; check the model")
+        tensors = method.injectable()
+        w_sites = weight_sites(tensors) if cfg.target != "activations" else []
+        a_sites, a_sites_1 = [], []
+        if cfg.target != "weights" and method.activations_injectable:
+            act = Target(TargetKind.ACTIVATIONS)
+            a_sites = activation_sites(method.model, setup.x, act)
+            if setup.episodes is not None:
+                a_sites_1 = activation_sites(method.model, setup.x[:1], act)
+        info = {"clean_detected": int(torch.as_tensor(clean_det).sum()),
+                "weight_tensors": len(w_sites),
+                "weight_bits": sum(s.numel * s.width for s in w_sites),
+                "activation_sites": len(a_sites),
+                "activation_bits": sum(s.numel * s.width for s in a_sites)}
+        if setup.y is not None:
+            info["clean_accuracy"] = float((clean.argmax(1) == setup.y).float().mean())
+        if setup.episodes is not None and cfg.episodes > 0:
+            info["clean_success"] = setup.episodes(_StepFaults(method, [], 0, None),
+                                                   cfg.episodes)
+        methods[name] = info
+        for n in cfg.flips:
+            points.append(_point(method, setup, cfg, n, clean, w_sites, a_sites, a_sites_1,
+                                 progress))
+    cfg_d = asdict(cfg)
+    return {
+        "kind": "save_ros.campaign", "version": 1,
+        "command": list(command) if command is not None else list(sys.argv),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": time.time() - started, "machine": machine_info(), "config": cfg_d,
+        "model": {"name": setup.name, "task": setup.task, "eval_data": setup.data},
+        "seed_rule": "trial seed = (seed * 1000003 + flips) * 10007 + trial",
+        "fault_model": "flips distinct single-bit flips, uniform per bit over the target pool",
+        "methods": methods, "points": points,
+    }

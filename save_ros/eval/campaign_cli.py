@@ -1,0 +1,124 @@
+"""`save-ros campaign`: run a seeded fault-injection campaign and print / save its figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from save_ros.eval.campaign import TARGETS, CampaignConfig, CampaignError, run_campaign
+from save_ros.eval.methods import UnknownMethodError
+from save_ros.faults import EmptyTargetError, NoBitsError
+from save_ros.models import ModelError
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Parse "1,16,256" (an argparse type)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        msg = f"expected comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def bit_list(text: str) -> tuple[int, ...]:
+    """Parse bit positions: "30,31" or a range "23-30" (0 = least significant)."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        msg = f"expected bits like 30,31 or 23-30, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    return tuple(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `save-ros campaign`."""
+    parser.add_argument("--model", default="digits_cnn", help="bundled model (save_ros.models)")
+    parser.add_argument("--target", choices=TARGETS, default="weights",
+                        help="memory the flips hit (both = uniform per bit over the union)")
+    parser.add_argument("--flips", type=int_list, default=(1, 16, 256, 4096),
+                        help="flip counts per trial, comma-separated (default 1,16,256,4096)")
+    parser.add_argument("--trials", type=int, default=100, help="trials per flip count")
+    parser.add_argument("--seed", type=int, default=0, help="campaign seed")
+    parser.add_argument("--method", default="unprotected",
+                        help="comma-separated methods (see save_ros.eval.methods.METHODS)")
+    parser.add_argument("--batch", type=int, default=256,
+                        help="evaluation samples: a fixed strided subset of the test split")
+    parser.add_argument("--episodes", type=int, default=3,
+                        help="gymnasium episodes per trial for a control policy (0 = none)")
+    parser.add_argument("--bits", type=bit_list, default=None,
+                        help="restrict flipped bits, e.g. 23-30 (fp32 exponent)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+class Progress:
+    """One updating line on stderr (a line per point when stderr is not a terminal)."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream, self.tty, self.last = stream, stream.isatty(), 0.0
+
+    def __call__(self, msg: str) -> None:
+        """Show `msg`; throttled to a few updates a second on a terminal."""
+        done = msg.rsplit("trial ", 1)[-1].split("/")
+        final = len(done) == 2 and done[0] == done[1]
+        now = time.monotonic()
+        if self.tty and (final or now - self.last > 0.2):
+            self.stream.write("\r" + msg.ljust(78) + ("\n" if final else ""))
+            self.stream.flush()
+            self.last = now
+        elif not self.tty and final:
+            self.stream.write(msg + "\n")
+            self.stream.flush()
+
+
+def format_table(result: dict) -> str:
+    """A readable table of a campaign result: one row per (method, flips)."""
+    task = result["model"]["task"]
+    acc = "success" if task == "control" else "accuracy"
+    head = (f"{'method':<13}{'target':<12}{'flips':>6}  {acc + ' mean±std':<19}{'min..max':<13}"
+            f"{'SDC rate [95% CI]':<24}{'NaN/Inf':>8}{'ms/batch':>10}")
+    lines = [head, "-" * len(head)]
+    for p in result["points"]:
+        a, s = p["accuracy"], p["sdc"]
+        acc_s = f"{a['mean']:.3f}±{a['std']:.3f}" if a["n"] else "n/a"
+        rng = f"{a['min']:.2f}..{a['max']:.2f}" if a["n"] else ""
+        ci = f"{s['rate']:.4f} [{s['ci95'][0]:.4f},{s['ci95'][1]:.4f}]"
+        lines.append(f"{p['method']:<13}{p['target']:<12}{p['flips']:>6}  {acc_s:<19}{rng:<13}"
+                     f"{ci:<24}{p['nonfinite']['rate']:>8.4f}{p['latency_ms']['mean']:>10.2f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the campaign described by the parsed options."""
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        cfg = CampaignConfig(model=args.model, target=args.target, flips=args.flips,
+                             trials=args.trials, seed=args.seed,
+                             methods=tuple(m for m in args.method.split(",") if m),
+                             batch=args.batch, episodes=args.episodes, bits=args.bits)
+        result = run_campaign(cfg, progress=None if args.quiet else Progress(),
+                              command=["save-ros", "campaign", *sys.argv[2:]]
+                              if sys.argv[1:2] == ["campaign"] else sys.argv)
+    except (CampaignError, UnknownMethodError, ModelError, EmptyTargetError, NoBitsError) as exc:
+        print(f"save-ros campaign: {exc}", file=sys.stderr)
+        return 2
+    methods = ", ".join(f"{k}: clean " + ", ".join(f"{kk}={vv:.4g}" for kk, vv in v.items()
+                                                   if kk.startswith("clean_"))
+                        for k, v in result["methods"].items())
+    print(f"{result['model']['name']} ({result['model']['eval_data']}); {methods}")
+    print(format_table(result))
+    print(f"wall time {result['wall_s']:.1f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
