@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -157,8 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train the requested models and print one summary line each."""
     names = models.available() if args.model == "all" else [args.model]
-    for name in names:
-        models.get_spec(name)  # fail before any training on a bad name
+    try:
+        for name in names:
+            models.get_spec(name)  # fail before any training on a bad name
+    except models.UnknownModelError as exc:
+        print(f"save-ros train: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     for name in names:
         m = train_model(name, seed=args.seed, out_dir=args.out)
