@@ -1,0 +1,208 @@
+"""Choose each layer's check from the Analysis and the Placement, by measured cost.
+
+Per layer (fx node that computes): nothing when its output is in reliable memory, has no float
+tensor output, or holds robust bits only; a range check when its non-robust bits are all
+ranging; redundancy when any bit is vulnerable: ABFT for linear / conv when it measured
+clearly cheaper than re-computing the layer on this machine (`ABFT_GAIN`), else DMR. A view /
+shape node the analysis does not count (it aliases its producer's memory) is checked where its
+producer is, except a view *module* (e.g. `nn.Flatten`), which is a place an activation fault can
+hit and gets a cheap DMR.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from save_ros.core.allocate import Placement
+from save_ros.core.analysis import Analysis
+from save_ros.core.checks import AbftCheck, CheckKind, LayerCheck, RangeBatch, abft_for
+from save_ros.core.edit import WeightStore
+from save_ros.core.instrument import Instrumented
+
+ABFT_GAIN = 0.8  # ABFT must cost < 80 % of DMR to be picked (DMR is exact, ABFT has a tolerance)
+FORCE_KINDS = ("auto", "dmr", "abft", "range", "none")
+
+
+class CheckPlanError(ValueError):
+    """A check setting that cannot be applied (the message says which values exist)."""
+
+
+@dataclass
+class Runtime:
+    """Everything a verdict needs, swapped as a whole by `reanalyze`."""
+
+    analysis: Analysis | None
+    placement: Placement
+    checks: list[LayerCheck]
+    range_batch: RangeBatch
+    redundant: list[LayerCheck]
+    param_readers: dict[str, list[str]]  # weight -> layers that read it
+    layer_params: dict[int, list[str]]  # node position -> weights it reads
+    reliable_sites: list[str] = field(default_factory=list)  # module paths of reliable outputs
+
+    def by_kind(self) -> dict[str, int]:
+        """How many layers use each check."""
+        out: dict[str, int] = {}
+        for c in self.checks:
+            out[c.kind.value] = out.get(c.kind.value, 0) + 1
+        return out
+
+
+def _time(fn, reps: int = 15) -> float:
+    """Best-of wall time of one call (seconds)."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _aliases_input(out: Any, ins: Sequence[Any]) -> bool:
+    """True when `out` shares storage with one of the tensors in `ins` (a view)."""
+    if not isinstance(out, torch.Tensor):
+        return False
+    ptr = out.untyped_storage().data_ptr()
+    return any(isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == ptr for v in ins)
+
+
+def _abft(inst: Instrumented, i: int, store: WeightStore) -> AbftCheck | None:
+    """ABFT data for node i if it is a Linear / Conv2d module whose weights the store holds."""
+    mod = inst.module_of(i)
+    if mod is None:
+        return None
+    target = inst.node_of(i).target
+    wname, bname = f"{target}.weight", f"{target}.bias"
+    if wname not in store.slots:
+        return None
+    gb = store.golden(bname) if bname in store.slots else None
+    return abft_for(mod, store.golden(wname), gb)
+
+
+def _range_check(c: LayerCheck, ta: Any, value: torch.Tensor) -> LayerCheck:
+    """Fill the range bounds of a check from a TensorAnalysis."""
+    lo, hi = ta.check_range()
+    c.range_source = ta.check.value
+    if isinstance(lo, list) and ta.channel_dim is not None and ta.channel_dim < value.dim() \
+            and value.shape[ta.channel_dim] == len(lo):
+        c.channel_dim = ta.channel_dim
+        c.range_low, c.range_high = torch.tensor(lo), torch.tensor(hi)
+    else:
+        lo_s = min(lo) if isinstance(lo, list) else lo
+        hi_s = max(hi) if isinstance(hi, list) else hi
+        c.range_low, c.range_high = torch.tensor([lo_s]), torch.tensor([hi_s])
+    return c
+
+
+def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placement,
+                store: WeightStore, values: Sequence[Any], force: str = "auto",
+                robust_allowance: bool = True) -> Runtime:
+    """The check of every layer, decided on the example run's `values`."""
+    if force not in FORCE_KINDS:
+        raise CheckPlanError(f"checks={force!r}; use one of {', '.join(FORCE_KINDS)}")
+    tensors = analysis.tensors if analysis is not None else {}
+    checks: list[LayerCheck] = []
+    layer_params: dict[int, list[str]] = {}
+    param_readers: dict[str, list[str]] = {}
+    reliable_sites: list[str] = []
+    for i in inst.layer_indices:
+        node = inst.node_of(i)
+        name = inst.names[i]
+        params = [p for p in _params_of(inst, i) if p in store.slots]
+        layer_params[i] = params
+        for p in params:
+            param_readers.setdefault(p, []).append(name)
+        val = values[i]
+        c = LayerCheck(index=i, name=name, kind=CheckKind.NONE, reason="",
+                       recompute=lambda vals, i=i: inst.recompute(i, vals))
+        ta = tensors.get(name)
+        if placement.is_reliable(name):
+            if node.op == "call_module":
+                reliable_sites.append(str(node.target))
+            c.reason = "output in reliable memory"
+        elif not (isinstance(val, torch.Tensor) and val.is_floating_point()):
+            c.reason = "no float tensor output"
+        elif force == "none":
+            c.reason = "checks disabled (checks='none')"
+        elif ta is None:
+            ins = [values[inst.index[n.name]] for n in node.all_input_nodes]
+            if _aliases_input(val, ins) and node.op != "call_module":
+                c.reason = "view of its input: checked where the input is produced"
+            else:
+                c.kind, c.reason = CheckKind.DMR, "not analysed: re-computed"
+        elif force == "range" or (force == "auto" and ta.vulnerable_bits <= 0
+                                  and ta.ranging_bits > 0):
+            c.kind, c.reason = CheckKind.RANGE, f"{ta.ranging_bits:.0f} ranging bits, no " \
+                "vulnerable bits" if force == "auto" else "checks='range'"
+            _range_check(c, ta, val)
+        elif force == "auto" and ta.vulnerable_bits <= 0:
+            c.reason = "robust bits only"
+        else:
+            c.kind = CheckKind.DMR
+            c.reason = f"{ta.vulnerable_bits:.0f} vulnerable bits"
+        if c.kind is CheckKind.DMR:
+            _choose_redundancy(c, inst, store, values, force, ta, robust_allowance)
+        checks.append(c)
+    redundant = [c for c in checks if c.kind in (CheckKind.DMR, CheckKind.ABFT)]
+    batch = RangeBatch([c for c in checks if c.kind is CheckKind.RANGE])
+    return Runtime(analysis, placement, checks, batch, redundant, param_readers, layer_params,
+                   reliable_sites)
+
+
+def _params_of(inst: Instrumented, i: int) -> list[str]:
+    """Weight names node i reads: its module's parameters and buffers, or get_attr inputs."""
+    node = inst.node_of(i)
+    out: list[str] = []
+    if node.op == "call_module":
+        mod = inst.module_of(i)
+        prefix = f"{node.target}."
+        out += [prefix + n for n, _ in mod.named_parameters()]
+        out += [prefix + n for n, _ in mod.named_buffers()]
+    for inp in node.all_input_nodes:
+        if inp.op == "get_attr":
+            out.append(str(inp.target))
+    return out
+
+
+def _robust_mantissa_bits(ta: Any) -> int:
+    """Number of low mantissa bits that are (almost) always robust in a tensor."""
+    n = 0
+    for robust, _ranging, _vul in (ta.bit_shares if ta is not None else [])[:23]:
+        if robust < 0.999:
+            break
+        n += 1
+    return n
+
+
+def _choose_redundancy(c: LayerCheck, inst: Instrumented, store: WeightStore,
+                       values: Sequence[Any], force: str, ta: Any,
+                       robust_allowance: bool) -> None:
+    """DMR or ABFT for a layer with vulnerable bits, by measured cost; probe DMR determinism."""
+    saved = values[c.index]
+    again = c.recompute(values)
+    c.exact = isinstance(again, torch.Tensor) and torch.equal(again, saved)
+    c.cost_s["dmr"] = _time(lambda: c.recompute(values))
+    abft = _abft(inst, c.index, store)
+    if abft is None or force == "dmr":
+        return
+    node = inst.node_of(c.index)
+    x = values[inst.index[node.args[0].name]]
+    if robust_allowance:
+        m = _robust_mantissa_bits(ta)
+        abft.robust_allowance = 2.0 ** (m - 23) if m else 0.0
+    excess, _ = abft.violation(x, saved)
+    if excess > 0:  # the bound does not hold on a fault-free run: never use it here
+        c.reason += "; ABFT bound failed on the example run, DMR used"
+        return
+    c.cost_s["abft"] = _time(lambda: abft.violation(x, saved))
+    if force == "abft" or c.cost_s["abft"] < ABFT_GAIN * c.cost_s["dmr"]:
+        c.kind, c.abft = CheckKind.ABFT, abft
+        c.reason += f"; ABFT {c.cost_s['abft'] * 1e6:.0f} us < DMR {c.cost_s['dmr'] * 1e6:.0f} us"
+    else:
+        c.reason += f"; DMR {c.cost_s['dmr'] * 1e6:.0f} us <= ABFT {c.cost_s['abft'] * 1e6:.0f} us"

@@ -1,0 +1,221 @@
+"""SAVE Edit: golden copies of the weights, exact checksums per chunk, and bit-exact repair.
+
+`WeightStore` moves every floating-point parameter and buffer of the model into one flat buffer
+per dtype (the tensors become views of it, so the model and any injector see the same live
+storage), keeps a golden copy of that buffer in host memory, and int64 sums of its integer view
+per chunk of `chunk` elements. A flip of bit b changes an element's integer view by +-2^b, so any
+single flip changes its chunk's sum: the check is exact for one flip per chunk. Several flips in
+one chunk cancel only when they pair up on the same bit position in opposite directions and
+nothing else in that chunk changed (about 1 in 64 x chunks for two random flips; with 16 flips in
+the same chunk practically never). `recover()` compares every element with the golden copy.
+
+Repair copies the golden bits back (`copy_` of the integer view: bit-for-bit, NaN payloads and
+-0.0 included) and reports which tensors and how many elements it restored.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from save_ros.core import bits
+
+ALIGN = 16  # elements: every tensor starts 64-byte aligned inside the flat buffer
+
+
+@dataclass
+class Slot:
+    """Where one tensor lives in a flat buffer."""
+
+    name: str
+    group: int
+    offset: int
+    numel: int
+
+
+@dataclass
+class Repair:
+    """What one repair restored: tensor name -> number of elements whose bits were wrong."""
+
+    elements: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tensors(self) -> list[str]:
+        """Names of the repaired tensors."""
+        return list(self.elements)
+
+    def merge(self, other: Repair) -> None:
+        """Add another repair's counts."""
+        for k, v in other.elements.items():
+            self.elements[k] = self.elements.get(k, 0) + v
+
+
+class _Group:
+    """One flat buffer of one dtype, its golden copy and chunk checksums."""
+
+    def __init__(self, dtype: torch.dtype, numel: int, chunk: int) -> None:
+        self.dtype = dtype
+        self.chunk = chunk
+        self.n_chunks = max(1, -(-numel // chunk))
+        self.flat = torch.zeros(self.n_chunks * chunk, dtype=dtype)
+        self.golden: torch.Tensor | None = None
+        self.golden_sums: torch.Tensor | None = None
+        self.slots: list[Slot] = []
+        self.starts: list[int] = []
+
+    def iv(self, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Integer view of the flat buffer (or of `t`), shaped (chunks, chunk)."""
+        return bits.int_view(self.flat if t is None else t).view(self.n_chunks, self.chunk)
+
+    def seal(self) -> None:
+        """Take the golden copy and its checksums from the current contents."""
+        self.golden = self.flat.clone()
+        self.golden_sums = self.iv(self.golden).sum(1, dtype=torch.int64)
+
+    def bad_chunks(self, lo: int = 0, hi: int | None = None) -> list[int]:
+        """Chunks in [lo, hi) whose sum differs from the golden sum."""
+        hi = self.n_chunks if hi is None else hi
+        sums = self.iv()[lo:hi].sum(1, dtype=torch.int64)
+        diff = sums != self.golden_sums[lo:hi]
+        if not bool(diff.any()):
+            return []
+        return (diff.nonzero().flatten() + lo).tolist()
+
+    def restore(self, chunk_ids: list[int] | None) -> dict[str, int]:
+        """Copy golden bits back into the given chunks (all if None); count restored elements."""
+        live, gold = self.iv(), self.iv(self.golden)
+        ids = range(self.n_chunks) if chunk_ids is None else chunk_ids
+        counts: dict[str, int] = {}
+        for c in ids:
+            ne = (live[c] != gold[c]).nonzero().flatten()
+            if not ne.numel():
+                continue
+            for j in (ne + c * self.chunk).tolist():
+                slot = self.slot_at(j)
+                if slot is not None:
+                    counts[slot.name] = counts.get(slot.name, 0) + 1
+            live[c].copy_(gold[c])
+        return counts
+
+    def slot_at(self, j: int) -> Slot | None:
+        """The tensor that owns flat element j (None for alignment padding)."""
+        k = bisect.bisect_right(self.starts, j) - 1
+        if k < 0:
+            return None
+        s = self.slots[k]
+        return s if j < s.offset + s.numel else None
+
+
+class WeightStore:
+    """Flat, checksummed, golden-backed storage of a model's floating-point weights."""
+
+    def __init__(self, model: nn.Module, chunk: int = 256) -> None:
+        self.model = model
+        self.chunk = chunk
+        named: dict[str, torch.Tensor] = {}
+        for name, p in model.named_parameters():
+            named[name] = p
+        for name, b in model.named_buffers():
+            if b.dtype.is_floating_point and b.dtype in bits.LAYOUTS:
+                named[name] = b
+        self.tensors = named
+        by_dtype: dict[torch.dtype, list[str]] = {}
+        for name, t in named.items():
+            by_dtype.setdefault(t.dtype, []).append(name)
+        self.groups: list[_Group] = []
+        self.slots: dict[str, Slot] = {}
+        with torch.no_grad():
+            for dtype, names in by_dtype.items():
+                total = sum(-(-named[n].numel() // ALIGN) * ALIGN for n in names)
+                g = _Group(dtype, total, chunk)
+                off = 0
+                for n in names:
+                    t = named[n]
+                    slot = Slot(n, len(self.groups), off, t.numel())
+                    g.flat[off : off + t.numel()].copy_(t.detach().reshape(-1))
+                    # same tensor object, new storage: the model, fx code and injectors all follow
+                    t.set_(g.flat.untyped_storage(), off, t.shape, t.stride() if t.is_contiguous()
+                           else torch.empty(t.shape).stride())
+                    g.slots.append(slot)
+                    g.starts.append(off)
+                    self.slots[n] = slot
+                    off += -(-t.numel() // ALIGN) * ALIGN
+                g.seal()
+                self.groups.append(g)
+        self.nbytes = sum(t.numel() * t.element_size() for t in named.values())
+
+    def golden(self, name: str) -> torch.Tensor:
+        """The golden copy of one weight (a view of host memory: do not write to it)."""
+        s = self.slots[name]
+        g = self.groups[s.group]
+        return g.golden[s.offset : s.offset + s.numel].view(self.tensors[name].shape)
+
+    def chunks_of(self, names: list[str]) -> list[tuple[int, int]]:
+        """(group, chunk) pairs that hold any element of the named tensors."""
+        out: set[tuple[int, int]] = set()
+        for n in names:
+            s = self.slots[n]
+            first, last = s.offset // self.chunk, (s.offset + s.numel - 1) // self.chunk
+            out.update((s.group, c) for c in range(first, last + 1))
+        return sorted(out)
+
+    def n_chunks(self) -> int:
+        """Chunks over all groups."""
+        return sum(g.n_chunks for g in self.groups)
+
+    def check(self, chunk_mask: list[torch.Tensor] | None = None, lo: int = 0,
+              hi: int | None = None) -> list[tuple[int, int]]:
+        """(group, chunk) pairs whose checksum fails; `chunk_mask[g]` keeps the checked ones.
+
+        `lo`/`hi` select a window of global chunk numbers (for budgeted, rotating checks).
+        """
+        bad: list[tuple[int, int]] = []
+        base = 0
+        for gi, g in enumerate(self.groups):
+            a, b = max(lo - base, 0), g.n_chunks if hi is None else min(hi - base, g.n_chunks)
+            if a < b:
+                for c in g.bad_chunks(a, b):
+                    if chunk_mask is None or bool(chunk_mask[gi][c]):
+                        bad.append((gi, c))
+            base += g.n_chunks
+        return bad
+
+    def restore(self, chunks: list[tuple[int, int]] | None = None) -> Repair:
+        """Restore the given chunks (every chunk if None) from the golden copy, bit-for-bit."""
+        rep = Repair()
+        with torch.no_grad():
+            if chunks is None:
+                for g in self.groups:
+                    if not torch.equal(g.iv(), g.iv(g.golden)):
+                        rep.merge(Repair(g.restore(None)))
+                return rep
+            per: dict[int, list[int]] = {}
+            for gi, c in chunks:
+                per.setdefault(gi, []).append(c)
+            for gi, ids in per.items():
+                rep.merge(Repair(self.groups[gi].restore(ids)))
+        return rep
+
+    def corrupted(self, names: list[str]) -> list[str]:
+        """Which of the named weights differ from their golden copies (exact compare)."""
+        out = []
+        for n in names:
+            t = self.tensors.get(n)
+            if t is not None and not torch.equal(bits.int_view(t), bits.int_view(self.golden(n))):
+                out.append(n)
+        return out
+
+    def chunk_mask(self, names: list[str]) -> list[torch.Tensor]:
+        """Per group, a bool mask of the chunks that hold any of the named tensors."""
+        masks = [torch.zeros(g.n_chunks, dtype=torch.bool) for g in self.groups]
+        for gi, c in self.chunks_of(names):
+            masks[gi][c] = True
+        return masks
+
+    def accept_current(self) -> None:
+        """Take the current weights as the new golden copy (after a deliberate update)."""
+        for g in self.groups:
+            g.seal()

@@ -1,0 +1,160 @@
+"""The runtime's hot path: the model's own fx code, changed only to also return every value.
+
+`Instrumented(graph)` copies the fx graph of a `ModelGraph` and makes its output
+`(model_output, (v_0, v_1, ...))`: the value of every node (inputs, parameters read with
+`get_attr`, and each layer's output) in graph order. There are no hooks and no interpreter on the
+inference path, so the Python overhead is the generated forward's own; keeping references costs
+nothing (no copies: activations are fresh tensors per inference).
+
+Off the hot path it re-computes one node from saved values (DMR) and re-runs the graph from node
+k (Edit), calling `module.forward` directly so that module hooks do not fire again: a re-run is a
+new execution, and a transient upset of the first run does not repeat in it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from save_ros.core.graph import ModelGraph
+
+LAYER_OPS = ("call_module", "call_function", "call_method")
+
+# In-place ops whose out-of-place twin computes the same value; anything else in place is refused.
+_INPLACE_FUNCS = {operator.iadd: operator.add, operator.isub: operator.sub,
+                  operator.imul: operator.mul, operator.itruediv: operator.truediv}
+
+
+class UnsupportedModelError(RuntimeError):
+    """The runtime cannot protect this model (the message names the op and what to do)."""
+
+
+def _fetch_attr(root: nn.Module, target: str) -> Any:
+    """The attribute at dotted path `target` (a parameter, buffer or constant)."""
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _make_inplace_free(model: nn.Module, graph: fx.Graph) -> list[str]:
+    """Turn in-place ops into their out-of-place twins so saved values stay valid; list changes.
+
+    A saved input that a later in-place op overwrote would make DMR and re-runs wrong.
+    """
+    changed = []
+    modules = dict(model.named_modules())
+    for node in graph.nodes:
+        if node.op == "call_module":
+            mod = modules.get(node.target)
+            if getattr(mod, "inplace", False) is True:
+                mod.inplace = False  # same values, fresh output tensor
+                changed.append(f"{node.target}.inplace=False")
+        elif node.op in ("call_function", "call_method"):
+            if node.kwargs.get("inplace") is True:
+                node.kwargs = {**node.kwargs, "inplace": False}
+                changed.append(f"{node.name}: inplace=False")
+            elif node.op == "call_function" and node.target in _INPLACE_FUNCS:
+                node.target = _INPLACE_FUNCS[node.target]
+                changed.append(f"{node.name}: out of place")
+            elif node.op == "call_method" and str(node.target).endswith("_") \
+                    and not str(node.target).endswith("__"):
+                raise UnsupportedModelError(
+                    f"node {node.name} calls the in-place method {node.target!r}: SAVE re-computes "
+                    "layers from saved inputs, which an in-place op overwrites; use the "
+                    f"out-of-place {str(node.target)[:-1]!r} in the model's forward"
+                )
+    return changed
+
+
+class Instrumented:
+    """A model's forward that also returns every node's value, and re-runs from any node."""
+
+    def __init__(self, graph: ModelGraph) -> None:
+        if graph.gm is None:
+            raise UnsupportedModelError(
+                f"torch.fx could not trace {type(graph.model).__name__} (capture='hooks'); the "
+                "runtime needs the data flow between layers. Make forward traceable (no "
+                "data-dependent Python control flow) or wrap the untraceable part in a leaf module"
+            )
+        self.model = graph.model
+        src = graph.gm.graph
+        new = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        out_val = new.graph_copy(src, env)
+        self.nodes: list[fx.Node] = [n for n in src.nodes if n.op != "output"]
+        new.output((out_val, tuple(env[n] for n in self.nodes)))
+        self.inplace_changes = _make_inplace_free(self.model, new)
+        self.gm = fx.GraphModule(graph.gm, new)
+        self.names = [n.name for n in self.nodes]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        out_node = next(n for n in src.nodes if n.op == "output")
+        self._out_template = out_node.args[0]
+        self._new_nodes = [env[n] for n in self.nodes]
+        self._fns: list[Callable[..., Any] | None] = [self._compile(n) for n in self._new_nodes]
+        self.layer_indices = [i for i, n in enumerate(self.nodes) if n.op in LAYER_OPS]
+        self.placeholders = [i for i, n in enumerate(self.nodes) if n.op == "placeholder"]
+
+    def _compile(self, node: fx.Node) -> Callable[..., Any] | None:
+        """The callable that computes `node` from its resolved args (None for inputs)."""
+        if node.op == "call_module":
+            return self.gm.get_submodule(node.target).forward  # no hooks: see module docstring
+        if node.op == "call_function":
+            return node.target
+        if node.op == "call_method":
+            name = node.target
+            return lambda self_, *a, **k: getattr(self_, name)(*a, **k)
+        if node.op == "get_attr":
+            root, target = self.gm, node.target
+            return lambda: _fetch_attr(root, target)
+        return None
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[Any, tuple[Any, ...]]:
+        """Run the model; return (output, every node's value in graph order)."""
+        return self.gm(*inputs)
+
+    def node_of(self, i: int) -> fx.Node:
+        """The (copied) fx node at position i."""
+        return self._new_nodes[i]
+
+    def module_of(self, i: int) -> nn.Module | None:
+        """The module a call_module node runs, else None."""
+        node = self._new_nodes[i]
+        return self.gm.get_submodule(node.target) if node.op == "call_module" else None
+
+    def _resolve(self, arg: Any, values: Sequence[Any]) -> Any:
+        return fx.node.map_arg(arg, lambda n: values[self.index[n.name]])
+
+    def recompute(self, i: int, values: Sequence[Any]) -> Any:
+        """Compute node i again from the saved values of its inputs."""
+        node = self._new_nodes[i]
+        fn = self._fns[i]
+        if fn is None:
+            return values[i]
+        if node.op == "get_attr":
+            return fn()
+        args = self._resolve(node.args, values)
+        kwargs = self._resolve(node.kwargs, values)
+        return fn(*args, **kwargs)
+
+    def run_from(self, k: int, values: Sequence[Any]) -> tuple[Any, list[Any]]:
+        """Re-run nodes k.. with the saved values of nodes before k; return (output, values)."""
+        vals = list(values)
+        for i in range(k, len(self.nodes)):
+            vals[i] = self.recompute(i, vals)
+        out = fx.node.map_arg(self._out_template, lambda n: vals[self.index[n.name]])
+        return out, vals
+
+    def first_reader(self, tensor_names: Sequence[str], param_readers: dict[str, list[str]]) -> int:
+        """Position of the first layer that reads any of the named weights (0 if unknown)."""
+        best = None
+        for t in tensor_names:
+            for layer in param_readers.get(t, []):
+                i = self.index.get(layer)
+                if i is not None and (best is None or i < best):
+                    best = i
+        return best if best is not None else (self.layer_indices[0] if self.layer_indices else 0)

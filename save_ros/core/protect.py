@@ -1,0 +1,466 @@
+"""`protect(model, example_input, input_range, config) -> ProtectedModel`: SAVE at run time.
+
+Selection (`core.select.analyze`) says which bits of which tensor are robust, ranging or
+vulnerable; Allocation (`core.allocate`) puts the most vulnerable bytes in the reliable pool;
+Verification (`core.checks`, `core.checkplan`, `core.verify`) checks every inference off the
+inference thread; Edit (`core.edit`) restores corrupted weights from golden copies and re-runs
+from the first failing layer. The inference thread runs the model's own (fx-generated) forward
+and queues the saved values; it never waits unless `infer(x, wait=True)` asks for the verdict.
+
+Weight repairs and inferences may overlap (a ROS service calls `recover()` while the node
+infers): every repair is logged with a sequence number, and an inference that ran while weights
+were being restored is re-run from the first layer that reads them.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from save_ros.core.allocate import (
+    DEFAULT_BUDGET_FRACTION,
+    Candidate,
+    Placement,
+    default_budget,
+    plan,
+)
+from save_ros.core.analysis import Analysis, TensorKind
+from save_ros.core.checkplan import Runtime, plan_checks
+from save_ros.core.checks import CheckKind, dmr_mismatch
+from save_ros.core.edit import Repair, WeightStore
+from save_ros.core.graph import capture
+from save_ros.core.instrument import Instrumented, UnsupportedModelError
+from save_ros.core.verify import Detection, FaultStatus, Job, Verifier, VerifierMode
+
+__all__ = ["InferenceResult", "ProtectConfig", "ProtectedModel", "UnsupportedModelError",
+           "protect"]
+
+
+@dataclass
+class ProtectConfig:
+    """How to protect a model. Every field has a working default."""
+
+    reliable_budget_bytes: int | None = None  # None: reliable_budget_fraction of weight bytes
+    reliable_budget_fraction: float = DEFAULT_BUDGET_FRACTION
+    verifier: str = "thread"  # "thread" or "external" (run_pending_checks drives it)
+    checks: str = "auto"  # auto | dmr | abft | range | none: force one kind (ablations)
+    weight_check_interval: int = 1  # checksum normal-memory weights every N-th inference; 0: never
+    weight_check_budget_s: float | None = None  # else: rotate chunks, this much time each
+    weight_chunk: int = 256  # elements per checksum chunk
+    calibration: torch.Tensor | None = None  # inputs for the observed ranges
+    margin: float = 0.1  # calibration ranges widened by this share of their width
+    confirm_range_alarms: bool = True  # re-compute before calling a range excursion a fault
+    robust_allowance: bool = True  # ABFT tolerance also admits flips of robust mantissa bits
+    max_reruns: int = 2  # Edit attempts before a result is reported unverified
+    analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model
+
+
+@dataclass
+class InferenceResult:
+    """An inference's output and its verdict (a status now, or a future of one)."""
+
+    output: Any
+    status: FaultStatus | None
+    verdict: Future
+
+    @property
+    def verified(self) -> bool:
+        """True when the verdict is in and says verified."""
+        return self.status is not None and self.status.verified
+
+
+def _input_bounds(input_range: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input box as two float tensors (broadcast against one input or a batch)."""
+    try:
+        lo, hi = input_range
+    except (TypeError, ValueError):
+        raise ValueError("input_range must be a (low, high) pair of numbers or tensors shaped "
+                         "like one input (e.g. models.get_spec(name).input_range())") from None
+    lo_t = torch.as_tensor(lo, dtype=torch.float32)
+    hi_t = torch.as_tensor(hi, dtype=torch.float32)
+    if bool((lo_t > hi_t).any()):
+        raise ValueError("input_range has low > high somewhere; pass (low, high)")
+    return lo_t, hi_t
+
+
+def _candidates(analysis: Analysis | None, store: WeightStore) -> list[Candidate]:
+    """Allocation candidates: every analysed weight and activation."""
+    if analysis is None:
+        return [Candidate(n, "weight", t.numel() * t.element_size(), 0.0, 0.0)
+                for n, t in store.tensors.items()]
+    return [Candidate(t.name, "weight" if t.kind is TensorKind.WEIGHT else "activation",
+                      int(t.nbytes), float(t.vulnerable_bits), float(t.score))
+            for t in analysis.tensors.values()]
+
+
+class ProtectedModel:
+    """A model under SAVE: infer, get verdicts, repair. Thread-safe."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, input_range: Any,
+                 config: ProtectConfig, analysis: Analysis | None) -> None:
+        self.model = model.eval()
+        self.config = config
+        self._example = example_input
+        self._input_range = input_range
+        self._low, self._high = _input_bounds(input_range)
+        graph = getattr(analysis, "graph", None) or capture(model, example_input[:1])
+        if graph.capture != "fx":
+            try:
+                fx.symbolic_trace(model)
+                why = "unknown"
+            except Exception as exc:  # report fx's own reason
+                why = f"{type(exc).__name__}: {exc}"
+            raise UnsupportedModelError(
+                f"cannot protect {type(model).__name__}: torch.fx cannot trace it ({why}). "
+                "Make forward traceable (no data-dependent control flow) or mark the offending "
+                "submodule as a leaf")
+        self._inst = Instrumented(graph)
+        self._store = WeightStore(model, config.weight_chunk)
+        self._lock = threading.RLock()  # repairs, re-runs, recover, reanalyze
+        self._seq = 0  # repair sequence: odd while a repair is writing weights
+        self._repairs: collections.deque[tuple[int, list[str]]] = collections.deque(maxlen=512)
+        self._ids = itertools.count()
+        self._stats_lock = threading.Lock()
+        self._stats = collections.Counter()
+        self._latencies: collections.deque[float] = collections.deque(maxlen=10000)
+        self._rt = self._build_runtime(analysis)
+        self._verifier = Verifier(self._verify, config.verifier)
+        self._closed = False
+
+    # ---- set-up -----------------------------------------------------------------------
+    def _build_runtime(self, analysis: Analysis | None) -> Runtime:
+        """Allocation and the check plan for one analysis (probes run on the example input)."""
+        budget = self.config.reliable_budget_bytes
+        if budget is None:
+            budget = default_budget(self._store.nbytes, self.config.reliable_budget_fraction)
+        placement = plan(_candidates(analysis, self._store), budget, self._store.nbytes)
+        with torch.inference_mode():
+            _, values = self._inst.forward(self._example)
+            rt = plan_checks(self._inst, analysis, placement, self._store, values,
+                             self.config.checks, self.config.robust_allowance)
+        n = self._store.n_chunks()
+        self._chunks_per_job = n
+        if self.config.weight_check_budget_s is not None:
+            t = time.perf_counter()
+            for _ in range(5):
+                self._store.check()
+            per_chunk = (time.perf_counter() - t) / 5 / n
+            self._chunks_per_job = max(1, min(n, int(self.config.weight_check_budget_s
+                                                     / max(per_chunk, 1e-9))))
+        return rt
+
+    # ---- the public API ---------------------------------------------------------------
+    @property
+    def analysis(self) -> Analysis | None:
+        """The Selection result in force."""
+        return self._rt.analysis
+
+    @property
+    def placement(self) -> Placement:
+        """The Allocation in force."""
+        return self._rt.placement
+
+    def checks(self) -> list[dict[str, Any]]:
+        """Per layer: which check it gets and why."""
+        return [{"layer": c.name, "check": c.kind.value, "exact": c.exact, "reason": c.reason,
+                 "cost_us": {k: v * 1e6 for k, v in c.cost_s.items()}}
+                for c in self._rt.checks]
+
+    def normal_tensors(self, buffers: bool = False) -> dict[str, torch.Tensor]:
+        """Weights in normal memory: name -> live tensor (what an injector may touch)."""
+        named = dict(self.model.named_parameters())
+        if buffers:
+            named.update((n, b) for n, b in self.model.named_buffers() if n in self._store.slots)
+        return {n: t.detach() for n, t in named.items() if not self.placement.is_reliable(n)}
+
+    def reliable_tensors(self) -> list[str]:
+        """Names (weights and activations) in the reliable pool."""
+        return list(self.placement.reliable)
+
+    def reliable_activation_sites(self) -> list[str]:
+        """Module paths whose outputs live in the reliable pool (activation-fault `exclude`)."""
+        return list(self._rt.reliable_sites)
+
+    def infer(self, x: torch.Tensor, wait: bool = True) -> InferenceResult:
+        """Run one inference; with `wait`, return the verified (or repaired) output."""
+        if self._closed:
+            raise RuntimeError("this ProtectedModel is closed; call protect() again")
+        rt = self._rt
+        seq = self._seq
+        i = next(self._ids)
+        check_w, window = self._weight_schedule(i)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out, values = self._inst.forward(x)
+        t1 = time.perf_counter()
+        job = Job(i, (x,), out, values, t0, t1, seq, check_w, window, rt)
+        fut = self._verifier.submit(job)
+        if not wait:
+            return InferenceResult(out, None, fut)
+        if self._verifier.mode is VerifierMode.EXTERNAL:
+            while not fut.done():  # nobody else may be draining: help
+                if not self._verifier.run_pending(0.05):
+                    try:
+                        fut.exception(timeout=0.005)
+                    except TimeoutError:
+                        pass
+        status = fut.result()
+        return InferenceResult(status.output if status.output is not None else out, status, fut)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The verified output (blocks for the verdict)."""
+        return self.infer(x, wait=True).output
+
+    def run_pending_checks(self, timeout: float | None = None) -> int:
+        """Run queued checks (verifier='external'); return how many inferences were verified."""
+        return self._verifier.run_pending(timeout)
+
+    def pending_checks(self) -> int:
+        """Inferences waiting for their verdict."""
+        return self._verifier.pending()
+
+    def recover(self) -> Repair:
+        """Restore every weight that differs from its golden copy, now."""
+        with self._lock:
+            rep = self._restore(None)
+        with self._stats_lock:
+            self._stats["recoveries"] += 1
+        return rep
+
+    def reanalyze(self, calibration: torch.Tensor | None = None,
+                  accept_weights: bool = False) -> Runtime:
+        """Redo Selection, Allocation and the check plan (weights restored first, or accepted)."""
+        from save_ros.core.select import analyze
+
+        with self._lock:
+            if accept_weights:
+                self._store.accept_current()
+            else:
+                self._restore(None)
+            calib = calibration if calibration is not None else self.config.calibration
+            analysis = analyze(self.model, self._example, self._input_range, calib,
+                               self.config.margin)
+            rt = self._build_runtime(analysis)
+            self._rt = rt  # one reference swap: inferences pick up the new plan whole
+        return rt
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since protect(): inferences, verdicts, detections, latencies."""
+        with self._stats_lock:
+            d = dict(self._stats)
+            lat = sorted(self._latencies)
+        if lat:
+            d["detection_latency_ms"] = {"mean": 1e3 * sum(lat) / len(lat),
+                                         "p50": 1e3 * lat[len(lat) // 2],
+                                         "max": 1e3 * lat[-1], "n": len(lat)}
+        return d
+
+    def summary(self) -> str:
+        """What is protected how: placement and checks per kind."""
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self._rt.by_kind().items()))
+        return f"{self.placement.summary()}\nchecks per layer: {kinds}"
+
+    def close(self) -> None:
+        """Stop the verifier (queued checks still run in thread mode)."""
+        self._closed = True
+        self._verifier.close()
+
+    def __enter__(self) -> ProtectedModel:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- verification and edit --------------------------------------------------------
+    def _weight_schedule(self, i: int) -> tuple[bool, tuple[int, int | None]]:
+        """Whether inference i checksums weights, and which window of chunks."""
+        every = self.config.weight_check_interval
+        if every <= 0 or i % every:
+            return False, (0, 0)
+        n, k = self._store.n_chunks(), self._chunks_per_job
+        if k >= n:
+            return True, (0, None)
+        lo = ((i // every) * k) % n
+        return True, (lo, lo + k)
+
+    def _restore(self, chunks) -> Repair:
+        """Restore chunks (all if None) bit-for-bit, logged in the repair sequence."""
+        with self._lock:
+            self._seq += 1
+            try:
+                rep = self._store.restore(chunks)
+            finally:
+                self._seq += 1
+            if rep.elements:
+                self._repairs.append((self._seq, rep.tensors))
+        return rep
+
+    def _stale(self, seq: int) -> list[str] | None:
+        """Weights restored since an inference began (None: too old to know, assume all)."""
+        with self._lock:
+            if self._repairs and len(self._repairs) == self._repairs.maxlen \
+                    and self._repairs[0][0] > seq:
+                return None
+            names: list[str] = []
+            for end, tensors in self._repairs:
+                if end > seq:
+                    names += [t for t in tensors if t not in names]
+            if seq % 2:  # began while a repair was writing
+                names = names or list(self._store.slots)
+            return names
+
+    def _in_range(self, x: torch.Tensor) -> bool:
+        return bool(((x >= self._low) & (x <= self._high)).all())
+
+    def _run_checks(self, rt: Runtime, values, start: int, in_range: bool,
+                    st: FaultStatus, restored: frozenset[str] = frozenset()
+                    ) -> list[tuple[int, Detection]]:
+        """Layer checks on layers >= start; failures as (node position, detection).
+
+        Layers that read a weight in `restored` are skipped: they are re-run anyway, and a
+        re-computation with the repaired weight would report the same fault twice.
+        """
+        fails: list[tuple[int, Detection]] = []
+        if in_range and rt.range_batch.checks:
+            st.checks_run += len(rt.range_batch.checks)
+            for c, detail in rt.range_batch.failures(values):
+                if c.index < start:
+                    continue
+                if self.config.confirm_range_alarms and self._benign(rt, c, values):
+                    st.notes.append(f"{c.name}: {detail}; re-computed equal with golden "
+                                    "weights: input-driven, not a fault")
+                    continue
+                fails.append((c.index, Detection(c.name, c.name, "range", detail)))
+        for c in rt.redundant:
+            if c.index < start or (restored and restored.intersection(
+                    rt.layer_params.get(c.index, ()))):
+                continue
+            st.checks_run += 1
+            node = self._inst.node_of(c.index)
+            if c.kind is CheckKind.ABFT:
+                x = values[self._inst.index[node.args[0].name]]
+                excess, diff = c.abft.violation(x, values[c.index])
+                if excess > 0:
+                    fails.append((c.index, Detection(
+                        c.name, c.name, "abft", f"|sum(y) - c.x| = {diff:.4g} exceeds the "
+                        f"tolerance by {excess:.4g}")))
+            else:
+                msg = dmr_mismatch(c.recompute(values), values[c.index], c.exact)
+                if msg:
+                    fails.append((c.index, Detection(c.name, c.name, "dmr", msg)))
+        return fails
+
+    def _benign(self, rt: Runtime, c, values) -> bool:
+        """A range excursion whose layer re-computes equal with golden weights is input-driven."""
+        params = rt.layer_params.get(c.index, [])
+        if self._store.corrupted(params):
+            return False
+        return dmr_mismatch(c.recompute(values), values[c.index], c.exact) is None
+
+    def _verify(self, job: Job) -> FaultStatus:
+        """The verifier's work for one inference: checks, then Edit if any failed."""
+        t_v = time.perf_counter()
+        rt: Runtime = job.runtime
+        st = FaultStatus(job.inference_id, forward_s=job.t_end - job.t_start,
+                         queue_s=t_v - job.t_end)
+        st.input_out_of_range = not self._in_range(job.inputs[0])
+        fails: list[tuple[int, Detection]] = []
+        stale = self._stale(job.epoch)
+        if stale is None or stale:
+            names = stale or list(self._store.slots)
+            k = self._inst.first_reader(names, rt.param_readers)
+            fails.append((k, Detection(self._inst.names[k], ", ".join(names[:4]), "weights",
+                                       "restored while this inference ran")))
+        if job.check_weights:
+            st.weights_checked = True
+            lo, hi = job.weight_window
+            bad = self._store.check(lo=lo, hi=hi)
+            if bad:
+                rep = self._restore(bad)
+                for name, n in rep.elements.items():
+                    k = self._inst.first_reader([name], rt.param_readers)
+                    fails.append((k, Detection(self._inst.names[k], name, "weights",
+                                               f"{n} element(s) differ from the golden copy")))
+                    st.repaired[name] = st.repaired.get(name, 0) + n
+        fails += self._run_checks(rt, job.values, 0, not st.input_out_of_range, st,
+                                  frozenset(st.repaired))
+        st.verify_s = time.perf_counter() - t_v
+        output = job.output
+        if fails:
+            st.detections = [d for _, d in fails]
+            output = self._edit(job, rt, fails, st)
+            st.detection_latency_s = time.perf_counter() - job.t_start
+            st.output = output
+        else:
+            st.verified = not st.input_out_of_range
+        self._count(st)
+        return st
+
+    def _edit(self, job: Job, rt: Runtime, fails, st: FaultStatus) -> Any:
+        """Restore weights, re-run from the first failing layer, re-check; the new output."""
+        t = time.perf_counter()
+        values = job.values
+        out = job.output
+        with self._lock:
+            # a detection may stem from a weight the schedule did not checksum this time
+            rep = self._restore(self._store.check())
+            for name, n in rep.elements.items():
+                st.repaired[name] = st.repaired.get(name, 0) + n
+            k = min(i for i, _ in fails)
+            for name in rep.tensors:
+                k = min(k, self._inst.first_reader([name], rt.param_readers))
+            st.rerun_from = self._inst.names[k]
+            for _attempt in range(max(1, self.config.max_reruns)):
+                with torch.inference_mode():
+                    out, values = self._inst.run_from(k, values)
+                again = self._run_checks(rt, values, k, not st.input_out_of_range, st)
+                if not again:
+                    st.verified = not st.input_out_of_range
+                    break
+                k = min(i for i, _ in again)
+                st.notes.append(f"re-run still fails at {self._inst.names[k]}: "
+                                f"{again[0][1].detail}")
+                rep = self._restore(None)
+                for name, n in rep.elements.items():
+                    st.repaired[name] = st.repaired.get(name, 0) + n
+            else:
+                st.error = "faults persist after re-runs; result unverified"
+        st.repair_s = time.perf_counter() - t
+        return out
+
+    def _count(self, st: FaultStatus) -> None:
+        with self._stats_lock:
+            self._stats["inferences"] += 1
+            self._stats["verified"] += st.verified
+            self._stats["faulty"] += st.faulty
+            self._stats["repaired"] += st.repaired_ok
+            self._stats["input_out_of_range"] += st.input_out_of_range
+            if st.faulty and not st.verified:
+                self._stats["unrepaired"] += 1
+            if st.detection_latency_s is not None:
+                self._latencies.append(st.detection_latency_s)
+
+
+def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
+            config: ProtectConfig | None = None) -> ProtectedModel:
+    """Analyse, allocate and instrument `model`; return it protected (it is changed in place:
+    its weights move into checksummed flat storage, in-place modules become out-of-place)."""
+    config = config or ProtectConfig()
+    VerifierMode(config.verifier)  # fail early on a typo
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError("example_input must be a tensor shaped like one batch of real input")
+    model.eval()
+    analysis = config.analysis
+    if analysis is None:
+        from save_ros.core.select import analyze
+
+        analysis = analyze(model, example_input, input_range, config.calibration, config.margin)
+    return ProtectedModel(model, example_input, input_range, config, analysis)
