@@ -136,6 +136,10 @@ class Analysis:
     settings: dict[str, Any] = field(default_factory=dict)  # margin, thresholds, seeds, sizes
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     schema: int = SCHEMA_VERSION
+    # In-memory only (not saved): the per-tensor flip rules and the captured graph, for
+    # validation and the runtime in the process that ran the analysis.
+    rules: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    graph: Any = field(default=None, repr=False, compare=False)
 
     def weights(self) -> list[TensorAnalysis]:
         """Weight tensors in order."""
