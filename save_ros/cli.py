@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pvf": ("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
     "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
     "bench": ("save_ros.eval.bench", "protected vs unprotected latency, side by side"),
+    "bench-gpu": ("save_ros.eval.bench_gpu", "CUDA path: latency, repair, coverage on a GPU"),
     "replay": ("save_ros.ros.replay", "replay a rosbag through the node and record its outputs"),
     "train": ("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
 }

@@ -1,0 +1,513 @@
+"""`CudaProtectedModel`: a model run as a CUDA graph with SAVE's checks captured beside it.
+
+One inference = replay of the forward graph, in which the tapped activations are reduced to
+(min, max) rows on a side stream that forks from the forward every few layers (so the checks
+overlap the layers that follow), plus, per the checksum schedule, replay of a second graph on a
+third stream that computes the exact weight checksums while the forward runs. Two small
+asynchronous copies bring the rows to pinned host memory; the CPU compares them with the ranges
+and golden sums. On a detection the corrupted weights are restored from golden copies (device
+memory treated as reliable, or pinned host memory) and the graph is re-run and re-verified.
+
+The same class runs eagerly (no graph) and on the CPU with the torch reference reductions, which
+is how its logic is unit-tested on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from save_ros.core.bits import LAYOUTS
+from save_ros.gpu import require_cuda, triton_available
+from save_ros.gpu.chunks import CHUNK, ChunkPlan, plan_chunks
+from save_ros.gpu.ranges import (
+    DEFAULT_TAPS,
+    OUTPUT,
+    RangeError,
+    RangeTable,
+    first_tensor,
+    profile_ranges,
+    ranges_from_analysis,
+    tapped,
+)
+from save_ros.gpu.reducer import Backend, ChunkReducer, Reduction
+from save_ros.gpu.verdict import GpuFaultStatus, RowVerdict, RowVerifier
+
+
+@dataclass
+class GpuProtectConfig:
+    """Settings of the CUDA path."""
+
+    dtype: torch.dtype | None = None  # run the model in this dtype (None: as given)
+    use_graph: bool = True  # capture forward + checks as CUDA graphs (CUDA only)
+    backend: Backend | None = None  # None: Triton when available, else torch
+    taps: tuple[str, ...] = DEFAULT_TAPS
+    margin: float = 0.5  # fallback ranges: widen observed [min, max] by margin x span
+    checksum_every: int = 1  # weight checksum every n-th inference (0: only on a range alarm)
+    stat_groups: int = 8  # side-stream reductions per forward (fork points)
+    golden: str = "device"  # where golden weight copies live: "device" or "host" (pinned)
+    max_reruns: int = 2
+    chunk: int = CHUNK
+
+
+@dataclass
+class GpuInferenceResult:
+    """An output and its fault status (or, with wait=False, a Future of the status)."""
+
+    output: torch.Tensor
+    status: GpuFaultStatus | None = None
+    verdict: concurrent.futures.Future | None = None
+
+    @property
+    def verified(self) -> bool:
+        """True when the verdict is in and says verified."""
+        return self.status is not None and self.status.verified
+
+
+@dataclass
+class _Taps:
+    """The checked activations of one forward, in execution order."""
+
+    tensors: list[torch.Tensor] = field(default_factory=list)
+
+
+class GpuConfigError(ValueError):
+    """A configuration the CUDA path cannot run."""
+
+
+def _weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Float parameters and buffers with a bit layout, grouped by dtype (stable order)."""
+    seen: set[int] = set()
+    out = []
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.dtype in LAYOUTS and t.is_floating_point() and id(t) not in seen and t.numel():
+            seen.add(id(t))
+            out.append((name, t))
+    order = {d: i for i, d in enumerate(dict.fromkeys(t.dtype for _, t in out))}
+    return sorted(out, key=lambda nt: order[nt[1].dtype])
+
+
+class CudaProtectedModel:
+    """SAVE-protected inference on a CUDA device (or eagerly on the CPU, for tests)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        config: GpuProtectConfig | None = None,
+        analysis: object | None = None,
+        calibration: Sequence[torch.Tensor] | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        cfg = config or GpuProtectConfig()
+        self.config = cfg
+        dev = torch.device(device) if device is not None else require_cuda()
+        if dev.type == "cuda":
+            require_cuda()
+        elif cfg.use_graph:
+            raise GpuConfigError("CUDA graphs need a CUDA device; pass use_graph=False on CPU")
+        if cfg.golden not in ("device", "host"):
+            raise GpuConfigError(f"golden must be 'device' or 'host', not {cfg.golden!r}")
+        backend = cfg.backend or (
+            Backend.TRITON if dev.type == "cuda" and triton_available() else Backend.TORCH
+        )
+        self.device, self.backend = dev, backend
+        self.model = model.eval().to(dev)
+        if cfg.dtype is not None:
+            self.model = self.model.to(cfg.dtype)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.dtype = cfg.dtype or example_input.dtype
+        self._lock = threading.RLock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpu-verify")
+        self._pending: concurrent.futures.Future | None = None
+        self._count = 0
+        self._cuda = dev.type == "cuda"
+        x0 = example_input.to(dev, self.dtype)
+        calib = [c.to(dev, self.dtype) for c in (calibration or [])]
+        self._init_weights()
+        self._init_ranges(x0, analysis, calib)
+        self._init_taps(x0)
+        self._init_streams_and_graphs(x0)
+
+    # -- construction ----------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        """Weight plan, checksum reducers, golden copies and golden checksum rows."""
+        ws = _weights(self.model)
+        if not ws:
+            raise GpuConfigError("the model has no float weights to protect")
+        self.weight_names = [n for n, _ in ws]
+        self._live = dict(ws)
+        self.weight_plan = plan_chunks(self.weight_names, [t.numel() for _, t in ws],
+                                       self.config.chunk)
+        self._cs_dev = torch.zeros(self.weight_plan.n_chunks, 2, dtype=torch.int64,
+                                   device=self.device)
+        self._cs_reducers: list[tuple[ChunkReducer, list[torch.Tensor]]] = []
+        start = 0
+        while start < len(ws):
+            dt = ws[start][1].dtype
+            stop = start
+            while stop < len(ws) and ws[stop][1].dtype == dt:
+                stop += 1
+            sub = self.weight_plan.sub(start, stop)
+            r0, r1 = self.weight_plan.offsets[start], self.weight_plan.offsets[stop]
+            red = ChunkReducer(sub, dt, Reduction.CHECKSUM, self.device, self.backend,
+                               out=self._cs_dev[r0:r1])
+            tensors = [t for _, t in ws[start:stop]]
+            red.bind(tensors)
+            self._cs_reducers.append((red, tensors))
+            start = stop
+        pin = self._cuda
+        if self.config.golden == "host":
+            self._golden = {}
+            for n, t in ws:
+                g = t.detach().to("cpu", copy=True)
+                self._golden[n] = g.pin_memory() if pin else g
+        else:
+            self._golden = {n: t.detach().clone() for n, t in ws}
+        self._cs_host = torch.zeros_like(self._cs_dev, device="cpu", pin_memory=pin)
+        self._launch_checksum()
+        self._cs_host.copy_(self._cs_dev)
+        self._golden_rows = self._cs_host.numpy().copy()
+
+    def _init_ranges(self, x0: torch.Tensor, analysis: object | None,
+                     calib: list[torch.Tensor]) -> None:
+        """Ranges from the Analysis where it has them, profiled (the fallback) elsewhere."""
+        names: list[str] = []
+        with torch.no_grad(), tapped(self.model, lambda n, t: names.append(n), self.config.taps):
+            self.model(x0)
+        names.append(OUTPUT)
+        table, missing = RangeTable(), list(names)
+        if analysis is not None:
+            table, missing = ranges_from_analysis(analysis, names)
+        if missing:
+            if not calib:
+                if analysis is None:
+                    raise RangeError(
+                        "no Analysis and no calibration inputs: pass analysis= (from "
+                        "save_ros.core.select.analyze) or calibration= (a few typical batches)")
+                calib = [x0]
+            prof = profile_ranges(self.model, calib, self.config.taps, self.config.margin)
+            for n in missing:
+                if n in prof.low:
+                    table.set(n, prof.low[n], prof.high[n], prof.source[n])
+        self.ranges = table
+        self.range_sources = {s: list(table.source.values()).count(s)
+                              for s in set(table.source.values())}
+
+    def _init_taps(self, x0: torch.Tensor) -> None:
+        """Pick the checkable taps (contiguous, not modified in place later) and plan them."""
+        seen: list[tuple[str, torch.Tensor, int]] = []
+        with torch.no_grad(), tapped(self.model, lambda n, t: seen.append((n, t, t._version)),
+                                     self.config.taps):
+            out = first_tensor(self.model(x0))
+        self._tap_output = not seen or seen[-1][1] is not out
+        if self._tap_output:  # else the last tap already is the output
+            seen.append((OUTPUT, out, out._version))
+        keep, self.skipped_taps = [], {}
+        for name, t, ver in seen:
+            if name not in self.ranges.low:
+                self.skipped_taps[name] = "no range"
+            elif not t.is_contiguous():
+                self.skipped_taps[name] = "not contiguous"
+            elif t._version != ver:
+                # a later in-place op rewrites it: a side-stream read would race with it
+                self.skipped_taps[name] = "modified in place later"
+            elif t.dtype not in LAYOUTS or not t.is_floating_point():
+                self.skipped_taps[name] = f"dtype {t.dtype}"
+            elif t.dtype != self.dtype:
+                self.skipped_taps[name] = f"dtype {t.dtype} differs from the model's"
+            else:
+                keep.append((name, t.numel()))
+        if not keep:
+            raise GpuConfigError("no activation can be range-checked (see skipped_taps)")
+        self.act_plan: ChunkPlan = plan_chunks([n for n, _ in keep], [k for _, k in keep],
+                                               self.config.chunk)
+        self._checked = {n: i for i, (n, _) in enumerate(keep)}
+        # groups of about equal bytes, so each side-stream reduction overlaps later layers; the
+        # last group also holds the model output and is reduced after the forward
+        n, fwd = len(keep), len(keep) - 1
+        total = max(1, sum(k for _, k in keep[:fwd]))
+        ngroups = max(1, self.config.stat_groups)
+        ends, acc = [], 0
+        for i in range(fwd):
+            acc += keep[i][1]
+            if acc >= total * (len(ends) + 1) / ngroups:
+                ends.append(i + 1)
+        bounds = [0] + sorted(set(e for e in ends if 0 < e < n)) + [n]
+        self._stats_dev = torch.zeros(self.act_plan.n_chunks, 2, dtype=torch.float32,
+                                      device=self.device)
+        self._stats_host = torch.zeros_like(self._stats_dev, device="cpu", pin_memory=self._cuda)
+        self._act_reducers: list[ChunkReducer] = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            if a == b:
+                continue
+            r0, r1 = self.act_plan.offsets[a], self.act_plan.offsets[b]
+            self._act_reducers.append(ChunkReducer(
+                self.act_plan.sub(a, b), self.dtype, Reduction.MINMAX, self.device,
+                self.backend, out=self._stats_dev[r0:r1]))
+        self._group_bounds = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+                              if a != b]
+        self.verifier = RowVerifier(self.act_plan, self.ranges.low, self.ranges.high,
+                                    self.weight_plan, self._golden_rows)
+
+    def _init_streams_and_graphs(self, x0: torch.Tensor) -> None:
+        """Side streams, warm-up (compiles kernels), and the two CUDA graphs."""
+        self._graph = self._cs_graph = None
+        self._side = self._cs_stream = None
+        self._static_in = x0.clone()
+        if self._cuda:
+            self._side = torch.cuda.Stream()
+            self._cs_stream = torch.cuda.Stream()
+            self._done = torch.cuda.Event()
+            self._cs_done = torch.cuda.Event()
+        warm = torch.cuda.Stream() if self._cuda else None
+        if warm is not None:
+            warm.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(warm) if warm is not None else _null():
+            for _ in range(3):
+                self._forward(self._static_in, capture=False)
+                self._launch_checksum()
+        if warm is not None:
+            torch.cuda.current_stream().wait_stream(warm)
+            torch.cuda.synchronize()
+        self._static_out = None
+        if self.config.use_graph:
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._static_out = self._forward(self._static_in, capture=True)
+            # self._taps keeps every tapped buffer of the graph's pool alive: addresses stay fixed
+            for red, (a, b) in zip(self._act_reducers, self._group_bounds, strict=True):
+                red.bind(self._taps.tensors[a:b])
+            self._cs_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._cs_graph):
+                self._launch_checksum()
+            torch.cuda.synchronize()
+
+    # -- the instrumented forward -------------------------------------------------------------
+    def _forward(self, x: torch.Tensor, capture: bool) -> torch.Tensor:
+        """Forward with taps; launches each group's reduction on the side stream as it fills."""
+        taps = _Taps()
+        self._taps = taps
+        state = {"group": 0}
+
+        def launch_group(g: int) -> None:
+            a, b = self._group_bounds[g]
+            tensors = taps.tensors[a:b]
+            red = self._act_reducers[g]
+            if self._side is None:
+                red.bind(tensors)
+                red.launch(tensors)
+                return
+            main = torch.cuda.current_stream()
+            self._side.wait_stream(main)
+            with torch.cuda.stream(self._side):
+                if not capture:
+                    red.bind(tensors)
+                    for t in tensors:  # eager: keep the allocator from reusing them early
+                        t.record_stream(self._side)
+                red.launch(tensors)
+
+        def on_output(name: str, t: torch.Tensor) -> None:
+            i = self._checked.get(name)
+            if i is None:
+                return
+            if i != len(taps.tensors):
+                raise GpuConfigError(f"tap order changed at {name}: the model is not static")
+            taps.tensors.append(t)
+            g = state["group"]
+            if g < len(self._group_bounds) - 1 and len(taps.tensors) == self._group_bounds[g][1]:
+                launch_group(g)
+                state["group"] = g + 1
+
+        with torch.no_grad(), tapped(self.model, on_output, self.config.taps):
+            out = first_tensor(self.model(x))
+        if self._tap_output:
+            taps.tensors.append(out)
+        while state["group"] < len(self._group_bounds):
+            launch_group(state["group"])
+            state["group"] += 1
+        if self._side is not None:
+            torch.cuda.current_stream().wait_stream(self._side)
+        return out
+
+    def _launch_checksum(self) -> None:
+        """Enqueue every weight checksum group on the current stream."""
+        for red, tensors in self._cs_reducers:
+            red.launch(tensors)
+
+    # -- inference ----------------------------------------------------------------------------
+    def _submit(self, with_checksum: bool) -> torch.Tensor:
+        """Run forward (+checksum) once on the static input; copies of the rows are enqueued."""
+        if self._cuda:
+            main = torch.cuda.current_stream()
+            if with_checksum:
+                self._cs_stream.wait_stream(main)  # sees every restore enqueued before
+                with torch.cuda.stream(self._cs_stream):
+                    if self._cs_graph is not None:
+                        self._cs_graph.replay()
+                    else:
+                        self._launch_checksum()
+                    self._cs_host.copy_(self._cs_dev, non_blocking=True)
+                    self._cs_done.record()
+            if self._graph is not None:
+                self._graph.replay()
+                out = self._static_out
+            else:
+                out = self._forward(self._static_in, capture=False)
+            self._stats_host.copy_(self._stats_dev, non_blocking=True)
+            self._done.record()
+            self._last_out = out
+            return out
+        out = self._forward(self._static_in, capture=False)
+        self._stats_host.copy_(self._stats_dev)
+        if with_checksum:
+            self._launch_checksum()
+            self._cs_host.copy_(self._cs_dev)
+        self._last_out = out
+        return out
+
+    def _collect(self, with_checksum: bool) -> RowVerdict:
+        """Wait for the rows of the last submit and compare them on the CPU."""
+        if self._cuda:
+            self._done.synchronize()
+            if with_checksum:
+                self._cs_done.synchronize()
+        sums = self._cs_host.numpy() if with_checksum else None
+        return self.verifier.compare(self._stats_host.numpy(), sums)
+
+    def _restore(self, names: Sequence[str]) -> None:
+        """Copy golden values over the named live weights (stream-ordered before re-runs)."""
+        for n in names:
+            self._live[n].copy_(self._golden[n], non_blocking=True)
+
+    def _finish(self, with_checksum: bool, t0: float, out: torch.Tensor) -> GpuFaultStatus:
+        """Verify the submitted run; on a detection restore, re-run and re-verify."""
+        verdict = self._collect(with_checksum)
+        t_detect = time.perf_counter()
+        status = GpuFaultStatus(verified=verdict.clean, checks_run=verdict.rows,
+                                checksum_run=with_checksum)
+        status.detect_s = t_detect - t0
+        if not verdict.clean:
+            status.detections = self.verifier.detections(verdict, self._stats_host.numpy())
+            self._repair(status, verdict, with_checksum)
+            status.repair_s = time.perf_counter() - t_detect
+        status.latency_s = time.perf_counter() - t0
+        return status
+
+    def _repair(self, status: GpuFaultStatus, verdict: RowVerdict, had_checksum: bool) -> None:
+        """Localise (checksum now if it did not run), restore, re-run until clean."""
+        if not had_checksum:  # a range alarm between checksums: find the weights now
+            self._submit(with_checksum=True)
+            verdict = self._collect(True)
+        for _ in range(self.config.max_reruns):
+            bad = self.verifier.corrupted_weights(verdict)
+            self._restore(bad)
+            status.repaired.extend(n for n in bad if n not in status.repaired)
+            self._submit(with_checksum=True)
+            status.reruns += 1
+            status.rerun_from = "input"
+            verdict = self._collect(True)
+            if verdict.clean:
+                status.verified = True
+                return
+        status.verified = False
+        status.detail = ("range alarm persists with golden weights: input outside the analysed "
+                         "ranges, or the ranges are too tight") if not verdict.checksum_rows.size \
+            else "weights still differ from golden copies after restore"
+
+    def infer(self, x: torch.Tensor, wait: bool = True) -> GpuInferenceResult:
+        """Run one protected inference; with wait=False the status comes as a Future.
+
+        The output tensor is the graph's static output buffer: it stays valid until the next
+        call (copy it to keep it), and a repair re-runs into the same buffer.
+        """
+        with self._lock:
+            if self._pending is not None:
+                self._pending.result()
+            if x.shape != self._static_in.shape:
+                raise GpuConfigError(f"input shape {tuple(x.shape)} differs from the captured "
+                                     f"{tuple(self._static_in.shape)}; protect one model per shape")
+            t0 = time.perf_counter()
+            self._static_in.copy_(x, non_blocking=True)
+            every = self.config.checksum_every
+            self._count += 1
+            with_cs = every > 0 and self._count % every == 0
+            out = self._submit(with_cs)
+            if wait:
+                status = self._finish(with_cs, t0, out)
+                return GpuInferenceResult(self._last_out, status)
+            fut = self._executor.submit(self._locked_finish, with_cs, t0, out)
+            self._pending = fut
+            return GpuInferenceResult(out, None, fut)
+
+    def _locked_finish(self, with_cs: bool, t0: float, out: torch.Tensor) -> GpuFaultStatus:
+        """_finish under the lock (verifier thread)."""
+        with self._lock:
+            return self._finish(with_cs, t0, out)
+
+    def detect(
+        self, x: torch.Tensor, with_checksum: bool = True
+    ) -> tuple[torch.Tensor, RowVerdict]:
+        """One run with every check and no repair: (output, raw verdict), for campaigns."""
+        with self._lock:
+            if self._pending is not None:
+                self._pending.result()
+            self._static_in.copy_(x, non_blocking=True)
+            self._submit(with_checksum)
+            verdict = self._collect(with_checksum)
+            return self._last_out, verdict
+
+    def check_weights(self) -> list[str]:
+        """Run the weight checksum now; names of weights that differ from their golden copies."""
+        with self._lock:
+            if self._cuda:
+                torch.cuda.current_stream().synchronize()
+                with torch.cuda.stream(self._cs_stream):
+                    self._launch_checksum()
+                    self._cs_host.copy_(self._cs_dev, non_blocking=True)
+                self._cs_stream.synchronize()
+            else:
+                self._launch_checksum()
+                self._cs_host.copy_(self._cs_dev)
+            sums = self._cs_host.numpy()
+            rows = np.flatnonzero((sums != self._golden_rows).any(axis=1))
+            return self.weight_plan.names_of(rows) if rows.size else []
+
+    def recover(self) -> list[str]:
+        """Restore every weight that differs from its golden copy; return their names."""
+        bad = self.check_weights()
+        with self._lock:
+            self._restore(bad)
+            if self._cuda:
+                torch.cuda.current_stream().synchronize()
+        return bad
+
+    def normal_tensors(self) -> list[str]:
+        """Weights in normal (fault-prone) memory: what an injector may flip."""
+        return list(self.weight_names)
+
+    def live(self, name: str) -> torch.Tensor:
+        """The live (injectable) weight tensor `name`."""
+        return self._live[name]
+
+    def close(self) -> None:
+        """Stop the verifier thread."""
+        self._executor.shutdown(wait=True)
+
+
+class _null:
+    """A do-nothing context manager (no stream on the CPU)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
