@@ -1,0 +1,140 @@
+"""`save-ros analyze`: SAVE Selection on a bundled model, a per-tensor table, and validation.
+
+    save-ros analyze --model digits_cnn [--calibration N] [--out FILE] [--report FILE]
+                     [--validate [--per-class K] [--eval-inputs N] [--seed S]]
+
+Prints one row per weight and activation (checked range, looseness of the sound range, shares
+of robust / ranging / vulnerable bits, vulnerable bits per byte) and the totals. `--out` saves
+the Analysis (JSON or YAML by suffix). `--validate` injects K single flips from each class into
+weights and activations (see `save_ros.eval.validate`) on the model's test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from save_ros.core.analysis import Analysis, TensorKind
+from save_ros.core.select import SelectConfig, analyze
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `save-ros analyze`."""
+    from save_ros import models
+
+    parser.add_argument("--model", default=models.DEFAULT_MODEL, choices=models.available())
+    parser.add_argument("--calibration", type=int, default=None, metavar="N",
+                        help="use the first N calibration samples (default: all)")
+    parser.add_argument("--out", type=Path, default=None, help="save the Analysis (.json/.yaml)")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="save totals, timings and validation as JSON")
+    parser.add_argument("--margin", type=float, default=SelectConfig.margin,
+                        help="calibration ranges widened by this share of their width")
+    parser.add_argument("--fraction", type=float, default=SelectConfig.fraction,
+                        help="robust flips move every top-1 gap by at most this fraction")
+    parser.add_argument("--validate", action="store_true", help="inject flips from each class")
+    parser.add_argument("--per-class", type=int, default=2000, metavar="K")
+    parser.add_argument("--eval-inputs", type=int, default=256, metavar="N",
+                        help="test inputs of the fixed evaluation batch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+
+def run_analysis(name: str, calibration: int | None, config: SelectConfig
+                 ) -> tuple[Analysis, torch.nn.Module, float]:
+    """Load a bundled model and analyse it; return (analysis, model, seconds)."""
+    from save_ros import models
+
+    spec = models.get_spec(name)
+    model = models.load(name)
+    xc, _ = models.dataset(name, "calib")
+    if calibration is not None:
+        if calibration < 1:
+            raise ValueError(f"--calibration must be >= 1, got {calibration}")
+        xc = xc[:calibration]
+    t0 = time.perf_counter()
+    analysis = analyze(model, xc[:1], (list(spec.input_low), list(spec.input_high)),
+                       calibration=xc, config=config)
+    return analysis, model, time.perf_counter() - t0
+
+
+def table(analysis: Analysis) -> str:
+    """The per-tensor table and totals as text."""
+    lines = [f"{'tensor':28s} {'kind':4s} {'elems':>7s} {'check':5s} {'loose':>8s} "
+             f"{'robust':>7s} {'ranging':>7s} {'vuln':>7s} {'vuln bits':>10s} {'score':>6s}"]
+    for t in analysis.tensors.values():
+        bits = t.numel * len(t.bit_shares)
+        lines.append(
+            f"{t.name[:28]:28s} {t.kind.value[:4]:4s} {t.numel:7d} {t.check.value[:5]:5s} "
+            f"{t.looseness:8.3g} {t.robust_bits / bits:7.3f} {t.ranging_bits / bits:7.3f} "
+            f"{t.vulnerable_bits / bits:7.3f} {t.vulnerable_bits:10.0f} {t.score:6.2f}")
+    for kind in (TensorKind.WEIGHT, TensorKind.ACTIVATION, None):
+        tot = analysis.totals(kind)
+        r, g, v = tot.share()
+        label = kind.value + "s" if kind else "all"
+        lines.append(f"total {label:11s} bits {tot.bits:9d}: robust {r:.4f}  ranging {g:.4f}  "
+                     f"vulnerable {v:.4f}  ({tot.vulnerable:.0f} vulnerable bits)")
+    if analysis.unsupported:
+        lines.append("fell back to calibration ranges: " + "; ".join(analysis.unsupported))
+    return "\n".join(lines)
+
+
+def summary(analysis: Analysis, seconds: float) -> dict:
+    """Totals, timings and settings as plain data."""
+    out = {"key": analysis.key, "capture": analysis.capture, "seconds": seconds,
+           "timings": analysis.timings, "settings": analysis.settings,
+           "unsupported": analysis.unsupported, "totals": {}}
+    for kind in (TensorKind.WEIGHT, TensorKind.ACTIVATION):
+        tot = analysis.totals(kind)
+        out["totals"][kind.value] = dict(zip(("robust", "ranging", "vulnerable"), tot.share(),
+                                             strict=True)) | {"bits": tot.bits,
+                                                              "vulnerable_bits": tot.vulnerable}
+    out["checks"] = {
+        "sound": sum(1 for t in analysis.activations() if t.check.value == "sound"),
+        "calibration": sum(1 for t in analysis.activations() if t.check.value == "calibration"),
+    }
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `save-ros analyze`."""
+    from save_ros import models
+    from save_ros.eval.validate import validate
+
+    torch.set_num_threads(args.threads)
+    config = SelectConfig(margin=args.margin, fraction=args.fraction)
+    analysis, model, seconds = run_analysis(args.model, args.calibration, config)
+    print(f"save-ros analyze {args.model}: {len(analysis.tensors)} tensors, capture "
+          f"{analysis.capture}, {seconds:.2f} s")
+    print(table(analysis))
+    if args.out:
+        print(f"analysis saved to {analysis.save(args.out)}")
+    report = {"model": args.model, "params": sum(p.numel() for p in model.parameters()),
+              "machine": platform.machine(), "threads": args.threads,
+              "torch": torch.__version__,
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    report |= summary(analysis, seconds)
+    if args.validate:
+        xt, _ = models.dataset(args.model, "test")
+        rep = validate(model, analysis, xt[: args.eval_inputs], per_class=args.per_class,
+                       seed=args.seed)
+        report["validation"] = rep.to_dict()
+        print(f"validation: {args.per_class} flips per class, {rep.eval_inputs} test inputs "
+              f"({rep.covered_inputs} covered: top-1 gap >= {rep.min_gap:.3g}), "
+              f"{rep.seconds:.1f} s")
+        for kind, res in (("weights", rep.weights), ("activations", rep.activations)):
+            for cls, r in res.items():
+                print(f"  {kind:11s} {cls:10s} flips {r.flips:6d}  changed top-1 {r.changed:5d} "
+                      f"({r.changed_rate:.2%}; any input {r.changed_any}, per inference "
+                      f"{r.changed_inferences}/{r.inferences})  inside range {r.inside_range}")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=1))
+        print(f"report saved to {args.report}")
+    return 0
