@@ -120,6 +120,9 @@ def _products(module: nn.Module, x: torch.Tensor, spec: PEFaultSpec):
         p = xi * w
         p_c = xi * w_c if w_c is not None else _corrupt(p, spec)
         return p, p_c, lambda d: d
+    if x.dim() != 4:
+        raise UnsupportedLayerError(f"PE faults on Conv2d need a batched (N, C, H, W) input, "
+                                    f"got shape {tuple(x.shape)}")
     if module.padding_mode != "zeros":
         raise UnsupportedLayerError(f"PE faults need zero padding, not {module.padding_mode!r}")
     if isinstance(module.padding, str):
