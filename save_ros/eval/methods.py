@@ -108,6 +108,7 @@ METHODS: dict[str, str] = {
     "unprotected": "save_ros.eval.methods:Unprotected",
     "ecc_oracle": "save_ros.eval.methods:EccOracle",
     "weight_scaling": "save_ros.eval.scaling_method:weight_scaling",
+    "weight_scaling_sat": "save_ros.eval.scaling_method:weight_scaling_saturated",
     "weight_scaling_fp16": "save_ros.eval.scaling_method:weight_scaling_fp16",
     "weight_scaling_int8": "save_ros.eval.scaling_method:weight_scaling_int8",
     "fp16_plain": "save_ros.eval.scaling_method:fp16_plain",
