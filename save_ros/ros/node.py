@@ -68,7 +68,9 @@ class SaveNode(Node):
         self.names = convert.output_names(self.loaded.task, self.loaded.num_outputs,
                                           self.cfg.output_names)
         self.backend: Backend = make_backend(self.cfg, self.loaded, self.get_logger())
-        self.health = Health(f"{self.get_name()}: {self.loaded.name}", self.loaded.name,
+        # diagnostic_aggregator groups by the part before ':'; the FQN keeps namespaces apart
+        fqn = self.get_fully_qualified_name().lstrip("/")
+        self.health = Health(f"{fqn}: {self.loaded.name}", self.loaded.name,
                              protected=self.cfg.protect)
         self._queue: deque[_Pending] = deque()
         self._queue_lock = threading.Lock()
@@ -201,6 +203,11 @@ class SaveNode(Node):
             self._publish_output(item.header, verdict.output if verdict.output is not None
                                  else output)
             published = True
+        elif published and verdict.output is not None and verdict.publishable:
+            # under `immediate` the faulty output already went out: send the repaired one with
+            # the same stamp, so a subscriber that keys on stamps takes the correction
+            self._publish_output(item.header, verdict.output)
+            verdict.values["corrected_output_published"] = True
         self.health.on_outcome(Outcome(verified=verdict.verified, detected=verdict.detected,
                                        repaired=verdict.repaired, unrepaired=verdict.unrepaired,
                                        latency_s=latency))

@@ -85,8 +85,9 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_policy", "immediate", T.PARAMETER_STRING,
               "immediate: publish at once, status follows; verified: publish verified results only",
               read_only=False, choices=tuple(p.value for p in PublishPolicy)),
-    ParamSpec("reliable_memory_bytes", 16384, T.PARAMETER_INTEGER,
-              "byte budget of the reliable (bit-flip free) pool", int_range=(0, 2**40)),
+    ParamSpec("reliable_memory_bytes", -1, T.PARAMETER_INTEGER,
+              "byte budget of the reliable (bit-flip free) pool; -1: the runtime's default share "
+              "of the weight bytes", int_range=(-1, 2**40)),
     ParamSpec("checksum_period", 1, T.PARAMETER_INTEGER,
               "check weight checksums every N inferences (0: never)", int_range=(0, 1_000_000)),
     ParamSpec("analysis_cache", "", T.PARAMETER_STRING,
