@@ -455,6 +455,7 @@ def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
     its weights move into checksummed flat storage, in-place modules become out-of-place)."""
     config = config or ProtectConfig()
     VerifierMode(config.verifier)  # fail early on a typo
+    _input_bounds(input_range)
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor shaped like one batch of real input")
     model.eval()

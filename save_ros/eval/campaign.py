@@ -230,7 +230,9 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
         w_sites = weight_sites(tensors) if cfg.target != "activations" else []
         a_sites, a_sites_1 = [], []
         if cfg.target != "weights" and method.activations_injectable:
-            act = Target(TargetKind.ACTIVATIONS)
+            # a method may keep some layer outputs in reliable memory (SAVE's pool)
+            act = Target(TargetKind.ACTIVATIONS,
+                         exclude=frozenset(getattr(method, "activation_exclude", ())))
             a_sites = activation_sites(method.model, setup.x, act)
             if setup.episodes is not None:
                 a_sites_1 = activation_sites(method.model, setup.x[:1], act)

@@ -107,6 +107,9 @@ class EccOracle(Unprotected):
 METHODS: dict[str, str] = {
     "unprotected": "save_ros.eval.methods:Unprotected",
     "ecc_oracle": "save_ros.eval.methods:EccOracle",
+    "save": "save_ros.eval.baselines:save_method",
+    "full_dmr": "save_ros.eval.baselines:full_dmr",
+    "range_restriction": "save_ros.eval.baselines:range_restriction",
     "weight_scaling": "save_ros.eval.scaling_method:weight_scaling",
     "weight_scaling_sat": "save_ros.eval.scaling_method:weight_scaling_saturated",
     "weight_scaling_fp16": "save_ros.eval.scaling_method:weight_scaling_fp16",
