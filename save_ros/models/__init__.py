@@ -100,7 +100,7 @@ _SPECS: dict[str, ModelSpec] = {
             "digits_resnet", DigitsResNet, "ResNet (3 basic blocks, BatchNorm) on 8x8 digits"
         ),
         _digits_spec(
-            "digits_vit", DigitsViT, "ViT (2x2 patches, class token, 3 blocks) on 8x8 digits"
+            "digits_vit", DigitsViT, "ViT (2x2 patches, class token, 2 blocks) on 8x8 digits"
         ),
         ModelSpec(
             name="cartpole_policy",

@@ -56,10 +56,10 @@ class EncoderBlock(nn.Module):
 
 
 class DigitsViT(nn.Module):
-    """2x2 patches (16 tokens) + a class token, learned positions, 3 blocks, LN, linear head."""
+    """2x2 patches (16 tokens) + a class token, learned positions, 2 blocks, LN, linear head."""
 
     def __init__(
-        self, num_classes: int = 10, dim: int = 48, depth: int = 3, heads: int = 4, patch: int = 2
+        self, num_classes: int = 10, dim: int = 48, depth: int = 2, heads: int = 4, patch: int = 2
     ) -> None:
         super().__init__()
         tokens = (8 // patch) ** 2

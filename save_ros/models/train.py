@@ -138,11 +138,29 @@ def train_model(name: str, seed: int = 0, out_dir: Path | None = None) -> dict:
         metrics["test_accuracy"] = models.evaluate(name, model, split="test")
         metrics["test_samples"] = len(models.dataset(name, "test")[0])
 
+    metrics["batch1_forward_us"] = batch1_forward_us(model, spec.input_shape)
+
     out = Path(out_dir) if out_dir is not None else spec.weights_path.parent
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / spec.weights_path.name)
     (out / spec.metrics_path.name).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def batch1_forward_us(model: nn.Module, input_shape: tuple[int, ...], runs: int = 20) -> dict:
+    """Median and min over `runs` of the mean time of 50 batch-1 forwards, in microseconds."""
+    x = torch.zeros((1, *input_shape))
+    times: list[float] = []
+    with torch.inference_mode():
+        for _ in range(20):  # warm-up: first calls allocate
+            model(x)
+        for _ in range(runs):
+            start = time.perf_counter()
+            for _ in range(50):
+                model(x)
+            times.append((time.perf_counter() - start) / 50 * 1e6)
+    times.sort()
+    return {"median": round(times[len(times) // 2], 1), "min": round(times[0], 1)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
