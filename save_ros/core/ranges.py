@@ -56,6 +56,11 @@ def input_box(input_range, example_input: torch.Tensor) -> Interval:
     bounds = []
     for b in (low, high):
         t = torch.as_tensor(b, dtype=torch.float32)
+        if t.dim() == 1 and t.numel() > 1 and (len(shape) < 2 or t.numel() != shape[1]):
+            raise InputRangeError(
+                f"input_range has {t.numel()} values per bound but inputs have "
+                f"{shape[1] if len(shape) > 1 else 1} channels: give one per-channel value each"
+            )
         if t.dim() == 1 and len(shape) > 1 and t.numel() == shape[1]:
             t = t.reshape((1, -1) + (1,) * (len(shape) - 2))  # one value per channel
         elif t.dim() > 1 and t.shape == shape[1:]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -109,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     config = SelectConfig(margin=args.margin, fraction=args.fraction)
-    analysis, model, seconds = run_analysis(args.model, args.calibration, config)
+    try:
+        analysis, model, seconds = run_analysis(args.model, args.calibration, config)
+    except ValueError as exc:  # bad arguments or input box: say what to change
+        print(f"save-ros analyze: {exc}", file=sys.stderr)
+        return 2
     print(f"save-ros analyze {args.model}: {len(analysis.tensors)} tensors, capture "
           f"{analysis.capture}, {seconds:.2f} s")
     print(table(analysis))

@@ -1,0 +1,199 @@
+"""Interval rules: exact boxes on hand-made cases, and soundness on real and random models."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from save_ros import models
+from save_ros.core.graph import capture
+from save_ros.core.intervals import Interval, IntervalInterpreter
+from save_ros.core.ranges import InputRangeError, input_box, node_ranges
+
+TOL = 1e-4  # the rules widen by 2^-16 relative for float rounding
+
+
+def _box(module: nn.Module, lo, hi) -> Interval:
+    gm = fx.symbolic_trace(module)
+    boxes = IntervalInterpreter(gm).propagate(Interval(torch.as_tensor(lo), torch.as_tensor(hi)))
+    out = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+    return boxes[out.name]
+
+
+def _corners(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """All vertices of a small box (the extremes of an affine map lie there)."""
+    flat_lo, flat_hi = lo.reshape(-1), hi.reshape(-1)
+    pts = [torch.where(torch.tensor(c, dtype=torch.bool), flat_hi, flat_lo)
+           for c in itertools.product([0, 1], repeat=flat_lo.numel())]
+    return torch.stack(pts).reshape(-1, *lo.shape[1:])
+
+
+def test_linear_box_is_exact_with_the_w_plus_w_minus_split():
+    lin = nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        lin.bias.fill_(0.5)
+    b = _box(nn.Sequential(lin), [[0.0, 0.0]], [[1.0, 1.0]])
+    # min: x1 = 0, x2 = 1 -> -1.5; max: x1 = 1, x2 = 0 -> 1.5
+    assert b.lo.item() == pytest.approx(-1.5, abs=TOL)
+    assert b.hi.item() == pytest.approx(1.5, abs=TOL)
+
+
+def test_conv_box_matches_vertex_enumeration():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 2).eval()
+    lo = torch.rand(1, 1, 3, 3) - 0.5
+    hi = lo + torch.rand(1, 1, 3, 3)
+    b = _box(nn.Sequential(conv), lo, hi)
+    with torch.no_grad():
+        ys = conv(_corners(lo, hi))  # 512 vertices
+    assert torch.allclose(b.lo[0], ys.amin(0), atol=TOL)
+    assert torch.allclose(b.hi[0], ys.amax(0), atol=TOL)
+
+
+def test_relu_sigmoid_and_maxpool_are_monotone_maps_of_the_bounds():
+    b = _box(nn.Sequential(nn.ReLU()), [[-1.0, 0.5]], [[2.0, 0.7]])
+    assert torch.equal(b.lo, torch.tensor([[0.0, 0.5]]))
+    assert torch.equal(b.hi, torch.tensor([[2.0, 0.7]]))
+    b = _box(nn.Sequential(nn.Sigmoid()), [[0.0]], [[1.0]])
+    assert b.lo.item() == 0.5 and b.hi.item() == pytest.approx(1 / (1 + math.exp(-1)))
+    b = _box(nn.Sequential(nn.MaxPool2d(2)), [[[[0.0, 1.0], [-1.0, 2.0]]]],
+             [[[[0.5, 1.5], [0.0, 3.0]]]])
+    assert b.lo.item() == 2.0 and b.hi.item() == 3.0
+
+
+def test_softmax_box_is_exact_and_inside_unit_interval():
+    b = _box(nn.Sequential(nn.Softmax(dim=-1)), [[0.0, 0.0]], [[1.0, 0.0]])
+    assert b.lo[0, 0].item() == pytest.approx(0.5, abs=TOL)  # x1 = 0 = x2
+    assert b.hi[0, 0].item() == pytest.approx(math.e / (math.e + 1), abs=TOL)
+    assert b.lo[0, 1].item() == pytest.approx(1 / (math.e + 1), abs=TOL)
+    b = _box(nn.Sequential(nn.Softmax(dim=-1)), [[-50.0] * 4], [[50.0] * 4])
+    assert float(b.lo.min()) >= 0.0 and float(b.hi.max()) <= 1.0
+
+
+def test_gelu_box_contains_the_minimum():
+    b = _box(nn.Sequential(nn.GELU()), [[-2.0, 1.0]], [[0.0, 2.0]])
+    assert b.lo[0, 0].item() == pytest.approx(-0.16997, abs=1e-4)
+    assert b.hi[0, 0].item() == pytest.approx(0.0, abs=TOL)
+    assert b.lo[0, 1].item() == pytest.approx(F.gelu(torch.tensor(1.0)).item(), abs=TOL)
+
+
+class _Product(nn.Module):
+    def forward(self, a):
+        return torch.matmul(a, a.transpose(-2, -1)) * a.sum()
+
+
+def test_interval_products_contain_every_sample():
+    torch.manual_seed(1)
+    lo = torch.rand(1, 3, 2) - 0.5
+    hi = lo + 0.3
+    b = _box(_Product(), lo, hi)
+    xs = lo + (hi - lo) * torch.rand(2000, 3, 2)
+    ys = torch.stack([_Product()(x[None])[0] for x in xs])
+    assert bool(((ys >= b.lo[0]) & (ys <= b.hi[0])).all())
+
+
+def test_input_box_forms_and_errors():
+    x = torch.zeros(1, 2, 3, 3)
+    b = input_box(([0.0, -1.0], [1.0, 1.0]), x)
+    assert b.lo[0, 1].unique().tolist() == [-1.0] and b.hi.shape == x.shape
+    assert input_box((0.0, 1.0), x).lo.shape == x.shape
+    with pytest.raises(InputRangeError, match="low <= high"):
+        input_box((1.0, 0.0), x)
+    with pytest.raises(InputRangeError, match="per-channel"):
+        input_box(([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]), x)
+
+
+class _Block(nn.Module):
+    """conv, bn, relu, layernorm, gelu, attention (sdpa) and a residual add, never seen before."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(2, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(2)  # 4 tokens of 8 features
+        self.ln = nn.LayerNorm(8)
+        self.qkv = nn.Linear(8, 24)
+        self.fc = nn.Linear(8, 16)
+        self.gelu = nn.GELU()
+        self.out = nn.Linear(16 * 4, 5)
+        with torch.no_grad():
+            self.bn.running_mean.copy_(torch.randn(8, generator=g) * 0.3)
+            self.bn.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+            self.bn.weight.copy_(torch.randn(8, generator=g))
+            self.ln.weight.copy_(torch.randn(8, generator=g))
+            for p in (self.conv.weight, self.qkv.weight, self.fc.weight, self.out.weight):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        t = self.pool(y).flatten(2).transpose(1, 2)  # (N, 4, 8)
+        q, k, v = self.qkv(self.ln(t)).chunk(3, dim=-1)
+        t = t + F.scaled_dot_product_attention(q, k, v)
+        return self.out(self.gelu(self.fc(t)).flatten(1))
+
+
+def _random_inputs(box: Interval, n: int, seed: int) -> torch.Tensor:
+    """Uniform points, box corners and points on the faces of the box."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, *box.lo.shape[1:], generator=g)
+    u[: n // 4] = (u[: n // 4] > 0.5).float()  # corners
+    return box.lo + (box.hi - box.lo) * u
+
+
+def _assert_sound(model: nn.Module, example: torch.Tensor, input_range, seed: int) -> None:
+    g = capture(model, example)
+    ranges, unsupported = node_ranges(g, example, input_range, None)
+    assert unsupported == []
+    x = _random_inputs(input_box(input_range, example), 400, seed)
+    with torch.no_grad():
+        _, values = g.record(x)
+    checked = 0
+    for name, r in ranges.items():
+        if r.batch_dim != 0:
+            continue
+        v = values[name]
+        ok = (v >= r.sound.lo) & (v <= r.sound.hi)
+        assert bool(ok.all()), f"{name}: {int((~ok).sum())} values leave the sound box"
+        checked += 1
+    assert checked >= len(g.layers) // 2
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_reference_models_never_leave_their_sound_boxes(name):
+    spec = models.get_spec(name)
+    model = models.load(name)
+    example = torch.zeros(1, *spec.input_shape)
+    _assert_sound(model, example, (list(spec.input_low), list(spec.input_high)), seed=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_unseen_random_architecture_never_leaves_its_sound_boxes(seed):
+    model = _Block(seed).eval()
+    _assert_sound(model, torch.zeros(1, 2, 4, 4), ([-1.0, 0.0], [1.0, 2.0]), seed)
+
+
+class _Erf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(torch.erf(x) * 2.0)
+
+
+def test_an_op_without_rule_falls_back_to_calibration_and_is_named():
+    torch.manual_seed(0)
+    model = _Erf().eval()
+    g = capture(model, torch.zeros(1, 3))
+    calib = torch.rand(64, 3)
+    ranges, unsupported = node_ranges(g, calib[:1], (0.0, 1.0), calib, margin=0.1)
+    assert len(unsupported) == 1 and unsupported[0].startswith("erf: no interval rule")
+    e = torch.erf(calib)
+    lo, hi = e.amin(0), e.amax(0)
+    assert torch.allclose(ranges["erf"].sound.lo[0], lo - 0.1 * (hi - lo))
+    assert bool(torch.isfinite(ranges["fc"].sound.hi).all())  # propagation goes on after it
