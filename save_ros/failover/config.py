@@ -25,8 +25,8 @@ class WeightSharing(enum.Enum):
 class StartMethod(enum.Enum):
     """The multiprocessing start method; fork is not offered (unsafe with threads and CUDA)."""
 
-    SPAWN = "spawn"
-    FORKSERVER = "forkserver"
+    SPAWN = "spawn"  # a fresh interpreter per worker: imports torch every time (seconds)
+    FORKSERVER = "forkserver"  # fork from a server that imported torch once (tens of ms)
 
 
 class ConfigError(ValueError):
@@ -40,13 +40,14 @@ class FailoverConfig:
     backend: Backend = Backend.PLAIN
     weight_sharing: WeightSharing = WeightSharing.SHARED_MEMORY
     device: str = "cpu"
+    share_analysis: bool = True  # protect: analyse once in the parent, not in every worker
     standby: bool = True  # keep a warm standby worker; False = cold restart after a crash
     hang_timeout_s: float = 2.0  # the watchdog: a request unanswered this long is a hang
     startup_timeout_s: float = 120.0  # a worker that is not ready this long is given up
     queue_size: int = 64  # bounded input queue; it survives failover
     max_attempts: int = 3  # a request that took down this many workers is dropped (poison input)
     num_threads: int = 1  # torch threads inside a worker
-    start_method: StartMethod = StartMethod.SPAWN
+    start_method: StartMethod = StartMethod.FORKSERVER
     restart_backoff_s: float = 0.5  # pause after a worker failed to start, doubled up to 8 s
 
     def __post_init__(self) -> None:

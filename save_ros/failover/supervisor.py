@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_any
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
-from save_ros.failover.config import FailoverConfig, WeightSharing
+from save_ros.failover.config import Backend, FailoverConfig, StartMethod, WeightSharing
 from save_ros.failover.crash import CrashKind, CrashUnavailableError
 from save_ros.failover.events import (
     ClosedError,
@@ -123,12 +123,18 @@ class FailoverModel:
         self.source = ModelSource.named(source) if isinstance(source, str) else source
         self._on_event = on_event
         self._ctx = tmp.get_context(self.config.start_method.value)
+        if self.config.start_method is StartMethod.FORKSERVER:
+            # The fork server imports torch once; every worker forks from it warm. No effect
+            # when this process already started a fork server (then workers import on their own).
+            self._ctx.set_forkserver_preload(["torch", "save_ros.failover.worker"])
         # The parent's view of the shared weights (None when every worker loads its own).
         self.model = (None if self.config.weight_sharing is WeightSharing.NONE
                       else prepare_shared(self.source.load(), self.config.weight_sharing,
                                           self.config.device))
-        self._spec = WorkerSpec(self.source, _to_array(example_input), self.config,
-                                input_range, protect_config)
+        example = _to_array(example_input)
+        self._spec = WorkerSpec(self.source, example, self.config, input_range,
+                                *_protect_parts(self.config, self.model, self.source, example,
+                                                input_range, protect_config))
         self._cond = threading.Condition()
         self._pending: deque[_Request] = deque()
         self._inflight: dict[int, _Request] = {}
@@ -172,16 +178,11 @@ class FailoverModel:
         from save_ros import models
 
         spec = models.get_spec(name)
-        low = torch.tensor(spec.input_low, dtype=torch.float32)
-        high = torch.tensor(spec.input_high, dtype=torch.float32)
-        shape = (1, *spec.input_shape)
-        channel_shape = (1, -1) + (1,) * (len(spec.input_shape) - 1)
-        if low.numel() == 1 or len(spec.input_shape) == 1:
-            example = ((low + high) / 2).expand(shape).contiguous()
-        else:
-            example = ((low + high) / 2).reshape(channel_shape).expand(shape).contiguous()
-        return cls(ModelSource.named(name), example, (spec.input_low, spec.input_high), config,
-                   on_event, protect_config)
+        low, high = spec.input_range()
+        # A real sample is the example: protect's analysis keys its ranges on it.
+        example = models.dataset(name, "calib")[0][:1]
+        return cls(ModelSource.named(name), example, (low, high), config, on_event,
+                   protect_config)
 
     # ---- inference API (that of ProtectedModel) ----
 
@@ -417,53 +418,62 @@ class FailoverModel:
                 self._starting = None
 
     def _dispatch_loop(self) -> None:
-        while True:
-            request = None
-            with self._cond:
-                if self._closing:
-                    return
-                if self._active is None and not self._promote():
-                    self._cond.wait(0.1)
-                    continue
-                worker = self._active
-                if self._awaiting is None and self._pending:
-                    request = self._pending.popleft()
-                    self._cond.notify_all()  # room in the queue
-                    request.attempts += 1
-                    request.sent_at = time.monotonic()
-                    self._awaiting = request
-                    self._inflight[request.id] = request
-                oldest = min((r.sent_at for r in self._inflight.values()), default=None)
-            if request is not None:
-                # A request whose output was delivered is re-run only for its verdict.
-                wait = request.wait or request.output_done
-                try:
-                    worker.send(("infer", request.id, request.array, wait))
-                except (OSError, ValueError):
-                    self._on_failure(worker, EventKind.CRASH, "pipe to worker broken")
-                    continue
-            timeout = None if oldest is None else max(
-                0.0, oldest + self.config.hang_timeout_s - time.monotonic())
-            ready = wait_any([worker.conn, worker.process.sentinel, self._wake_r], timeout)
-            if self._wake_r in ready:
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-            dead = False
-            if worker.conn in ready or worker.process.sentinel in ready:
-                dead = not self._drain(worker)
-            if dead or worker.process.sentinel in ready:
-                self._on_failure(worker, EventKind.CRASH,
-                                 worker.fatal or "worker process died")
-                continue
-            with self._cond:
-                overdue = [r for r in self._inflight.values()
-                           if time.monotonic() - r.sent_at > self.config.hang_timeout_s]
-            if overdue:
-                self._on_failure(worker, EventKind.HANG,
-                                 f"request {overdue[0].id} unanswered after "
-                                 f"{self.config.hang_timeout_s} s (watchdog)")
+        # This thread is the supervisor: an unexpected error is logged and the loop goes on.
+        while not self._closing:
+            try:
+                self._dispatch_once()
+            except Exception:
+                log.exception("failover: dispatcher error (continuing)")
+                time.sleep(0.05)
+
+    def _dispatch_once(self) -> None:
+        """Send one request if the worker is free, then wait for an answer, death or timeout."""
+        request = None
+        with self._cond:
+            if self._closing:
+                return
+            if self._active is None and not self._promote():
+                self._cond.wait(0.1)
+                return
+            worker = self._active
+            if self._awaiting is None and self._pending:
+                request = self._pending.popleft()
+                self._cond.notify_all()  # room in the queue
+                request.attempts += 1
+                request.sent_at = time.monotonic()
+                self._awaiting = request
+                self._inflight[request.id] = request
+            oldest = min((r.sent_at for r in self._inflight.values()), default=None)
+        if request is not None:
+            # A request whose output was delivered is re-run only for its verdict.
+            wait = request.wait or request.output_done
+            try:
+                worker.send(("infer", request.id, request.array, wait))
+            except (OSError, ValueError):
+                self._on_failure(worker, EventKind.CRASH, "pipe to worker broken")
+                return
+        timeout = None if oldest is None else max(
+            0.0, oldest + self.config.hang_timeout_s - time.monotonic())
+        ready = wait_any([worker.conn, worker.process.sentinel, self._wake_r], timeout)
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        dead = False
+        if worker.conn in ready or worker.process.sentinel in ready:
+            dead = not self._drain(worker)
+        if dead or worker.process.sentinel in ready:
+            self._on_failure(worker, EventKind.CRASH,
+                             worker.fatal or "worker process died")
+            return
+        with self._cond:
+            overdue = [r for r in self._inflight.values()
+                       if time.monotonic() - r.sent_at > self.config.hang_timeout_s]
+        if overdue:
+            self._on_failure(worker, EventKind.HANG,
+                             f"request {overdue[0].id} unanswered after "
+                             f"{self.config.hang_timeout_s} s (watchdog)")
 
     def _drain(self, worker: _Worker) -> bool:
         """Handle every message waiting from the worker; False when its pipe is closed."""
@@ -489,7 +499,8 @@ class FailoverModel:
             if op == "output":
                 _, _, array, status, verdict_follows = message
                 if request.output_done:  # a re-run for the verdict only
-                    request.verdict.set_result(status)
+                    if request.verdict is not None and not request.verdict.done():
+                        request.verdict.set_result(status)
                 else:
                     request.output_done = True
                     self._counts["answered"] += 1
@@ -499,7 +510,7 @@ class FailoverModel:
                     if request.verdict is not None and not verdict_follows:
                         request.verdict.set_result(status)
                     done = not verdict_follows
-            elif op == "verdict":
+            elif op == "verdict" and request.verdict is not None:
                 request.verdict.set_result(message[2])
             elif op == "error":
                 _fail(request, message[2])
@@ -552,6 +563,27 @@ class FailoverModel:
                 duration_s=time.monotonic() - failed_at, warm=warm, new_pid=self._active.pid)
             self._emit(event)  # the condition's lock is re-entrant
         return True
+
+
+def _protect_parts(config: FailoverConfig, model: torch.nn.Module | None, source: ModelSource,
+                   example: np.ndarray, input_range: Any,
+                   protect_config: Any) -> tuple[Any, dict[str, Any] | None]:
+    """The ProtectConfig a worker gets (its Analysis taken out) and the Analysis as a dict."""
+    if config.backend is not Backend.PROTECT:
+        return protect_config, None
+    from save_ros.core.protect import ProtectConfig
+    from save_ros.core.select import analyze
+
+    protect_config = protect_config or ProtectConfig()
+    analysis = protect_config.analysis
+    # An Analysis holds its fx graph, which does not pickle; the dict form does.
+    worker_config = replace(protect_config, analysis=None)
+    if analysis is None and config.share_analysis:
+        if model is None or config.weight_sharing is WeightSharing.CUDA_IPC:
+            model = source.load()  # analyse a CPU copy
+        analysis = analyze(model, torch.from_numpy(example), input_range,
+                           protect_config.calibration, protect_config.margin)
+    return worker_config, None if analysis is None else analysis.to_dict()
 
 
 def _to_array(x: torch.Tensor | np.ndarray) -> np.ndarray:

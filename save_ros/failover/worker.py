@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,7 +45,8 @@ class WorkerSpec:
     example_input: np.ndarray  # one batch, for the warm-up (and for protect's analysis)
     config: FailoverConfig
     input_range: Any = None  # passed through to protect()
-    protect_config: Any = None  # a ProtectConfig, or None for its defaults
+    protect_config: Any = None  # a ProtectConfig without its analysis, or None for defaults
+    analysis: dict[str, Any] | None = None  # Analysis.to_dict() done once by the parent
 
 
 class _Runner:
@@ -56,11 +57,15 @@ class _Runner:
         self.model = model
         self.protected = None
         if spec.config.backend is Backend.PROTECT:
+            from save_ros.core.analysis import Analysis
             from save_ros.core.protect import ProtectConfig, protect
 
             example = torch.from_numpy(spec.example_input).to(device)
-            self.protected = protect(model, example, spec.input_range,
-                                     spec.protect_config or ProtectConfig())
+            # The verifier runs on the worker's own thread: nobody outside drains its checks.
+            config = replace(spec.protect_config or ProtectConfig(), verifier="thread",
+                             analysis=None if spec.analysis is None
+                             else Analysis.from_dict(spec.analysis))
+            self.protected = protect(model, example, spec.input_range, config)
 
     def infer(self, x: torch.Tensor, wait: bool) -> tuple[torch.Tensor, Any, Future | None]:
         """One forward pass; with protect and wait=False the verdict follows as a future."""
@@ -68,7 +73,8 @@ class _Runner:
             with torch.inference_mode():
                 return self.model(x), None, None
         result = self.protected.infer(x, wait=wait)
-        return result.output, result.status, getattr(result, "verdict", None)
+        # With wait=True the status is already in; a verdict follows only with wait=False.
+        return result.output, result.status, None if wait else result.verdict
 
 
 def is_fatal(exc: BaseException) -> bool:
