@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("save_ros.eval.demo", "the main job: the bundled default, end to end, with a summary"),
     "campaign": ("save_ros.eval.campaign_cli", "seeded fault-injection campaign on a model"),
+    "train-campaign": ("save_ros.eval.training_cli", "faults during a fine-tune, with rollback"),
     "pvf": ("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
     "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
     "bench": ("save_ros.eval.bench", "protected vs unprotected latency, side by side"),

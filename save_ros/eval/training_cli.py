@@ -1,0 +1,203 @@
+"""`save-ros train-campaign`: faults during a short fine-tune, and what rollback changes.
+
+For each fault configuration (target x fault model) it runs N seeded faulty fine-tunes of a
+bundled classifier and sorts each into no effect / crash / silent degradation against the
+fault-free fine-tune with the same training seed (see `save_ros.faults.training`). With
+`--rollback` every configuration also runs with rollback to the last in-memory checkpoint on a
+NaN/Inf loss, on the same faults. A run that had no NaN/Inf loss is identical with rollback
+(checkpoints only copy state), so only the runs that crashed are repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from save_ros.eval.campaign import machine_info
+from save_ros.eval.campaign_cli import int_list
+from save_ros.faults import ProcessingElementFault, RandomFlips, StuckAt
+from save_ros.faults.training import (
+    FaultTarget,
+    FineTuneConfig,
+    Outcome,
+    TrainingFault,
+    TrainingFaultError,
+    classify,
+    fine_tune,
+    result_record,
+)
+from save_ros.models import ModelError
+
+
+def build_faults(targets: list[str], flips: tuple[int, ...], stuck_bit: int | None,
+                 pe_bits: tuple[int, ...]) -> list[TrainingFault]:
+    """The fault configurations of a campaign, in report order."""
+    out: list[TrainingFault] = []
+    for t in targets:
+        kind = FaultTarget(t)
+        if kind is FaultTarget.PE:
+            out.extend(TrainingFault(kind, ProcessingElementFault(bit=b)) for b in pe_bits)
+            continue
+        out.extend(TrainingFault(kind, RandomFlips(n)) for n in flips)
+        if stuck_bit is not None:
+            out.append(TrainingFault(kind, StuckAt(stuck_bit, 1)))
+    return out
+
+
+def label(fault: TrainingFault) -> str:
+    """A short name for a table row."""
+    m = fault.model
+    if isinstance(m, RandomFlips):
+        what = f"{m.n} flip{'s' if m.n != 1 else ''}"
+    elif isinstance(m, StuckAt):
+        what = f"stuck-at-{m.value} bit {m.bit}"
+    elif isinstance(m, ProcessingElementFault):
+        what = f"PE {m.mode.value} bit {m.bit}"
+    else:
+        what = type(m).__name__
+    return f"{fault.target.value}: {what}"
+
+
+def fault_seed(seed: int, config: int, trial: int) -> int:
+    """The fault seed of one trial (the training seed stays the campaign seed)."""
+    return (seed * 1_000_003 + config) * 10_007 + trial
+
+
+def shares(outcomes: list[str]) -> dict[str, float]:
+    """Share of each outcome."""
+    n = max(len(outcomes), 1)
+    return {o.value: outcomes.count(o.value) / n for o in Outcome}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `save-ros train-campaign`."""
+    parser.add_argument("--model", default="digits_cnn", help="bundled classifier to fine-tune")
+    parser.add_argument("--targets", default="weights,activations,gradients,pe",
+                        help="comma-separated: weights, activations, gradients, pe")
+    parser.add_argument("--flips", type=int_list, default=(1, 16, 256),
+                        help="transient flip counts (one step each), comma-separated")
+    parser.add_argument("--stuck-bit", type=int, default=30,
+                        help="also a stuck-at-1 cell at this bit per target (-1: none)")
+    parser.add_argument("--pe-bits", type=int_list, default=(22, 27),
+                        help="bits a faulty PE flips in every product, comma-separated")
+    parser.add_argument("--trials", type=int, default=20, help="faulty fine-tunes per config")
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tune epochs")
+    parser.add_argument("--batch", type=int, default=64, help="mini-batch size")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9)")
+    parser.add_argument("--seed", type=int, default=0, help="training and campaign seed")
+    parser.add_argument("--threshold", type=float, default=0.02,
+                        help="accuracy drop that counts as silent degradation (default 0.02)")
+    parser.add_argument("--rollback", action="store_true",
+                        help="also run with rollback to the last checkpoint on NaN/Inf loss")
+    parser.add_argument("--checkpoint-every", type=int, default=8, help="steps per checkpoint")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--json", type=Path, default=None, help="write every trial here")
+
+
+def run_campaign(args: argparse.Namespace) -> dict:
+    """Run the campaign; return the JSON-ready result."""
+    from save_ros import models
+
+    spec = models.get_spec(args.model)
+    if spec.task.value != "classification":
+        raise TrainingFaultError(f"{args.model} is a {spec.task.value} model; the training "
+                                 "campaign fine-tunes classifiers (e.g. digits_cnn)")
+    train, test = models.dataset(args.model, "train"), models.dataset(args.model, "test")
+    cfg = FineTuneConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every)
+    faults = build_faults([t for t in args.targets.split(",") if t], args.flips,
+                          None if args.stuck_bit < 0 else args.stuck_bit, args.pe_bits)
+    started = time.time()
+    ref = fine_tune(models.load(args.model), train, test, cfg)
+    if ref.crashed:
+        raise TrainingFaultError("the fault-free fine-tune diverges; lower --lr")
+    rows = []
+    for c, fault in enumerate(faults):
+        plain, rolled = [], []
+        for t in range(args.trials):
+            s = fault_seed(args.seed, c, t)
+            r = fine_tune(models.load(args.model), train, test, cfg, fault, s)
+            rec = result_record(r, classify(r, ref.accuracy, args.threshold))
+            rec["fault_seed"] = s
+            plain.append(rec)
+            if args.rollback:
+                if r.first_nonfinite_step is not None:
+                    r = fine_tune(models.load(args.model), train, test, cfg, fault, s,
+                                  rollback=True)
+                rec = result_record(r, classify(r, ref.accuracy, args.threshold))
+                rec["fault_seed"] = s
+                rolled.append(rec)
+        row = {"label": label(fault), "fault": fault.to_dict(), "trials": args.trials,
+               "shares": shares([r["outcome"] for r in plain]), "runs": plain}
+        if args.rollback:
+            row["shares_rollback"] = shares([r["outcome"] for r in rolled])
+            row["rollbacks_mean"] = sum(r["rollbacks"] for r in rolled) / args.trials
+            row["runs_rollback"] = rolled
+        rows.append(row)
+        print(format_row(row), file=sys.stderr)
+    return {
+        "kind": "save_ros.train_campaign", "version": 1,
+        "command": ["save-ros", "train-campaign", *sys.argv[2:]]
+        if sys.argv[1:2] == ["train-campaign"] else list(sys.argv),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": time.time() - started, "machine": machine_info(),
+        "model": args.model, "fine_tune": asdict(cfg) | {"optimizer": "SGD"},
+        "threshold": args.threshold,
+        "reference": {"accuracy": ref.accuracy, "final_loss": ref.losses[-1],
+                      "steps": ref.steps,
+                      "accuracy_before": models.evaluate(args.model, models.load(args.model))},
+        "seed_rule": "training seed = --seed; fault seed = (seed * 1000003 + config) * 10007 + "
+                     "trial",
+        "rows": rows,
+    }
+
+
+def format_row(row: dict) -> str:
+    """One table row: outcome shares without (and with) rollback."""
+    s = row["shares"]
+    line = (f"{row['label']:<30}{row['trials']:>6}  {s['no_effect']:>9.2f}{s['crash']:>7.2f}"
+            f"{s['degraded']:>9.2f}")
+    if "shares_rollback" in row:
+        r = row["shares_rollback"]
+        line += (f"   | {r['no_effect']:>9.2f}{r['crash']:>7.2f}{r['degraded']:>9.2f}"
+                 f"{row['rollbacks_mean']:>11.2f}")
+    return line
+
+
+def format_table(result: dict) -> str:
+    """The whole table with a header."""
+    head = f"{'fault':<30}{'trials':>6}  {'no effect':>9}{'crash':>7}{'degraded':>9}"
+    if result["rows"] and "shares_rollback" in result["rows"][0]:
+        head += f"   | {'no effect':>9}{'crash':>7}{'degraded':>9}{'rollbacks':>11}"
+    return "\n".join([head, "-" * len(head), *(format_row(r) for r in result["rows"])])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `save-ros train-campaign`."""
+    torch.set_num_threads(max(1, args.threads))
+    if args.trials < 1:
+        print("save-ros train-campaign: --trials must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        result = run_campaign(args)
+    except (TrainingFaultError, ModelError, ValueError) as exc:
+        print(f"save-ros train-campaign: {exc}", file=sys.stderr)
+        return 2
+    ref = result["reference"]
+    print(f"{result['model']}: fault-free fine-tune {ref['steps']} steps, held-out accuracy "
+          f"{ref['accuracy']:.4f} (before {ref['accuracy_before']:.4f}); degraded = drop > "
+          f"{result['threshold']}" + ("; right: with --rollback" if "shares_rollback" in
+                                       (result["rows"] or [{}])[0] else ""))
+    print(format_table(result))
+    print(f"wall time {result['wall_s']:.1f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
