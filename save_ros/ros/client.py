@@ -112,7 +112,7 @@ class ReplayResult:
 
 def compare(clean: ReplayResult, faulty: ReplayResult) -> dict[str, int]:
     """Compare outputs stamp by stamp: every verified faulty-run output vs the clean run's."""
-    verified_compared = verified_equal = all_compared = all_equal = 0
+    verified_compared = verified_equal = all_compared = all_equal = first_equal = 0
     mismatched: list[int] = []
     for stamp in faulty.sent:
         ref, got = clean.final_output(stamp), faulty.final_output(stamp)
@@ -122,6 +122,8 @@ def compare(clean: ReplayResult, faulty: ReplayResult) -> dict[str, int]:
         same = ref == got  # exact float equality: a verified result is the fault-free one
         all_compared += 1
         all_equal += int(same)
+        # what a subscriber that ignores corrections saw (under publish_policy immediate)
+        first_equal += int(faulty.outputs[stamp][0][1] == ref)
         if status.get("verified") == "true":
             verified_compared += 1
             verified_equal += int(same)
@@ -129,6 +131,7 @@ def compare(clean: ReplayResult, faulty: ReplayResult) -> dict[str, int]:
                 mismatched.append(stamp)
     return {"verified_compared": verified_compared, "verified_equal": verified_equal,
             "all_compared": all_compared, "all_equal": all_equal,
+            "first_output_equal": first_equal,
             "verified_mismatches": mismatched[:20]}
 
 
@@ -183,7 +186,10 @@ class ReplayClient:
                 or s.name.startswith(self.fqn)]
         if mine:
             with self._cond:
-                self.result.diagnostics.append({kv.key: kv.value for kv in mine[0].values})
+                values = {kv.key: kv.value for kv in mine[0].values}
+                values["_level"] = str(mine[0].level[0])
+                values["_message"] = mine[0].message
+                self.result.diagnostics.append(values)
                 self._cond.notify_all()
 
     # -- node handling --------------------------------------------------------------------
@@ -253,7 +259,7 @@ class ReplayClient:
         return self.result
 
     def _settle(self, idle: float, limit: float) -> None:
-        """Wait until every input has a status, or nothing arrived for `idle` seconds."""
+        """Wait until every input has a status, or no result arrived for `idle` seconds."""
         deadline = time.monotonic() + limit
         with self._cond:
             while time.monotonic() < deadline:
@@ -261,7 +267,8 @@ class ReplayClient:
                     # a repaired result's corrected output may trail its status: wait briefly
                     self._cond.wait(0.2)
                     return
-                if not self._cond.wait(idle):
+                seen = len(self.result.recorded)  # /diagnostics does not count as progress
+                if not self._cond.wait_for(lambda n=seen: len(self.result.recorded) > n, idle):
                     return
 
     def close(self) -> None:

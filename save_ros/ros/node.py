@@ -37,7 +37,7 @@ from std_srvs.srv import Trigger
 
 from save_ros.ros import convert, model_source, params
 from save_ros.ros.backend import Backend, BackendError, Verdict, make_backend, resolve
-from save_ros.ros.health import ERROR, OK, Health, Outcome
+from save_ros.ros.health import ERROR, OK, WARN, Health, Outcome
 
 EXIT_OK, EXIT_BAD_PARAMETER, EXIT_MODEL = 0, 2, 3
 INPUT_TYPES = {
@@ -139,13 +139,19 @@ class SaveNode(Node):
                                  {"verified": False, "rejected": True})
             self._maybe_publish_diagnostics()
             return
+        dropped = None
         with self._queue_lock:
             self._seq += 1
             if len(self._queue) >= self.cfg.queue_size:
-                self._queue.popleft()
+                dropped = self._queue.popleft()
                 self.health.on_dropped()
             self._queue.append(_Pending(header, x, self._seq, received))
         self._infer_gc.trigger()
+        if dropped is not None:  # say so, stamped, so a controller waiting on it moves on
+            self._publish_status(dropped.header, WARN, "dropped: inference queue full",
+                                 {"verified": False, "dropped": True, "seq": dropped.seq,
+                                  "published": False})
+            self._maybe_publish_diagnostics()
 
     def _decode(self, msg) -> torch.Tensor:
         spec = self.loaded.input

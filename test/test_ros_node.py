@@ -1,0 +1,210 @@
+"""save_node as a real process, reached only over DDS: results, bad input, faults, services.
+
+One node per module (starting it protects the model, which takes seconds); the tests run in
+file order and the last one stops it with SIGTERM.
+"""
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
+
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from save_ros import models  # noqa: E402
+from save_ros.ros import convert  # noqa: E402
+from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages  # noqa: E402
+from save_ros.ros.client import ReplayClient, stamp_key  # noqa: E402
+from save_ros.ros.process import NodeProcess  # noqa: E402
+
+pytestmark = pytest.mark.ros
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn.yaml")
+DIGITS = convert.InputSpec(shape=(1, 8, 8), low=(0.0,), high=(1.0,))
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """A protected digits_cnn node with fault injection on, in a namespace of its own."""
+    # shared by the test modules of this session: only the first node start runs Selection
+    cache = tmp_path_factory.getbasetemp() / "save_ros_analysis" / "digits_cnn.json"
+    proc = NodeProcess(CONFIG, namespace=f"test_node_{os.getpid()}", overrides={
+        "fault_injection.enabled": True, "fault_injection.count": 64,
+        "fault_injection.seed": 7, "analysis_cache": str(cache), "queue_size": 2,
+        "qos.depth": 100,
+        "diagnostics_period": 0.2,
+    }).start()
+    try:
+        with ReplayClient(node_fqn=proc.fqn, input_topic="~/input", input_type="image") as cl:
+            cl.wait_for_node(proc, timeout=90.0)
+            yield proc, cl
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return [m.msg for m in read_messages(BAGS_DIR / DIGITS_BAG)][:12]
+
+
+def _frame(stamp_sec: int, encoding: str = "mono8", size: int = 64, fill=None) -> Image:
+    msg = Image()
+    msg.header.stamp.sec, msg.header.frame_id = stamp_sec, "test_cam"
+    dtype = np.float32 if encoding == "32FC1" else np.uint8
+    pixels = np.full((size, size), 0 if fill is None else fill, dtype=dtype)
+    msg.height = msg.width = size
+    msg.encoding, msg.step = encoding, size * pixels.itemsize
+    msg.data = pixels.tobytes()
+    return msg
+
+
+def test_outputs_carry_input_stamp_and_frame_and_match_the_model(node, frames):
+    _, client = node
+    result = client.replay(frames[:6], pace="lockstep")
+    assert sorted(result.outputs) == sorted(stamp_key(f.header) for f in frames[:6])
+    frames_out = {m.header.frame_id for topic, _, m in result.recorded if topic.endswith("output")}
+    assert frames_out == {"camera"}
+    model = models.load("digits_cnn")
+    with torch.no_grad():
+        for frame in frames[:6]:
+            expected = model(convert.image_to_tensor(frame, DIGITS))[0]
+            got = torch.tensor(result.final_output(stamp_key(frame.header)))
+            assert torch.allclose(got, expected, atol=1e-5)
+            assert result.final_status(stamp_key(frame.header))["verified"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (_frame(101, encoding="yuv422"), "unsupported image encoding"),
+        (_frame(102, size=4), "smaller than the model input"),
+        (_frame(103, encoding="32FC1", size=8, fill=np.nan), "NaN"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_status_and_the_node_keeps_serving(node, frames, frame,
+                                                                        reason):
+    proc, client = node
+    result = client.replay([frame, frames[0]], pace="lockstep", settle=0.5)
+    status = result.final_status(stamp_key(frame.header))
+    assert status["rejected"] == "true" and reason in status["_message"]
+    assert status["_level"] == "2"  # ERROR for that input
+    assert stamp_key(frame.header) not in result.outputs
+    assert result.final_output(stamp_key(frames[0].header)) is not None
+    proc.check_alive()
+
+
+def test_truncated_image_data_is_rejected(node, frames):
+    proc, client = node
+    bad = _frame(104)
+    bad.data = bytes(100)
+    result = client.replay([bad, frames[1]], pace="lockstep", settle=0.5)
+    assert "step*height" in result.final_status(stamp_key(bad.header))["_message"]
+    assert result.final_output(stamp_key(frames[1].header)) is not None
+    proc.check_alive()
+
+
+def test_a_flood_drops_oldest_inputs_counts_them_and_survives(node, frames):
+    proc, client = node
+    flood = []
+    for i in range(300):  # 1 kHz: the intake keeps up, inference (ms per input) cannot
+        msg = _frame(1000)
+        msg.header.stamp.nanosec = i * 1_000_000
+        msg.data = frames[i % len(frames)].data
+        flood.append(msg)
+    result = client.replay(flood, pace="rate", rate=1.0, settle=1.0)
+    summary = result.summary()
+    counters = result.diagnostics[-1]
+    assert summary["dropped"] > 0  # queue_size is 2
+    assert summary["outputs"] < 300
+    dropped_status = [s for s in (result.final_status(k) for k in result.sent) if s
+                      and s.get("dropped") == "true"]
+    assert len(dropped_status) == summary["dropped"]  # each drop is reported, stamped
+    # every input that reached the node was either inferred or dropped, none went missing
+    received = int(counters["received"]) - int(result.counters_before["received"])
+    inferred = int(counters["inferred"]) - int(result.counters_before["inferred"])
+    assert received == inferred + summary["dropped"]
+    after = client.replay(frames[:2], pace="lockstep")
+    assert all(after.final_output(stamp_key(f.header)) is not None for f in frames[:2])
+    proc.check_alive()
+
+
+def test_injected_faults_are_detected_repaired_and_results_unchanged(node, frames):
+    _, client = node
+    clean = client.replay(frames, pace="lockstep")
+    reply = client.call("inject_faults")
+    assert reply.success and '"flips": 64' in reply.message
+    faulty = client.replay(frames, pace="lockstep")
+    statuses = [faulty.final_status(stamp_key(f.header)) for f in frames]
+    assert int(statuses[0]["detected"]) > 0 and int(statuses[0]["repaired"]) > 0
+    assert statuses[0]["_level"] == "1"  # WARN: detected and repaired
+    assert all(s["verified"] == "true" for s in statuses)
+    for f in frames:
+        assert faulty.final_output(stamp_key(f.header)) == clean.final_output(stamp_key(f.header))
+    levels = [d["_level"] for d in faulty.diagnostics]
+    assert "1" in levels  # /diagnostics went to WARN
+    assert int(faulty.diagnostics[-1]["faults_detected"]) > 0
+
+
+def test_recover_service_restores_injected_weights(node, frames):
+    _, client = node
+    assert client.call("inject_faults").success
+    reply = client.call("recover")
+    assert reply.success and reply.message.startswith("restored ")
+    result = client.replay(frames[:3], pace="lockstep")
+    assert all(result.final_status(stamp_key(f.header))["detected"] == "0" for f in frames[:3])
+    assert client.call("recover").message == "all weights match their golden copies"
+
+
+def test_services_answer_while_inference_runs(node, frames):
+    _, client = node
+    stream = threading.Thread(target=client.replay, args=(frames * 4,),
+                              kwargs={"pace": "rate", "rate": 1.0, "settle": 0.5})
+    stream.start()
+    try:
+        reply = client.call("reanalyze", timeout=60.0)
+        recover = client.call("recover")
+    finally:
+        stream.join()
+    assert reply.success and "reliable pool" in reply.message
+    assert recover.success
+
+
+def _set(client: ReplayClient, name: str, value: ParameterValue):
+    srv = client.node.create_client(SetParameters, f"{client.fqn}/set_parameters")
+    assert srv.wait_for_service(timeout_sec=10.0)
+    done = threading.Event()
+    future = srv.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name,
+                                                                           value=value)]))
+    future.add_done_callback(lambda _: done.set())
+    assert done.wait(10.0)
+    return future.result().results[0]
+
+
+def test_runtime_parameter_changes_are_validated(node):
+    _, client = node
+
+    def string(s: str) -> ParameterValue:
+        return ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=s)
+
+    bad = _set(client, "publish_policy", string("sometimes"))
+    assert not bad.successful and "publish_policy" in bad.reason and "verified" in bad.reason
+    read_only = _set(client, "model", string("digits_vit"))
+    assert not read_only.successful and "read-only" in read_only.reason
+    out_of_range = _set(client, "fault_injection.count",
+                        ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=0))
+    assert not out_of_range.successful
+    assert _set(client, "publish_policy", string("verified")).successful
+    assert _set(client, "publish_policy", string("immediate")).successful
+
+
+def test_sigterm_shuts_down_cleanly(node):
+    proc, _ = node
+    assert proc.stop(signal.SIGTERM) == 0
+    assert "shutting down" in proc.output()
