@@ -96,6 +96,11 @@ class Instrumented:
         self._out_template = out_node.args[0]
         self._new_nodes = [env[n] for n in self.nodes]
         self._fns: list[Callable[..., Any] | None] = [self._compile(n) for n in self._new_nodes]
+        # positions of plain node arguments, so a re-computation skips the generic map_arg
+        self._simple: list[tuple[int, ...] | None] = [
+            tuple(self.index[a.name] for a in n.args)
+            if not n.kwargs and all(isinstance(a, fx.Node) for a in n.args) else None
+            for n in self._new_nodes]
         self.layer_indices = [i for i, n in enumerate(self.nodes) if n.op in LAYER_OPS]
         self.placeholders = [i for i, n in enumerate(self.nodes) if n.op == "placeholder"]
 
@@ -137,6 +142,9 @@ class Instrumented:
             return values[i]
         if node.op == "get_attr":
             return fn()
+        simple = self._simple[i]
+        if simple is not None:
+            return fn(*[values[j] for j in simple])
         args = self._resolve(node.args, values)
         kwargs = self._resolve(node.kwargs, values)
         return fn(*args, **kwargs)

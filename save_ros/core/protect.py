@@ -111,7 +111,9 @@ class ProtectedModel:
         self._example = example_input
         self._input_range = input_range
         self._low, self._high = _input_bounds(input_range)
-        graph = getattr(analysis, "graph", None) or capture(model, example_input[:1])
+        graph = getattr(analysis, "graph", None)
+        if graph is None or graph.model is not model:  # a loaded or shared analysis
+            graph = capture(model, example_input[:1])
         if graph.capture != "fx":
             try:
                 fx.symbolic_trace(model)
@@ -202,18 +204,14 @@ class ProtectedModel:
             out, values = self._inst.forward(x)
         t1 = time.perf_counter()
         job = Job(i, (x,), out, values, t0, t1, seq, check_w, window, rt)
-        fut = self._verifier.submit(job)
         if not wait:
-            return InferenceResult(out, None, fut)
-        if self._verifier.mode is VerifierMode.EXTERNAL:
-            while not fut.done():  # nobody else may be draining: help
-                if not self._verifier.run_pending(0.05):
-                    try:
-                        fut.exception(timeout=0.005)
-                    except TimeoutError:
-                        pass
-        status = fut.result()
-        return InferenceResult(status.output if status.output is not None else out, status, fut)
+            return InferenceResult(out, None, self._verifier.submit(job))
+        # The caller waits anyway: check on its own thread, which saves two thread hand-offs.
+        with torch.inference_mode():
+            status = self._verify(job)
+        job.future.set_result(status)
+        return InferenceResult(status.output if status.output is not None else out, status,
+                               job.future)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The verified output (blocks for the verdict)."""
@@ -305,6 +303,8 @@ class ProtectedModel:
 
     def _stale(self, seq: int) -> list[str] | None:
         """Weights restored since an inference began (None: too old to know, assume all)."""
+        if seq == self._seq and not seq % 2:  # no repair began since: the common case
+            return []
         with self._lock:
             if self._repairs and len(self._repairs) == self._repairs.maxlen \
                     and self._repairs[0][0] > seq:
@@ -318,7 +318,8 @@ class ProtectedModel:
             return names
 
     def _in_range(self, x: torch.Tensor) -> bool:
-        return bool(((x >= self._low) & (x <= self._high)).all())
+        # clamp leaves an in-range input unchanged; NaN stays NaN and never compares equal
+        return torch.equal(x.clamp(self._low, self._high), x)
 
     def _run_checks(self, rt: Runtime, values, start: int, in_range: bool,
                     st: FaultStatus, restored: frozenset[str] = frozenset()

@@ -1,0 +1,316 @@
+"""`save-ros bench`: SAVE vs unprotected vs baselines at batch 1, side by side in one run.
+
+Latency: every method gets its own copy of the model; in each of `--rounds` rounds every method
+runs the same `--n` test inputs one at a time, in turn, so load drifts hit all methods alike; the
+figure is the median over rounds of the mean time per inference. SAVE is timed twice:
+`save_immediate` (infer(wait=False): the output at once, the verifier thread checks in parallel;
+the block is timed until its last verdict is in, so the verifier's work is paid for) and
+`save_verified` (infer(wait=True): the output after its checks, repaired if needed).
+AccurateLatency = latency x (1 + error rate), with the error rate (share of published results
+whose top-1 differs from the fault-free one, flagged or not) taken from the campaign JSONs
+(`docs/results/runtime_campaign_<model>_<target>.json`) when they exist.
+
+`--sweep` re-protects the model at several reliable-pool budgets (one shared analysis) and
+measures, per budget, the latency ratio and the accuracy under activation and weight flips
+(`--trials` seeded trials on a fixed test batch), and plots both against the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path("docs/results")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `save-ros bench`."""
+    parser.add_argument("--model", default="digits_cnn", help="bundled model (save_ros.models)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="reliable pool as a fraction of weight bytes (default: the "
+                             "runtime's default)")
+    parser.add_argument("--n", type=int, default=200, help="inputs per round (batch 1)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--sweep", type=str, default="",
+                        help="budgets to sweep, comma-separated fractions (e.g. 0,0.05,0.1,0.3)")
+    parser.add_argument("--trials", type=int, default=20, help="fault trials per sweep point")
+    parser.add_argument("--flips", type=int, default=256,
+                        help="activation flips per sweep trial (weights get 4096)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--json", type=Path, default=None, help="write all figures here")
+    parser.add_argument("--plot", type=Path, default=None, help="sweep plot (PNG)")
+
+
+def _timed_rounds(fns: dict[str, Callable[[], None]], rounds: int, n: int) -> dict[str, float]:
+    """Median over rounds of the mean seconds per inference, methods interleaved."""
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():  # warm-up
+        f()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            per[k].append((time.perf_counter() - t) / n)
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
+def _protected(name: str, fraction: float | None, analysis=None):
+    """A freshly loaded model protected at a budget fraction (sharing `analysis` if given)."""
+    from save_ros import models
+    from save_ros.core.allocate import DEFAULT_BUDGET_FRACTION
+    from save_ros.core.protect import ProtectConfig, protect
+
+    spec = models.get_spec(name)
+    xc, _ = models.dataset(name, "calib")
+    cfg = ProtectConfig(calibration=xc, analysis=analysis,
+                        reliable_budget_fraction=DEFAULT_BUDGET_FRACTION if fraction is None
+                        else fraction)
+    return protect(models.load(name), xc[:1], spec.input_range(), cfg)
+
+
+def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str, Any]:
+    """Batch-1 latency of every method, side by side, and where SAVE's time goes."""
+    from save_ros import models
+    from save_ros.eval.baselines import FullDmr, RangeRestriction
+
+    xt, _ = models.dataset(name, "test")
+    calib = models.dataset(name, "calib")
+    xs = [xt[i : i + 1] for i in range(min(n, len(xt)))]
+    plain = models.load(name)
+    pm = _protected(name, fraction)
+    rr, dmr = RangeRestriction(), FullDmr()
+    rr.prepare(models.load(name), None, calib)
+    dmr.prepare(models.load(name), None, calib)
+    statuses: list = []
+
+    def unprotected() -> None:
+        with torch.inference_mode():
+            for x in xs:
+                plain(x)
+
+    def save_immediate() -> None:
+        rs = [pm.infer(x, wait=False) for x in xs]
+        statuses.extend(r.verdict.result() for r in rs)
+
+    def save_verified() -> None:
+        statuses.extend(pm.infer(x, wait=True).status for x in xs)
+
+    def range_restriction() -> None:
+        for x in xs:
+            rr.predict(x)
+
+    def full_dmr() -> None:
+        for x in xs:
+            dmr.predict(x)
+
+    fns = {"unprotected": unprotected, "save_immediate": save_immediate,
+           "save_verified": save_verified, "range_restriction": range_restriction,
+           "full_dmr": full_dmr}
+    lat = _timed_rounds(fns, rounds, len(xs))
+    lat["ecc_oracle"] = lat["unprotected"]  # ECC is the memory's job: no software time
+    base = lat["unprotected"]
+    false_alarms = sum(s.faulty for s in statuses)
+    unverified = sum(not s.verified for s in statuses)
+    # where the time goes: instrumented forward and verifier work per inference
+    fwd = statistics.mean(s.forward_s for s in statuses)
+    ver = statistics.mean(s.verify_s for s in statuses)
+    t = time.perf_counter()
+    for _ in range(200):
+        pm._store.check()
+    wcheck = (time.perf_counter() - t) / 200
+    out = {
+        "model": name, "batch": 1, "n": len(xs), "rounds": rounds,
+        "latency_us": {k: v * 1e6 for k, v in lat.items()},
+        "ratio": {k: v / base for k, v in lat.items()},
+        "fault_free_inferences": len(statuses), "false_alarms": false_alarms,
+        "unverified": unverified,
+        "breakdown_us": {"plain_forward": base * 1e6, "instrumented_forward": fwd * 1e6,
+                         "verifier_per_inference": ver * 1e6, "weight_checksum": wcheck * 1e6,
+                         "checks": {c["layer"]: c for c in pm.checks() if c["check"] != "none"}},
+        "placement": pm.placement.to_dict(), "summary": pm.summary(),
+    }
+    pm.close()
+    return out
+
+
+def accurate_latency(lat: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    """AccurateLatency per method and flip count from the campaign JSONs (if present)."""
+    rows = []
+    for target in ("weights", "activations"):
+        path = RESULTS / f"runtime_campaign_{model}_{target}.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        for p in data["points"]:
+            key = {"save": "save_verified"}.get(p["method"], p["method"])
+            if key not in lat["latency_us"]:
+                continue
+            err = p["changed"]["rate"]
+            al = lat["latency_us"][key] * (1 + err)
+            base = lat["latency_us"]["unprotected"]
+            un = next((q for q in data["points"] if q["method"] == "unprotected"
+                       and q["flips"] == p["flips"]), None)
+            al_un = base * (1 + un["changed"]["rate"]) if un else None
+            rows.append({"target": target, "flips": p["flips"], "method": p["method"],
+                         "error_rate": err, "accurate_latency_us": al,
+                         "ratio_to_unprotected": al / al_un if al_un else None})
+    return rows
+
+
+def sweep(name: str, fractions: list[float], trials: int, flips: int,
+          n: int, rounds: int) -> list[dict[str, Any]]:
+    """Per budget: latency ratio and accuracy under activation / weight flips."""
+    from save_ros import models
+    from save_ros.core.select import analyze
+    from save_ros.faults import (
+        ActivationFaults,
+        EmptyTargetError,
+        RandomFlips,
+        Target,
+        TargetKind,
+        activation_sites,
+        inject_weights,
+    )
+
+    spec = models.get_spec(name)
+    xc, _ = models.dataset(name, "calib")
+    xt, yt = models.dataset(name, "test")
+    analysis = analyze(models.load(name), xc[:1], spec.input_range(), xc)
+    plain = models.load(name)
+    xb, yb = xt[::2][:256], yt[::2][:256]
+    xs = [xt[i : i + 1] for i in range(min(n, len(xt)))]
+    rows = []
+    for frac in fractions:
+        pm = _protected(name, frac, analysis)
+
+        def unprotected() -> None:
+            with torch.inference_mode():
+                for x in xs:
+                    plain(x)
+
+        def immediate(pm=pm) -> None:
+            rs = [pm.infer(x, wait=False) for x in xs]
+            rs[-1].verdict.result()
+
+        def verified(pm=pm) -> None:
+            for x in xs:
+                pm.infer(x, wait=True)
+
+        lat = _timed_rounds({"u": unprotected, "i": immediate, "v": verified}, rounds, len(xs))
+        excl = frozenset(pm.reliable_activation_sites())
+        try:
+            sites = activation_sites(pm.model, xb, Target(TargetKind.ACTIVATIONS, exclude=excl))
+        except EmptyTargetError:  # every layer output is in the reliable pool
+            sites = []
+        acc_a, acc_w = [], []
+        for t in range(trials):
+            gen = torch.Generator().manual_seed(10_000 + t)
+            faults = RandomFlips(flips).sample(sites, gen) if sites else []
+            with ActivationFaults(pm.model, faults):
+                out = pm.infer(xb).output
+            acc_a.append(float((out.argmax(1) == yb).float().mean()))
+            log = inject_weights(pm.model, RandomFlips(4096), Target(), seed=20_000 + t,
+                                 tensors=pm.normal_tensors())
+            out = pm.infer(xb).output
+            log.undo(pm.normal_tensors())
+            pm.recover()
+            acc_w.append(float((out.argmax(1) == yb).float().mean()))
+        rows.append({"budget_fraction": frac, "budget_bytes": pm.placement.budget_bytes,
+                     "used_bytes": pm.placement.used_bytes,
+                     "reliable": pm.placement.reliable,
+                     "checks": pm._rt.by_kind(),
+                     "ratio_immediate": lat["i"] / lat["u"], "ratio_verified": lat["v"] / lat["u"],
+                     "accuracy_activation_flips": statistics.mean(acc_a),
+                     "accuracy_weight_flips_4096": statistics.mean(acc_w),
+                     "activation_flips": flips, "trials": trials})
+        pm.close()
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], name: str, path: Path) -> None:
+    """Accuracy and overhead against the reliable-memory budget (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = [r["budget_fraction"] * 100 for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a1.plot(f, [r["accuracy_activation_flips"] * 100 for r in rows], "o-",
+            label=f"{rows[0]['activation_flips']} activation flips")
+    a1.plot(f, [r["accuracy_weight_flips_4096"] * 100 for r in rows], "s-",
+            label="4096 weight flips")
+    a1.set_xlabel("reliable pool (% of weight bytes)")
+    a1.set_ylabel("accuracy (%)")
+    a1.legend()
+    a2.plot(f, [r["ratio_immediate"] for r in rows], "o-", label="immediate (wait=False)")
+    a2.plot(f, [r["ratio_verified"] for r in rows], "s-", label="verified (wait=True)")
+    a2.axhline(1.25, color="grey", ls="--", lw=1)
+    a2.set_xlabel("reliable pool (% of weight bytes)")
+    a2.set_ylabel("latency / unprotected (batch 1)")
+    a2.legend()
+    fig.suptitle(f"SAVE on {name}: accuracy and overhead vs reliable-memory budget")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the ratios, optionally write JSON and the plot."""
+    from save_ros.eval.campaign import machine_info
+
+    torch.set_num_threads(args.threads)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    lat = latency(args.model, args.budget, args.n, args.rounds)
+    print(f"{args.model}, batch 1, {lat['n']} inputs x {args.rounds} rounds, side by side")
+    print(lat["summary"])
+    print(f"{'method':20s} {'latency us':>11s} {'ratio':>6s}")
+    for k, v in lat["latency_us"].items():
+        print(f"{k:20s} {v:11.1f} {lat['ratio'][k]:6.2f}")
+    b = lat["breakdown_us"]
+    print(f"SAVE time: plain forward {b['plain_forward']:.1f} us, instrumented forward "
+          f"{b['instrumented_forward']:.1f} us, verifier {b['verifier_per_inference']:.1f} us per "
+          f"inference (weight checksum {b['weight_checksum']:.1f} us)")
+    print(f"fault-free: {lat['fault_free_inferences']} inferences, {lat['false_alarms']} false "
+          f"alarms, {lat['unverified']} unverified")
+    al = accurate_latency(lat, args.model)
+    for r in al:
+        if r["ratio_to_unprotected"] is not None:
+            print(f"AccurateLatency {r['target']:11s} flips={r['flips']:5d} {r['method']:18s} "
+                  f"error {r['error_rate']:.4f}  {r['accurate_latency_us']:9.1f} us  "
+                  f"x{r['ratio_to_unprotected']:.2f} of unprotected")
+    result = {"kind": "save_ros.bench", "date_utc": started, "machine": machine_info(),
+              "command": ["save-ros", "bench", *vars_to_argv(args)], "latency": lat,
+              "accurate_latency": al}
+    if args.sweep:
+        fr = [float(v) for v in args.sweep.split(",") if v.strip()]
+        rows = sweep(args.model, fr, args.trials, args.flips, args.n, max(3, args.rounds // 2))
+        result["sweep"] = rows
+        for r in rows:
+            print(f"budget {r['budget_fraction']:5.2f}: immediate x{r['ratio_immediate']:.2f}, "
+                  f"verified x{r['ratio_verified']:.2f}, accuracy {r['activation_flips']} act "
+                  f"flips {r['accuracy_activation_flips']:.4f}, 4096 weight flips "
+                  f"{r['accuracy_weight_flips_4096']:.4f}, checks {r['checks']}")
+        if args.plot:
+            plot(rows, args.model, args.plot)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def vars_to_argv(args: argparse.Namespace) -> list[str]:
+    """The options as they would be typed (for the record)."""
+    out = []
+    for k, v in vars(args).items():
+        if v is None or v == "":
+            continue
+        out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
