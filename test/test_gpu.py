@@ -190,3 +190,10 @@ def test_without_cuda_the_gpu_path_says_what_to_do():
         require_cuda()
     with pytest.raises(CudaUnavailableError):
         CudaProtectedModel(DigitsResNet(), torch.zeros(1, 1, 8, 8))
+
+
+def test_cpu_async_verdicts_back_to_back_do_not_block(cpu_protected):
+    pm, x, golden = cpu_protected
+    futs = [pm.infer(x, wait=False).verdict for _ in range(5)]
+    assert all(f.result(timeout=30).verified for f in futs)
+    assert pm.infer(x).verified and pm.check_weights() == []

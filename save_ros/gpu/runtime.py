@@ -429,9 +429,8 @@ class CudaProtectedModel:
         The output tensor is the graph's static output buffer: it stays valid until the next
         call (copy it to keep it), and a repair re-runs into the same buffer.
         """
+        self._drain()
         with self._lock:
-            if self._pending is not None:
-                self._pending.result()
             if x.shape != self._static_in.shape:
                 raise GpuConfigError(f"input shape {tuple(x.shape)} differs from the captured "
                                      f"{tuple(self._static_in.shape)}; protect one model per shape")
@@ -448,6 +447,12 @@ class CudaProtectedModel:
             self._pending = fut
             return GpuInferenceResult(out, None, fut)
 
+    def _drain(self) -> None:
+        """Wait for the previous async verdict (never while holding the lock: it needs it)."""
+        pending = self._pending
+        if pending is not None:
+            pending.result()
+
     def _locked_finish(self, with_cs: bool, t0: float, out: torch.Tensor) -> GpuFaultStatus:
         """_finish under the lock (verifier thread)."""
         with self._lock:
@@ -457,9 +462,8 @@ class CudaProtectedModel:
         self, x: torch.Tensor, with_checksum: bool = True
     ) -> tuple[torch.Tensor, RowVerdict]:
         """One run with every check and no repair: (output, raw verdict), for campaigns."""
+        self._drain()
         with self._lock:
-            if self._pending is not None:
-                self._pending.result()
             self._static_in.copy_(x, non_blocking=True)
             self._submit(with_checksum)
             verdict = self._collect(with_checksum)
@@ -467,6 +471,7 @@ class CudaProtectedModel:
 
     def check_weights(self) -> list[str]:
         """Run the weight checksum now; names of weights that differ from their golden copies."""
+        self._drain()
         with self._lock:
             if self._cuda:
                 torch.cuda.current_stream().synchronize()
