@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test inputs of the fixed evaluation batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--scaling", type=str, default=None, metavar="W1,W2,...",
+                        help="instead: time the analysis of the digits ViT at these widths "
+                             "(random weights, seed 0) to show how time grows with size")
 
 
 def run_analysis(name: str, calibration: int | None, config: SelectConfig
@@ -103,12 +106,51 @@ def summary(analysis: Analysis, seconds: float) -> dict:
     return out
 
 
+def scaling(widths: list[int], calibration: int | None, config: SelectConfig) -> list[dict]:
+    """Analysis time of DigitsViT at several embedding widths (random weights, seed 0)."""
+    from save_ros import models
+    from save_ros.models.digits_vit import DigitsViT
+
+    spec = models.get_spec("digits_vit")
+    xc, _ = models.dataset("digits_vit", "calib")
+    xc = xc[:calibration] if calibration else xc
+    rows = []
+    for width in widths:
+        torch.manual_seed(0)
+        model = DigitsViT(dim=width).eval()
+        t0 = time.perf_counter()
+        a = analyze(model, xc[:1], (list(spec.input_low), list(spec.input_high)),
+                    calibration=xc, config=config)
+        seconds = time.perf_counter() - t0
+        params = sum(p.numel() for p in model.parameters())
+        act = sum(t.numel for t in a.activations())
+        rows.append({"width": width, "params": params, "activation_elements": act,
+                     "seconds": seconds, "timings": a.timings})
+        print(f"  ViT width {width:4d}: {params:8d} parameters, {act:6d} activation elements "
+              f"per input, analysis {seconds:6.2f} s  "
+              + " ".join(f"{k} {v:.2f}" for k, v in a.timings.items() if k != "total"))
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `save-ros analyze`."""
     from save_ros import models
     from save_ros.eval.validate import validate
 
     torch.set_num_threads(args.threads)
+    if args.scaling:
+        try:
+            widths = [int(w) for w in args.scaling.split(",")]
+        except ValueError:
+            print("save-ros analyze: --scaling takes widths like 48,96,192", file=sys.stderr)
+            return 2
+        rows = scaling(widths, args.calibration, SelectConfig(margin=args.margin,
+                                                              fraction=args.fraction))
+        if args.report:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(json.dumps({"scaling": rows, "threads": args.threads,
+                                               "torch": torch.__version__}, indent=1))
+        return 0
     config = SelectConfig(margin=args.margin, fraction=args.fraction)
     try:
         analysis, model, seconds = run_analysis(args.model, args.calibration, config)
