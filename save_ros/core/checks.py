@@ -191,6 +191,8 @@ class RangeBatch:
                 mins.append(t.amin(dim=dims))
                 maxs.append(t.amax(dim=dims))
         mn, mx = torch.cat(mins), torch.cat(maxs)
+        if self.low.device != mn.device:
+            self.low, self.high = self.low.to(mn.device), self.high.to(mn.device)
         ok = (mn >= self.low) & (mx <= self.high)  # NaN compares False: a failure
         if bool(ok.all()):
             return []

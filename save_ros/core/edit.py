@@ -2,7 +2,8 @@
 
 `WeightStore` moves every floating-point parameter and buffer of the model into one flat buffer
 per dtype (the tensors become views of it, so the model and any injector see the same live
-storage), keeps a golden copy of that buffer in host memory, and per chunk of `chunk` elements
+storage), keeps a golden copy of that buffer (beside it, on the same device: on a CPU that is
+host memory), and per chunk of `chunk` elements
 the sum of the chunk read as 64-bit words (wrapping mod 2^64; integer addition is associative, so
 any summation order gives the same sum, and no conversion pass is needed: 3x faster than summing
 int32 views into int64). A flip of any bit changes its word by +-2^k with k < 64, so any single
@@ -58,11 +59,12 @@ class Repair:
 class _Group:
     """One flat buffer of one dtype, its golden copy and chunk checksums."""
 
-    def __init__(self, dtype: torch.dtype, numel: int, chunk: int) -> None:
+    def __init__(self, dtype: torch.dtype, numel: int, chunk: int,
+                 device: torch.device | str = "cpu") -> None:
         self.dtype = dtype
         self.chunk = chunk
         self.n_chunks = max(1, -(-numel // chunk))
-        self.flat = torch.zeros(self.n_chunks * chunk, dtype=dtype)
+        self.flat = torch.zeros(self.n_chunks * chunk, dtype=dtype, device=device)
         self.golden: torch.Tensor | None = None
         self.golden_sums: torch.Tensor | None = None
         self.slots: list[Slot] = []
@@ -138,15 +140,16 @@ class WeightStore:
             if b.dtype.is_floating_point and b.dtype in bits.LAYOUTS:
                 named[name] = b
         self.tensors = named
-        by_dtype: dict[torch.dtype, list[str]] = {}
+        # one flat buffer per (dtype, device); the golden copy sits beside it (same device)
+        by_dtype: dict[tuple[torch.dtype, torch.device], list[str]] = {}
         for name, t in named.items():
-            by_dtype.setdefault(t.dtype, []).append(name)
+            by_dtype.setdefault((t.dtype, t.device), []).append(name)
         self.groups: list[_Group] = []
         self.slots: dict[str, Slot] = {}
         with torch.no_grad():
-            for dtype, names in by_dtype.items():
+            for (dtype, device), names in by_dtype.items():
                 total = sum(-(-named[n].numel() // ALIGN) * ALIGN for n in names)
-                g = _Group(dtype, total, chunk)
+                g = _Group(dtype, total, chunk, device)
                 off = 0
                 for n in names:
                     t = named[n]

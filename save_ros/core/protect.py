@@ -318,6 +318,8 @@ class ProtectedModel:
             return names
 
     def _in_range(self, x: torch.Tensor) -> bool:
+        if self._low.device != x.device:
+            self._low, self._high = self._low.to(x.device), self._high.to(x.device)
         # clamp leaves an in-range input unchanged; NaN stays NaN and never compares equal
         return torch.equal(x.clamp(self._low, self._high), x)
 
