@@ -171,3 +171,12 @@ def test_bad_requests_raise_clear_errors():
         ScaledLayer(nn.LSTM(2, 2), 2.0, "fp32")
     with pytest.raises(ScalingError, match="no admissible scale"):
         choose_scale(torch.ones(4), "fp32", 1.0, candidates=[2.0**200])
+
+
+def test_scaled_model_is_fx_traceable(cnn_and_data, fp32_method):
+    # SAVE's Selection captures the model with torch.fx: the scaled layers must trace
+    model, x, _ = cnn_and_data
+    for hard in (fp32_method.model, harden(model, "fp16", policy="unit")[0]):
+        traced = torch.fx.symbolic_trace(hard)
+        with torch.no_grad():
+            assert torch.equal(traced(x), hard(x))

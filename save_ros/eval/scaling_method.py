@@ -6,6 +6,9 @@ Registered in `save_ros.eval.methods.METHODS`:
   stores its weights times the scale `save_ros.faults.scaling.choose_scale` picks for a per-bit
   error rate of 1e-4, and rescales its outputs.
 - `weight_scaling_sat`: fp32, scales chosen with the saturated objective (`saturate=True`).
+- `save_weight_scaling`: SAVE (`save_ros.eval.baselines.SaveMethod`, default config) protecting
+  the fp32 weight-scaled model: SAVE's analysis, reliable pool and checks see the stored
+  (scaled) weights.
 - `fp16_plain`, `int8_plain`: the same storage format at the unit scale (fp16 weights; int8 with
   the usual max-abs per-layer scale), the baselines the fp16 / int8 hardening is measured against
   (the fp32 baseline is `unprotected`).
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from save_ros.eval.baselines import SaveMethod
 from save_ros.faults.scaling import ScalingReport, StorageFormat, harden
 
 DESIGN_BIT_ERROR_RATE = 1e-4  # the rate the per-layer objective weighs flips with
@@ -64,6 +68,25 @@ class WeightScaling:
         """Nothing to clear: the campaign's undo log restores the stored weights."""
 
 
+class SaveWeightScaling(SaveMethod):
+    """SAVE on top of fp32 weight scaling: harden first, then `protect()` the hardened model."""
+
+    name = "save_weight_scaling"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report: ScalingReport | None = None
+
+    def prepare(self, model: nn.Module, spec: Any,
+                calib: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Scale the weights (calibration bounds the layers), then let SAVE protect the result."""
+        if calib is None:
+            raise ValueError("save_weight_scaling needs the calibration split (calib=(x, y))")
+        hardened, self.report = harden(model.eval(), StorageFormat.FP32, DESIGN_BIT_ERROR_RATE,
+                                       calibration=calib[0])
+        super().prepare(hardened, spec, calib)
+
+
 def weight_scaling() -> WeightScaling:
     """fp32 weights, per-layer power-of-two scales."""
     return WeightScaling("fp32")
@@ -82,6 +105,11 @@ def weight_scaling_fp16() -> WeightScaling:
 def weight_scaling_int8() -> WeightScaling:
     """int8 weights, per-layer scale chosen among powers of two and the max-abs scale."""
     return WeightScaling("int8")
+
+
+def save_weight_scaling() -> SaveWeightScaling:
+    """SAVE protecting the fp32 weight-scaled model."""
+    return SaveWeightScaling()
 
 
 def fp16_plain() -> WeightScaling:

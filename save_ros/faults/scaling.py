@@ -350,7 +350,8 @@ class ScaledLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`op(x, stored weight, stored bias) * (1 / s)`: one multiply per output."""
-        w = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        # fp32 compute; the branch is on the storage format (fixed), so torch.fx can trace it
+        w = self.weight if self.fmt is StorageFormat.FP32 else self.weight.to(torch.float32)
         if self.kind == "Linear":
             y = F.linear(x, w, self.bias)
         elif self.kind == "Conv1d":
