@@ -31,6 +31,8 @@ class FailoverEvent:
     pid: int | None  # the worker the event is about
     detail: str
     role: str = "active"  # "active" or "standby"
+    # FAILOVER: failure detected -> new worker active; STANDBY_READY: start -> ready;
+    # CRASH/HANG of an injected crash: crash -> detected.
     duration_s: float | None = None
     warm: bool | None = None  # FAILOVER only: a warm standby was ready at the failure
     new_pid: int | None = None  # FAILOVER only: the worker that took over

@@ -89,6 +89,7 @@ class _Worker:
         self.pid: int = self.process.pid
         self.info: dict[str, Any] = {}
         self.fatal: str | None = None  # what the worker said before it quit on purpose
+        self.crashed_at: float | None = None  # monotonic time of an injected crash
         self.send_lock = threading.Lock()
 
     def send(self, message: tuple) -> None:
@@ -489,6 +490,9 @@ class FailoverModel:
         if op == "fatal":
             worker.fatal = f"worker quit, device context lost: {message[2]}"
             return
+        if op == "crashing":
+            worker.crashed_at = message[2]  # CLOCK_MONOTONIC is one clock for all processes
+            return
         with self._cond:
             request = self._inflight.get(rid)
             if request is None:
@@ -536,8 +540,11 @@ class FailoverModel:
                     self._counts["resubmitted"] += 1
             self._failure = (failed_at, worker.pid, bool(self._idle))
             self._cond.notify_all()
-        self._emit(FailoverEvent(kind, worker.pid, f"{detail} ({how}); "
-                                 f"{len(held) - len(dropped)} request(s) resubmitted"))
+        injected = "" if worker.crashed_at is None else "injected crash, "
+        self._emit(FailoverEvent(kind, worker.pid, f"{injected}{detail} ({how}); "
+                                 f"{len(held) - len(dropped)} request(s) resubmitted",
+                                 duration_s=None if worker.crashed_at is None
+                                 else failed_at - worker.crashed_at))
         for request in dropped:
             _fail(request, RequestDroppedError(
                 f"request {request.id} took down {request.attempts} workers; dropped "

@@ -4,7 +4,8 @@ Protocol, parent -> worker: ("infer", id, array, wait), ("arm", CrashKind) (fail
 request, before answering it), ("crash", CrashKind) (fail now), ("stop",). Worker -> parent:
 ("ready", info), ("start_failed", text), ("output", id, array, status, verdict_follows),
 ("verdict", id, status), ("error", id, exception) for a bad input (the worker lives on),
-("fatal", id, text) just before the worker exits because its device context is lost.
+("fatal", id, text) just before the worker exits because its device context is lost,
+("crashing", id, monotonic time) just before an injected crash.
 Arrays travel by value (numpy pickles); only the weights are shared.
 """
 
@@ -172,11 +173,13 @@ def worker_main(conn: Connection, spec: WorkerSpec, shared_model: nn.Module | No
         rid = message[1] if op == "infer" else None
         try:
             if op == "crash":
+                send(("crashing", None, time.monotonic()))  # lets the parent time detection
                 crash.perform(message[1], device)
                 continue
             _, rid, array, wait = message
             if armed is not None:
                 kind, armed = armed, None
+                send(("crashing", rid, time.monotonic()))
                 crash.perform(kind, device)
             output, status, verdict = runner.infer(torch.from_numpy(array).to(device), wait)
             send(("output", rid, _as_array(output), _picklable(status), verdict is not None))
