@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-gpu": ("save_ros.eval.bench_gpu", "CUDA path: latency, repair, coverage on a GPU"),
     "replay": ("save_ros.ros.replay", "replay a rosbag through the node and record its outputs"),
     "train": ("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
+    "failover-bench": ("save_ros.failover.bench", "worker crash to next result: warm vs cold"),
 }
 
 
