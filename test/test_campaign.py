@@ -136,3 +136,17 @@ def test_cli_campaign_on_the_bundled_default_model(tmp_path, capsys):
     assert res["points"][0]["sdc"]["count"] == 0
     assert "SDC rate" in capsys.readouterr().out
     assert main(["campaign", "--model", "nope", "--trials", "1", "--quiet"]) == 2
+
+
+def test_cli_campaign_on_the_policy_measures_task_success(tmp_path):
+    from save_ros.cli import main
+
+    out = tmp_path / "p.json"
+    assert main(["campaign", "--model", "cartpole_policy", "--flips", "0,4096", "--trials", "1",
+                 "--batch", "32", "--episodes", "1", "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    clean, wrecked = res["points"]
+    assert res["methods"]["unprotected"]["clean_success"] == 1.0
+    assert clean["accuracy"]["mean"] == 1.0 and clean["sdc"]["count"] == 0
+    # 4,096 of the policy's ~147k weight bits: it never balances the pole for 500 steps.
+    assert wrecked["accuracy"]["mean"] == 0.0 and wrecked["changed"]["count"] > 0

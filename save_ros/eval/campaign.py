@@ -155,8 +155,12 @@ class _StepFaults:
 
 def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean: torch.Tensor,
            w_sites: list[Site], a_sites: list[Site], a_sites_1: list[Site],
-           progress: Callable[[str], None] | None) -> dict:
-    """Run the trials of one (method, flip count) point."""
+           progress: Callable[[str], None] | None, clean_success: float | None = None) -> dict:
+    """Run the trials of one (method, flip count) point.
+
+    A policy trial that draws no fault reuses the fault-free success rate: its episodes are
+    the fault-free episodes (same env seeds), so re-running them would only cost time.
+    """
     tensors = method.injectable()
     wnames = {s.name for s in w_sites}
     pool = {"weights": w_sites, "activations": a_sites, "both": w_sites + a_sites}[cfg.target]
@@ -177,8 +181,11 @@ def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean:
                 out, det = method.predict(setup.x)
                 lat.append(time.perf_counter() - t0)
             if setup.episodes is not None and cfg.episodes > 0:
-                policy = _StepFaults(method, a_sites_1, len(af), gen)
-                acc.append(setup.episodes(policy, cfg.episodes))
+                if faults or clean_success is None:
+                    policy = _StepFaults(method, a_sites_1, len(af), gen)
+                    acc.append(setup.episodes(policy, cfg.episodes))
+                else:
+                    acc.append(clean_success)
         finally:
             log.undo(tensors)
             method.reset()
@@ -249,7 +256,7 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
         methods[name] = info
         for n in cfg.flips:
             points.append(_point(method, setup, cfg, n, clean, w_sites, a_sites, a_sites_1,
-                                 progress))
+                                 progress, info.get("clean_success")))
     cfg_d = asdict(cfg)
     return {
         "kind": "save_ros.campaign", "version": 1,
