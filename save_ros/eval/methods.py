@@ -114,6 +114,7 @@ METHODS: dict[str, str] = {
     "weight_scaling_sat": "save_ros.eval.scaling_method:weight_scaling_saturated",
     "save_weight_scaling": "save_ros.eval.scaling_method:save_weight_scaling",
     "weight_scaling_fp16": "save_ros.eval.scaling_method:weight_scaling_fp16",
+    "weight_scaling_fp16_sat": "save_ros.eval.scaling_method:weight_scaling_fp16_saturated",
     "weight_scaling_int8": "save_ros.eval.scaling_method:weight_scaling_int8",
     "fp16_plain": "save_ros.eval.scaling_method:fp16_plain",
     "int8_plain": "save_ros.eval.scaling_method:int8_plain",

@@ -5,7 +5,8 @@ Registered in `save_ros.eval.methods.METHODS`:
 - `weight_scaling` (fp32), `weight_scaling_fp16`, `weight_scaling_int8`: every Linear/Conv layer
   stores its weights times the scale `save_ros.faults.scaling.choose_scale` picks for a per-bit
   error rate of 1e-4, and rescales its outputs.
-- `weight_scaling_sat`: fp32, scales chosen with the saturated objective (`saturate=True`).
+- `weight_scaling_sat`, `weight_scaling_fp16_sat`: fp32 / fp16, scales chosen with the
+  saturated objective (`saturate=True`: counts ruinous flips instead of weighing their size).
 - `save_weight_scaling`: SAVE (`save_ros.eval.baselines.SaveMethod`, default config) protecting
   the fp32 weight-scaled model: SAVE's analysis, reliable pool and checks see the stored
   (scaled) weights.
@@ -100,6 +101,11 @@ def weight_scaling_saturated() -> WeightScaling:
 def weight_scaling_fp16() -> WeightScaling:
     """fp16 weights, per-layer power-of-two scales."""
     return WeightScaling("fp16")
+
+
+def weight_scaling_fp16_saturated() -> WeightScaling:
+    """fp16, scales chosen by the saturated objective."""
+    return WeightScaling("fp16", saturate=True, name="weight_scaling_fp16_sat")
 
 
 def weight_scaling_int8() -> WeightScaling:
