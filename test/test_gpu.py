@@ -197,3 +197,37 @@ def test_cpu_async_verdicts_back_to_back_do_not_block(cpu_protected):
     futs = [pm.infer(x, wait=False).verdict for _ in range(5)]
     assert all(f.result(timeout=30).verified for f in futs)
     assert pm.infer(x).verified and pm.check_weights() == []
+
+
+def test_rotating_checksum_finds_a_silent_flip_within_one_rotation():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1, 8, 8, generator=g)
+    torch.manual_seed(0)
+    pm = CudaProtectedModel(DigitsResNet(), x, GpuProtectConfig(use_graph=False,
+                            checksum_every=3, chunk=512), calibration=[x], device="cpu")
+    assert len(pm._cs_slices) == 3
+    shares = [pm.infer(x).status.checksum_share for _ in range(3)]
+    assert sum(shares) == pytest.approx(1.0) and all(0 < s < 1 for s in shares)
+    golden = pm.infer(x).output.clone()
+    flip_(pm.live("fc.weight"), 7, 2)  # a low mantissa bit: no range check can see it
+    found = []
+    for _ in range(3):
+        r = pm.infer(x)
+        found.append(bool(r.status.detections))
+        assert r.verified
+    assert found.count(True) == 1 and all(d.check == "checksum" for d in r.status.detections
+                                          if r.status.detections)
+    assert torch.equal(pm.infer(x).output, golden) and pm.check_weights() == []
+    pm.close()
+
+
+def test_elementwise_tap_after_a_checked_output_is_skipped():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.GELU(), torch.nn.Linear(12, 3),
+                              torch.nn.ReLU())
+    x = torch.randn(4, 6)
+    pm = CudaProtectedModel(mlp, x, GpuProtectConfig(use_graph=False), calibration=[x],
+                            device="cpu")
+    assert pm.skipped_taps.get("1") == "elementwise of a checked output"
+    assert "0" in pm.act_plan.names and "2" in pm.act_plan.names
+    pm.close()

@@ -17,14 +17,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-# Leaf modules whose outputs are checked by default: nonlinearities, normalisations, linear and
-# attention outputs. Convolutions are left out because in both reference families a
-# normalisation or nonlinearity that is checked reads every conv output directly.
+# Leaf modules whose outputs are checked by default: nonlinearities, linear and attention
+# outputs. Convolutions and normalisations are left out: in both reference families a checked
+# nonlinearity, linear or attention layer reads their outputs (directly or through the residual
+# stream), so a corrupted value shows there. A nonlinearity that reads a checked output directly
+# (GELU after a checked Linear) is skipped at run time as redundant: elementwise and monotone.
 DEFAULT_TAPS: tuple[str, ...] = (
-    "ReLU", "ReLU6", "GELU", "SiLU", "Hardswish", "LayerNorm", "Linear",
+    "ReLU", "ReLU6", "GELU", "SiLU", "Hardswish", "Linear",
     "NonDynamicallyQuantizableLinear", "MultiheadAttention",
 )
-DENSE_TAPS: tuple[str, ...] = DEFAULT_TAPS + ("Conv2d", "Conv1d", "BatchNorm2d", "BatchNorm1d")
+DENSE_TAPS: tuple[str, ...] = DEFAULT_TAPS + (
+    "LayerNorm", "Conv2d", "Conv1d", "BatchNorm2d", "BatchNorm1d")
+ELEMENTWISE = frozenset({"ReLU", "ReLU6", "GELU", "SiLU", "Hardswish"})
 OUTPUT = "output"  # name of the model's own output in every table
 
 
@@ -74,25 +78,32 @@ def tapped(
     model: nn.Module,
     on_output: Callable[[str, torch.Tensor], None],
     types: Iterable[str] = DEFAULT_TAPS,
-) -> Iterator[None]:
-    """Within the block, call `on_output(name, tensor)` for every tapped module call."""
+) -> Iterator[dict[str, tuple[str, int]]]:
+    """Within the block, call `on_output(name, tensor)` for every tapped module call.
+
+    The block gets a dict: tap name -> (module class name, data_ptr of the call's first input).
+    """
     calls: dict[str, int] = {}
     handles = []
+    info: dict[str, tuple[str, int]] = {}
 
     def make(path: str) -> Callable:
-        def hook(_m: nn.Module, _inp: object, out: object) -> None:
+        def hook(m: nn.Module, inp: object, out: object) -> None:
             k = calls.get(path, 0)
             calls[path] = k + 1
             t = first_tensor(out)
             if t is not None:
-                on_output(path if k == 0 else f"{path}#{k}", t)
+                name = path if k == 0 else f"{path}#{k}"
+                i = first_tensor(inp)
+                info[name] = (type(m).__name__, -1 if i is None else i.data_ptr())
+                on_output(name, t)
 
         return hook
 
     for path, m in tap_modules(model, types):
         handles.append(m.register_forward_hook(make(path)))
     try:
-        yield
+        yield info
     finally:
         for h in handles:
             h.remove()

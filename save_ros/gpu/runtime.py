@@ -29,6 +29,7 @@ from save_ros.gpu import require_cuda, triton_available
 from save_ros.gpu.chunks import CHUNK, ChunkPlan, plan_chunks
 from save_ros.gpu.ranges import (
     DEFAULT_TAPS,
+    ELEMENTWISE,
     OUTPUT,
     RangeError,
     RangeTable,
@@ -50,7 +51,9 @@ class GpuProtectConfig:
     backend: Backend | None = None  # None: Triton when available, else torch
     taps: tuple[str, ...] = DEFAULT_TAPS
     margin: float = 0.5  # fallback ranges: widen observed [min, max] by margin x span
-    checksum_every: int = 1  # weight checksum every n-th inference (0: only on a range alarm)
+    # weight checksum schedule: every weight is checked once per `checksum_every` inferences,
+    # 1/n of them (a rotating slice) per inference; 0: only on a range alarm
+    checksum_every: int = 1
     stat_groups: int = 8  # side-stream reductions per forward (fork points)
     golden: str = "device"  # where golden weight copies live: "device" or "host" (pinned)
     max_reruns: int = 2
@@ -76,6 +79,9 @@ class _Taps:
     """The checked activations of one forward, in execution order."""
 
     tensors: list[torch.Tensor] = field(default_factory=list)
+
+
+ALL = -1  # checksum slice index meaning every weight
 
 
 class GpuConfigError(ValueError):
@@ -149,21 +155,32 @@ class CudaProtectedModel:
                                        self.config.chunk)
         self._cs_dev = torch.zeros(self.weight_plan.n_chunks, 2, dtype=torch.int64,
                                    device=self.device)
-        self._cs_reducers: list[tuple[ChunkReducer, list[torch.Tensor]]] = []
-        start = 0
-        while start < len(ws):
-            dt = ws[start][1].dtype
-            stop = start
-            while stop < len(ws) and ws[stop][1].dtype == dt:
-                stop += 1
-            sub = self.weight_plan.sub(start, stop)
-            r0, r1 = self.weight_plan.offsets[start], self.weight_plan.offsets[stop]
-            red = ChunkReducer(sub, dt, Reduction.CHECKSUM, self.device, self.backend,
-                               out=self._cs_dev[r0:r1])
-            tensors = [t for _, t in ws[start:stop]]
-            red.bind(tensors)
-            self._cs_reducers.append((red, tensors))
-            start = stop
+        # rotating slices of about equal size; each slice is one reducer per dtype run
+        k = max(1, self.config.checksum_every)
+        total = sum(t.numel() for _, t in ws)
+        ends, acc = [], 0
+        for i, (_, t) in enumerate(ws):
+            acc += t.numel()
+            if acc >= total * (len(ends) + 1) / k or i == len(ws) - 1:
+                ends.append(i + 1)
+        bounds = [0] + sorted(set(ends))
+        self._cs_slices: list[tuple[int, int, list[tuple[ChunkReducer, list[torch.Tensor]]]]] = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            reds = []
+            start = a
+            while start < b:
+                dt = ws[start][1].dtype
+                stop = start
+                while stop < b and ws[stop][1].dtype == dt:
+                    stop += 1
+                r0, r1 = self.weight_plan.offsets[start], self.weight_plan.offsets[stop]
+                red = ChunkReducer(self.weight_plan.sub(start, stop), dt, Reduction.CHECKSUM,
+                                   self.device, self.backend, out=self._cs_dev[r0:r1])
+                tensors = [t for _, t in ws[start:stop]]
+                red.bind(tensors)
+                reds.append((red, tensors))
+                start = stop
+            self._cs_slices.append((self.weight_plan.offsets[a], self.weight_plan.offsets[b], reds))
         pin = self._cuda
         if self.config.golden == "host":
             self._golden = {}
@@ -206,14 +223,18 @@ class CudaProtectedModel:
         """Pick the checkable taps (contiguous, not modified in place later) and plan them."""
         seen: list[tuple[str, torch.Tensor, int]] = []
         with torch.no_grad(), tapped(self.model, lambda n, t: seen.append((n, t, t._version)),
-                                     self.config.taps):
+                                     self.config.taps) as info:
             out = first_tensor(self.model(x0))
         self._tap_output = not seen or seen[-1][1] is not out
         if self._tap_output:  # else the last tap already is the output
             seen.append((OUTPUT, out, out._version))
         keep, self.skipped_taps = [], {}
+        kept_ptrs: set[int] = set()
         for name, t, ver in seen:
-            if name not in self.ranges.low:
+            kind, in_ptr = info.get(name, ("", -1))
+            if kind in ELEMENTWISE and in_ptr in kept_ptrs and in_ptr != t.data_ptr():
+                self.skipped_taps[name] = "elementwise of a checked output"
+            elif name not in self.ranges.low:
                 self.skipped_taps[name] = "no range"
             elif not t.is_contiguous():
                 self.skipped_taps[name] = "not contiguous"
@@ -226,6 +247,7 @@ class CudaProtectedModel:
                 self.skipped_taps[name] = f"dtype {t.dtype} differs from the model's"
             else:
                 keep.append((name, t.numel()))
+                kept_ptrs.add(t.data_ptr())
         if not keep:
             raise GpuConfigError("no activation can be range-checked (see skipped_taps)")
         self.act_plan: ChunkPlan = plan_chunks([n for n, _ in keep], [k for _, k in keep],
@@ -260,12 +282,16 @@ class CudaProtectedModel:
 
     def _init_streams_and_graphs(self, x0: torch.Tensor) -> None:
         """Side streams, warm-up (compiles kernels), and the two CUDA graphs."""
-        self._graph = self._cs_graph = None
-        self._side = self._cs_stream = None
+        self._graph = None
+        self._cs_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._side = self._cs_stream = self._main = None
         self._static_in = x0.clone()
         if self._cuda:
+            # the forward gets the high-priority stream, so its kernels win free SMs over the
+            # weight checksum, which fills what the forward leaves idle
+            self._main = torch.cuda.Stream(priority=-1)
             self._side = torch.cuda.Stream()
-            self._cs_stream = torch.cuda.Stream()
+            self._cs_stream = torch.cuda.Stream(priority=0)
             self._done = torch.cuda.Event()
             self._cs_done = torch.cuda.Event()
         warm = torch.cuda.Stream() if self._cuda else None
@@ -286,9 +312,13 @@ class CudaProtectedModel:
             # self._taps keeps every tapped buffer of the graph's pool alive: addresses stay fixed
             for red, (a, b) in zip(self._act_reducers, self._group_bounds, strict=True):
                 red.bind(self._taps.tensors[a:b])
-            self._cs_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._cs_graph):
-                self._launch_checksum()
+            for sl in [ALL] + list(range(len(self._cs_slices)) if len(self._cs_slices) > 1 else []):
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    self._launch_checksum(sl)
+                self._cs_graphs[sl] = g
+            if len(self._cs_slices) == 1:
+                self._cs_graphs[0] = self._cs_graphs[ALL]
             torch.cuda.synchronize()
 
     # -- the instrumented forward -------------------------------------------------------------
@@ -338,83 +368,100 @@ class CudaProtectedModel:
             torch.cuda.current_stream().wait_stream(self._side)
         return out
 
-    def _launch_checksum(self) -> None:
-        """Enqueue every weight checksum group on the current stream."""
-        for red, tensors in self._cs_reducers:
-            red.launch(tensors)
+    def _launch_checksum(self, sl: int = -1) -> None:
+        """Enqueue the checksum of slice `sl` (ALL: every weight) on the current stream."""
+        for i, (_, _, reds) in enumerate(self._cs_slices):
+            if sl in (ALL, i):
+                for red, tensors in reds:
+                    red.launch(tensors)
+
+    def _rows(self, cs: int | None) -> tuple[int, int] | None:
+        """Checksum rows written by slice `cs` (None: no checksum)."""
+        if cs is None:
+            return None
+        if cs == ALL:
+            return 0, self.weight_plan.n_chunks
+        return self._cs_slices[cs][0], self._cs_slices[cs][1]
 
     # -- inference ----------------------------------------------------------------------------
-    def _submit(self, with_checksum: bool) -> torch.Tensor:
-        """Run forward (+checksum) once on the static input; copies of the rows are enqueued."""
+    def _submit(self, cs: int | None) -> torch.Tensor:
+        """Run forward (+ checksum slice `cs`) on the static input; row copies are enqueued."""
         if self._cuda:
-            main = torch.cuda.current_stream()
-            if with_checksum:
-                self._cs_stream.wait_stream(main)  # sees every restore enqueued before
+            cur = torch.cuda.current_stream()
+            self._main.wait_stream(cur)  # the new input and every restore enqueued before
+            with torch.cuda.stream(self._main):
+                if self._graph is not None:
+                    self._graph.replay()
+                    out = self._static_out
+                else:
+                    out = self._forward(self._static_in, capture=False)
+                self._stats_host.copy_(self._stats_dev, non_blocking=True)
+                self._done.record()
+            if cs is not None:  # launched after the forward, so the forward is queued first
+                r0, r1 = self._rows(cs)
+                self._cs_stream.wait_stream(cur)
                 with torch.cuda.stream(self._cs_stream):
-                    if self._cs_graph is not None:
-                        self._cs_graph.replay()
+                    if cs in self._cs_graphs:
+                        self._cs_graphs[cs].replay()
                     else:
-                        self._launch_checksum()
-                    self._cs_host.copy_(self._cs_dev, non_blocking=True)
+                        self._launch_checksum(cs)
+                    self._cs_host[r0:r1].copy_(self._cs_dev[r0:r1], non_blocking=True)
                     self._cs_done.record()
-            if self._graph is not None:
-                self._graph.replay()
-                out = self._static_out
-            else:
-                out = self._forward(self._static_in, capture=False)
-            self._stats_host.copy_(self._stats_dev, non_blocking=True)
-            self._done.record()
+            cur.wait_stream(self._main)  # the caller's stream sees the output
             self._last_out = out
             return out
         out = self._forward(self._static_in, capture=False)
         self._stats_host.copy_(self._stats_dev)
-        if with_checksum:
-            self._launch_checksum()
+        if cs is not None:
+            self._launch_checksum(cs)
             self._cs_host.copy_(self._cs_dev)
         self._last_out = out
         return out
 
-    def _collect(self, with_checksum: bool) -> RowVerdict:
+    def _collect(self, cs: int | None) -> RowVerdict:
         """Wait for the rows of the last submit and compare them on the CPU."""
         if self._cuda:
             self._done.synchronize()
-            if with_checksum:
+            if cs is not None:
                 self._cs_done.synchronize()
-        sums = self._cs_host.numpy() if with_checksum else None
-        return self.verifier.compare(self._stats_host.numpy(), sums)
+        sums = self._cs_host.numpy() if cs is not None else None
+        return self.verifier.compare(self._stats_host.numpy(), sums, self._rows(cs))
 
     def _restore(self, names: Sequence[str]) -> None:
         """Copy golden values over the named live weights (stream-ordered before re-runs)."""
         for n in names:
             self._live[n].copy_(self._golden[n], non_blocking=True)
 
-    def _finish(self, with_checksum: bool, t0: float, out: torch.Tensor) -> GpuFaultStatus:
+    def _finish(self, cs: int | None, t0: float, out: torch.Tensor) -> GpuFaultStatus:
         """Verify the submitted run; on a detection restore, re-run and re-verify."""
-        verdict = self._collect(with_checksum)
+        verdict = self._collect(cs)
         t_detect = time.perf_counter()
+        rows = self._rows(cs)
         status = GpuFaultStatus(verified=verdict.clean, checks_run=verdict.rows,
-                                checksum_run=with_checksum)
+                                checksum_run=cs is not None,
+                                checksum_share=0.0 if rows is None else
+                                (rows[1] - rows[0]) / self.weight_plan.n_chunks)
         status.detect_s = t_detect - t0
         if not verdict.clean:
             status.detections = self.verifier.detections(verdict, self._stats_host.numpy())
-            self._repair(status, verdict, with_checksum)
+            self._repair(status, verdict, cs == ALL)
             status.repair_s = time.perf_counter() - t_detect
         status.latency_s = time.perf_counter() - t0
         return status
 
-    def _repair(self, status: GpuFaultStatus, verdict: RowVerdict, had_checksum: bool) -> None:
-        """Localise (checksum now if it did not run), restore, re-run until clean."""
-        if not had_checksum:  # a range alarm between checksums: find the weights now
-            self._submit(with_checksum=True)
-            verdict = self._collect(True)
+    def _repair(self, status: GpuFaultStatus, verdict: RowVerdict, had_full: bool) -> None:
+        """Localise (full checksum now if it did not run), restore, re-run until clean."""
+        if not had_full:  # an alarm with part or none of the weights checked: check them all
+            self._submit(ALL)
+            verdict = self._collect(ALL)
         for _ in range(self.config.max_reruns):
             bad = self.verifier.corrupted_weights(verdict)
             self._restore(bad)
             status.repaired.extend(n for n in bad if n not in status.repaired)
-            self._submit(with_checksum=True)
+            self._submit(ALL)
             status.reruns += 1
             status.rerun_from = "input"
-            verdict = self._collect(True)
+            verdict = self._collect(ALL)
             if verdict.clean:
                 status.verified = True
                 return
@@ -436,14 +483,15 @@ class CudaProtectedModel:
                                      f"{tuple(self._static_in.shape)}; protect one model per shape")
             t0 = time.perf_counter()
             self._static_in.copy_(x, non_blocking=True)
-            every = self.config.checksum_every
+            cs = None
+            if self.config.checksum_every > 0:
+                cs = self._count % len(self._cs_slices)
             self._count += 1
-            with_cs = every > 0 and self._count % every == 0
-            out = self._submit(with_cs)
+            out = self._submit(cs)
             if wait:
-                status = self._finish(with_cs, t0, out)
+                status = self._finish(cs, t0, out)
                 return GpuInferenceResult(self._last_out, status)
-            fut = self._executor.submit(self._locked_finish, with_cs, t0, out)
+            fut = self._executor.submit(self._locked_finish, cs, t0, out)
             self._pending = fut
             return GpuInferenceResult(out, None, fut)
 
@@ -453,20 +501,22 @@ class CudaProtectedModel:
         if pending is not None:
             pending.result()
 
-    def _locked_finish(self, with_cs: bool, t0: float, out: torch.Tensor) -> GpuFaultStatus:
+    def _locked_finish(self, cs: bool, t0: float, out: torch.Tensor) -> GpuFaultStatus:
         """_finish under the lock (verifier thread)."""
         with self._lock:
-            return self._finish(with_cs, t0, out)
+            return self._finish(cs, t0, out)
 
     def detect(
         self, x: torch.Tensor, with_checksum: bool = True
     ) -> tuple[torch.Tensor, RowVerdict]:
+        """One run with every check (the full checksum) and no repair: (output, raw verdict)."""
         """One run with every check and no repair: (output, raw verdict), for campaigns."""
         self._drain()
         with self._lock:
             self._static_in.copy_(x, non_blocking=True)
-            self._submit(with_checksum)
-            verdict = self._collect(with_checksum)
+            cs = ALL if with_checksum else None
+            self._submit(cs)
+            verdict = self._collect(cs)
             return self._last_out, verdict
 
     def check_weights(self) -> list[str]:

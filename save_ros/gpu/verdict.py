@@ -26,6 +26,7 @@ class GpuFaultStatus:
     reruns: int = 0
     checks_run: int = 0  # rows compared (activation chunks + weight chunks)
     checksum_run: bool = False
+    checksum_share: float = 0.0  # share of weight chunks checksummed in this inference
     latency_s: float = 0.0  # submit -> verdict (repair included)
     detect_s: float = 0.0  # GPU done -> verdict of the first run (CPU compare)
     repair_s: float = 0.0  # detection -> verified result (restore + re-run + re-verify)
@@ -74,17 +75,22 @@ class RowVerifier:
         self.low, self.high = lo[own], hi[own]
         self.golden = np.array(golden_rows, dtype=np.int64, copy=True)
 
-    def compare(self, stats: np.ndarray, sums: np.ndarray | None) -> RowVerdict:
-        """Failing rows of `stats` ([n, 2] min/max) and `sums` ([m, 2] s1/s2, or None)."""
+    def compare(self, stats: np.ndarray, sums: np.ndarray | None,
+                rows: tuple[int, int] | None = None) -> RowVerdict:
+        """Failing rows of `stats` ([n, 2] min/max) and `sums` ([m, 2] s1/s2, or None).
+
+        `rows` limits the checksum comparison to the rows a rotating slice wrote.
+        """
         # written as negations so that NaN (from the torch backend) fails too
         bad = ~(stats[:, 0] >= self.low) | ~(stats[:, 1] <= self.high)
-        rows = stats.shape[0]
+        n = stats.shape[0]
         if sums is None:
             cs = np.empty(0, dtype=np.int64)
         else:
-            cs = np.flatnonzero((sums != self.golden).any(axis=1))
-            rows += sums.shape[0]
-        return RowVerdict(np.flatnonzero(bad), cs, rows)
+            r0, r1 = rows if rows is not None else (0, sums.shape[0])
+            cs = r0 + np.flatnonzero((sums[r0:r1] != self.golden[r0:r1]).any(axis=1))
+            n += r1 - r0
+        return RowVerdict(np.flatnonzero(bad), cs, n)
 
     def detections(self, verdict: RowVerdict, stats: np.ndarray) -> list[Detection]:
         """Readable detections, one per failing tensor (worst chunk reported)."""
