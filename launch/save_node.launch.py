@@ -7,6 +7,8 @@ Arguments: `model` (a bundled model: digits_cnn, digits_resnet, digits_vit, cart
 
 import os  # noqa: I001 (ruff takes launch/ here for first-party; it is the ROS package)
 
+import yaml
+
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -14,13 +16,31 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 
+def _config_parameters(path: str) -> dict:
+    """The `ros__parameters` of the config's node section.
+
+    Passed as a dict rather than as the file: rcl reads a bare `save_node:` key as
+    `/save_node`, so with a namespace the file's parameters would silently not apply.
+    """
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    for section in data.values():
+        if isinstance(section, dict) and "ros__parameters" in section:
+            return section["ros__parameters"]
+    raise RuntimeError(f"{path} has no '<node>: ros__parameters:' section")
+
+
 def _node(context, *args, **kwargs):
     """The node, with the config resolved once the arguments are known."""
     model = LaunchConfiguration("model").perform(context)
     config = LaunchConfiguration("config").perform(context)
     if not config:
-        config = os.path.join(get_package_share_directory("save_ros"), "config", f"{model}.yaml")
+        config = os.path.join(get_package_share_directory("save_ros"), "config",
+                              f"{model or 'digits_cnn'}.yaml")
     injection = LaunchConfiguration("fault_injection").perform(context).lower() == "true"
+    overrides = {"fault_injection.enabled": injection}
+    if model:  # else the config's own model
+        overrides["model"] = model
     return [
         Node(
             package="save_ros",
@@ -29,7 +49,7 @@ def _node(context, *args, **kwargs):
             namespace=LaunchConfiguration("namespace"),
             output="screen",
             emulate_tty=True,
-            parameters=[config, {"model": model, "fault_injection.enabled": injection}],
+            parameters=[_config_parameters(config), overrides],
             arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
         )
     ]
@@ -38,10 +58,12 @@ def _node(context, *args, **kwargs):
 def generate_launch_description() -> LaunchDescription:
     """Launch arguments and the save_node action."""
     return LaunchDescription([
-        DeclareLaunchArgument("model", default_value="digits_cnn",
-                              description="bundled model to serve"),
+        DeclareLaunchArgument("model", default_value="",
+                              description="bundled model to serve (default: the config's, "
+                              "digits_cnn without a config)"),
         DeclareLaunchArgument("config", default_value="",
-                              description="parameters YAML (default: config/<model>.yaml)"),
+                              description="parameters YAML (default: the package's "
+                              "config/<model>.yaml)"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="namespace of the node"),
         DeclareLaunchArgument("fault_injection", default_value="false",

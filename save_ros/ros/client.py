@@ -205,8 +205,12 @@ class ReplayClient:
                     and self.status_sub.get_publisher_count() > 0):
                 return
             time.sleep(0.1)
-        raise NodeUnreachableError(f"{self.fqn} did not appear within {timeout:.0f} s; is it "
-                                   f"running in ROS_DOMAIN_ID of this shell?")
+        seen = (f" (services ready {self.services['recover'].service_is_ready()}, input "
+                f"subscribers {self.pub.get_subscription_count()}, output publishers "
+                f"{self.out_sub.get_publisher_count()})")
+        log = f"\nnode output:\n{process.output()[-2000:]}" if process is not None else ""
+        raise NodeUnreachableError(f"{self.fqn} did not appear within {timeout:.0f} s{seen}; "
+                                   f"is it running in this shell's ROS_DOMAIN_ID?{log}")
 
     def call(self, service: str, timeout: float = 60.0) -> Trigger.Response:
         """Call a Trigger service of the node and wait for the answer."""

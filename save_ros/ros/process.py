@@ -67,6 +67,7 @@ class NodeProcess:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     _log: object = None
+    _tmp: tempfile.TemporaryDirectory | None = None
 
     @property
     def fqn(self) -> str:
@@ -78,12 +79,32 @@ class NodeProcess:
         """The command line that starts the node."""
         cmd = node_command() + ["--ros-args"]
         if self.config:
-            cmd += ["--params-file", str(self.config)]
+            cmd += ["--params-file", str(self._params_file())]
         if self.namespace:
             cmd += ["-r", f"__ns:=/{self.namespace.strip('/')}"]
         for name, value in self.overrides.items():
             cmd += ["-p", f"{name}:={_ros_value(value)}"]
         return cmd
+
+    def _params_file(self) -> Path:
+        """The config, re-keyed to `/**` when namespaced.
+
+        rcl reads a bare `save_node:` key as `/save_node`, so a namespaced node would silently
+        ignore it; the copy applies the same parameters to the node in any namespace.
+        """
+        path = Path(self.config)
+        if not self.namespace.strip("/"):
+            return path
+        data = yaml.safe_load(path.read_text()) or {}
+        section = next((v for v in data.values()
+                        if isinstance(v, dict) and "ros__parameters" in v), None)
+        if section is None:
+            raise ValueError(f"{path} has no '<node>: ros__parameters:' section")
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="save_node_params_")
+        out = Path(self._tmp.name) / path.name
+        out.write_text(yaml.safe_dump({"/**": section}, sort_keys=False))
+        return out
 
     def start(self) -> NodeProcess:
         """Start the process (returns at once; see `ReplayClient.wait_for_node`)."""

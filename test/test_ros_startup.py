@@ -1,0 +1,96 @@
+"""save_node refuses bad start-up settings with a clear error (and, as a process, an exit code).
+
+Most cases build the node in-process (a real rclpy context, no process start-up cost); two
+start the real `save_node` process to check the exit codes a launch file or systemd sees.
+"""
+
+import os
+import subprocess
+
+import pytest
+
+pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
+
+import rclpy  # noqa: E402
+import torch  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.exceptions import InvalidParameterValueException  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from save_ros import models  # noqa: E402
+from save_ros.ros.model_source import ModelLoadError  # noqa: E402
+from save_ros.ros.node import EXIT_BAD_PARAMETER, EXIT_MODEL, SaveNode  # noqa: E402
+from save_ros.ros.params import ParameterError  # noqa: E402
+from save_ros.ros.process import NodeProcess  # noqa: E402
+
+pytestmark = pytest.mark.ros
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn.yaml")
+
+
+@pytest.fixture
+def context():
+    ctx = Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)
+
+
+def _build(context, **overrides) -> SaveNode:
+    params = [Parameter(k, value=v) for k, v in {"protect": False, **overrides}.items()]
+    node = SaveNode(context=context, parameter_overrides=params,
+                    namespace=f"startup_{os.getpid()}")
+    node.destroy_node()
+    return node
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"qos.reliability": "sometimes"}, ParameterError, "qos.reliability='sometimes'"),
+        ({"device": "tpu"}, ParameterError, "not a torch device"),
+        ({"input_low": [0.0, 0.0], "input_high": [1.0]}, ParameterError, "give both"),
+        ({"fault_injection.bits": [40, -1]}, ParameterError, "fault_injection.bits"),
+        ({"queue_size": 0}, InvalidParameterValueException, "queue_size"),
+        ({"publish_policy": "verified"}, ParameterError, "needs protect=true"),
+        ({"model": "resnet9000"}, ModelLoadError, "unknown model 'resnet9000'"),
+        ({"model_file": "/nonexistent/model.pt"}, ModelLoadError, "does not exist"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_reason(context, overrides, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
+        _build(context, **overrides)
+
+
+def test_state_dict_of_the_wrong_architecture_is_refused(context, tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(models.load("cartpole_policy").state_dict(), path)
+    with pytest.raises(ModelLoadError, match="does not fit architecture 'digits_cnn'"):
+        _build(context, model="digits_cnn", model_file=str(path))
+
+
+def test_torchscript_needs_input_constraints_and_then_serves(context, tmp_path):
+    path = tmp_path / "policy.ts"
+    torch.jit.script(models.load("cartpole_policy")).save(str(path))
+    with pytest.raises(ModelLoadError, match="carries no input constraints"):
+        _build(context, model_file=str(path))
+    node = _build(context, model_file=str(path), input_shape=[4], input_low=[-3.0],
+                  input_high=[3.0], task="control", input_type="float32_multi_array")
+    assert node.loaded.input.shape == (4,) and node.loaded.num_outputs == 2
+    assert node.names == ["action_0", "action_1"]
+
+
+def _exit(overrides: dict) -> subprocess.CompletedProcess:
+    cmd = NodeProcess(CONFIG, namespace=f"startup_{os.getpid()}", overrides=overrides).command()
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_process_exit_code_for_a_missing_model_file():
+    done = _exit({"model_file": "/nonexistent/model.pt"})
+    assert done.returncode == EXIT_MODEL
+    assert "model_file '/nonexistent/model.pt' does not exist" in done.stderr
+
+
+def test_process_exit_code_for_a_bad_parameter():
+    done = _exit({"publish_policy": "sometimes"})
+    assert done.returncode == EXIT_BAD_PARAMETER
+    assert "publish_policy='sometimes' is not allowed" in done.stderr
