@@ -231,3 +231,39 @@ def test_elementwise_tap_after_a_checked_output_is_skipped():
     assert pm.skipped_taps.get("1") == "elementwise of a checked output"
     assert "0" in pm.act_plan.names and "2" in pm.act_plan.names
     pm.close()
+
+
+def test_tap_budget_keeps_the_narrowest_taps_and_the_output():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    full = CudaProtectedModel(DigitsResNet(), x, GpuProtectConfig(use_graph=False),
+                              calibration=[x], device="cpu")
+    part = CudaProtectedModel(DigitsResNet(), x, GpuProtectConfig(use_graph=False,
+                              tap_budget=0.3), calibration=[x], device="cpu")
+    total = sum(full.act_plan.numels)
+    assert sum(part.act_plan.numels) <= 0.3 * total
+    assert part.act_plan.names[-1] == full.act_plan.names[-1]
+    assert "over tap_budget" in part.skipped_taps.values()
+    assert max(part.act_plan.numels[:-1]) <= min(
+        n for name, n in zip(full.act_plan.names, full.act_plan.numels, strict=True)
+        if part.skipped_taps.get(name) == "over tap_budget")
+    full.close()
+    part.close()
+
+
+def test_campaign_on_cpu_finds_every_output_changing_flip():
+    from save_ros.gpu.campaign import run_campaign
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    pm = CudaProtectedModel(DigitsResNet(), x, GpuProtectConfig(use_graph=False),
+                            calibration=[x], device="cpu")
+    res = run_campaign(pm, x, trials=30, seed=1)
+    assert res.trials == 30 and res.single + res.multi == 30
+    assert res.output_changed > 0 and res.sdc == 0
+    assert res.detected_changed == res.output_changed
+    assert res.repaired_exact == res.detected and res.repair_failed == 0
+    assert pm.check_weights() == []
+    d = res.to_dict()
+    assert d["sdc"]["count"] == 0 and d["sdc"]["ci95"][1] > 0
+    pm.close()

@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--fault-rate", type=float, default=1e-3,
                         help="weight flips per inference assumed for AccurateLatency")
-    parser.add_argument("--checksum-every", default="1,8",
-                        help="checksum schedules to measure (1 = every inference)")
+    parser.add_argument("--variants", default="every=1;every=8;every=8,budget=0.35",
+                        help="protected variants, ';'-separated: every=N (checksum rotation "
+                             "over N inferences), budget=F (share of tap bytes checked)")
     parser.add_argument("--repairs", type=int, default=20, help="injected flips timed per config")
     parser.add_argument("--trials", type=int, default=10000,
                         help="coverage campaign trials per model (0: no campaign)")
@@ -139,8 +140,10 @@ def bench_config(name: str, batch: int, dtype: torch.dtype, args: argparse.Names
     row["unprotected_best"] = "graph" if row["graph"]["median_ms"] <= best else "eager"
 
     row["protected"] = {}
-    for every in [int(e) for e in str(args.checksum_every).split(",")]:
-        cfg = GpuProtectConfig(checksum_every=every)
+    for variant in args.variants.split(";"):
+        kv = dict(item.split("=") for item in variant.split(","))
+        every, budget = int(kv.get("every", 1)), float(kv.get("budget", 1.0))
+        cfg = GpuProtectConfig(checksum_every=every, tap_budget=budget)
         t0 = time.perf_counter()
         pm = CudaProtectedModel(model, x, cfg, calibration=calib)
         build_s = time.perf_counter() - t0
@@ -192,7 +195,8 @@ def bench_config(name: str, batch: int, dtype: torch.dtype, args: argparse.Names
                        "n": args.repairs, "fault": "exponent MSB of one weight element"}
         p["checksum_every"] = every
         p["ratio_vs_graph_gpu_time"] = p["latency"]["gpu_ms"] / row["graph"]["gpu_ms"]
-        row["protected"][f"checksum_every_{every}"] = p
+        p["tap_budget"] = budget
+        row["protected"][variant] = p
         pm.close()
         del pm
         torch.cuda.empty_cache()

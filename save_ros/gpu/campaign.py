@@ -2,8 +2,9 @@
 
 Each trial flips `k` seeded (element, bit) pairs drawn uniformly over every bit of every weight in
 normal memory (k = 1 for single-bit trials, 2..`max_flips` for multi-bit ones), runs the protected
-model once without repair to record what the checks see, then once through `infer` (which repairs)
-and checks that the repaired output is bit-identical to the fault-free one. Flips go through
+model once through `infer` (checks, then restore and re-run on a detection), compares the output
+that failed the checks with the fault-free one, and checks that the repaired output is
+bit-identical to it. Flips go through
 `save_ros.core.bits.flip_`, on the CUDA tensors themselves.
 """
 
@@ -67,7 +68,14 @@ def run_campaign(
     pm: CudaProtectedModel, x: torch.Tensor, trials: int, seed: int = 0, max_flips: int = 8,
     single_share: float = 0.5, time_limit_s: float | None = None,
 ) -> CampaignResult:
-    """Run seeded weight-flip trials against `pm` on input `x` (stops early at time_limit_s)."""
+    """Run seeded weight-flip trials against `pm` on input `x` (stops early at time_limit_s).
+
+    `pm` must check every weight on every inference (checksum_every=1): each trial is one
+    `infer` on the faulty weights, whose first (failed) output is kept for the comparison.
+    """
+    if pm.config.checksum_every != 1:
+        raise ValueError("a coverage campaign needs checksum_every=1 (every weight, every run)")
+    pm.config.keep_failed_output = True
     rng = np.random.default_rng(seed)
     names = pm.normal_tensors()
     numel = np.asarray([pm.live(n).numel() for n in names], dtype=np.int64)
@@ -89,11 +97,14 @@ def run_campaign(
         local = g - np.concatenate([[0], cum[:-1]])[ti]
         for i, loc in zip(ti.tolist(), local.tolist(), strict=True):
             flip_(pm.live(names[i]), int(loc // width[i]), int(loc % width[i]))
-        out, verdict = pm.detect(x)
+        r = pm.infer(x)  # full checks on the faulty weights, then repair and re-run
+        status = r.status
+        fired = bool(status.detections)
+        out = status.failed_output if fired else r.output
+        ranged = any(d.check == "range" for d in status.detections)
         changed = not torch.equal(out, golden)
         top1 = bool((out.argmax(dim=-1) != golden_top1).any()) or not bool(
             torch.isfinite(out).all())
-        fired = not verdict.clean
         res.trials += 1
         res.single += single
         res.multi += not single
@@ -101,15 +112,12 @@ def run_campaign(
         res.top1_changed += top1
         res.detected += fired
         res.detected_changed += changed and fired
-        res.range_detected_changed += changed and bool(verdict.range_rows.size)
-        res.range_detected_top1 += top1 and bool(verdict.range_rows.size)
+        res.range_detected_changed += changed and ranged
+        res.range_detected_top1 += top1 and ranged
         res.sdc += changed and not fired
-        r = pm.infer(x)
-        status = r.status
-        if status.detections:
+        if fired:
             res.repair_s.append(status.repair_s)
             res.detect_s.append(status.detect_s)
-        if fired:
             if status.verified and torch.equal(r.output, golden):
                 res.repaired_exact += 1
             else:

@@ -57,7 +57,10 @@ class GpuProtectConfig:
     stat_groups: int = 8  # side-stream reductions per forward (fork points)
     golden: str = "device"  # where golden weight copies live: "device" or "host" (pinned)
     max_reruns: int = 2
-    chunk: int = CHUNK
+    chunk: int = CHUNK  # weight elements per checksum row
+    act_chunk: int = 4096  # activation elements per (min, max) row: short programs, low latency
+    tap_budget: float = 1.0  # share of the tapped activation bytes to check (narrowest first)
+    keep_failed_output: bool = False  # campaigns: keep a copy of the output that failed checks
 
 
 @dataclass
@@ -250,8 +253,21 @@ class CudaProtectedModel:
                 kept_ptrs.add(t.data_ptr())
         if not keep:
             raise GpuConfigError("no activation can be range-checked (see skipped_taps)")
+        if self.config.tap_budget < 1.0:
+            # check the narrowest taps first: a corrupted value in a wide tensor reaches the
+            # narrower checked tensors downstream (residual stream, block outputs)
+            total = sum(k for _, k in keep)
+            order = sorted(range(len(keep) - 1), key=lambda i: keep[i][1])
+            chosen, acc = {len(keep) - 1}, keep[-1][1]
+            for i in order:
+                if acc + keep[i][1] > self.config.tap_budget * total:
+                    self.skipped_taps[keep[i][0]] = "over tap_budget"
+                    continue
+                chosen.add(i)
+                acc += keep[i][1]
+            keep = [kv for i, kv in enumerate(keep) if i in chosen]
         self.act_plan: ChunkPlan = plan_chunks([n for n, _ in keep], [k for _, k in keep],
-                                               self.config.chunk)
+                                               self.config.act_chunk)
         self._checked = {n: i for i, (n, _) in enumerate(keep)}
         # groups of about equal bytes, so each side-stream reduction overlaps later layers; the
         # last group also holds the model output and is reduced after the forward
@@ -444,6 +460,8 @@ class CudaProtectedModel:
         status.detect_s = t_detect - t0
         if not verdict.clean:
             status.detections = self.verifier.detections(verdict, self._stats_host.numpy())
+            if self.config.keep_failed_output:
+                status.failed_output = self._last_out.clone()
             self._repair(status, verdict, cs == ALL)
             status.repair_s = time.perf_counter() - t_detect
         status.latency_s = time.perf_counter() - t0

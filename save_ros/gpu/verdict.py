@@ -31,6 +31,7 @@ class GpuFaultStatus:
     detect_s: float = 0.0  # GPU done -> verdict of the first run (CPU compare)
     repair_s: float = 0.0  # detection -> verified result (restore + re-run + re-verify)
     detail: str = ""
+    failed_output: object | None = None  # copy of the output that failed (keep_failed_output)
 
     def to_fault_status(self, inference_id: int = 0) -> FaultStatus:
         """The same verdict as the CPU runtime's `FaultStatus` (for the node and reports)."""
