@@ -94,6 +94,7 @@ class BareBackend(Backend):
         self.device = torch.device(device)
         self.module = loaded.module.to(self.device)
         self._lock = threading.Lock()
+        self._logs: list = []  # undo logs of injected faults, newest last
 
     def describe(self) -> str:
         """One line for the start-up log."""
@@ -107,6 +108,30 @@ class BareBackend(Backend):
         resolve(future, Verdict(verified=False, level=OK, message="unprotected (protect=false)",
                                 values={"verified": False, "protected": False}))
         return output, future
+
+    def inject(self, count: int, target: str, seed: int, bits: tuple[int, ...]) -> str:
+        """Flip bits in any weight (nothing is reliable here): the unprotected baseline."""
+        from save_ros.faults.faultmodels import RandomFlips
+        from save_ros.faults.inject import inject_weights
+        from save_ros.faults.targets import Target
+
+        pattern = ("*",) if target == "weights" else (target,)
+        with self._lock:
+            try:
+                log = inject_weights(self.module, RandomFlips(count, bits or None),
+                                     Target(tensors=pattern), seed)
+            except ValueError as exc:
+                raise BackendError(f"cannot inject into {target!r}: {exc}") from exc
+            self._logs.append(log)
+        return flips_report(log)
+
+    def recover(self) -> str:
+        """Undo every injected flip (the bare model has no golden copies, only undo logs)."""
+        with self._lock:
+            flips = sum(len(log) for log in self._logs)
+            while self._logs:
+                self._logs.pop().undo(self.module)
+        return f"undid {flips} injected flips"
 
 
 def make_backend(cfg: NodeConfig, loaded: LoadedModel, logger) -> Backend:

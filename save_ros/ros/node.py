@@ -359,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     if unverified:
         node.get_logger().warning(f"{unverified} results reported unverified at shutdown")
     time.sleep(0.1)  # let the last status and diagnostics leave before the context goes
-    executor.shutdown(timeout_sec=2.0)
+    # stop the executor and wait for its threads before destroying what their callbacks use:
+    # destroying a node under a running callback aborts the process in rcl
+    if not executor.shutdown(timeout_sec=10.0):
+        node.get_logger().warning("executor did not stop within 10 s")
+    spinner.join(timeout=10.0)
     node.destroy_node()
     rclpy.try_shutdown()
     return EXIT_OK
