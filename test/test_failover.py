@@ -33,6 +33,7 @@ from save_ros.failover import (
     QueueFullError,
     RequestDroppedError,
     WorkerStartError,
+    remote,
 )
 from save_ros.failover import crash as crash_module
 
@@ -189,6 +190,12 @@ def test_hang_is_cut_by_the_watchdog_and_queue_is_bounded(served, recorder):
     assert hang.pid == hung and "watchdog" in hang.detail and not alive(hung)
 
 
+def test_protect_only_operations_are_refused_by_a_plain_worker(served):
+    with pytest.raises(remote.RemoteOperationError, match="backend='protect'"):
+        served.recover()
+    assert "fc2.weight" in served.call(remote.normal_tensor_names)
+
+
 def test_bad_input_is_an_error_not_a_failover(served, recorder):
     assert served.wait_ready(60)
     pid, crashes = served.active_pid, served.stats()["crash"]
@@ -245,6 +252,11 @@ def test_protected_worker_fails_over_with_verified_results():
         x = _SAMPLES[:4]
         first = served.infer(x, timeout=60)
         assert first.status.verified and torch.equal(first.output, reference(x))
+        flips = served.call(remote.inject_weight_flips, 8, "*", 3, (30,))
+        assert len(flips) == 8
+        restored = served.recover()  # no inference in between: every flip is still there
+        assert sum(restored.values()) == len({(f["tensor"], f["index"]) for f in flips})
+        assert served.recover() == {}
         served.inject_crash(CrashKind.SEGFAULT)
         after = served.infer(x, wait=False, timeout=60)
         assert after.attempts == 2 and torch.equal(after.output, reference(x))

@@ -24,12 +24,13 @@ from save_ros.failover.events import (
     RequestDroppedError,
     WorkerStartError,
 )
+from save_ros.failover.remote import RemoteOperationError
 from save_ros.failover.supervisor import FailoverModel, FailoverResult
 from save_ros.failover.weights import ModelSource
 
 __all__ = [
     "Backend", "ClosedError", "ConfigError", "CrashKind", "CrashUnavailableError", "EventKind",
     "FailoverConfig", "FailoverError", "FailoverEvent", "FailoverModel", "FailoverResult",
-    "FailoverStateError", "ModelSource", "QueueFullError", "RemoteError", "RequestDroppedError",
-    "StartMethod", "WeightSharing", "WorkerStartError",
+    "FailoverStateError", "ModelSource", "QueueFullError", "RemoteError", "RemoteOperationError",
+    "RequestDroppedError", "StartMethod", "WeightSharing", "WorkerStartError",
 ]

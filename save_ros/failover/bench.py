@@ -61,19 +61,25 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 def in_process_latency(name: str, backend: str, x: torch.Tensor, repeats: int) -> list[float]:
     """Latency of the same inference run in this process (no worker), for the IPC overhead."""
-    model = models.load(name)
+    model = models.load(name).to(x.device)
     run = model
     protected = None
     if backend == "protect":
-        from save_ros.core.protect import protect
+        from save_ros.core.protect import ProtectConfig, protect
+        from save_ros.core.select import analyze
 
-        protected = protect(model, x[:1], models.get_spec(name).input_range())
+        box = models.get_spec(name).input_range()
+        # Selection on a CPU copy, as FailoverModel does, then protect on the device.
+        analysis = analyze(models.load(name), x[:1].cpu(), box)
+        protected = protect(model, x[:1], box, ProtectConfig(analysis=analysis))
         run = protected
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
             start = time.perf_counter()
             run(x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     if protected is not None:
         protected.close()
@@ -90,6 +96,8 @@ def bench_mode(mode: str, name: str, base: dict[str, Any], crash: CrashKind, rep
     startup_s = time.perf_counter() - started
     try:
         wanted = served.config.standby
+        # Steady state means the standby is up: its start-up would compete for the CPU.
+        served.wait_ready(served.config.startup_timeout_s)
         steady_times = []
         for i in range(steady):
             result = served.infer(samples[i % len(samples)].unsqueeze(0), timeout=60)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
+from save_ros.failover import remote
 from save_ros.failover.config import Backend, FailoverConfig, StartMethod, WeightSharing
 from save_ros.failover.crash import CrashKind, CrashUnavailableError
 from save_ros.failover.events import (
@@ -66,9 +67,11 @@ class FailoverResult:
 @dataclass
 class _Request:
     id: int
-    array: np.ndarray
+    array: np.ndarray | None  # None for a call
     wait: bool
     submitted_at: float
+    timeout_s: float  # the watchdog's limit for this request
+    call: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
     future: Future = field(default_factory=Future)
     verdict: Future | None = None
     output_done: bool = False
@@ -125,9 +128,10 @@ class FailoverModel:
         self._on_event = on_event
         self._ctx = tmp.get_context(self.config.start_method.value)
         if self.config.start_method is StartMethod.FORKSERVER:
-            # The fork server imports torch once; every worker forks from it warm. No effect
-            # when this process already started a fork server (then workers import on their own).
-            self._ctx.set_forkserver_preload(["torch", "save_ros.failover.worker"])
+            # The fork server imports torch (and the main module, as multiprocessing does by
+            # default) once; every worker forks from it warm instead of importing them again.
+            # No effect when this process already started a fork server.
+            self._ctx.set_forkserver_preload(["__main__", "torch", "save_ros.failover.worker"])
         # The parent's view of the shared weights (None when every worker loads its own).
         self.model = (None if self.config.weight_sharing is WeightSharing.NONE
                       else prepare_shared(self.source.load(), self.config.weight_sharing,
@@ -195,10 +199,31 @@ class FailoverModel:
     def submit(self, x: torch.Tensor | np.ndarray, wait: bool = True, block: bool = True,
                timeout: float | None = None) -> Future:
         """Queue one input; the Future resolves to a `FailoverResult`."""
-        now = time.monotonic()
-        request = _Request(next(self._ids), _to_array(x), wait, now)
+        request = _Request(next(self._ids), _to_array(x), wait, time.monotonic(),
+                           self.config.hang_timeout_s)
         if not wait:
             request.verdict = Future()
+        return self._enqueue(request, block, timeout)
+
+    def call(self, function: Callable[..., Any], *args: Any, timeout_s: float = 120.0) -> Any:
+        """Run `function(target, *args)` in the active worker (see `failover.remote`); blocks.
+
+        The call is queued in order with inferences and follows the active worker through a
+        failover (it runs again on the new one). Standbys are not touched.
+        """
+        request = _Request(next(self._ids), None, True, time.monotonic(),
+                           max(timeout_s, self.config.hang_timeout_s), (function, args))
+        return self._enqueue(request, True, None).result(timeout_s + self.config.startup_timeout_s)
+
+    def recover(self) -> dict[str, int]:
+        """Repair the active worker's weights from golden copies (protect backend)."""
+        return self.call(remote.recover)
+
+    def reanalyze(self) -> str:
+        """Redo Selection and Allocation in the active worker (protect backend); its summary."""
+        return self.call(remote.reanalyze)
+
+    def _enqueue(self, request: _Request, block: bool, timeout: float | None) -> Future:
         with self._cond:
             if self._closing:
                 raise ClosedError("this FailoverModel is closed; create a new one")
@@ -444,17 +469,19 @@ class FailoverModel:
                 request.sent_at = time.monotonic()
                 self._awaiting = request
                 self._inflight[request.id] = request
-            oldest = min((r.sent_at for r in self._inflight.values()), default=None)
+            deadline = min((r.sent_at + r.timeout_s for r in self._inflight.values()),
+                           default=None)
         if request is not None:
             # A request whose output was delivered is re-run only for its verdict.
             wait = request.wait or request.output_done
+            message = (("infer", request.id, request.array, wait) if request.call is None
+                       else ("call", request.id, *request.call))
             try:
-                worker.send(("infer", request.id, request.array, wait))
+                worker.send(message)
             except (OSError, ValueError):
                 self._on_failure(worker, EventKind.CRASH, "pipe to worker broken")
                 return
-        timeout = None if oldest is None else max(
-            0.0, oldest + self.config.hang_timeout_s - time.monotonic())
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready = wait_any([worker.conn, worker.process.sentinel, self._wake_r], timeout)
         if self._wake_r in ready:
             try:
@@ -470,11 +497,11 @@ class FailoverModel:
             return
         with self._cond:
             overdue = [r for r in self._inflight.values()
-                       if time.monotonic() - r.sent_at > self.config.hang_timeout_s]
+                       if time.monotonic() - r.sent_at > r.timeout_s]
         if overdue:
             self._on_failure(worker, EventKind.HANG,
                              f"request {overdue[0].id} unanswered after "
-                             f"{self.config.hang_timeout_s} s (watchdog)")
+                             f"{overdue[0].timeout_s} s (watchdog)")
 
     def _drain(self, worker: _Worker) -> bool:
         """Handle every message waiting from the worker; False when its pipe is closed."""
@@ -497,10 +524,13 @@ class FailoverModel:
             request = self._inflight.get(rid)
             if request is None:
                 return  # an answer to a request already failed over or closed
-            if request is self._awaiting and op in ("output", "error"):
+            if request is self._awaiting and op in ("output", "error", "result"):
                 self._awaiting = None
             done = True
-            if op == "output":
+            if op == "result":
+                request.output_done = True
+                request.future.set_result(message[2])
+            elif op == "output":
                 _, _, array, status, verdict_follows = message
                 if request.output_done:  # a re-run for the verdict only
                     if request.verdict is not None and not request.verdict.done():

@@ -62,10 +62,14 @@ def prepare_shared(model: nn.Module, sharing: WeightSharing, device: str) -> nn.
     return model.to(device)
 
 
-def shared_bytes(model: nn.Module) -> int:
-    """Bytes of parameters and buffers held in shared (or device) memory."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors if t.is_shared() or t.is_cuda)
+def shared_bytes(model: nn.Module, received: dict[str, int]) -> int:
+    """Bytes of parameters and buffers that still live where the parent shared them.
+
+    `received` holds the data pointers the tensors had when they arrived (`storage_pointers`).
+    """
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return sum(t.numel() * t.element_size() for name, t in named
+               if received.get(name) == t.data_ptr() and (t.is_shared() or t.is_cuda))
 
 
 def storage_pointers(model: nn.Module) -> dict[str, int]:

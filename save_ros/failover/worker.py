@@ -1,7 +1,9 @@
 """The worker process: loads (or maps) the model, warms it up, then answers requests on a pipe.
 
-Protocol, parent -> worker: ("infer", id, array, wait), ("arm", CrashKind) (fail on the next
-request, before answering it), ("crash", CrashKind) (fail now), ("stop",). Worker -> parent:
+Protocol, parent -> worker: ("infer", id, array, wait), ("call", id, function, args) (run an
+operation of `failover.remote` on the model), ("arm", CrashKind) (fail on the next request,
+before answering it), ("crash", CrashKind) (fail now), ("stop",). Worker -> parent: ("result",
+id, value) for a call,
 ("ready", info), ("start_failed", text), ("output", id, array, status, verdict_follows),
 ("verdict", id, status), ("error", id, exception) for a bad input (the worker lives on),
 ("fatal", id, text) just before the worker exits because its device context is lost,
@@ -29,7 +31,7 @@ from torch import nn
 from save_ros.failover import crash
 from save_ros.failover.config import Backend, FailoverConfig
 from save_ros.failover.events import RemoteError
-from save_ros.failover.weights import ModelSource, shared_bytes
+from save_ros.failover.weights import ModelSource, shared_bytes, storage_pointers
 
 FATAL_EXIT_CODE = 3  # the worker quit on purpose: its CUDA context is unusable
 # Messages of CUDA errors that poison the context: every later call fails, so only a new
@@ -62,11 +64,25 @@ class _Runner:
             from save_ros.core.protect import ProtectConfig, protect
 
             example = torch.from_numpy(spec.example_input).to(device)
+            config = spec.protect_config or ProtectConfig()
+            if spec.analysis is not None:
+                analysis = Analysis.from_dict(spec.analysis)
+            elif device != "cpu":
+                # Selection runs on a CPU copy, as the parent does (its gradients are CPU-only).
+                from save_ros.core.select import analyze
+
+                analysis = analyze(spec.source.load(), torch.from_numpy(spec.example_input),
+                                   spec.input_range, config.calibration, config.margin)
+            else:
+                analysis = None  # protect() analyses
             # The verifier runs on the worker's own thread: nobody outside drains its checks.
-            config = replace(spec.protect_config or ProtectConfig(), verifier="thread",
-                             analysis=None if spec.analysis is None
-                             else Analysis.from_dict(spec.analysis))
+            config = replace(config, verifier="thread", analysis=analysis)
             self.protected = protect(model, example, spec.input_range, config)
+
+    @property
+    def target(self) -> Any:
+        """What remote operations act on: the ProtectedModel, else the plain model."""
+        return self.protected if self.protected is not None else self.model
 
     def infer(self, x: torch.Tensor, wait: bool) -> tuple[torch.Tensor, Any, Future | None]:
         """One forward pass; with protect and wait=False the verdict follows as a future."""
@@ -135,6 +151,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, shared_model: nn.Module | No
         torch.set_num_threads(config.num_threads)
         model = spec.source.load() if shared_model is None else shared_model
         model = model.to(device).eval()
+        received = storage_pointers(model) if shared_model is not None else {}
         loaded = time.monotonic()
         runner = _Runner(model, spec, device)
         prepared = time.monotonic()
@@ -154,7 +171,9 @@ def worker_main(conn: Connection, spec: WorkerSpec, shared_model: nn.Module | No
         "prepare_s": prepared - loaded,  # protect(): analysis and placement
         "warmup_s": warmed - prepared,
         "ready_s": warmed - spawned_at,
-        "shared_bytes": shared_bytes(model) if shared_model is not None else 0,
+        # Bytes still read from the parent's copy: protect() moves weights into storage of
+        # its own, and a CPU copy moved to the GPU is not shared either.
+        "shared_bytes": shared_bytes(model, received),
         "warm_output": _as_array(warm_output),
     }
     send(("ready", info))
@@ -169,6 +188,13 @@ def worker_main(conn: Connection, spec: WorkerSpec, shared_model: nn.Module | No
             return
         if op == "arm":
             armed = message[1]
+            continue
+        if op == "call":  # ("call", id, function, args): run an operation on the target
+            _, rid, function, args = message
+            try:
+                send(("result", rid, function(runner.target, *args)))
+            except Exception as exc:
+                send(("error", rid, _picklable_exc(exc)))
             continue
         rid = message[1] if op == "infer" else None
         try:
