@@ -117,18 +117,20 @@ def test_evaluate_sees_a_faulty_model(loaded) -> None:
     assert models.evaluate("digits_cnn", loaded["digits_cnn"]) >= 0.97  # the committed copy
 
 
-def test_expert_balances_the_pole() -> None:
-    class Expert(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            right = torch.from_numpy(cartpole.expert_action(x.numpy())).float()
-            return torch.stack([1.0 - right, right], dim=1)
+class Expert(torch.nn.Module):
+    """The analytic expert as a logits model, so it runs through the same episode code."""
 
-    assert cartpole.run_episodes(Expert(), 20) == [cartpole.MAX_STEPS] * 20
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        right = torch.from_numpy(cartpole.expert_action(x.numpy())).float()
+        return torch.stack([1.0 - right, right], dim=1)
+
+
+def test_expert_balances_the_pole() -> None:
+    assert cartpole.run_episodes(Expert(), 10) == [cartpole.MAX_STEPS] * 10
 
 
 def test_policy_balances_20_seeded_episodes(loaded) -> None:
-    lengths = cartpole.run_episodes(loaded["cartpole_policy"], 20)
-    assert sum(n == cartpole.MAX_STEPS for n in lengths) >= 19, lengths
+    # >= 19 of 20 (seeds 10_000..10_019) reach 500 steps without termination
     assert models.evaluate("cartpole_policy", loaded["cartpole_policy"], episodes=20) >= 0.95
 
 
@@ -162,6 +164,11 @@ def test_train_rejects_an_unknown_model(capsys) -> None:
 
     assert main(["train", "--model", "lenet"]) == 2
     assert "bundled models are" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_expert_balances_100_episodes() -> None:
+    assert models.evaluate("cartpole_policy", Expert(), episodes=100) == 1.0
 
 
 @pytest.mark.slow

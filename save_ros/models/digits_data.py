@@ -20,12 +20,20 @@ NUM_CLASSES = 10
 
 
 @lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 images (float64 holding integers 0..16) and labels; parsed once per process."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
+@lru_cache(maxsize=1)
 def _split_indices() -> dict[str, np.ndarray]:
     """Indices of each split into `load_digits()`, stratified by class."""
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    labels = load_digits().target
+    labels = _digits()[1]
     index = np.arange(len(labels))
     rest, test = train_test_split(
         index, test_size=TEST_FRACTION, stratify=labels, random_state=SPLIT_SEED
@@ -41,15 +49,13 @@ def _split_indices() -> dict[str, np.ndarray]:
 
 def digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 8, 8) float32 in [0, 1] and labels (N,) int64 of one split."""
-    from sklearn.datasets import load_digits
-
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    digits = load_digits()
+    images, labels = _digits()
     idx = _split_indices()[split]
     # pixel values are integers 0..16; /16 maps them exactly onto [0, 1]
-    x = torch.from_numpy(digits.images[idx].astype(np.float32) / 16.0).unsqueeze(1)
-    y = torch.from_numpy(digits.target[idx].astype(np.int64))
+    x = torch.from_numpy(images[idx].astype(np.float32) / 16.0).unsqueeze(1)
+    y = torch.from_numpy(labels[idx].astype(np.int64))
     return x.contiguous(), y
 
 
