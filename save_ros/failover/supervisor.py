@@ -8,8 +8,8 @@ the active worker dies or hangs, the requests it held go to the standby, which b
 and a new standby starts in the background. It has the inference API of `ProtectedModel`.
 
 Threads: the dispatcher (sends requests to the active worker, reads answers, detects death and
-hangs), the spawner (keeps the wanted number of ready workers), and the reporter (calls the event
-callback, so a slow callback never delays inference).
+hangs), the standby pool's (keeps the wanted number of ready workers), and the reporter
+(calls the event callback, so a slow callback never delays inference).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_any
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from save_ros.failover import remote
-from save_ros.failover.config import Backend, FailoverConfig, StartMethod, WeightSharing
+from save_ros.failover.config import FailoverConfig, StartMethod, WeightSharing
 from save_ros.failover.crash import CrashKind, CrashUnavailableError
 from save_ros.failover.events import (
     ClosedError,
@@ -44,76 +43,14 @@ from save_ros.failover.events import (
     WorkerStartError,
     describe_exit,
 )
-from save_ros.failover.weights import ModelSource, prepare_shared
-from save_ros.failover.worker import WorkerSpec, worker_main
+from save_ros.failover.pool import StandbyPool
+from save_ros.failover.process import WorkerProcess
+from save_ros.failover.requests import FailoverResult, Request, fail, to_array
+from save_ros.failover.weights import ModelSource, prepare_shared, protect_parts
+from save_ros.failover.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 _HISTORY = 1000  # events kept for `events()`
-
-
-@dataclass
-class FailoverResult:
-    """One answer: the output, the runtime's status (None for the plain backend), provenance."""
-
-    output: torch.Tensor
-    status: Any  # FaultStatus from the protected runtime, or None
-    verdict: Future | None  # wait=False with protect: a Future of the FaultStatus
-    request_id: int
-    worker_pid: int  # the worker that produced the output
-    attempts: int  # 1 unless a worker died while holding the request
-    latency_s: float  # submit to output
-
-
-@dataclass
-class _Request:
-    id: int
-    array: np.ndarray | None  # None for a call
-    wait: bool
-    submitted_at: float
-    timeout_s: float  # the watchdog's limit for this request
-    call: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
-    future: Future = field(default_factory=Future)
-    verdict: Future | None = None
-    output_done: bool = False
-    attempts: int = 0
-    sent_at: float = 0.0
-
-
-class _Worker:
-    """The parent's handle on one worker process."""
-
-    def __init__(self, ctx: Any, spec: WorkerSpec, shared_model: torch.nn.Module | None) -> None:
-        self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(
-            target=worker_main, args=(child_conn, spec, shared_model, time.monotonic()),
-            name="save-ros-failover-worker", daemon=True)
-        self.process.start()
-        child_conn.close()  # the child holds its end; EOF then means the child is gone
-        self.pid: int = self.process.pid
-        self.info: dict[str, Any] = {}
-        self.fatal: str | None = None  # what the worker said before it quit on purpose
-        self.crashed_at: float | None = None  # monotonic time of an injected crash
-        self.send_lock = threading.Lock()
-
-    def send(self, message: tuple) -> None:
-        with self.send_lock:
-            self.conn.send(message)
-
-    def kill(self) -> None:
-        """SIGKILL (no-op when already dead) and reap, so no zombie stays."""
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(5.0)
-        self.conn.close()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Ask the worker to exit; kill it when it does not."""
-        try:
-            self.send(("stop",))
-        except (OSError, ValueError):
-            pass
-        self.process.join(timeout)
-        self.kill()
 
 
 class FailoverModel:
@@ -136,20 +73,16 @@ class FailoverModel:
         self.model = (None if self.config.weight_sharing is WeightSharing.NONE
                       else prepare_shared(self.source.load(), self.config.weight_sharing,
                                           self.config.device))
-        example = _to_array(example_input)
+        example = to_array(example_input)
         self._spec = WorkerSpec(self.source, example, self.config, input_range,
-                                *_protect_parts(self.config, self.model, self.source, example,
+                                *protect_parts(self.config, self.model, self.source, example,
                                                 input_range, protect_config))
         self._cond = threading.Condition()
-        self._pending: deque[_Request] = deque()
-        self._inflight: dict[int, _Request] = {}
-        self._awaiting: _Request | None = None  # sent, output not yet back
-        self._active: _Worker | None = None
-        self._idle: deque[_Worker] = deque()  # ready standbys
-        self._starting: _Worker | None = None
+        self._pending: deque[Request] = deque()
+        self._inflight: dict[int, Request] = {}
+        self._awaiting: Request | None = None  # sent, output not yet back
+        self._active: WorkerProcess | None = None
         self._failure: tuple[float, int, bool] | None = None  # (when, pid, standby was ready)
-        self._start_error: str | None = None
-        self._ever_active = False
         self._closing = False
         self._ids = itertools.count()
         self._history: deque[FailoverEvent] = deque(maxlen=_HISTORY)
@@ -158,17 +91,19 @@ class FailoverModel:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._threads = [
-            threading.Thread(target=self._report_loop, name="failover-report", daemon=True),
-            threading.Thread(target=self._spawn_loop, name="failover-spawn", daemon=True),
-            threading.Thread(target=self._dispatch_loop, name="failover-dispatch", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._pool = StandbyPool(self._ctx, self._spec, self.model, self.config, self._cond,
+                                 self._wanted, self._emit, self._wake)
+        self._reporter = threading.Thread(target=self._report_loop, name="failover-report",
+                                          daemon=True)
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="failover-dispatch",
+                                            daemon=True)
+        self._reporter.start()
+        self._pool.start()
+        self._dispatcher.start()
         with self._cond:
-            ok = self._cond.wait_for(lambda: self._active is not None or self._start_error,
+            ok = self._cond.wait_for(lambda: self._active is not None or self._pool.start_error,
                                      self.config.startup_timeout_s)
-            error = self._start_error if self._active is None else None
+            error = self._pool.start_error if self._active is None else None
         if not ok or error:
             self.close()
             raise WorkerStartError(
@@ -199,7 +134,7 @@ class FailoverModel:
     def submit(self, x: torch.Tensor | np.ndarray, wait: bool = True, block: bool = True,
                timeout: float | None = None) -> Future:
         """Queue one input; the Future resolves to a `FailoverResult`."""
-        request = _Request(next(self._ids), _to_array(x), wait, time.monotonic(),
+        request = Request(next(self._ids), to_array(x), wait, time.monotonic(),
                            self.config.hang_timeout_s)
         if not wait:
             request.verdict = Future()
@@ -211,7 +146,7 @@ class FailoverModel:
         The call is queued in order with inferences and follows the active worker through a
         failover (it runs again on the new one). Standbys are not touched.
         """
-        request = _Request(next(self._ids), None, True, time.monotonic(),
+        request = Request(next(self._ids), None, True, time.monotonic(),
                            max(timeout_s, self.config.hang_timeout_s), (function, args))
         return self._enqueue(request, True, None).result(timeout_s + self.config.startup_timeout_s)
 
@@ -223,7 +158,7 @@ class FailoverModel:
         """Redo Selection and Allocation in the active worker (protect backend); its summary."""
         return self.call(remote.reanalyze)
 
-    def _enqueue(self, request: _Request, block: bool, timeout: float | None) -> Future:
+    def _enqueue(self, request: Request, block: bool, timeout: float | None) -> Future:
         with self._cond:
             if self._closing:
                 raise ClosedError("this FailoverModel is closed; create a new one")
@@ -251,8 +186,8 @@ class FailoverModel:
         if when not in ("next", "now") or target not in ("active", "standby"):
             raise ValueError("inject_crash: when is 'next' or 'now', target 'active' or 'standby'")
         with self._cond:
-            worker = self._active if target == "active" else (self._idle[0] if self._idle
-                                                              else None)
+            idle = self._pool.idle
+            worker = self._active if target == "active" else (idle[0] if idle else None)
         if worker is None:
             raise FailoverStateError(f"no {target} worker to crash right now; "
                                      "wait_ready() first")
@@ -264,7 +199,8 @@ class FailoverModel:
         wanted = 1 if self.config.standby else 0
         with self._cond:
             return self._cond.wait_for(
-                lambda: self._closing or (self._active is not None and len(self._idle) >= wanted),
+                lambda: self._closing or (self._active is not None
+                                          and len(self._pool.idle) >= wanted),
                 timeout) and not self._closing
 
     @property
@@ -277,12 +213,12 @@ class FailoverModel:
     def standby_pids(self) -> list[int]:
         """Process ids of the ready standbys."""
         with self._cond:
-            return [w.pid for w in self._idle]
+            return [w.pid for w in self._pool.idle]
 
     def worker_pids(self) -> list[int]:
         """Every worker process this object holds now (active, standbys, one starting)."""
         with self._cond:
-            workers = [self._active, *self._idle, self._starting]
+            workers = [self._active, *self._pool.idle, self._pool.starting]
         return [w.pid for w in workers if w is not None]
 
     def worker_info(self) -> dict[str, Any]:
@@ -305,15 +241,15 @@ class FailoverModel:
         with self._cond:
             if self._closing:
                 return
-            self._closing = True
+            self._closing = self._pool.closing = True
             self._cond.notify_all()
         self._wake()
-        for thread in self._threads[1:]:
-            thread.join(10.0)
+        self._pool.join(10.0)
+        self._dispatcher.join(10.0)
         with self._cond:
-            workers = [self._active, *self._idle]
+            workers = [self._active, *self._pool.idle]
             self._active = None
-            self._idle.clear()
+            self._pool.idle.clear()
             requests = list(self._pending) + list(self._inflight.values())
             self._pending.clear()
             self._inflight.clear()
@@ -321,9 +257,10 @@ class FailoverModel:
             if worker is not None:
                 worker.stop()
         for request in requests:
-            _fail(request, ClosedError("the FailoverModel closed before this request finished"))
+            fail(request, ClosedError("the FailoverModel closed before this request finished"))
         self._events.put(None)
-        self._threads[0].join(5.0)
+        if threading.current_thread() is not self._reporter:  # close() from the callback
+            self._reporter.join(5.0)
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -360,88 +297,6 @@ class FailoverModel:
 
     def _wanted(self) -> int:
         return (1 if self.config.standby else 0) + (1 if self._active is None else 0)
-
-    def _spawn_loop(self) -> None:
-        backoff = self.config.restart_backoff_s
-        while True:
-            with self._cond:
-                while not self._closing and len(self._idle) >= self._wanted():
-                    self._cond.wait(0.2)
-                    self._drop_dead_standbys()
-                if self._closing:
-                    return
-            worker, error = self._start_worker()
-            if worker is None:
-                if error is None:
-                    return  # closing
-                self._emit(FailoverEvent(EventKind.START_FAILED, None, error, role="standby"))
-                with self._cond:
-                    if not self._ever_active:
-                        self._start_error = error
-                        self._cond.notify_all()
-                        return  # the very first start failed: the constructor raises
-                    self._cond.wait_for(lambda: self._closing, backoff)
-                backoff = min(backoff * 2, 8.0)
-                continue
-            backoff = self.config.restart_backoff_s
-            with self._cond:
-                if self._closing:
-                    closing = True
-                else:
-                    closing = False
-                    self._idle.append(worker)
-                    self._cond.notify_all()
-            if closing:
-                worker.stop()
-                return
-            self._emit(FailoverEvent(EventKind.STANDBY_READY, worker.pid,
-                                     f"ready in {worker.info['ready_s']:.3f} s", role="standby",
-                                     duration_s=worker.info["ready_s"]))
-            self._wake()
-
-    def _drop_dead_standbys(self) -> None:
-        """(Lock held) A standby that died while idle is reported and replaced."""
-        for worker in [w for w in self._idle if not w.process.is_alive()]:
-            self._idle.remove(worker)
-            worker.kill()
-            event = FailoverEvent(EventKind.CRASH, worker.pid,
-                                  f"idle standby {describe_exit(worker.process.exitcode)}",
-                                  role="standby")
-            self._emit(event)  # the condition's lock is re-entrant
-
-    def _start_worker(self) -> tuple[_Worker | None, str | None]:
-        """Start one worker and wait until it is ready: (worker, None) or (None, why)."""
-        worker = _Worker(self._ctx, self._spec, self.model)
-        with self._cond:
-            self._starting = worker
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        try:
-            while True:
-                with self._cond:
-                    if self._closing:
-                        worker.kill()
-                        return None, None
-                ready = wait_any([worker.conn, worker.process.sentinel], 0.1)
-                if worker.conn in ready:
-                    try:
-                        message = worker.conn.recv()
-                    except (EOFError, OSError):
-                        worker.kill()
-                        return None, f"worker {describe_exit(worker.process.exitcode)} at start"
-                    if message[0] == "ready":
-                        worker.info = message[1]
-                        return worker, None
-                    worker.kill()
-                    return None, str(message[1])
-                if worker.process.sentinel in ready:
-                    worker.kill()
-                    return None, f"worker {describe_exit(worker.process.exitcode)} at start"
-                if time.monotonic() > deadline:
-                    worker.kill()
-                    return None, f"not ready within {self.config.startup_timeout_s} s"
-        finally:
-            with self._cond:
-                self._starting = None
 
     def _dispatch_loop(self) -> None:
         # This thread is the supervisor: an unexpected error is logged and the loop goes on.
@@ -503,7 +358,7 @@ class FailoverModel:
                              f"request {overdue[0].id} unanswered after "
                              f"{overdue[0].timeout_s} s (watchdog)")
 
-    def _drain(self, worker: _Worker) -> bool:
+    def _drain(self, worker: WorkerProcess) -> bool:
         """Handle every message waiting from the worker; False when its pipe is closed."""
         try:
             while worker.conn.poll():
@@ -512,7 +367,7 @@ class FailoverModel:
             return False
         return True
 
-    def _handle(self, worker: _Worker, message: tuple) -> None:
+    def _handle(self, worker: WorkerProcess, message: tuple) -> None:
         op, rid = message[0], message[1]
         if op == "fatal":
             worker.fatal = f"worker quit, device context lost: {message[2]}"
@@ -547,11 +402,11 @@ class FailoverModel:
             elif op == "verdict" and request.verdict is not None:
                 request.verdict.set_result(message[2])
             elif op == "error":
-                _fail(request, message[2])
+                fail(request, message[2])
             if done:
                 del self._inflight[rid]
 
-    def _on_failure(self, worker: _Worker, kind: EventKind, detail: str) -> None:
+    def _on_failure(self, worker: WorkerProcess, kind: EventKind, detail: str) -> None:
         """The active worker died or hung: kill it, requeue its requests, hand over."""
         failed_at = time.monotonic()
         worker.kill()
@@ -568,7 +423,7 @@ class FailoverModel:
                 else:
                     self._pending.appendleft(request)  # first in line, in the original order
                     self._counts["resubmitted"] += 1
-            self._failure = (failed_at, worker.pid, bool(self._idle))
+            self._failure = (failed_at, worker.pid, bool(self._pool.idle))
             self._cond.notify_all()
         injected = "" if worker.crashed_at is None else "injected crash, "
         self._emit(FailoverEvent(kind, worker.pid, f"{injected}{detail} ({how}); "
@@ -576,7 +431,7 @@ class FailoverModel:
                                  duration_s=None if worker.crashed_at is None
                                  else failed_at - worker.crashed_at))
         for request in dropped:
-            _fail(request, RequestDroppedError(
+            fail(request, RequestDroppedError(
                 f"request {request.id} took down {request.attempts} workers; dropped "
                 f"(max_attempts={self.config.max_attempts}): check this input"))
             self._emit(FailoverEvent(EventKind.REQUEST_DROPPED, worker.pid,
@@ -584,12 +439,9 @@ class FailoverModel:
 
     def _promote(self) -> bool:
         """(Lock held) Make a ready standby the active worker; False when none is ready."""
-        self._drop_dead_standbys()
-        if not self._idle:
+        self._active = self._pool.take()  # the pool then starts the next standby
+        if self._active is None:
             return False
-        self._active = self._idle.popleft()
-        self._ever_active = True
-        self._cond.notify_all()  # the spawner starts the next standby
         if self._failure is not None:
             failed_at, old_pid, warm = self._failure
             self._failure = None
@@ -600,42 +452,3 @@ class FailoverModel:
                 duration_s=time.monotonic() - failed_at, warm=warm, new_pid=self._active.pid)
             self._emit(event)  # the condition's lock is re-entrant
         return True
-
-
-def _protect_parts(config: FailoverConfig, model: torch.nn.Module | None, source: ModelSource,
-                   example: np.ndarray, input_range: Any,
-                   protect_config: Any) -> tuple[Any, dict[str, Any] | None]:
-    """The ProtectConfig a worker gets (its Analysis taken out) and the Analysis as a dict."""
-    if config.backend is not Backend.PROTECT:
-        return protect_config, None
-    from save_ros.core.protect import ProtectConfig
-    from save_ros.core.select import analyze
-
-    protect_config = protect_config or ProtectConfig()
-    analysis = protect_config.analysis
-    # An Analysis holds its fx graph, which does not pickle; the dict form does.
-    worker_config = replace(protect_config, analysis=None)
-    if analysis is None and config.share_analysis:
-        if model is None or config.weight_sharing is WeightSharing.CUDA_IPC:
-            model = source.load()  # analyse a CPU copy
-        analysis = analyze(model, torch.from_numpy(example), input_range,
-                           protect_config.calibration, protect_config.margin)
-    return worker_config, None if analysis is None else analysis.to_dict()
-
-
-def _to_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A private contiguous copy, so the caller may reuse its buffer at once."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"input must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    return np.array(x, copy=True, order="C")
-
-
-def _fail(request: _Request, exc: BaseException) -> None:
-    """Fail the request's output future, or its verdict when the output was delivered."""
-    target = request.verdict if request.output_done else request.future
-    if target is not None and not target.done():
-        target.set_exception(exc)
-    if request.verdict is not None and not request.verdict.done():
-        request.verdict.set_exception(exc)

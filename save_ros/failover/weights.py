@@ -10,13 +10,14 @@ maps the same device memory (the parent must outlive it, which the supervisor gu
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from save_ros.failover.config import WeightSharing
+from save_ros.failover.config import Backend, FailoverConfig, WeightSharing
 
 
 class ModelSourceError(ValueError):
@@ -76,3 +77,24 @@ def storage_pointers(model: nn.Module) -> dict[str, int]:
     """Data pointer of every parameter and buffer (to show which copy a process runs on)."""
     named = list(model.named_parameters()) + list(model.named_buffers())
     return {name: tensor.data_ptr() for name, tensor in named}
+
+
+def protect_parts(config: FailoverConfig, model: nn.Module | None, source: ModelSource,
+                   example: np.ndarray, input_range: Any,
+                   protect_config: Any) -> tuple[Any, dict[str, Any] | None]:
+    """The ProtectConfig a worker gets (its Analysis taken out) and the Analysis as a dict."""
+    if config.backend is not Backend.PROTECT:
+        return protect_config, None
+    from save_ros.core.protect import ProtectConfig
+    from save_ros.core.select import analyze
+
+    protect_config = protect_config or ProtectConfig()
+    analysis = protect_config.analysis
+    # An Analysis holds its fx graph, which does not pickle; the dict form does.
+    worker_config = replace(protect_config, analysis=None)
+    if analysis is None and config.share_analysis:
+        if model is None or config.weight_sharing is WeightSharing.CUDA_IPC:
+            model = source.load()  # analyse a CPU copy
+        analysis = analyze(model, torch.from_numpy(example), input_range,
+                           protect_config.calibration, protect_config.margin)
+    return worker_config, None if analysis is None else analysis.to_dict()

@@ -1,0 +1,59 @@
+"""What flows through the input queue: requests, their results, and how a request fails."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class FailoverResult:
+    """One answer: the output, the runtime's status (None for the plain backend), provenance."""
+
+    output: torch.Tensor
+    status: Any  # FaultStatus from the protected runtime, or None
+    verdict: Future | None  # wait=False with protect: a Future of the FaultStatus
+    request_id: int
+    worker_pid: int  # the worker that produced the output
+    attempts: int  # 1 unless a worker died while holding the request
+    latency_s: float  # submit to output
+
+
+@dataclass
+class Request:
+    """One queued inference (or remote call) and the futures its caller holds."""
+
+    id: int
+    array: np.ndarray | None  # None for a call
+    wait: bool
+    submitted_at: float
+    timeout_s: float  # the watchdog's limit for this request
+    call: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
+    future: Future = field(default_factory=Future)
+    verdict: Future | None = None
+    output_done: bool = False
+    attempts: int = 0
+    sent_at: float = 0.0
+
+
+def to_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A private contiguous copy, so the caller may reuse its buffer at once."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"input must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    return np.array(x, copy=True, order="C")
+
+
+def fail(request: Request, exc: BaseException) -> None:
+    """Fail the request's output future, or its verdict when the output was delivered."""
+    target = request.verdict if request.output_done else request.future
+    if target is not None and not target.done():
+        target.set_exception(exc)
+    if request.verdict is not None and not request.verdict.done():
+        request.verdict.set_exception(exc)
