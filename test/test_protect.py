@@ -202,3 +202,16 @@ def test_untraceable_model_says_why():
 def test_bad_input_range_raises_clear_error():
     with pytest.raises(ValueError, match="input_range"):
         protect(nn.Sequential(nn.Linear(2, 2)), torch.zeros(1, 2), 5.0)
+
+
+def test_a_cancelling_pair_is_repaired_once_any_flip_shows(setup):
+    pm, ref, xt, clean = setup
+    w = pm.normal_tensors()["fc1.weight"]
+    iv = bits.int_view(w).view(-1)
+    j = next(k for k in range(2, 64, 2) if (int(iv[k]) >> 5) & 1 != (int(iv[0]) >> 5) & 1)
+    bits.flip_(w, [0, j], 5)  # cancels in its chunk's sum
+    bits.flip_(pm.normal_tensors()["conv2.weight"], 9, 27)  # a visible flip elsewhere
+    r = pm.infer(xt[:16])
+    assert r.status.verified and torch.equal(r.output, clean)
+    assert r.status.repaired.get("fc1.weight") == 2
+    assert torch.equal(iv, bits.int_view(ref.fc1.weight.detach()).view(-1))

@@ -9,8 +9,10 @@ any summation order gives the same sum, and no conversion pass is needed: 3x fas
 int32 views into int64). A flip of any bit changes its word by +-2^k with k < 64, so any single
 flip changes its chunk's sum: the check is exact for one flip per chunk. Several flips in one
 chunk cancel only when they pair up on the same bit of the same word position in opposite
-directions and nothing else in that chunk changed (two random flips: about 1 in 128 x chunks;
-with more flips in the chunk practically never). `recover()` compares every element exactly.
+directions and nothing else in that chunk changed (two random flips: about 1 in 128 x chunks).
+That is why the runtime, once any chunk fails, compares *every* element with its golden copy
+(`restore(None)`): a cancelling pair stays hidden only while it is the only corruption in the
+whole model. `recover()` also compares every element exactly.
 
 Repair copies the golden bits back (`copy_` of the integer view: bit-for-bit, NaN payloads and
 -0.0 included) and reports which tensors and how many elements it restored.

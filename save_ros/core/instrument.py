@@ -82,19 +82,31 @@ class Instrumented:
                 "data-dependent Python control flow) or wrap the untraceable part in a leaf module"
             )
         self.model = graph.model
-        src = graph.gm.graph
-        new = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
-        out_val = new.graph_copy(src, env)
-        self.nodes: list[fx.Node] = [n for n in src.nodes if n.op != "output"]
-        new.output((out_val, tuple(env[n] for n in self.nodes)))
-        self.inplace_changes = _make_inplace_free(self.model, new)
-        self.gm = fx.GraphModule(graph.gm, new)
+        # `meta`: the model's graph made in-place free; what re-computation and reports use
+        meta = fx.Graph()
+        out_val = meta.graph_copy(graph.gm.graph, {})
+        meta.output(out_val)
+        self.inplace_changes = _make_inplace_free(self.model, meta)
+        self.nodes: list[fx.Node] = [n for n in meta.nodes if n.op != "output"]
         self.names = [n.name for n in self.nodes]
         self.index = {name: i for i, name in enumerate(self.names)}
-        out_node = next(n for n in src.nodes if n.op == "output")
-        self._out_template = out_node.args[0]
-        self._new_nodes = [env[n] for n in self.nodes]
+        # `hot`: the same graph returning every value, with modules called as
+        # `mod._call_impl(...)`: hooks (fault injection, user hooks) still run, but not through
+        # `nn.Module.__call__`, which torch.fx patches process-wide while it traces any model
+        # (reanalyze() traces while inferences run)
+        hot = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        hot_out = hot.graph_copy(meta, env)
+        hot.output((hot_out, tuple(env[n] for n in self.nodes)))
+        for node in list(hot.nodes):
+            if node.op == "call_module":
+                with hot.inserting_before(node):
+                    mod_node = hot.get_attr(node.target)
+                node.op, node.args = "call_method", (mod_node, *node.args)
+                node.target = "_call_impl"
+        self.gm = fx.GraphModule(graph.gm, hot)
+        self._out_template = next(n for n in meta.nodes if n.op == "output").args[0]
+        self._new_nodes = self.nodes
         self._fns: list[Callable[..., Any] | None] = [self._compile(n) for n in self._new_nodes]
         # positions of plain node arguments, so a re-computation skips the generic map_arg
         self._simple: list[tuple[int, ...] | None] = [
@@ -120,7 +132,7 @@ class Instrumented:
 
     def forward(self, *inputs: torch.Tensor) -> tuple[Any, tuple[Any, ...]]:
         """Run the model; return (output, every node's value in graph order)."""
-        return self.gm(*inputs)
+        return self.gm.forward(*inputs)  # not gm(...): see the `hot` comment in __init__
 
     def node_of(self, i: int) -> fx.Node:
         """The (copied) fx node at position i."""

@@ -15,6 +15,7 @@ were being restored is re-run from the first layer that reads them.
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import threading
 import time
@@ -244,7 +245,10 @@ class ProtectedModel:
             else:
                 self._restore(None)
             calib = calibration if calibration is not None else self.config.calibration
-            analysis = analyze(self.model, self._example, self._input_range, calib,
+            # analyse a copy: tracing reads the live Parameters through fx proxies otherwise,
+            # and inferences keep running on the live model meanwhile
+            shadow = copy.deepcopy(self.model)
+            analysis = analyze(shadow, self._example, self._input_range, calib,
                                self.config.margin)
             rt = self._build_runtime(analysis)
             self._rt = rt  # one reference swap: inferences pick up the new plan whole
@@ -376,23 +380,28 @@ class ProtectedModel:
                          queue_s=t_v - job.t_end)
         st.input_out_of_range = not self._in_range(job.inputs[0])
         fails: list[tuple[int, Detection]] = []
-        stale = self._stale(job.epoch)
-        if stale is None or stale:
-            names = stale or list(self._store.slots)
-            k = self._inst.first_reader(names, rt.param_readers)
-            fails.append((k, Detection(self._inst.names[k], ", ".join(names[:4]), "weights",
-                                       "restored while this inference ran")))
         if job.check_weights:
             st.weights_checked = True
             lo, hi = job.weight_window
-            bad = self._store.check(lo=lo, hi=hi)
-            if bad:
-                rep = self._restore(bad)
+            if self._store.check(lo=lo, hi=hi):
+                # compare everything exactly, not only the failing chunks: flips that cancel in
+                # a chunk's sum (same bit, opposite directions) hide there only while no other
+                # flip shows, so one visible flip is enough to find them all
+                rep = self._restore(None)
                 for name, n in rep.elements.items():
                     k = self._inst.first_reader([name], rt.param_readers)
                     fails.append((k, Detection(self._inst.names[k], name, "weights",
                                                f"{n} element(s) differ from the golden copy")))
                     st.repaired[name] = st.repaired.get(name, 0) + n
+        # After the checksum: a repair by another thread may have erased the traces of a flip
+        # this inference computed with, while the checksum ran; the repair log remembers it.
+        stale = self._stale(job.epoch)
+        if stale is None or [n for n in stale if n not in st.repaired]:
+            names = [n for n in stale if n not in st.repaired] if stale else \
+                list(self._store.slots)
+            k = self._inst.first_reader(names, rt.param_readers)
+            fails.append((k, Detection(self._inst.names[k], ", ".join(names[:4]), "weights",
+                                       "restored while this inference ran")))
         fails += self._run_checks(rt, job.values, 0, not st.input_out_of_range, st,
                                   frozenset(st.repaired))
         st.verify_s = time.perf_counter() - t_v
@@ -413,8 +422,9 @@ class ProtectedModel:
         values = job.values
         out = job.output
         with self._lock:
-            # a detection may stem from a weight the schedule did not checksum this time
-            rep = self._restore(self._store.check())
+            # a detection may stem from a weight the schedule did not checksum this time, or
+            # from flips that cancel in a chunk sum: compare all weights exactly
+            rep = self._restore(None)
             for name, n in rep.elements.items():
                 st.repaired[name] = st.repaired.get(name, 0) + n
             k = min(i for i, _ in fails)
@@ -424,16 +434,22 @@ class ProtectedModel:
             for _attempt in range(max(1, self.config.max_reruns)):
                 with torch.inference_mode():
                     out, values = self._inst.run_from(k, values)
-                again = self._run_checks(rt, values, k, not st.input_out_of_range, st)
+                # no repair can run meanwhile (we hold the lock), but a new upset can: checksum
+                # the weights the re-run used before trusting it
+                rep = self._restore(None) if self._store.check() else Repair()
+                again = [(self._inst.first_reader([n], rt.param_readers),
+                          Detection("", n, "weights", "changed during the re-run"))
+                         for n in rep.tensors]
+                again += self._run_checks(rt, values, k, not st.input_out_of_range, st,
+                                          frozenset(rep.tensors))
+                for name, n in rep.elements.items():
+                    st.repaired[name] = st.repaired.get(name, 0) + n
                 if not again:
                     st.verified = not st.input_out_of_range
                     break
                 k = min(i for i, _ in again)
                 st.notes.append(f"re-run still fails at {self._inst.names[k]}: "
-                                f"{again[0][1].detail}")
-                rep = self._restore(None)
-                for name, n in rep.elements.items():
-                    st.repaired[name] = st.repaired.get(name, 0) + n
+                                f"{again[0][1].tensor} {again[0][1].detail}")
             else:
                 st.error = "faults persist after re-runs; result unverified"
         st.repair_s = time.perf_counter() - t
