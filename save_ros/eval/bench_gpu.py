@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds per model campaign at most")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the full results here")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only split the protected latency of each model x dtype (batch 1, "
+                             "first variant) into its parts")
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -204,6 +207,86 @@ def bench_config(name: str, batch: int, dtype: torch.dtype, args: argparse.Names
     return row
 
 
+def breakdown(name: str, dtype: torch.dtype, args: argparse.Namespace) -> dict:
+    """Where the protected per-request latency goes: GPU work, row copies, waits, CPU compare."""
+    from save_ros.gpu.runtime import CudaProtectedModel, GpuProtectConfig
+
+    torch.manual_seed(args.seed)
+    model = _model(name).eval().cuda().to(dtype)
+    gen = torch.Generator(device="cuda").manual_seed(args.seed)
+    x = torch.randn((1, 3, 224, 224), generator=gen, device="cuda", dtype=dtype)
+    calib = [torch.randn_like(x) for _ in range(8)]
+    kv = dict(item.split("=") for item in args.variants.split(";")[0].split(","))
+    cfg = GpuProtectConfig(checksum_every=int(kv.get("every", 1)),
+                           tap_budget=float(kv.get("budget", 1.0)))
+    pm = CudaProtectedModel(model, x, cfg, calibration=calib)
+    it, wu = args.iters, args.warmup
+    main = pm._main
+    row: dict = {"model": name, "dtype": str(dtype).removeprefix("torch."),
+                 "variant": args.variants.split(";")[0]}
+    with torch.no_grad():
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            model(x)
+
+    def plain():
+        g.replay()
+        torch.cuda.synchronize()
+
+    def graph_on_main():  # the protected graph alone (taps + side-stream reductions), no copy
+        main.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(main):
+            pm._graph.replay()
+        main.synchronize()
+
+    def graph_copy_event():  # + the row copy to pinned memory and the event wait
+        main.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(main):
+            pm._graph.replay()
+            pm._stats_host.copy_(pm._stats_dev, non_blocking=True)
+            pm._done.record()
+        pm._done.synchronize()
+
+    slices = itertools.cycle(range(len(pm._cs_slices)))
+
+    def submit_collect():  # + the CPU compare of the activation rows (no checksum)
+        pm._submit(None)
+        pm._collect(None)
+
+    def submit_collect_cs():  # + the checksum slice on its own stream and its wait
+        cs = next(slices)
+        pm._submit(cs)
+        pm._collect(cs)
+
+    def immediate():  # publish at once: the output is ready, the verdict comes later
+        r = pm.infer(x, wait=False)
+        torch.cuda.current_stream().synchronize()
+        return r
+
+    for key, fn in (("unprotected_graph", plain), ("protected_graph_only", graph_on_main),
+                    ("plus_row_copy_and_event", graph_copy_event),
+                    ("plus_compare_no_checksum", submit_collect),
+                    ("plus_checksum_slice", submit_collect_cs),
+                    ("infer_wait", lambda: pm.infer(x)),
+                    ("infer_immediate_output", immediate)):
+        row[key] = _host_latency(fn, it, wu)
+    pm._drain()
+    stats, sums = pm._stats_host.numpy(), pm._cs_host.numpy()
+    t0 = time.perf_counter()
+    for _ in range(1000):
+        pm.verifier.compare(stats, sums, pm._rows(0))
+    row["cpu_compare_ms"] = (time.perf_counter() - t0) * 1e3 / 1000
+    row["rows"] = {"activation": pm.act_plan.n_chunks, "weight": pm.weight_plan.n_chunks}
+    pm.close()
+    return row
+
+
 def campaign(name: str, args: argparse.Namespace) -> dict:
     """Coverage campaign for one model at batch 1."""
     from save_ros.gpu.campaign import run_campaign
@@ -294,6 +377,16 @@ def run(args: argparse.Namespace) -> int:
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "configs": [], "campaigns": [],
     }
+    if args.breakdown:
+        result["breakdown"] = []
+        for name in args.model.split(","):
+            for dt in args.dtype.split(","):
+                b = breakdown(name, DTYPES[dt], args)
+                result["breakdown"].append(b)
+                print(json.dumps({k: (v["median_ms"] if isinstance(v, dict) and "median_ms" in v
+                                      else v) for k, v in b.items()}), flush=True)
+                _write(result, args.json)
+        return 0
     for name in args.model.split(","):
         for dt in args.dtype.split(","):
             for b in [int(v) for v in args.batch.split(",")]:
