@@ -136,3 +136,18 @@ def test_bad_fault_requests_raise_clear_errors(data):
                   TrainingFault(FaultTarget.WEIGHTS, RandomFlips(1), step=8))
     with pytest.raises(TrainingFaultError, match="fewer than one batch"):
         fine_tune(models.load("digits_cnn"), (data[0][0][:10], data[0][1][:10]), data[1], CFG)
+
+
+def test_loss_spike_guard_rolls_back_a_finite_blow_up(data, reference):
+    # bit 30 of one output bias at the last step: the loss jumps to ~1e36 but stays finite
+    fault = TrainingFault(FaultTarget.WEIGHTS, RandomFlips(1), step=7,
+                          explicit=(BitFault("fc2.bias", 1, 30),))
+    cfg = FineTuneConfig(epochs=2, batch=64, checkpoint_every=2, spike_factor=1000.0)
+    silent = fine_tune(models.load("digits_cnn"), *data, cfg, fault)
+    assert not silent.crashed and silent.first_spike_step == 7 and silent.losses[-1] > 1e30
+    assert classify(silent, reference.accuracy, 0.02) is Outcome.DEGRADED
+    # NaN/Inf-only rollback does not see it; the spike guard does, and recovers
+    nan_only = fine_tune(models.load("digits_cnn"), *data, CFG, fault, rollback=True)
+    assert nan_only.rollbacks == 0
+    guarded = fine_tune(models.load("digits_cnn"), *data, cfg, fault, rollback=True)
+    assert guarded.rollbacks == 1 and _same_state(guarded.state, reference.state)

@@ -4,8 +4,9 @@ For each fault configuration (target x fault model) it runs N seeded faulty fine
 bundled classifier and sorts each into no effect / crash / silent degradation against the
 fault-free fine-tune with the same training seed (see `save_ros.faults.training`). With
 `--rollback` every configuration also runs with rollback to the last in-memory checkpoint on a
-NaN/Inf loss, on the same faults. A run that had no NaN/Inf loss is identical with rollback
-(checkpoints only copy state), so only the runs that crashed are repeated.
+NaN/Inf loss (and, with `--spike-factor`, on a loss spike), on the same faults. A run that had
+no NaN/Inf loss (nor spike) is identical with rollback (checkpoints only copy state), so only
+the runs that had one are repeated.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accuracy drop that counts as silent degradation (default 0.02)")
     parser.add_argument("--rollback", action="store_true",
                         help="also run with rollback to the last checkpoint on NaN/Inf loss")
+    parser.add_argument("--spike-factor", type=float, default=None,
+                        help="with --rollback, also roll back a loss above this many times the "
+                             "largest of the last 16 (default: off, NaN/Inf only)")
     parser.add_argument("--checkpoint-every", type=int, default=8, help="steps per checkpoint")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write every trial here")
@@ -110,7 +114,7 @@ def run_campaign(args: argparse.Namespace) -> dict:
                                  "campaign fine-tunes classifiers (e.g. digits_cnn)")
     train, test = models.dataset(args.model, "train"), models.dataset(args.model, "test")
     cfg = FineTuneConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every)
+                         checkpoint_every=args.checkpoint_every, spike_factor=args.spike_factor)
     faults = build_faults([t for t in args.targets.split(",") if t], args.flips,
                           None if args.stuck_bit < 0 else args.stuck_bit, args.pe_bits)
     started = time.time()
@@ -127,7 +131,7 @@ def run_campaign(args: argparse.Namespace) -> dict:
             rec["fault_seed"] = s
             plain.append(rec)
             if args.rollback:
-                if r.first_nonfinite_step is not None:
+                if r.first_nonfinite_step is not None or r.first_spike_step is not None:
                     r = fine_tune(models.load(args.model), train, test, cfg, fault, s,
                                   rollback=True)
                 rec = result_record(r, classify(r, ref.accuracy, args.threshold))

@@ -24,7 +24,8 @@ or `no_effect`. With `rollback=True` a NaN/Inf loss restores the last in-memory 
 (model and optimizer, taken every `checkpoint_every` steps) and training goes on from there; a
 failure before the next checkpoint rolls back one checkpoint further (a corruption can sit in a
 checkpoint while the loss is still finite). A transient fault is not re-applied, a stuck cell or
-faulty PE is; after `max_rollbacks` rollbacks the run counts as a crash.
+faulty PE is; after `max_rollbacks` rollbacks the run counts as a crash. An optional loss-spike
+guard (`spike_factor`) also rolls back a finite loss that jumps far above the recent ones.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import copy
 import enum
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -114,6 +116,9 @@ class TrainingFault:
                 "step": self.step, "explicit": [f.to_list() for f in self.explicit]}
 
 
+SPIKE_WINDOW = 16
+
+
 @dataclass(frozen=True)
 class FineTuneConfig:
     """A short SGD fine-tune: epochs over the train split, batch size, learning rate, seed."""
@@ -125,6 +130,9 @@ class FineTuneConfig:
     seed: int = 0  # the order of mini-batches
     checkpoint_every: int = 8  # steps between in-memory checkpoints (rollback)
     max_rollbacks: int = 3
+    # Optional loss-spike guard (None = off): a finite loss above spike_factor times the largest
+    # of the last SPIKE_WINDOW losses is flagged, and with rollback it is rolled back like NaN.
+    spike_factor: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1 or self.checkpoint_every < 1 or self.lr <= 0:
@@ -138,10 +146,11 @@ class FineTuneResult:
     steps: int
     losses: list[float]
     crashed: bool
-    first_nonfinite_step: int | None
+    first_nonfinite_step: int | None  # first NaN/Inf loss (or spike, when rollback acts on it)
     rollbacks: int
     accuracy: float  # held-out, fault-free evaluation of the final weights (nan when crashed)
     fault_step: int | None = None
+    first_spike_step: int | None = None  # first loss spike (recorded even without rollback)
     faults_applied: int = 0  # bit faults applied (all steps), or faulty PEs
     state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -279,6 +288,8 @@ def fine_tune(
     checkpoints = [snapshot()]
     losses: list[float] = []
     first_bad: int | None = None
+    first_spike: int | None = None
+    recent: deque[float] = deque(maxlen=SPIKE_WINDOW)
     rollbacks = 0
     crashed = False
     failed_at: int | None = None  # step of the last failure
@@ -302,9 +313,14 @@ def fine_tune(
                 fired = fired or step == fault_step
             value = float(loss.detach())
             losses.append(value)
-            if not math.isfinite(value):
+            spike = (cfg.spike_factor is not None and math.isfinite(value) and bool(recent)
+                     and value > cfg.spike_factor * max(recent))
+            if spike and first_spike is None:
+                first_spike = step
+            if not math.isfinite(value) or (spike and rollback):
                 bad = True
                 break
+            recent.append(value)
             loss.backward()
             grads = {k: p.grad for k, p in params.items()}
             if fault is not None and fault.target is FaultTarget.GRADIENTS:
@@ -345,6 +361,7 @@ def fine_tune(
     acc = math.nan if crashed else accuracy(model, *test)
     return FineTuneResult(
         steps=total, losses=losses, crashed=crashed, first_nonfinite_step=first_bad,
+        first_spike_step=first_spike,
         rollbacks=rollbacks, accuracy=acc, fault_step=fault_step, faults_applied=applied,
         state={k: v.detach().clone() for k, v in model.state_dict().items()},
     )
