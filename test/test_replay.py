@@ -18,15 +18,15 @@ def test_replay_with_injected_faults_matches_the_clean_run(tmp_path, capsys):
     out_bag, summary = tmp_path / "out", tmp_path / "summary.json"
     code = cli.main([
         "replay", str(BAGS_DIR / CARTPOLE_BAG), "--config", CONFIG, "--lockstep",
-        "--compare-clean", "--inject-every", "50", "--inject-count", "32",
+        "--compare-clean", "--inject-every", "25", "--inject-count", "32", "--limit", "100",
         "--namespace", f"replay_{os.getpid()}", "--out", str(out_bag), "--json", str(summary),
         "-p", f"analysis_cache:={tmp_path / 'analysis.json'}",
     ])
     assert code == 0
     report = json.loads(summary.read_text())
     clean, faulty, cmp = report["clean"], report["replay"], report["comparison"]
-    assert clean["inputs"] == faulty["inputs"] == 200
-    assert clean["verified"] == 200 and clean["detected"] == 0
+    assert clean["inputs"] == faulty["inputs"] == 100
+    assert clean["verified"] == 100 and clean["detected"] == 0
     assert faulty["faults_injected"] == 3 * 32
     assert faulty["detected"] > 0 and faulty["repaired"] > 0
     # the promise: every verified result is the fault-free one
@@ -36,8 +36,9 @@ def test_replay_with_injected_faults_matches_the_clean_run(tmp_path, capsys):
     assert "verified outputs equal to the clean run" in capsys.readouterr().out
     recorded = topics(out_bag)
     ns = f"/replay_{os.getpid()}/save_node"
-    assert recorded[f"{ns}/output"] == ("sensor_msgs/msg/JointState", 200)
-    assert recorded[f"{ns}/fault_status"][1] == 200
+    assert recorded[f"{ns}/output"][0] == "sensor_msgs/msg/JointState"
+    # one result and one status per input (a repaired result may add its correction)
+    assert recorded[f"{ns}/output"][1] >= 100 and recorded[f"{ns}/fault_status"][1] == 100
     first = next(read_messages(out_bag, (f"{ns}/output",))).msg
     assert list(first.name) == ["push_left", "push_right"] and len(first.effort) == 1
 

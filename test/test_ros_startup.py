@@ -18,6 +18,7 @@ from rclpy.exceptions import InvalidParameterValueException  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from save_ros import models  # noqa: E402
+from save_ros.ros.backend import BackendError  # noqa: E402
 from save_ros.ros.model_source import ModelLoadError  # noqa: E402
 from save_ros.ros.node import EXIT_BAD_PARAMETER, EXIT_MODEL, SaveNode  # noqa: E402
 from save_ros.ros.params import ParameterError  # noqa: E402
@@ -36,7 +37,7 @@ def context():
 
 
 def _build(context, **overrides) -> SaveNode:
-    params = [Parameter(k, value=v) for k, v in {"protect": False, **overrides}.items()]
+    params = [Parameter(k, value=v) for k, v in ({"protect": False} | overrides).items()]
     node = SaveNode(context=context, parameter_overrides=params,
                     namespace=f"startup_{os.getpid()}")
     node.destroy_node()
@@ -68,13 +69,16 @@ def test_state_dict_of_the_wrong_architecture_is_refused(context, tmp_path):
         _build(context, model="digits_cnn", model_file=str(path))
 
 
-def test_torchscript_needs_input_constraints_and_then_serves(context, tmp_path):
+def test_torchscript_needs_input_constraints_and_serves_only_unprotected(context, tmp_path):
     path = tmp_path / "policy.ts"
     torch.jit.script(models.load("cartpole_policy")).save(str(path))
     with pytest.raises(ModelLoadError, match="carries no input constraints"):
         _build(context, model_file=str(path))
-    node = _build(context, model_file=str(path), input_shape=[4], input_low=[-3.0],
-                  input_high=[3.0], task="control", input_type="float32_multi_array")
+    script = {"model_file": str(path), "input_shape": [4], "input_low": [-3.0],
+              "input_high": [3.0], "task": "control", "input_type": "float32_multi_array"}
+    with pytest.raises(BackendError, match="TorchScript module, which SAVE cannot instrument"):
+        _build(context, **script, protect=True)
+    node = _build(context, **script)  # unprotected: served as it is
     assert node.loaded.input.shape == (4,) and node.loaded.num_outputs == 2
     assert node.names == ["action_0", "action_1"]
 

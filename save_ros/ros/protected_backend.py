@@ -42,6 +42,11 @@ class ProtectedBackend(Backend):
         self.loaded = loaded
         self.logger = logger
         self.device = torch.device(cfg.device)
+        if isinstance(loaded.module, torch.jit.ScriptModule):
+            raise BackendError(
+                f"{loaded.name} is a TorchScript module, which SAVE cannot instrument (it "
+                "needs torch.fx on the Python module); give a state dict with its "
+                "architecture (model + model_file), or serve it unprotected (protect:=false)")
         module = loaded.module.to(self.device)
         example = loaded.example_input().to(self.device)
         low, high = (t.to(self.device) for t in loaded.input_range())
@@ -64,7 +69,7 @@ class ProtectedBackend(Backend):
             self.cache_hit = config.analysis is not None
         try:
             self.pm: ProtectedModel = protect(module, example, (low[0], high[0]), config)
-        except (UnsupportedModelError, ValueError, TypeError) as exc:
+        except (UnsupportedModelError, ValueError, TypeError, RuntimeError) as exc:
             raise BackendError(f"cannot protect {loaded.name}: {exc}") from exc
         if cfg.analysis_cache and not self.cache_hit:
             self._save_cache(Path(cfg.analysis_cache).expanduser())

@@ -1,0 +1,191 @@
+"""ROS latency and throughput of save_node, next to the bare model call, per model.
+
+For each model, measured in one run: the bare model call in-process (the floor); end-to-end
+latency through a bare node (`protect:=false`) and a SAVE node (input published -> output
+received, lockstep, over DDS on this host); and the highest input rate, on a ladder of rates,
+up to which each node answered every input with none dropped. Both nodes run at once and the
+measurements alternate between them, so the two see the same machine load.
+
+`python -m save_ros.ros.bench --out docs/results/ros_bench.json`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from save_ros.ros.bags import (
+    BAGS_DIR,
+    CARTPOLE_BAG,
+    CARTPOLE_TOPIC,
+    DIGITS_BAG,
+    DIGITS_TOPIC,
+    read_messages,
+)
+from save_ros.ros.client import ReplayClient
+from save_ros.ros.process import NodeProcess, config_parameters
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+MODELS = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole_policy")
+RATES_HZ = (50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2000)
+
+
+def _inputs(model: str) -> list:
+    """The bundled bag's messages for this model's input type."""
+    if model == "cartpole_policy":
+        return [m.msg for m in read_messages(BAGS_DIR / CARTPOLE_BAG, (CARTPOLE_TOPIC,))]
+    return [m.msg for m in read_messages(BAGS_DIR / DIGITS_BAG, (DIGITS_TOPIC,))]
+
+
+def _restamped(msgs: list, count: int, hz: float, base_sec: int) -> list:
+    """`count` copies of the inputs, cycled, stamped 1/hz apart (replay paces by stamp)."""
+    out = []
+    for i in range(count):
+        src = msgs[i % len(msgs)]
+        msg = type(src)()
+        for slot in src.get_fields_and_field_types():
+            setattr(msg, slot, getattr(src, slot))
+        t = base_sec * 10**9 + int(i * 1e9 / hz)
+        msg.header = type(src.header)(frame_id=src.header.frame_id)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t, 10**9)
+        out.append(msg)
+    return out
+
+
+def bare_call_ms(model: str, repeats: int = 300) -> dict[str, float]:
+    """The model called in-process on one input (1 thread): median and p90 in ms."""
+    from save_ros import models
+
+    torch.set_num_threads(1)
+    module = models.load(model)
+    x = models.dataset(model, "test")[0][:1]
+    times = []
+    with torch.no_grad():
+        for _ in range(20):
+            module(x)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            module(x)
+            times.append((time.perf_counter() - t) * 1e3)
+    return {"p50": statistics.median(times), "p90": float(np.percentile(times, 90))}
+
+
+def _start(model: str, protect: bool, tmp: Path, queue_size: int | None) -> NodeProcess:
+    """A bare or SAVE node for `model`, in a namespace of its own."""
+    config = CONFIG_DIR / f"{model}.yaml"
+    params = config_parameters(config)
+    overrides: dict[str, object] = {
+        "protect": protect, "analysis_cache": str(tmp / f"{model}.analysis.json"),
+        "publish_policy": params["publish_policy"] if protect else "immediate",
+        "qos.depth": 1000, "diagnostics_period": 0.5}
+    if queue_size is not None:
+        overrides["queue_size"] = queue_size
+    kind = "save" if protect else "bare"
+    return NodeProcess(config, namespace=f"bench_{kind}_{os.getpid()}",
+                       overrides=overrides).start()
+
+
+def node_figures(model: str, lockstep_n: int, ladder_n: int, tmp: Path,
+                 queue_size: int | None = None) -> dict[str, dict[str, object]]:
+    """Bare and SAVE node side by side: lockstep latency and the rate ladder, interleaved.
+
+    Both nodes run at once and every measurement alternates between them, so a change in the
+    machine's load during the run affects both alike.
+    """
+    params = config_parameters(CONFIG_DIR / f"{model}.yaml")
+    msgs = _inputs(model)
+    procs = {"bare_node": _start(model, False, tmp, queue_size)}
+    procs["save_node"] = _start(model, True, tmp, queue_size)
+    out: dict[str, dict[str, object]] = {k: {"ladder": []} for k in procs}
+    clients: dict[str, ReplayClient] = {}
+    try:
+        for key, proc in procs.items():
+            clients[key] = ReplayClient(node_fqn=proc.fqn,
+                                        input_type=str(params["input_type"]),
+                                        reliability=str(params["qos.reliability"]))
+            clients[key].wait_for_node(proc, timeout=180.0)
+        for client in clients.values():
+            client.replay(_restamped(msgs, 20, 100, 1), pace="lockstep")  # warm-up
+        rounds, lat = 4, {k: [] for k in clients}
+        for r in range(rounds):
+            for key, client in clients.items():
+                res = client.replay(_restamped(msgs, lockstep_n // rounds, 100, 2 + r),
+                                    pace="lockstep")
+                lat[key].extend(res.latencies_ms().tolist())
+        for key, values in lat.items():
+            a = np.array(values)
+            out[key]["lockstep_latency_ms"] = {
+                "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+                "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": len(a)}
+        for k, hz in enumerate(RATES_HZ):
+            for key, client in clients.items():
+                res = client.replay(_restamped(msgs, ladder_n, hz, 10 + k), pace="rate",
+                                    settle=1.0)
+                s = res.summary()
+                ok = s["dropped"] == 0 and s["outputs"] == s["inputs"]
+                out[key]["ladder"].append({"hz": hz, "inputs": s["inputs"],
+                                           "outputs": s["outputs"], "dropped": s["dropped"],
+                                           "ok": ok, "latency_ms": s["latency_ms"]})
+                print(f"  {model} {key} {hz} Hz: {s['outputs']}/{s['inputs']} answered, "
+                      f"{s['dropped']} dropped", flush=True)
+        for key in clients:
+            best = 0
+            for step in out[key]["ladder"]:  # every rate up to it answered in full
+                if not step["ok"]:
+                    break
+                best = step["hz"]
+            out[key]["max_rate_without_drops_hz"] = best
+    finally:
+        for client in clients.values():
+            client.close()
+        for key, proc in procs.items():
+            out[key]["node_exit_code"] = proc.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every model; print a table; write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--lockstep", type=int, default=200, help="inputs for latency")
+    parser.add_argument("--ladder", type=int, default=300, help="inputs per rate step")
+    parser.add_argument("--queue-size", type=int, help="node queue_size (default: config's)")
+    parser.add_argument("--out", type=Path, help="JSON results")
+    args = parser.parse_args(argv)
+    import tempfile
+
+    results: dict[str, object] = {
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+                   f"torch {torch.__version__}, rmw {os.environ.get('RMW_IMPLEMENTATION', '')}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg_start": os.getloadavg(), "rates_hz": RATES_HZ, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            entry: dict[str, object] = {"bare_call_ms": bare_call_ms(model)}
+            entry.update(node_figures(model, args.lockstep, args.ladder, Path(tmp),
+                                      args.queue_size))
+            results["models"][model] = entry
+            b, n, s = (entry["bare_call_ms"]["p50"],
+                       entry["bare_node"]["lockstep_latency_ms"]["p50"],
+                       entry["save_node"]["lockstep_latency_ms"]["p50"])
+            print(f"{model}: bare call {b:.3f} ms | bare node e2e {n:.2f} ms | SAVE node e2e "
+                  f"{s:.2f} ms | max rate without drops: bare "
+                  f"{entry['bare_node']['max_rate_without_drops_hz']} Hz, SAVE "
+                  f"{entry['save_node']['max_rate_without_drops_hz']} Hz", flush=True)
+    results["loadavg_end"] = os.getloadavg()
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
