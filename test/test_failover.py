@@ -263,6 +263,14 @@ def test_protected_worker_fails_over_with_verified_results():
         assert after.verdict.result(timeout=60).verified
 
 
+def test_a_model_instance_is_shared_with_the_workers():
+    with FailoverModel(models.load(MODEL), _SAMPLES[:1], config=FailoverConfig()) as served:
+        assert torch.equal(served.infer(_SAMPLES[:4], timeout=60).output, reference(_SAMPLES[:4]))
+    with pytest.raises(ConfigError, match="shared memory"):
+        FailoverModel(models.load(MODEL), _SAMPLES[:1], config=FailoverConfig(
+            weight_sharing="none"))
+
+
 def test_worker_that_cannot_load_is_a_clear_error():
     config = FailoverConfig(weight_sharing="none", startup_timeout_s=60)
     source = ModelSource("save_ros.models:load", ("no_such_model",))

@@ -96,7 +96,11 @@ class StandbyPool:
 
     def _start_one(self) -> tuple[WorkerProcess | None, str | None]:
         """Start one worker and wait until it is ready: (worker, None) or (None, why)."""
-        worker = WorkerProcess(self._ctx, self._spec, self._shared_model)
+        try:
+            worker = WorkerProcess(self._ctx, self._spec, self._shared_model)
+        except Exception as exc:  # e.g. a model that does not pickle (TorchScript)
+            return None, (f"cannot start a worker: {type(exc).__name__}: {exc}; pass a "
+                          "ModelSource the worker can load instead")
         with self._cond:
             self.starting = worker
         try:

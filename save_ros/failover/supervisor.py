@@ -31,7 +31,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from save_ros.failover import remote
-from save_ros.failover.config import FailoverConfig, StartMethod, WeightSharing
+from save_ros.failover.config import ConfigError, FailoverConfig, StartMethod, WeightSharing
 from save_ros.failover.crash import CrashKind, CrashUnavailableError
 from save_ros.failover.events import (
     ClosedError,
@@ -56,12 +56,20 @@ _HISTORY = 1000  # events kept for `events()`
 class FailoverModel:
     """A model served by worker processes with a warm standby; survives worker crashes and hangs."""
 
-    def __init__(self, source: ModelSource | str, example_input: torch.Tensor | np.ndarray,
+    def __init__(self, source: ModelSource | str | torch.nn.Module,
+                 example_input: torch.Tensor | np.ndarray,
                  input_range: Any = None, config: FailoverConfig | None = None,
                  on_event: Callable[[FailoverEvent], None] | None = None,
                  protect_config: Any = None) -> None:
         self.config = config or FailoverConfig()
-        self.source = ModelSource.named(source) if isinstance(source, str) else source
+        module = source if isinstance(source, torch.nn.Module) else None
+        if module is not None and (self.config.weight_sharing is not WeightSharing.SHARED_MEMORY
+                                   or not self.config.share_analysis):
+            raise ConfigError("a model instance reaches workers only through shared memory, "
+                              "analysed once here: use weight_sharing='shared_memory' and "
+                              "share_analysis=True, or pass a ModelSource workers can load")
+        self.source = (ModelSource.named(source) if isinstance(source, str)
+                       else ModelSource.instance(module) if module is not None else source)
         self._on_event = on_event
         self._ctx = tmp.get_context(self.config.start_method.value)
         if self.config.start_method is StartMethod.FORKSERVER:
@@ -71,7 +79,8 @@ class FailoverModel:
             self._ctx.set_forkserver_preload(["__main__", "torch", "save_ros.failover.worker"])
         # The parent's view of the shared weights (None when every worker loads its own).
         self.model = (None if self.config.weight_sharing is WeightSharing.NONE
-                      else prepare_shared(self.source.load(), self.config.weight_sharing,
+                      else prepare_shared(module if module is not None else self.source.load(),
+                                          self.config.weight_sharing,
                                           self.config.device))
         example = to_array(example_input)
         self._spec = WorkerSpec(self.source, example, self.config, input_range,

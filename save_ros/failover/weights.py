@@ -36,6 +36,12 @@ class ModelSource:
         """A bundled reference model, loaded with `save_ros.models.load(name)`."""
         return cls("save_ros.models:load", (name,))
 
+    @classmethod
+    def instance(cls, module: nn.Module) -> ModelSource:
+        """Stands for a model instance the parent shares; a worker can never load it itself."""
+        kind = type(module)
+        return cls(f"{kind.__module__}:{kind.__qualname__} instance (shared, not loadable)")
+
     def load(self) -> nn.Module:
         """Import the factory and build the model (eval mode)."""
         module_name, _, attr = self.factory.partition(":")
