@@ -99,7 +99,7 @@ def test_graph_async_verdict_and_amortised_checksum():
 
 @needs_triton
 def test_graph_rows_match_torch_backend():
-    pm_t, x = _protected(backend=Backend.TRITON)
+    pm_t, x = _protected(backend=Backend.TRITON, fused=False)
     pm_r, _ = _protected(backend=Backend.TORCH)
     a, b = pm_t.infer(x), pm_r.infer(x)
     assert a.verified and b.verified
@@ -126,4 +126,28 @@ def test_torchvision_fp16_graph_if_available():
     r = pm.infer(x)
     assert r.verified and r.status.repaired == ["layer4.1.conv2.weight"]
     assert torch.equal(r.output, gold)
+    pm.close()
+
+
+@needs_triton
+def test_fused_graph_compares_on_device_and_rotates_the_checksum():
+    pm, x = _protected(checksum_every=4)
+    assert pm._fused is not None
+    out0 = pm.infer(x).output.clone()
+    assert all(pm.infer(x).verified for _ in range(8))
+    assert int(pm._fused.flags_host.sum()) == 0
+    flip_(pm.live("fc.weight"), 3, 2)  # a low mantissa bit: only the checksum can see it
+    found = []
+    for _ in range(4):  # its row belongs to exactly one of the 4 slices
+        r = pm.infer(x)
+        assert r.verified
+        found.append(bool(r.status.detections))
+    assert found.count(True) == 1
+    assert torch.equal(pm.infer(x).output, out0) and pm.check_weights() == []
+    flip_(pm.live("layer3.conv1.weight"), 0, 30)
+    for _ in range(4):
+        r = pm.infer(x)
+        if r.status.detections:
+            break
+    assert r.status.detections and r.verified and torch.equal(r.output, out0)
     pm.close()

@@ -146,7 +146,8 @@ def bench_config(name: str, batch: int, dtype: torch.dtype, args: argparse.Names
     for variant in args.variants.split(";"):
         kv = dict(item.split("=") for item in variant.split(","))
         every, budget = int(kv.get("every", 1)), float(kv.get("budget", 1.0))
-        cfg = GpuProtectConfig(checksum_every=every, tap_budget=budget)
+        cfg = GpuProtectConfig(checksum_every=every, tap_budget=budget,
+                               fused=bool(int(kv.get("fused", 1))))
         t0 = time.perf_counter()
         pm = CudaProtectedModel(model, x, cfg, calibration=calib)
         build_s = time.perf_counter() - t0
@@ -158,9 +159,9 @@ def bench_config(name: str, batch: int, dtype: torch.dtype, args: argparse.Names
                    "weight_rows": pm.weight_plan.n_chunks, "range_sources": pm.range_sources,
                    "stat_groups": len(pm._act_reducers)}
         p["latency"] = _host_latency(lambda pm=pm: pm.infer(x), args.iters, args.warmup)
-        slices = itertools.cycle(range(len(pm._cs_slices)))
-        p["latency"]["gpu_ms"] = _gpu_time(lambda pm=pm, sl=slices: pm._submit(next(sl)),
+        p["latency"]["gpu_ms"] = _gpu_time(lambda pm=pm: pm._submit(pm._next_cs()),
                                            args.iters, args.warmup)
+        p["fused"] = pm._fused is not None
         torch.cuda.synchronize()
         statuses = [pm.infer(x).status for _ in range(50)]
         p["verify_ms_median"] = statistics.median(s.detect_s for s in statuses) * 1e3

@@ -84,3 +84,63 @@ def launch_checksum(
     _checksum_kernel[grid](
         ptrs, lens, out, ref, CHUNK=chunk, BLOCK=min(BLOCK, chunk), num_warps=8
     )
+
+
+@triton.jit
+def _checksum_rot_kernel(ptrs, lens, out, ref, counter, K, CHUNK: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """Checksum rows pid with pid % K == counter % K (this replay's slice); others untouched."""
+    pid = tl.program_id(0)
+    active = (pid % K) == (tl.load(counter) % K)
+    base = tl.load(ptrs + pid).to(tl.pointer_type(ref.dtype.element_ty))
+    n = tl.where(active, tl.load(lens + pid), 0)
+    s1 = tl.zeros([BLOCK], tl.int64)
+    s2 = tl.zeros([BLOCK], tl.int64)
+    for start in range(0, n, BLOCK):  # no trip for rows of other slices
+        offs = start + tl.arange(0, BLOCK)
+        m = offs < n
+        v = tl.load(base + offs, mask=m, other=0).to(tl.int64)
+        s1 += v
+        s2 += v * (offs + 1).to(tl.int64)
+    tl.store(out + 2 * pid, tl.sum(s1, 0), mask=active)
+    tl.store(out + 2 * pid + 1, tl.sum(s2, 0), mask=active)
+
+
+@triton.jit
+def _verify_kernel(stats, low, high, n_act, sums, golden, n_w, counter, K, flags,
+                   BLOCK: tl.constexpr):
+    """Count range violations (flags[0]) and checksum mismatches of this slice (flags[1])."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    ma = offs < n_act
+    mn = tl.load(stats + 2 * offs, mask=ma, other=0.0)
+    mx = tl.load(stats + 2 * offs + 1, mask=ma, other=0.0)
+    lo = tl.load(low + offs, mask=ma, other=0.0)
+    hi = tl.load(high + offs, mask=ma, other=0.0)
+    bad = ma & ((mn < lo) | (mx > hi) | (mn != mn) | (mx != mx))
+    tl.atomic_add(flags, tl.sum(bad.to(tl.int32), 0))
+    mw = (offs < n_w) & ((offs % K) == (tl.load(counter) % K))
+    a1 = tl.load(sums + 2 * offs, mask=mw, other=0)
+    a2 = tl.load(sums + 2 * offs + 1, mask=mw, other=0)
+    g1 = tl.load(golden + 2 * offs, mask=mw, other=0)
+    g2 = tl.load(golden + 2 * offs + 1, mask=mw, other=0)
+    badw = mw & ((a1 != g1) | (a2 != g2))
+    tl.atomic_add(flags + 1, tl.sum(badw.to(tl.int32), 0))
+
+
+def launch_checksum_rot(ptrs: torch.Tensor, lens: torch.Tensor, out: torch.Tensor,
+                        dtype: torch.dtype, chunk: int, counter: torch.Tensor, k: int) -> None:
+    """Enqueue the rotating-slice checksum (one program per row, 1/k of them work)."""
+    ref = _ref(out.device, _INT_VIEW[dtype])
+    _checksum_rot_kernel[(ptrs.numel(),)](ptrs, lens, out, ref, counter, k, CHUNK=chunk,
+                                          BLOCK=min(BLOCK, chunk), num_warps=8)
+
+
+def launch_verify(stats: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                  sums: torch.Tensor, golden: torch.Tensor, counter: torch.Tensor, k: int,
+                  flags: torch.Tensor) -> None:
+    """Enqueue the on-device comparison of every row; flags must be zero before."""
+    n_act, n_w = stats.shape[0], sums.shape[0]
+    grid = (triton.cdiv(max(n_act, n_w), 1024),)
+    _verify_kernel[grid](stats, low, high, n_act, sums, golden, n_w, counter, k, flags,
+                         BLOCK=1024, num_warps=4)

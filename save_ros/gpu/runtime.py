@@ -61,6 +61,9 @@ class GpuProtectConfig:
     act_chunk: int = 4096  # activation elements per (min, max) row: short programs, low latency
     tap_budget: float = 1.0  # share of the tapped activation bytes to check (narrowest first)
     keep_failed_output: bool = False  # campaigns: keep a copy of the output that failed checks
+    # graphs + Triton: rotating checksum and the comparison itself inside the forward's graph;
+    # the host reads 8 bytes of flags (save_ros.gpu.fused)
+    fused: bool = True
 
 
 @dataclass
@@ -85,6 +88,7 @@ class _Taps:
 
 
 ALL = -1  # checksum slice index meaning every weight
+FUSED = -2  # the slice the forward graph checks itself (fused verification)
 
 
 class GpuConfigError(ValueError):
@@ -310,6 +314,19 @@ class CudaProtectedModel:
             self._cs_stream = torch.cuda.Stream(priority=0)
             self._done = torch.cuda.Event()
             self._cs_done = torch.cuda.Event()
+        self._fused = None
+        self._replays = 0
+        self._last_slice = 0
+        cfg = self.config
+        if (cfg.use_graph and cfg.fused and self.backend is Backend.TRITON
+                and cfg.checksum_every >= 1
+                and len({t.dtype for t in self._live.values()}) == 1):
+            from save_ros.gpu.fused import FusedVerify
+
+            self._fused = FusedVerify(
+                self.weight_plan, [self._live[n] for n in self.weight_names],
+                self._live[self.weight_names[0]].dtype, self.verifier.low, self.verifier.high,
+                self._golden_rows, cfg.checksum_every, self.device)
         warm = torch.cuda.Stream() if self._cuda else None
         if warm is not None:
             warm.wait_stream(torch.cuda.current_stream())
@@ -317,14 +334,31 @@ class CudaProtectedModel:
             for _ in range(3):
                 self._forward(self._static_in, capture=False)
                 self._launch_checksum()
+                if self._fused is not None:  # compiles the fused kernels before capture
+                    self._fused.flags.zero_()
+                    self._fused.launch_checksum()
+                    self._fused.launch_verify(self._stats_dev)
         if warm is not None:
             torch.cuda.current_stream().wait_stream(warm)
+            torch.cuda.synchronize()
+        if self._fused is not None:
+            self._fused.counter.zero_()
+            self._fused.sums.copy_(self._fused.golden)
             torch.cuda.synchronize()
         self._static_out = None
         if self.config.use_graph:
             self._graph = torch.cuda.CUDAGraph()
+            fz = self._fused
             with torch.cuda.graph(self._graph):
+                if fz is not None:
+                    fz.flags.zero_()
+                    self._cs_stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(self._cs_stream):
+                        fz.launch_checksum()
                 self._static_out = self._forward(self._static_in, capture=True)
+                if fz is not None:
+                    torch.cuda.current_stream().wait_stream(self._cs_stream)
+                    fz.launch_verify(self._stats_dev)
             # self._taps keeps every tapped buffer of the graph's pool alive: addresses stay fixed
             for red, (a, b) in zip(self._act_reducers, self._group_bounds, strict=True):
                 red.bind(self._taps.tensors[a:b])
@@ -391,10 +425,12 @@ class CudaProtectedModel:
                 for red, tensors in reds:
                     red.launch(tensors)
 
-    def _rows(self, cs: int | None) -> tuple[int, int] | None:
+    def _rows(self, cs: int | None) -> tuple[int, int] | np.ndarray | None:
         """Checksum rows written by slice `cs` (None: no checksum)."""
         if cs is None:
             return None
+        if cs == FUSED:
+            return self._fused.slice_rows(self._last_slice)
         if cs == ALL:
             return 0, self.weight_plan.n_chunks
         return self._cs_slices[cs][0], self._cs_slices[cs][1]
@@ -407,13 +443,19 @@ class CudaProtectedModel:
             self._main.wait_stream(cur)  # the new input and every restore enqueued before
             with torch.cuda.stream(self._main):
                 if self._graph is not None:
+                    if self._fused is not None:
+                        self._last_slice = self._replays % self._fused.k
                     self._graph.replay()
+                    self._replays += 1
                     out = self._static_out
                 else:
                     out = self._forward(self._static_in, capture=False)
-                self._stats_host.copy_(self._stats_dev, non_blocking=True)
+                if cs == FUSED:  # 8 bytes; the rows only when a flag is set
+                    self._fused.flags_host.copy_(self._fused.flags, non_blocking=True)
+                else:
+                    self._stats_host.copy_(self._stats_dev, non_blocking=True)
                 self._done.record()
-            if cs is not None:  # launched after the forward, so the forward is queued first
+            if cs is not None and cs != FUSED:  # after the forward: the forward is queued first
                 r0, r1 = self._rows(cs)
                 self._cs_stream.wait_stream(cur)
                 with torch.cuda.stream(self._cs_stream):
@@ -436,6 +478,15 @@ class CudaProtectedModel:
 
     def _collect(self, cs: int | None) -> RowVerdict:
         """Wait for the rows of the last submit and compare them on the CPU."""
+        if cs == FUSED:
+            self._done.synchronize()
+            rows = self._rows(FUSED)
+            if not self._fused.flags_host.numpy().any():
+                return RowVerdict(np.empty(0, np.int64), np.empty(0, np.int64),
+                                  self.act_plan.n_chunks + len(rows))
+            self._stats_host.copy_(self._stats_dev)
+            sums = self._fused.sums.cpu().numpy()
+            return self.verifier.compare(self._stats_host.numpy(), sums, rows)
         if self._cuda:
             self._done.synchronize()
             if cs is not None:
@@ -453,10 +504,11 @@ class CudaProtectedModel:
         verdict = self._collect(cs)
         t_detect = time.perf_counter()
         rows = self._rows(cs)
+        n_rows = 0 if rows is None else (len(rows) if isinstance(rows, np.ndarray)
+                                         else rows[1] - rows[0])
         status = GpuFaultStatus(verified=verdict.clean, checks_run=verdict.rows,
                                 checksum_run=cs is not None,
-                                checksum_share=0.0 if rows is None else
-                                (rows[1] - rows[0]) / self.weight_plan.n_chunks)
+                                checksum_share=n_rows / self.weight_plan.n_chunks)
         status.detect_s = t_detect - t0
         if not verdict.clean:
             status.detections = self.verifier.detections(verdict, self._stats_host.numpy())
@@ -501,10 +553,7 @@ class CudaProtectedModel:
                                      f"{tuple(self._static_in.shape)}; protect one model per shape")
             t0 = time.perf_counter()
             self._static_in.copy_(x, non_blocking=True)
-            cs = None
-            if self.config.checksum_every > 0:
-                cs = self._count % len(self._cs_slices)
-            self._count += 1
+            cs = self._next_cs()
             out = self._submit(cs)
             if wait:
                 status = self._finish(cs, t0, out)
@@ -512,6 +561,16 @@ class CudaProtectedModel:
             fut = self._executor.submit(self._locked_finish, cs, t0, out)
             self._pending = fut
             return GpuInferenceResult(out, None, fut)
+
+    def _next_cs(self) -> int | None:
+        """What the next inference checksums: FUSED, a slice, or nothing."""
+        if self.config.checksum_every <= 0:
+            return None
+        if self._fused is not None:
+            return FUSED
+        cs = self._count % len(self._cs_slices)
+        self._count += 1
+        return cs
 
     def _drain(self) -> None:
         """Wait for the previous async verdict (never while holding the lock: it needs it)."""
@@ -528,7 +587,6 @@ class CudaProtectedModel:
         self, x: torch.Tensor, with_checksum: bool = True
     ) -> tuple[torch.Tensor, RowVerdict]:
         """One run with every check (the full checksum) and no repair: (output, raw verdict)."""
-        """One run with every check and no repair: (output, raw verdict), for campaigns."""
         self._drain()
         with self._lock:
             self._static_in.copy_(x, non_blocking=True)

@@ -77,10 +77,11 @@ class RowVerifier:
         self.golden = np.array(golden_rows, dtype=np.int64, copy=True)
 
     def compare(self, stats: np.ndarray, sums: np.ndarray | None,
-                rows: tuple[int, int] | None = None) -> RowVerdict:
+                rows: tuple[int, int] | np.ndarray | None = None) -> RowVerdict:
         """Failing rows of `stats` ([n, 2] min/max) and `sums` ([m, 2] s1/s2, or None).
 
-        `rows` limits the checksum comparison to the rows a rotating slice wrote.
+        `rows` limits the checksum comparison to the rows a rotating slice wrote: a (start,
+        stop) range, or an index array.
         """
         # written as negations so that NaN (from the torch backend) fails too
         bad = ~(stats[:, 0] >= self.low) | ~(stats[:, 1] <= self.high)
@@ -88,9 +89,13 @@ class RowVerifier:
         if sums is None:
             cs = np.empty(0, dtype=np.int64)
         else:
-            r0, r1 = rows if rows is not None else (0, sums.shape[0])
-            cs = r0 + np.flatnonzero((sums[r0:r1] != self.golden[r0:r1]).any(axis=1))
-            n += r1 - r0
+            if isinstance(rows, np.ndarray):  # an interleaved slice (fused rotation)
+                cs = rows[(sums[rows] != self.golden[rows]).any(axis=1)]
+                n += rows.size
+            else:
+                r0, r1 = rows if rows is not None else (0, sums.shape[0])
+                cs = r0 + np.flatnonzero((sums[r0:r1] != self.golden[r0:r1]).any(axis=1))
+                n += r1 - r0
         return RowVerdict(np.flatnonzero(bad), cs, n)
 
     def detections(self, verdict: RowVerdict, stats: np.ndarray) -> list[Detection]:
