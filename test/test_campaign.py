@@ -150,3 +150,23 @@ def test_cli_campaign_on_the_policy_measures_task_success(tmp_path):
     assert clean["accuracy"]["mean"] == 1.0 and clean["sdc"]["count"] == 0
     # 4,096 of the policy's ~147k weight bits: it never balances the pole for 500 steps.
     assert wrecked["accuracy"]["mean"] == 0.0 and wrecked["changed"]["count"] > 0
+
+
+def test_policy_activation_faults_hit_exactly_one_inference_per_trial():
+    setup = identity_setup()
+    clean_model = setup.build()
+    faulted_calls: list[int] = []
+
+    def episodes(policy, n_episodes: int) -> float:
+        state = setup.x[:1]
+        hits = sum(not torch.equal(policy(state), clean_model(state).detach())
+                   for _ in range(n_episodes * setup.episode_steps))
+        faulted_calls.append(hits)
+        return 1.0
+
+    setup.episodes, setup.episode_steps = episodes, 20
+    cfg = CampaignConfig(target="activations", flips=(1,), trials=5, episodes=2, bits=(30,))
+    res = run_campaign(cfg, setup, command=[])
+    assert faulted_calls[0] == 0  # the fault-free reference run
+    assert faulted_calls[1:] == [1] * 5
+    assert res["methods"]["unprotected"]["clean_success"] == 1.0

@@ -10,6 +10,10 @@ Figures per point: accuracy (or task success over gymnasium episodes for a polic
 min, max over trials; changed / SDC / detected / NaN-Inf rates per sample, pooled over trials with
 a Wilson 95% interval (samples of one trial share its faults, so the interval is optimistic; the
 per-trial spread of the SDC rate is reported next to it); latency of one batched inference.
+
+For a policy, SDC is measured on held-out states and success over gymnasium episodes run with
+the trial's faults: weight flips stay in place for all episodes; activation flips hit one
+inference drawn at random among the episodes' steps (a transient upset, see `_EpisodeFaults`).
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class EvalSetup:
     spec: Any = None
     calib: tuple[torch.Tensor, torch.Tensor] | None = None
     episodes: Callable[[Callable[[torch.Tensor], torch.Tensor], int], float] | None = None
+    episode_steps: int = 500  # the most inferences one episode makes
     data: dict = field(default_factory=dict)  # how x was chosen, for the record
 
 
@@ -95,6 +100,7 @@ def strided(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, tor
 def registry_setup(name: str, batch: int, episodes: int) -> EvalSetup:
     """An EvalSetup for a bundled model of `save_ros.models`."""
     from save_ros import models
+    from save_ros.models import cartpole
 
     spec = models.get_spec(name)
     x_all, y_all = models.dataset(name, "test")
@@ -107,6 +113,7 @@ def registry_setup(name: str, batch: int, episodes: int) -> EvalSetup:
     return EvalSetup(
         name=name, build=lambda: models.load(name), x=x, y=None if control else y,
         task=spec.task.value, spec=spec, calib=models.dataset(name, "calib"), episodes=run_eps,
+        episode_steps=cartpole.MAX_STEPS,
         data={"split": "test", "n": len(x), "of": len(x_all), "stride": max(1, len(x_all) // batch),
               "episodes_per_trial": episodes if control else 0},
     )
@@ -140,17 +147,29 @@ def _split(faults: Sequence[BitFault], weight_names: set[str]):
     return w, a
 
 
-class _StepFaults:
-    """A policy wrapper that gives every inference fresh activation flips (transient faults)."""
+class _EpisodeFaults:
+    """A policy wrapper for one trial's episodes: the trial's activation flips hit ONE inference.
 
-    def __init__(self, method: Method, sites: list[Site], n: int, gen: torch.Generator):
-        self.method, self.sites, self.n, self.gen = method, sites, n, gen
+    The faulty inference is drawn uniformly among the first `steps` inferences of the trial's
+    episodes (episodes x steps per episode), like one transient upset during the run; every
+    other inference is fault-free. Weight faults, being persistent, are simply left in place.
+    """
+
+    def __init__(self, method: Method, sites: list[Site], n: int, steps: int,
+                 gen: torch.Generator | None, bit_set: tuple[int, ...] | None = None):
+        self.method, self.calls = method, 0
+        self.at, self.faults = -1, []
+        if n and sites and gen is not None:
+            self.at = int(torch.randint(0, max(1, steps), (1,), generator=gen))
+            self.faults = RandomFlips(n, bit_set).sample(sites, gen)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        faults = RandomFlips(self.n).sample(self.sites, self.gen) if self.n else []
-        with ActivationFaults(self.method.model, faults):
-            out, _ = self.method.predict(x)
-        return out
+        hit = self.calls == self.at
+        self.calls += 1
+        if not hit:
+            return self.method.predict(x)[0]
+        with ActivationFaults(self.method.model, self.faults):
+            return self.method.predict(x)[0]
 
 
 def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean: torch.Tensor,
@@ -182,7 +201,9 @@ def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean:
                 lat.append(time.perf_counter() - t0)
             if setup.episodes is not None and cfg.episodes > 0:
                 if faults or clean_success is None:
-                    policy = _StepFaults(method, a_sites_1, len(af), gen)
+                    policy = _EpisodeFaults(method, a_sites_1, len(af),
+                                            cfg.episodes * setup.episode_steps, gen,
+                                            cfg.bits)
                     acc.append(setup.episodes(policy, cfg.episodes))
                 else:
                     acc.append(clean_success)
@@ -251,7 +272,7 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
         if setup.y is not None:
             info["clean_accuracy"] = float((clean.argmax(1) == setup.y).float().mean())
         if setup.episodes is not None and cfg.episodes > 0:
-            info["clean_success"] = setup.episodes(_StepFaults(method, [], 0, None),
+            info["clean_success"] = setup.episodes(_EpisodeFaults(method, [], 0, 0, None),
                                                    cfg.episodes)
         methods[name] = info
         for n in cfg.flips:
