@@ -267,3 +267,23 @@ def test_campaign_on_cpu_finds_every_output_changing_flip():
     d = res.to_dict()
     assert d["sdc"]["count"] == 0 and d["sdc"]["ci95"][1] > 0
     pm.close()
+
+
+def test_ranges_come_from_a_real_selection_analysis():
+    from save_ros.core.select import analyze
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(7)
+    m = DigitsResNet().eval()
+    x = torch.rand(8, 1, 8, 8, generator=g)
+    a = analyze(m, x, (0.0, 1.0), calibration=torch.rand(32, 1, 8, 8, generator=g))
+    pm = CudaProtectedModel(m, x, GpuProtectConfig(use_graph=False), analysis=a,
+                            calibration=torch.rand(8, 1, 8, 8, generator=g), device="cpu")
+    from_analysis = [n for n, src in pm.ranges.source.items() if src.startswith("analysis:")]
+    assert "layer1.relu1" in from_analysis and "fc" in from_analysis
+    ta = a.tensors["layer1_relu1"]
+    low, high = ta.check_range() if not isinstance(ta.check_range()[0], list) else (
+        min(ta.check_range()[0]), max(ta.check_range()[1]))
+    assert pm.ranges.low["layer1.relu1"] == low and pm.ranges.high["layer1.relu1"] == high
+    assert pm.infer(x).verified
+    pm.close()

@@ -116,7 +116,7 @@ class CudaProtectedModel:
         example_input: torch.Tensor,
         config: GpuProtectConfig | None = None,
         analysis: object | None = None,
-        calibration: Sequence[torch.Tensor] | None = None,
+        calibration: Sequence[torch.Tensor] | torch.Tensor | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         cfg = config or GpuProtectConfig()
@@ -144,6 +144,8 @@ class CudaProtectedModel:
         self._count = 0
         self._cuda = dev.type == "cuda"
         x0 = example_input.to(dev, self.dtype)
+        if isinstance(calibration, torch.Tensor):  # one batch, as the CPU runtime takes it
+            calibration = [calibration]
         calib = [c.to(dev, self.dtype) for c in (calibration or [])]
         self._init_weights()
         self._init_ranges(x0, analysis, calib)
