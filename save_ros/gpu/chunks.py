@@ -104,6 +104,18 @@ def plan_chunks(names: Sequence[str], numels: Sequence[int], chunk: int = CHUNK)
     return ChunkPlan(tuple(names), tuple(int(n) for n in numels), tuple(offsets), chunk)
 
 
+def even_ends(sizes: Sequence[int], parts: int) -> list[int]:
+    """Ends of contiguous groups of `sizes` of about equal sums (at most `parts` groups)."""
+    total = max(1, sum(sizes))
+    ends: list[int] = []
+    acc = 0
+    for i, n in enumerate(sizes):
+        acc += n
+        if acc >= total * (len(ends) + 1) / max(1, parts):
+            ends.append(i + 1)
+    return ends
+
+
 def chunk_pointers(plan: ChunkPlan, tensors: Sequence[torch.Tensor]) -> np.ndarray:
     """Device address of the first element of every chunk (int64), for the fused kernels."""
     plan.check(tensors)

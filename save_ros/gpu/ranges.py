@@ -10,12 +10,14 @@ calibration inputs, widened by a margin.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from save_ros.core.bits import LAYOUTS
 
 # Leaf modules whose outputs are checked by default: nonlinearities, linear and attention
 # outputs. Convolutions and normalisations are left out: in both reference families a checked
@@ -168,3 +170,52 @@ def ranges_from_analysis(analysis: object, names: Iterable[str]) -> tuple[RangeT
             low, high = min(low), max(high)
         table.set(name, low, high, f"analysis:{ta.check.value}")
     return table, missing
+
+
+def select_taps(
+    seen: Sequence[tuple[str, torch.Tensor, int]],
+    info: dict[str, tuple[str, int]],
+    ranges: RangeTable,
+    dtype: torch.dtype,
+    budget: float = 1.0,
+) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """Checkable taps as (name, numel) in execution order, and why each other tap is skipped.
+
+    `seen` holds (name, output, output._version at the hook) from one forward; a tap is skipped
+    when it has no range, is not contiguous, is rewritten in place later (a side-stream read
+    would race with that write), has another dtype, or is an elementwise nonlinearity of an
+    output already checked. With budget < 1 only the narrowest taps up to that share of the
+    bytes are kept (and always the last, the model output): a corrupted value in a wide tensor
+    reaches the narrower checked tensors downstream.
+    """
+    keep: list[tuple[str, int]] = []
+    skipped: dict[str, str] = {}
+    kept_ptrs: set[int] = set()
+    for name, t, ver in seen:
+        kind, in_ptr = info.get(name, ("", -1))
+        if kind in ELEMENTWISE and in_ptr in kept_ptrs and in_ptr != t.data_ptr():
+            skipped[name] = "elementwise of a checked output"
+        elif name not in ranges.low:
+            skipped[name] = "no range"
+        elif not t.is_contiguous():
+            skipped[name] = "not contiguous"
+        elif t._version != ver:
+            skipped[name] = "modified in place later"
+        elif t.dtype not in LAYOUTS or not t.is_floating_point():
+            skipped[name] = f"dtype {t.dtype}"
+        elif t.dtype != dtype:
+            skipped[name] = f"dtype {t.dtype} differs from the model's"
+        else:
+            keep.append((name, t.numel()))
+            kept_ptrs.add(t.data_ptr())
+    if budget < 1.0 and keep:
+        total = sum(k for _, k in keep)
+        chosen, acc = {len(keep) - 1}, keep[-1][1]
+        for i in sorted(range(len(keep) - 1), key=lambda i: keep[i][1]):
+            if acc + keep[i][1] > budget * total:
+                skipped[keep[i][0]] = "over tap_budget"
+                continue
+            chosen.add(i)
+            acc += keep[i][1]
+        keep = [kv for i, kv in enumerate(keep) if i in chosen]
+    return keep, skipped

@@ -26,16 +26,16 @@ from torch import nn
 
 from save_ros.core.bits import LAYOUTS
 from save_ros.gpu import require_cuda, triton_available
-from save_ros.gpu.chunks import CHUNK, ChunkPlan, plan_chunks
+from save_ros.gpu.chunks import CHUNK, ChunkPlan, even_ends, plan_chunks
 from save_ros.gpu.ranges import (
     DEFAULT_TAPS,
-    ELEMENTWISE,
     OUTPUT,
     RangeError,
     RangeTable,
     first_tensor,
     profile_ranges,
     ranges_from_analysis,
+    select_taps,
     tapped,
 )
 from save_ros.gpu.reducer import Backend, ChunkReducer, Reduction
@@ -165,13 +165,7 @@ class CudaProtectedModel:
         self._cs_dev = torch.zeros(self.weight_plan.n_chunks, 2, dtype=torch.int64,
                                    device=self.device)
         # rotating slices of about equal size; each slice is one reducer per dtype run
-        k = max(1, self.config.checksum_every)
-        total = sum(t.numel() for _, t in ws)
-        ends, acc = [], 0
-        for i, (_, t) in enumerate(ws):
-            acc += t.numel()
-            if acc >= total * (len(ends) + 1) / k or i == len(ws) - 1:
-                ends.append(i + 1)
+        ends = even_ends([t.numel() for _, t in ws], self.config.checksum_every) + [len(ws)]
         bounds = [0] + sorted(set(ends))
         self._cs_slices: list[tuple[int, int, list[tuple[ChunkReducer, list[torch.Tensor]]]]] = []
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
@@ -237,54 +231,17 @@ class CudaProtectedModel:
         self._tap_output = not seen or seen[-1][1] is not out
         if self._tap_output:  # else the last tap already is the output
             seen.append((OUTPUT, out, out._version))
-        keep, self.skipped_taps = [], {}
-        kept_ptrs: set[int] = set()
-        for name, t, ver in seen:
-            kind, in_ptr = info.get(name, ("", -1))
-            if kind in ELEMENTWISE and in_ptr in kept_ptrs and in_ptr != t.data_ptr():
-                self.skipped_taps[name] = "elementwise of a checked output"
-            elif name not in self.ranges.low:
-                self.skipped_taps[name] = "no range"
-            elif not t.is_contiguous():
-                self.skipped_taps[name] = "not contiguous"
-            elif t._version != ver:
-                # a later in-place op rewrites it: a side-stream read would race with it
-                self.skipped_taps[name] = "modified in place later"
-            elif t.dtype not in LAYOUTS or not t.is_floating_point():
-                self.skipped_taps[name] = f"dtype {t.dtype}"
-            elif t.dtype != self.dtype:
-                self.skipped_taps[name] = f"dtype {t.dtype} differs from the model's"
-            else:
-                keep.append((name, t.numel()))
-                kept_ptrs.add(t.data_ptr())
+        keep, self.skipped_taps = select_taps(seen, info, self.ranges, self.dtype,
+                                              self.config.tap_budget)
         if not keep:
             raise GpuConfigError("no activation can be range-checked (see skipped_taps)")
-        if self.config.tap_budget < 1.0:
-            # check the narrowest taps first: a corrupted value in a wide tensor reaches the
-            # narrower checked tensors downstream (residual stream, block outputs)
-            total = sum(k for _, k in keep)
-            order = sorted(range(len(keep) - 1), key=lambda i: keep[i][1])
-            chosen, acc = {len(keep) - 1}, keep[-1][1]
-            for i in order:
-                if acc + keep[i][1] > self.config.tap_budget * total:
-                    self.skipped_taps[keep[i][0]] = "over tap_budget"
-                    continue
-                chosen.add(i)
-                acc += keep[i][1]
-            keep = [kv for i, kv in enumerate(keep) if i in chosen]
         self.act_plan: ChunkPlan = plan_chunks([n for n, _ in keep], [k for _, k in keep],
                                                self.config.act_chunk)
         self._checked = {n: i for i, (n, _) in enumerate(keep)}
         # groups of about equal bytes, so each side-stream reduction overlaps later layers; the
         # last group also holds the model output and is reduced after the forward
-        n, fwd = len(keep), len(keep) - 1
-        total = max(1, sum(k for _, k in keep[:fwd]))
-        ngroups = max(1, self.config.stat_groups)
-        ends, acc = [], 0
-        for i in range(fwd):
-            acc += keep[i][1]
-            if acc >= total * (len(ends) + 1) / ngroups:
-                ends.append(i + 1)
+        n = len(keep)
+        ends = even_ends([k for _, k in keep[:-1]], self.config.stat_groups)
         bounds = [0] + sorted(set(e for e in ends if 0 < e < n)) + [n]
         self._stats_dev = torch.zeros(self.act_plan.n_chunks, 2, dtype=torch.float32,
                                       device=self.device)
