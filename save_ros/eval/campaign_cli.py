@@ -85,7 +85,7 @@ def format_table(result: dict) -> str:
     task = result["model"]["task"]
     acc = "success" if task == "control" else "accuracy"
     head = (f"{'method':<13}{'target':<12}{'flips':>6}  {acc + ' mean±std':<19}{'min..max':<13}"
-            f"{'SDC rate [95% CI]':<24}{'NaN/Inf':>8}{'ms/batch':>10}")
+            f"{'SDC rate [95% CI]':<24}{'detected':>9}{'NaN/Inf':>8}{'ms/batch':>10}")
     lines = [head, "-" * len(head)]
     for p in result["points"]:
         a, s = p["accuracy"], p["sdc"]
@@ -93,7 +93,8 @@ def format_table(result: dict) -> str:
         rng = f"{a['min']:.2f}..{a['max']:.2f}" if a["n"] else ""
         ci = f"{s['rate']:.4f} [{s['ci95'][0]:.4f},{s['ci95'][1]:.4f}]"
         lines.append(f"{p['method']:<13}{p['target']:<12}{p['flips']:>6}  {acc_s:<19}{rng:<13}"
-                     f"{ci:<24}{p['nonfinite']['rate']:>8.4f}{p['latency_ms']['mean']:>10.2f}")
+                     f"{ci:<24}{p['detected']['rate']:>9.4f}{p['nonfinite']['rate']:>8.4f}"
+                     f"{p['latency_ms']['mean']:>10.2f}")
     return "\n".join(lines)
 
 
