@@ -170,3 +170,15 @@ def test_policy_activation_faults_hit_exactly_one_inference_per_trial():
     assert faulted_calls[0] == 0  # the fault-free reference run
     assert faulted_calls[1:] == [1] * 5
     assert res["methods"]["unprotected"]["clean_success"] == 1.0
+
+
+def test_bit_error_rate_points_draw_binomial_counts():
+    cfg = CampaignConfig(ber=(0.0, 1.0), trials=2, bits=(31,))
+    zero, every = run_campaign(cfg, identity_setup(), command=[])["points"]
+    assert (zero["ber"], zero["flips"], zero["flips_drawn"]) == (0.0, None, [0, 0])
+    assert zero["sdc"]["count"] == 0
+    # Rate 1 over the 6 sign bits flips all of them: W = -I, every decision inverted.
+    assert every["flips_drawn"] == [6, 6] and every["accuracy"]["mean"] == 0.0
+    half = run_campaign(CampaignConfig(ber=(0.5,), trials=40), identity_setup(), command=[])
+    drawn = half["points"][0]["flips_drawn"]  # Binomial(192, 0.5): mean 96, sd ~6.9
+    assert abs(sum(drawn) / len(drawn) - 96) < 6 and len(set(drawn)) > 5

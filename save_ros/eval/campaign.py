@@ -33,6 +33,7 @@ from save_ros.eval.methods import Method, get_method
 from save_ros.eval.metrics import Proportion, Spread, accurate_latency, compare
 from save_ros.faults import (
     ActivationFaults,
+    BitErrorRate,
     BitFault,
     RandomFlips,
     Site,
@@ -64,6 +65,7 @@ class CampaignConfig:
     batch: int = 256  # evaluation samples, a fixed strided subset of the test split
     episodes: int = 3  # per trial, for control policies
     bits: tuple[int, ...] | None = None  # restrict flipped bit positions; None = all
+    ber: tuple[float, ...] = ()  # bit error rates: when given, points are rates, not flips
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -72,6 +74,8 @@ class CampaignConfig:
             raise CampaignError("trials and batch must be >= 1 and episodes >= 0")
         if any(n < 0 for n in self.flips):
             raise CampaignError(f"flip counts must be >= 0, got {self.flips}")
+        if any(not 0.0 <= r <= 1.0 for r in self.ber):
+            raise CampaignError(f"bit error rates lie in [0, 1], got {self.ber}")
 
 
 @dataclass
@@ -174,8 +178,12 @@ class _EpisodeFaults:
 
 def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean: torch.Tensor,
            w_sites: list[Site], a_sites: list[Site], a_sites_1: list[Site],
-           progress: Callable[[str], None] | None, clean_success: float | None = None) -> dict:
-    """Run the trials of one (method, flip count) point.
+           progress: Callable[[str], None] | None, clean_success: float | None = None,
+           ber: tuple[int, float] | None = None) -> dict:
+    """Run the trials of one (method, flip count) point, or of one bit error rate.
+
+    With `ber = (index, rate)` each trial draws its flip count Binomial(pool bits, rate) and
+    its seeds from the negative key -(index + 1), so rate points never share a count's seeds.
 
     A policy trial that draws no fault reuses the fault-free success rate: its episodes are
     the fault-free episodes (same env seeds), so re-running them would only cost time.
@@ -184,13 +192,15 @@ def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean:
     wnames = {s.name for s in w_sites}
     pool = {"weights": w_sites, "activations": a_sites, "both": w_sites + a_sites}[cfg.target]
     total_bits = sum(s.numel * s.width for s in pool)
-    if n > total_bits and pool:
+    if ber is None and n > total_bits and pool:
         raise CampaignError(f"{n} flips exceed the {total_bits} bits {method.name} exposes")
     acc, sdc_t, lat, seeds, drawn = [], [], [], [], []
     counts = {"changed": 0, "sdc": 0, "detected": 0, "nonfinite": 0, "samples": 0}
     for t in range(cfg.trials):
-        seed = trial_seed(cfg.seed, n, t)
+        seed = trial_seed(cfg.seed, n if ber is None else -(ber[0] + 1), t)
         gen = torch.Generator().manual_seed(seed)
+        if ber is not None:
+            n = BitErrorRate(ber[1], cfg.bits).count(pool, gen) if pool else 0
         faults = RandomFlips(n, cfg.bits).sample(pool, gen) if (n and pool) else []
         wf, af = _split(faults, wnames)
         log = UndoLog(apply_bit_faults(tensors, wf))
@@ -223,13 +233,15 @@ def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean:
         seeds.append(seed)
         drawn.append(len(faults))
         if progress:
-            progress(f"{setup.name} {method.name} {cfg.target} flips={n}: trial {t + 1}/"
+            what = f"flips={n}" if ber is None else f"ber={ber[1]:g}"
+            progress(f"{setup.name} {method.name} {cfg.target} {what}: trial {t + 1}/"
                      f"{cfg.trials}")
     m = counts["samples"]
     sdc = Proportion(counts["sdc"], m)
     lat_s = Spread.of([v * 1e3 for v in lat])
     return {
-        "method": method.name, "target": cfg.target, "flips": n, "trials": cfg.trials,
+        "method": method.name, "target": cfg.target, "flips": n if ber is None else None,
+        "ber": None if ber is None else ber[1], "trials": cfg.trials,
         "accuracy": Spread.of(acc).to_dict(), "accuracy_per_trial": acc,
         "changed": Proportion(counts["changed"], m).to_dict(), "sdc": sdc.to_dict(),
         "sdc_per_trial": Spread.of(sdc_t).to_dict(),
@@ -275,9 +287,14 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
             info["clean_success"] = setup.episodes(_EpisodeFaults(method, [], 0, 0, None),
                                                    cfg.episodes)
         methods[name] = info
-        for n in cfg.flips:
-            points.append(_point(method, setup, cfg, n, clean, w_sites, a_sites, a_sites_1,
-                                 progress, info.get("clean_success")))
+        if cfg.ber:
+            for i, rate in enumerate(cfg.ber):
+                points.append(_point(method, setup, cfg, 0, clean, w_sites, a_sites, a_sites_1,
+                                     progress, info.get("clean_success"), (i, rate)))
+        else:
+            for n in cfg.flips:
+                points.append(_point(method, setup, cfg, n, clean, w_sites, a_sites,
+                                     a_sites_1, progress, info.get("clean_success")))
     cfg_d = asdict(cfg)
     return {
         "kind": "save_ros.campaign", "version": 1,
@@ -285,7 +302,9 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": time.time() - started, "machine": machine_info(), "config": cfg_d,
         "model": {"name": setup.name, "task": setup.task, "eval_data": setup.data},
-        "seed_rule": "trial seed = (seed * 1000003 + flips) * 10007 + trial",
-        "fault_model": "flips distinct single-bit flips, uniform per bit over the target pool",
+        "seed_rule": "trial seed = (seed * 1000003 + key) * 10007 + trial; key = flips, or "
+                     "-(index + 1) of the bit error rate",
+        "fault_model": "distinct single-bit flips, uniform per bit over the target pool; with "
+                       "ber, the count per trial is Binomial(pool bits, rate)",
         "methods": methods, "points": points,
     }

@@ -25,6 +25,15 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    """Parse "1e-7,1e-6" (an argparse type)."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        msg = f"expected comma-separated numbers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def bit_list(text: str) -> tuple[int, ...]:
     """Parse bit positions: "30,31" or a range "23-30" (0 = least significant)."""
     out: list[int] = []
@@ -45,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory the flips hit (both = uniform per bit over the union)")
     parser.add_argument("--flips", type=int_list, default=(1, 16, 256, 4096),
                         help="flip counts per trial, comma-separated (default 1,16,256,4096)")
+    parser.add_argument("--ber", type=float_list, default=(),
+                        help="bit error rates per bit, e.g. 1e-7,1e-6 (replaces --flips; the "
+                             "count per trial is binomial)")
     parser.add_argument("--trials", type=int, default=100, help="trials per flip count")
     parser.add_argument("--seed", type=int, default=0, help="campaign seed")
     parser.add_argument("--method", default="unprotected",
@@ -84,7 +96,7 @@ def format_table(result: dict) -> str:
     """A readable table of a campaign result: one row per (method, flips)."""
     task = result["model"]["task"]
     acc = "success" if task == "control" else "accuracy"
-    head = (f"{'method':<13}{'target':<12}{'flips':>6}  {acc + ' mean±std':<19}{'min..max':<13}"
+    head = (f"{'method':<13}{'target':<12}{'flips':>7}  {acc + ' mean±std':<19}{'min..max':<13}"
             f"{'SDC rate [95% CI]':<24}{'detected':>9}{'NaN/Inf':>8}{'ms/batch':>10}")
     lines = [head, "-" * len(head)]
     for p in result["points"]:
@@ -92,7 +104,8 @@ def format_table(result: dict) -> str:
         acc_s = f"{a['mean']:.3f}±{a['std']:.3f}" if a["n"] else "n/a"
         rng = f"{a['min']:.2f}..{a['max']:.2f}" if a["n"] else ""
         ci = f"{s['rate']:.4f} [{s['ci95'][0]:.4f},{s['ci95'][1]:.4f}]"
-        lines.append(f"{p['method']:<13}{p['target']:<12}{p['flips']:>6}  {acc_s:<19}{rng:<13}"
+        count = f"{p['flips']}" if p.get("ber") is None else f"{p['ber']:.0e}"
+        lines.append(f"{p['method']:<13}{p['target']:<12}{count:>7}  {acc_s:<19}{rng:<13}"
                      f"{ci:<24}{p['detected']['rate']:>9.4f}{p['nonfinite']['rate']:>8.4f}"
                      f"{p['latency_ms']['mean']:>10.2f}")
     return "\n".join(lines)
@@ -105,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = CampaignConfig(model=args.model, target=args.target, flips=args.flips,
                              trials=args.trials, seed=args.seed,
                              methods=tuple(m for m in args.method.split(",") if m),
-                             batch=args.batch, episodes=args.episodes, bits=args.bits)
+                             batch=args.batch, episodes=args.episodes, bits=args.bits,
+                             ber=args.ber)
         result = run_campaign(cfg, progress=None if args.quiet else Progress(),
                               command=["save-ros", "campaign", *sys.argv[2:]]
                               if sys.argv[1:2] == ["campaign"] else sys.argv)
