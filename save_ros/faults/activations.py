@@ -4,6 +4,8 @@ An activation site is a selected leaf module's output, named by its module path 
 fallback of the naming convention in docs/design.md); flat indices address the whole output
 tensor, batch included. Sites and sizes come from one probe forward pass on an input of the
 batch shape you will run, so faults can be drawn uniformly per bit over all activations.
+A module called more than once in a pass (a shared activation module) is one site: its first
+call's output; later calls are left clean.
 """
 
 from __future__ import annotations
