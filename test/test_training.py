@@ -151,3 +151,16 @@ def test_loss_spike_guard_rolls_back_a_finite_blow_up(data, reference):
     assert nan_only.rollbacks == 0
     guarded = fine_tune(models.load("digits_cnn"), *data, cfg, fault, rollback=True)
     assert guarded.rollbacks == 1 and _same_state(guarded.state, reference.state)
+
+
+def test_hand_over_check_sees_a_corrupted_last_update(data, reference):
+    # a gradient exponent flip at the last step: no later forward pass sees it during training
+    fault = TrainingFault(FaultTarget.GRADIENTS, RandomFlips(1), step=7,
+                          explicit=(BitFault("conv3.weight", 300, 30),))
+    plain = fine_tune(models.load("digits_cnn"), *data, CFG, fault, rollback=True)
+    assert plain.rollbacks == 0 and plain.first_spike_step is None
+    assert classify(plain, reference.accuracy, 0.02) is Outcome.DEGRADED
+    cfg = FineTuneConfig(epochs=2, batch=64, checkpoint_every=2, spike_factor=1000.0)
+    guarded = fine_tune(models.load("digits_cnn"), *data, cfg, fault, rollback=True)
+    assert guarded.first_spike_step == 8 and guarded.rollbacks >= 1
+    assert _same_state(guarded.state, reference.state)

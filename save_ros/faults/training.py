@@ -18,7 +18,8 @@ Activation faults change the value a layer passes on but let its gradient throug
 (straight-through), so a transient upset does not also silence the layers before it.
 
 Outcome of a faulty fine-tune, against the fault-free fine-tune with the same training seed:
-`crash` (a NaN/Inf loss, or non-finite weights at the end), `degraded` (held-out accuracy,
+`crash` (a NaN/Inf loss, including the hand-over check: the loss of the last batch once more
+with the final weights, which sees a corruption of the last update), `degraded` (held-out accuracy,
 measured without faults on the weights the fine-tune produced, drops by more than the threshold)
 or `no_effect`. With `rollback=True` a NaN/Inf loss restores the last in-memory checkpoint
 (model and optimizer, taken every `checkpoint_every` steps) and training goes on from there; a
@@ -228,6 +229,17 @@ def finite(params: dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params.values())
 
 
+def check_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The loss of one batch in eval mode without gradients (the hand-over check)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return float(loss_fn(model(x), y))
+    finally:
+        model.train(was)
+
+
 def _sites(fault: TrainingFault, model: nn.Module, example: torch.Tensor) -> list[Site]:
     if fault.target is FaultTarget.ACTIVATIONS:
         # probe a copy: a probe in train mode would move BatchNorm statistics of the real model
@@ -334,8 +346,16 @@ def fine_tune(
                 checkpoints.append(snapshot())
                 if len(checkpoints) > cfg.max_rollbacks + 1:
                     del checkpoints[1]  # the initial state stays as the last resort
-        if not bad and not finite(params):
-            bad = True  # the next forward pass would give a NaN/Inf loss: same as a bad loss
+        if not bad:
+            # Hand-over check: the last update (or a fault in it) has not met a forward pass yet,
+            # so the trainer computes the loss of the last batch once more with the final weights
+            # (eval mode: no BatchNorm statistics move) and treats it like a step's loss.
+            value = check_loss(model, loss_fn, x[order[-1]], y[order[-1]])
+            spike = (cfg.spike_factor is not None and math.isfinite(value) and bool(recent)
+                     and value > cfg.spike_factor * max(recent))
+            if spike and first_spike is None:
+                first_spike = step
+            bad = not math.isfinite(value) or not finite(params) or (spike and rollback)
         if not bad:
             break
         if first_bad is None:
