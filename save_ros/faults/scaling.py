@@ -276,7 +276,7 @@ def choose_scale(
     bounds: LayerBounds = LayerBounds(),
     saturate: bool = False,
 ) -> ScaleChoice:
-    """The admissible candidate with the smallest J (ties: the one closest to the unit scale).
+    """The admissible candidate with the smallest J (ties: the one closest to 1).
 
     Admissible: no weight becomes Inf, and for float formats the storage error is no larger than
     at the unit scale or half an ulp (fp32 with powers of two: exactly zero). With `sample`, J is
