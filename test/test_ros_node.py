@@ -7,6 +7,7 @@ file order and the last one stops it with SIGTERM.
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from save_ros import models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
 from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages  # noqa: E402
-from save_ros.ros.client import ReplayClient, stamp_key  # noqa: E402
+from save_ros.ros.client import ReplayClient, ReplayResult, stamp_key  # noqa: E402
 from save_ros.ros.process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -204,7 +205,17 @@ def test_runtime_parameter_changes_are_validated(node):
     assert _set(client, "publish_policy", string("immediate")).successful
 
 
-def test_sigterm_shuts_down_cleanly(node):
-    proc, _ = node
+def test_sigterm_shuts_down_cleanly_and_reports_every_inference(node, frames):
+    proc, client = node
+    client.result = ReplayResult()
+    for i in range(20):  # in flight when the signal arrives
+        msg = _frame(5000 + i)
+        msg.data = frames[i % len(frames)].data
+        client.pub.publish(msg)
     assert proc.stop(signal.SIGTERM) == 0
     assert "shutting down" in proc.output()
+    time.sleep(1.0)
+    with client._cond:
+        outputs, statuses = set(client.result.outputs), set(client.result.statuses)
+    # every result that went out has its verdict (verified, or reported unverified at shutdown)
+    assert outputs <= statuses

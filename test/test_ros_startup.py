@@ -84,8 +84,9 @@ def test_torchscript_needs_input_constraints_and_serves_only_unprotected(context
 
 
 def _exit(overrides: dict) -> subprocess.CompletedProcess:
-    cmd = NodeProcess(CONFIG, namespace=f"startup_{os.getpid()}", overrides=overrides).command()
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = NodeProcess(CONFIG, namespace=f"startup_{os.getpid()}", overrides=overrides)
+    # proc owns the namespaced copy of the params file: keep it alive while the node runs
+    return subprocess.run(proc.command(), capture_output=True, text=True, timeout=120)
 
 
 def test_process_exit_code_for_a_missing_model_file():

@@ -115,17 +115,22 @@ def node_figures(model: str, lockstep_n: int, ladder_n: int, tmp: Path,
             clients[key].wait_for_node(proc, timeout=180.0)
         for client in clients.values():
             client.replay(_restamped(msgs, 20, 100, 1), pace="lockstep")  # warm-up
-        rounds, lat = 4, {k: [] for k in clients}
+        rounds = 4
+        lat = {k: [] for k in clients}
+        verdict = {k: [] for k in clients}
         for r in range(rounds):
             for key, client in clients.items():
                 res = client.replay(_restamped(msgs, lockstep_n // rounds, 100, 2 + r),
                                     pace="lockstep")
                 lat[key].extend(res.latencies_ms().tolist())
-        for key, values in lat.items():
-            a = np.array(values)
-            out[key]["lockstep_latency_ms"] = {
-                "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-                "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": len(a)}
+                verdict[key].extend(res.verdict_latencies_ms().tolist())
+        for key in clients:
+            for name, values in (("lockstep_latency_ms", lat[key]),
+                                 ("verdict_latency_ms", verdict[key])):
+                a = np.array(values)
+                out[key][name] = {
+                    "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+                    "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": len(a)}
         for k, hz in enumerate(RATES_HZ):
             for key, client in clients.items():
                 res = client.replay(_restamped(msgs, ladder_n, hz, 10 + k), pace="rate",

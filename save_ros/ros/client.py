@@ -6,6 +6,8 @@ spins it on a background thread; the caller's thread publishes and waits on even
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
 from collections import defaultdict
@@ -28,6 +30,9 @@ INPUT_MSGTYPES = {"image": "sensor_msgs/msg/Image",
                   "joint_state": "sensor_msgs/msg/JointState"}
 _INPUT_CLASSES = {"image": Image, "float32_multi_array": Float32MultiArray,
                   "joint_state": JointState}
+
+
+_CLIENT_IDS = itertools.count()
 
 
 class NodeUnreachableError(RuntimeError):
@@ -77,6 +82,11 @@ class ReplayResult:
         return np.array([(self.outputs[s][0][0] - t) * 1e3 for s, t in self.sent.items()
                          if self.outputs.get(s)], dtype=np.float64)
 
+    def verdict_latencies_ms(self) -> np.ndarray:
+        """Input published -> its fault status received (the verdict), per answered input."""
+        return np.array([(self.statuses[s][0][0] - t) * 1e3 for s, t in self.sent.items()
+                         if self.statuses.get(s)], dtype=np.float64)
+
     def summary(self) -> dict[str, object]:
         """Counts and latency percentiles (JSON-ready)."""
         statuses = [self.final_status(s) for s in self.sent]
@@ -107,10 +117,15 @@ class ReplayResult:
             p50, p90, p99 = np.percentile(lat, [50, 90, 99])
             out["latency_ms"] = {"p50": p50, "p90": p90, "p99": p99, "max": float(lat.max()),
                                  "mean": float(lat.mean()), "n": len(lat)}
+        verdict = self.verdict_latencies_ms()
+        if len(verdict):
+            p50, p90, p99 = np.percentile(verdict, [50, 90, 99])
+            out["verdict_latency_ms"] = {"p50": p50, "p90": p90, "p99": p99,
+                                         "n": len(verdict)}
         return out
 
 
-def compare(clean: ReplayResult, faulty: ReplayResult) -> dict[str, int]:
+def compare(clean: ReplayResult, faulty: ReplayResult) -> dict[str, object]:
     """Compare outputs stamp by stamp: every verified faulty-run output vs the clean run's."""
     verified_compared = verified_equal = all_compared = all_equal = first_equal = 0
     mismatched: list[int] = []
@@ -146,7 +161,8 @@ class ReplayClient:
         self.input_topic = resolved
         self.context = Context()
         rclpy.init(context=self.context)
-        self.node = Node("save_replay", context=self.context)
+        # unique per client: two clients in one process must not share a rosout logger name
+        self.node = Node(f"save_replay_{os.getpid()}_{next(_CLIENT_IDS)}", context=self.context)
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE
                          if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT)
         self.pub = self.node.create_publisher(_INPUT_CLASSES[input_type], resolved, qos)
