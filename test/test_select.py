@@ -110,3 +110,17 @@ def test_fraction_trades_robust_for_vulnerable(block_analysis):
                     config=SelectConfig(fraction=0.01))
     assert tight.totals(TensorKind.WEIGHT).robust < a.totals(TensorKind.WEIGHT).robust
     assert tight.key != a.key  # settings are part of the key
+
+
+def test_untraceable_model_gets_a_weights_only_analysis_that_says_so():
+    from test_graph import DataDependent
+
+    torch.manual_seed(0)
+    model = DataDependent().eval()
+    x = torch.rand(32, 4)
+    with pytest.warns(UserWarning, match="falling back to module hooks"):
+        a = analyze(model, x[:1], (0.0, 1.0), calibration=x)
+    assert a.capture == "hooks"
+    assert set(a.tensors) == {"a.weight", "a.bias", "b.weight", "b.bias"}
+    assert "torch.fx could not trace" in a.unsupported[0]
+    assert all(s[0] == 0.0 for t in a.tensors.values() for s in t.bit_shares)  # nothing robust

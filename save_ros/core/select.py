@@ -32,7 +32,7 @@ from save_ros.core.analysis import (
 from save_ros.core.attribution import FlipRule, bit_shares
 from save_ros.core.graph import ModelGraph, capture
 from save_ros.core.ranges import NodeRange, looseness, node_ranges
-from save_ros.core.sensitivity import margin_sensitivity
+from save_ros.core.sensitivity import margin_sensitivity, top1_gaps
 
 VIEW_KINDS = {
     "view", "reshape", "flatten", "Flatten", "permute", "transpose", "contiguous", "unsqueeze",
@@ -54,6 +54,9 @@ class SelectConfig:
     fraction: float = 0.5
     channel_floor: float = 0.0  # R of an element >= this x the max R of its channel
     tensor_floor: float = 0.01  # ... and >= this x the max R of its tensor (zero gradients)
+    # Calibration inputs with a top-1 gap below this quantile of the gaps are left out of the
+    # sensitivity bound: the robust claim then covers inputs whose gap is at least that large.
+    gap_quantile: float = 0.0
     looseness_limit: float = 4.0  # check the sound range only when at most this much looser
     calib_keep: int = 64  # calibration samples whose activations are attributed bit by bit
     sens_samples: int = 256  # calibration samples for the sensitivity bound
@@ -69,6 +72,17 @@ def _floored(r: torch.Tensor, cdim: int | None, cfg: SelectConfig) -> torch.Tens
     if r.numel() and cfg.tensor_floor > 0:
         out = torch.maximum(out, r.max() * cfg.tensor_floor)
     return out
+
+
+def _covered_samples(model: nn.Module, calib: torch.Tensor, cfg: SelectConfig) -> torch.Tensor:
+    """Calibration samples the robust claim covers: top-1 gap at or above the gap quantile."""
+    if cfg.gap_quantile > 0:
+        with torch.no_grad():
+            top, gaps = top1_gaps(model(calib))
+        gaps[torch.arange(len(gaps)), top] = float("inf")
+        g = gaps.amin(1)
+        calib = calib[g >= torch.quantile(g, cfg.gap_quantile)]
+    return calib[: cfg.sens_samples]
 
 
 def _fill(t: TensorAnalysis, shares: list[tuple[float, float, float]]) -> None:
@@ -201,8 +215,8 @@ def analyze(
             and ranges[layer.name].batch_dim == 0 and ranges[layer.name].samples is not None]
 
     t = time.perf_counter()
-    r_w, r_a, gaps = margin_sensitivity(graph, calib[: cfg.sens_samples], list(weights),
-                                        [a.name for a in acts])
+    sens_in = _covered_samples(model, calib, cfg)
+    r_w, r_a, gaps = margin_sensitivity(graph, sens_in, list(weights), [a.name for a in acts])
     timings["sensitivity"] = time.perf_counter() - t
 
     t = time.perf_counter()

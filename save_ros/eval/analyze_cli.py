@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibration ranges widened by this share of their width")
     parser.add_argument("--fraction", type=float, default=SelectConfig.fraction,
                         help="robust flips move every top-1 gap by at most this fraction")
+    parser.add_argument("--gap-quantile", type=float, default=SelectConfig.gap_quantile,
+                        help="leave calibration inputs with a top-1 gap below this quantile out "
+                             "of the robust claim (0: cover all)")
     parser.add_argument("--validate", action="store_true", help="inject flips from each class")
     parser.add_argument("--per-class", type=int, default=2000, metavar="K")
     parser.add_argument("--eval-inputs", type=int, default=256, metavar="N",
@@ -151,7 +154,11 @@ def run(args: argparse.Namespace) -> int:
             args.report.write_text(json.dumps({"scaling": rows, "threads": args.threads,
                                                "torch": torch.__version__}, indent=1))
         return 0
-    config = SelectConfig(margin=args.margin, fraction=args.fraction)
+    if not 0.0 <= args.gap_quantile < 1.0:
+        print("save-ros analyze: --gap-quantile must lie in [0, 1)", file=sys.stderr)
+        return 2
+    config = SelectConfig(margin=args.margin, fraction=args.fraction,
+                          gap_quantile=args.gap_quantile)
     try:
         analysis, model, seconds = run_analysis(args.model, args.calibration, config)
     except ValueError as exc:  # bad arguments or input box: say what to change
