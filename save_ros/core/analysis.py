@@ -69,7 +69,7 @@ class TensorAnalysis:
     sound_high_ch: list[float] | None = None
     calib_low_ch: list[float] | None = None
     calib_high_ch: list[float] | None = None
-    looseness: float = 1.0  # sound width / calibration width (mean over channels)
+    looseness: float = 1.0  # sound width / calibration width (summed over channels)
     bit_shares: list[tuple[float, float, float]] = field(default_factory=list)
     robust_bits: float = 0.0
     ranging_bits: float = 0.0
