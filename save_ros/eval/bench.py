@@ -342,3 +342,42 @@ def vars_to_argv(args: argparse.Namespace) -> list[str]:
             continue
         out += [f"--{k.replace('_', '-')}", str(v)]
     return out
+
+
+def campaign_tables(model: str, results: Path = RESULTS) -> str:
+    """Markdown tables of the runtime campaigns of one model (accuracy / SDC per method)."""
+    out = []
+    for target in ("weights", "activations"):
+        path = results / f"runtime_campaign_{model}_{target}.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        points = data["points"]
+        rerun = results / f"runtime_campaign_{model}_{target}_save_rerun.json"
+        if rerun.is_file():  # SAVE re-run after a fix: its points replace the first run's
+            points = [p for p in points if p["method"] != "save"]
+            points += json.loads(rerun.read_text())["points"]
+        methods = [m for m in data["config"]["methods"]]
+        flips = sorted({p["flips"] for p in points})
+        cfg = data["config"]
+        metric = "success" if cfg.get("episodes") and data["model"]["task"] == "control" \
+            else "accuracy"
+        out.append(f"**{model}, {target} flips** ({cfg['trials']} trials per point, batch "
+                   f"{cfg['batch']}, seed {cfg['seed']}; cell: {metric} % / SDC rate "
+                   f"[95% CI] / detected share)\n")
+        out.append("| flips | " + " | ".join(methods) + " |")
+        out.append("|---:|" + "---|" * len(methods))
+        for n in flips:
+            cells = []
+            for m in methods:
+                p = next((q for q in points if q["method"] == m and q["flips"] == n), None)
+                if p is None:
+                    cells.append("")
+                    continue
+                acc = p["accuracy"]["mean"] * 100 if p["accuracy"]["n"] else float("nan")
+                s = p["sdc"]
+                cells.append(f"{acc:.1f} / {s['rate']:.4f} [{s['ci95'][0]:.4f}, "
+                             f"{s['ci95'][1]:.4f}] / {p['detected']['rate']:.2f}")
+            out.append(f"| {n} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
