@@ -134,13 +134,7 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
     base = lat["unprotected"]
     false_alarms = sum(s.faulty for s in statuses)
     unverified = sum(not s.verified for s in statuses)
-    # where the time goes: instrumented forward and verifier work per inference
-    fwd = statistics.mean(s.forward_s for s in statuses)
-    ver = statistics.mean(s.verify_s for s in statuses)
-    t = time.perf_counter()
-    for _ in range(200):
-        pm._store.check()
-    wcheck = (time.perf_counter() - t) / 200
+    breakdown = where_time_goes(pm, plain, xs[0])
     out = {
         "model": name, "batch": 1, "n": len(xs), "rounds": rounds,
         "latency_us": {k: v * 1e6 for k, v in lat.items()},
@@ -153,13 +147,50 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
         "spread_us": spread, "loadavg_before": load_before, "loadavg_after": load_after,
         "fault_free_inferences": len(statuses), "false_alarms": false_alarms,
         "unverified": unverified,
-        "breakdown_us": {"plain_forward": base * 1e6, "instrumented_forward": fwd * 1e6,
-                         "verifier_per_inference": ver * 1e6, "weight_checksum": wcheck * 1e6,
-                         "checks": {c["layer"]: c for c in pm.checks() if c["check"] != "none"}},
+        "breakdown_us": breakdown,
+        "checks": {c["layer"]: c for c in pm.checks() if c["check"] != "none"},
         "placement": pm.placement.to_dict(), "summary": pm.summary(),
     }
     pm.close()
     return out
+
+
+def _cpu_us(fn: Callable[[], Any], reps: int = 300) -> float:
+    """Median thread-CPU microseconds of one call, in blocks of 20 calls."""
+    fn()
+    blocks = []
+    for _ in range(max(1, reps // 20)):
+        c = time.thread_time()
+        for _ in range(20):
+            fn()
+        blocks.append((time.thread_time() - c) / 20 * 1e6)
+    return statistics.median(blocks)
+
+
+def where_time_goes(pm, plain, x: torch.Tensor) -> dict[str, float]:
+    """Each part of a verified inference timed alone on this thread (thread CPU time)."""
+    from save_ros.core.verify import FaultStatus, Job
+
+    rt = pm._rt
+    with torch.inference_mode():
+        out, values = pm._inst.forward(x)
+
+        def job() -> Job:
+            return Job(0, (x,), out, values, 0.0, 0.0, pm._seq, True, (0, None), rt)
+
+        parts = {
+            "plain_forward": _cpu_us(lambda: plain(x)),
+            "instrumented_forward": _cpu_us(lambda: pm._inst.forward(x)),
+            "input_range_check": _cpu_us(lambda: pm._in_range(x)),
+            "weight_checksum": _cpu_us(lambda: pm._store.check()),
+            "layer_checks": _cpu_us(lambda: pm._run_checks(rt, values, 0, True, FaultStatus(0))),
+            "verify_total": _cpu_us(lambda: pm._verify(job())),
+            "infer_wait_true": _cpu_us(lambda: pm.infer(x, wait=True)),
+            "infer_wait_false_inference_thread": _cpu_us(lambda: pm.infer(x, wait=False)),
+        }
+    parts["verify_bookkeeping"] = parts["verify_total"] - parts["input_range_check"] - \
+        parts["weight_checksum"] - parts["layer_checks"]
+    return parts
 
 
 def accurate_latency(lat: dict[str, Any], model: str) -> list[dict[str, Any]]:
@@ -302,10 +333,8 @@ def run(args: argparse.Namespace) -> int:
         kk = k if k in sp else "unprotected"
         print(f"{k:20s} {v:11.1f} {lat['ratio'][k]:6.2f} {lat['median_ratio'][kk]:13.2f} "
               f"{sp[kk]['thread_cpu_us']:14.1f} {lat['cpu_ratio'][kk]:10.2f}")
-    b = lat["breakdown_us"]
-    print(f"SAVE time: plain forward {b['plain_forward']:.1f} us, instrumented forward "
-          f"{b['instrumented_forward']:.1f} us, verifier {b['verifier_per_inference']:.1f} us per "
-          f"inference (weight checksum {b['weight_checksum']:.1f} us)")
+    print("where SAVE's time goes (thread CPU us per batch-1 inference, each part alone): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in lat["breakdown_us"].items()))
     print(f"fault-free: {lat['fault_free_inferences']} inferences, {lat['false_alarms']} false "
           f"alarms, {lat['unverified']} unverified")
     al = accurate_latency(lat, args.model)
