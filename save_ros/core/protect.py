@@ -132,7 +132,8 @@ class ProtectedModel:
         self._repairs: collections.deque[tuple[int, list[str]]] = collections.deque(maxlen=512)
         self._ids = itertools.count()
         self._stats_lock = threading.Lock()
-        self._stats = collections.Counter()
+        self._stats = dict.fromkeys(("inferences", "verified", "faulty", "repaired",
+                                     "unrepaired", "input_out_of_range", "recoveries"), 0)
         self._latencies: collections.deque[float] = collections.deque(maxlen=10000)
         self._rt = self._build_runtime(analysis)
         self._verifier = Verifier(self._verify, config.verifier)
@@ -456,14 +457,18 @@ class ProtectedModel:
         return out
 
     def _count(self, st: FaultStatus) -> None:
+        c = self._stats
         with self._stats_lock:
-            self._stats["inferences"] += 1
-            self._stats["verified"] += st.verified
-            self._stats["faulty"] += st.faulty
-            self._stats["repaired"] += st.repaired_ok
-            self._stats["input_out_of_range"] += st.input_out_of_range
+            c["inferences"] += 1
+            if st.verified and not st.detections:  # the common case: one counter
+                c["verified"] += 1
+                return
+            c["verified"] += st.verified
+            c["faulty"] += st.faulty
+            c["repaired"] += st.repaired_ok
+            c["input_out_of_range"] += st.input_out_of_range
             if st.faulty and not st.verified:
-                self._stats["unrepaired"] += 1
+                c["unrepaired"] += 1
             if st.detection_latency_s is not None:
                 self._latencies.append(st.detection_latency_s)
 
