@@ -2,8 +2,10 @@
 
 For each model, measured in one run: the bare model call in-process (the floor); end-to-end
 latency through a bare node (`protect:=false`) and a SAVE node (input published -> output
-received, lockstep, over DDS on this host); and the highest input rate, on a ladder of rates,
-up to which each node answered every input with none dropped. Both nodes run at once and the
+received, lockstep, over DDS on this host); the capacity (inputs answered per second while a
+flood keeps the node saturated); and the highest input rate, on a ladder of rates, up to which
+each node answered every input with none dropped (with the config's queue_size, so scheduling
+stalls of the host count as drops). Both nodes run at once and the
 measurements alternate between them, so the two see the same machine load.
 
 `python -m save_ros.ros.bench --out docs/results/ros_bench.json`
@@ -36,7 +38,7 @@ from save_ros.ros.process import NodeProcess, config_parameters
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 MODELS = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole_policy")
-RATES_HZ = (50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2000)
+RATES_HZ = (50, 100, 200, 400, 800)
 
 
 def _inputs(model: str) -> list:
@@ -94,8 +96,20 @@ def _start(model: str, protect: bool, tmp: Path, queue_size: int | None) -> Node
                        overrides=overrides).start()
 
 
+def _capacity(res) -> dict[str, float]:
+    """Answered inputs per second while flooded (publisher rate: the bound it can show)."""
+    sent = sorted(res.sent.values())
+    firsts = sorted(v[0][0] for v in res.outputs.values() if v)
+    span = (firsts[-1] - sent[0]) if firsts else float("nan")
+    return {"answered": len(firsts), "published": len(sent),
+            "answered_per_s": len(firsts) / span if firsts else 0.0,
+            "publish_rate_hz": len(sent) / max(sent[-1] - sent[0], 1e-9),
+            "dropped": res.summary()["dropped"]}
+
+
 def node_figures(model: str, lockstep_n: int, ladder_n: int, tmp: Path,
-                 queue_size: int | None = None) -> dict[str, dict[str, object]]:
+                 queue_size: int | None = None, capacity_n: int = 500
+                 ) -> dict[str, dict[str, object]]:
     """Bare and SAVE node side by side: lockstep latency and the rate ladder, interleaved.
 
     Both nodes run at once and every measurement alternates between them, so a change in the
@@ -131,6 +145,11 @@ def node_figures(model: str, lockstep_n: int, ladder_n: int, tmp: Path,
                 out[key][name] = {
                     "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
                     "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": len(a)}
+        for _ in range(2):  # capacity: a flood keeps each node saturated; alternate twice
+            for key, client in clients.items():
+                res = client.replay(_restamped(msgs, capacity_n, 1000, 9), pace="afap",
+                                    settle=1.0)
+                out[key].setdefault("capacity", []).append(_capacity(res))
         for k, hz in enumerate(RATES_HZ):
             for key, client in clients.items():
                 res = client.replay(_restamped(msgs, ladder_n, hz, 10 + k), pace="rate",
@@ -182,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             b, n, s = (entry["bare_call_ms"]["p50"],
                        entry["bare_node"]["lockstep_latency_ms"]["p50"],
                        entry["save_node"]["lockstep_latency_ms"]["p50"])
+            cap = {k: max(c["answered_per_s"] for c in entry[k]["capacity"])
+                   for k in ("bare_node", "save_node")}
             print(f"{model}: bare call {b:.3f} ms | bare node e2e {n:.2f} ms | SAVE node e2e "
-                  f"{s:.2f} ms | max rate without drops: bare "
+                  f"{s:.2f} ms | flooded: bare {cap['bare_node']:.0f}/s, SAVE "
+                  f"{cap['save_node']:.0f}/s | max rate without drops: bare "
                   f"{entry['bare_node']['max_rate_without_drops_hz']} Hz, SAVE "
                   f"{entry['save_node']['max_rate_without_drops_hz']} Hz", flush=True)
     results["loadavg_end"] = os.getloadavg()
