@@ -10,7 +10,7 @@ from save_ros.core import bits
 from save_ros.core.analysis import BitClass, TensorKind
 from save_ros.core.attribution import FlipRule, classify
 from save_ros.core.select import SelectConfig, analyze
-from save_ros.eval.validate import validate
+from save_ros.eval.validate import ValidationError, validate
 
 R, G, V = int(BitClass.ROBUST), int(BitClass.RANGING), int(BitClass.VULNERABLE)
 
@@ -124,3 +124,16 @@ def test_untraceable_model_gets_a_weights_only_analysis_that_says_so():
     assert set(a.tensors) == {"a.weight", "a.bias", "b.weight", "b.bias"}
     assert "torch.fx could not trace" in a.unsupported[0]
     assert all(s[0] == 0.0 for t in a.tensors.values() for s in t.bit_shares)  # nothing robust
+
+
+def test_a_regression_output_gets_no_gap_rule_and_says_so():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    x = torch.rand(64, 3)
+    a = analyze(model.eval(), x[:1], (0.0, 1.0), calibration=x)
+    assert any("not (N, classes) logits" in u for u in a.unsupported)
+    assert all(s[0] == 0.0 for s in a.tensors["0.weight"].bit_shares)  # nothing robust
+    first = a.activations()[0]  # the first linear's output feeds the ReLU
+    assert first.masked_by == "relu" and first.robust_bits > 0  # exact masking still applies
+    with pytest.raises(ValidationError, match="logits"):
+        validate(model, a, x, per_class=5)

@@ -215,8 +215,16 @@ def analyze(
             and ranges[layer.name].batch_dim == 0 and ranges[layer.name].samples is not None]
 
     t = time.perf_counter()
-    sens_in = _covered_samples(model, calib, cfg)
-    r_w, r_a, gaps = margin_sensitivity(graph, sens_in, list(weights), [a.name for a in acts])
+    with torch.no_grad():
+        out = model(calib[:1])
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= 2:
+        sens_in = _covered_samples(model, calib, cfg)
+        r_w, r_a, gaps = margin_sensitivity(graph, sens_in, list(weights),
+                                            [a.name for a in acts])
+    else:  # no top-1 to protect: only exact masking makes a flip robust
+        sens_in, r_w, r_a, gaps = calib[:0], {}, {}, torch.empty(0)
+        unsupported = [*unsupported, "(numerical robustness): the output is not (N, classes) "
+                       "logits, so no flip is classed robust by the gap rule"]
     timings["sensitivity"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -232,7 +240,7 @@ def analyze(
     timings["attribution"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     settings = asdict(cfg) | {"calibration_samples": len(calib),
-                              "sens_samples": min(len(calib), cfg.sens_samples),
+                              "sens_samples": len(sens_in),
                               "min_gap": float(gaps.min()) if len(gaps) else None}
     analysis = Analysis(key=key, capture=graph.capture,
                         layers=[asdict(layer) for layer in graph.layers], tensors=tensors,

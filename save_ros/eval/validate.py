@@ -244,7 +244,11 @@ def validate(model: torch.nn.Module, analysis: Analysis, eval_inputs: torch.Tens
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     with torch.no_grad():
-        golden, gaps = top1_gaps(model(eval_inputs))
+        out = model(eval_inputs)
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= 2):
+        raise ValidationError("validate compares top-1 outputs: the model must return "
+                              "(N, classes) logits with at least 2 classes")
+    golden, gaps = top1_gaps(out)
     gaps[torch.arange(len(gaps)), golden] = float("inf")
     min_gap = float(analysis.settings.get("min_gap") or 0.0)
     covered = gaps.amin(1) >= min_gap
