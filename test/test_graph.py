@@ -115,3 +115,20 @@ def test_hooks_fallback_when_fx_fails():
         assert torch.equal(values["b"], out)
         assert g.needed_by(1) == ["input"]
         assert torch.equal(g.run_from(1, {"input": x}), out)
+
+
+@pytest.mark.parametrize("name", ["digits_resnet", "digits_vit"])
+def test_run_from_every_layer_of_a_reference_model(name):
+    from save_ros import models
+
+    model = models.load(name)
+    x, _ = models.dataset(name, "test")
+    x = x[:4]
+    g = capture(model, x[:1])
+    assert g.capture == "fx"
+    with torch.no_grad():
+        out, values = g.record(x)
+        assert torch.equal(out, model(x))
+        for k in range(len(g.layers)):
+            again = g.run_from(k, {n: values[n] for n in g.needed_by(k)})
+            assert torch.equal(again, out), f"layer {k} ({g.layers[k].name})"
