@@ -8,7 +8,7 @@ import torch
 from save_ros import models
 from save_ros.core import bits
 from save_ros.core.analysis import Analysis, AnalysisFormatError, RangeSource, analysis_key
-from save_ros.core.select import analyze
+from save_ros.core.select import analyze, key_for
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,8 @@ def test_key_changes_with_one_weight_bit_and_with_the_box(policy):
     assert analysis_key(model, "other arch", box) != k0
     assert arch == analyze(model, torch.zeros(1, 4), box,
                            calibration=policy[1]).key  # same model, box, settings
+
+
+def test_key_for_matches_analyze_without_running_it(policy):
+    model, _, box, a = policy
+    assert key_for(model, torch.zeros(1, 4), box) == a.key

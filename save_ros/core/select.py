@@ -183,6 +183,14 @@ def _range_record(input_range) -> dict:
     return {"low": as_list[0], "high": as_list[1]}
 
 
+def key_for(model: nn.Module, example_input: torch.Tensor, input_range,
+            config: SelectConfig | None = None) -> str:
+    """The key `analyze` would give: compare with a saved Analysis before re-running it."""
+    graph = capture(model.eval(), example_input[:1])
+    return analysis_key(model, graph.architecture(), _range_record(input_range),
+                        asdict(config or SelectConfig()))
+
+
 def analyze(
     model: nn.Module,
     example_input: torch.Tensor,
