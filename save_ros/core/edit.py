@@ -86,6 +86,7 @@ class _Group:
 
     def seal(self) -> None:
         """Take the golden copy and its checksums from the current contents."""
+        self._starts_t = torch.tensor(self.starts, dtype=torch.int64)
         self.golden = self.flat.clone()
         self.golden_sums = self.words(self.golden).sum(1)
 
@@ -107,17 +108,21 @@ class _Group:
     def restore(self, chunk_ids: list[int] | None) -> dict[str, int]:
         """Copy golden bits back into the given chunks (all if None); count restored elements."""
         live, gold = self.iv(), self.iv(self.golden)
-        ids = range(self.n_chunks) if chunk_ids is None else chunk_ids
+        if chunk_ids is None:
+            ne = (live.view(-1) != gold.view(-1)).nonzero().flatten()
+        else:
+            ids = torch.as_tensor(chunk_ids, dtype=torch.int64, device=live.device)
+            rows, cols = (live[ids] != gold[ids]).nonzero(as_tuple=True)
+            ne = ids[rows] * self.chunk + cols
+        if not ne.numel():
+            return {}
+        flat_live, flat_gold = live.view(-1), gold.view(-1)
+        flat_live[ne] = flat_gold[ne]  # integer views: the exact golden bits
+        # which tensor owns each restored element (alignment padding is never written by anyone)
+        k = torch.searchsorted(self._starts_t.to(ne.device), ne, right=True) - 1
         counts: dict[str, int] = {}
-        for c in ids:
-            ne = (live[c] != gold[c]).nonzero().flatten()
-            if not ne.numel():
-                continue
-            for j in (ne + c * self.chunk).tolist():
-                slot = self.slot_at(j)
-                if slot is not None:
-                    counts[slot.name] = counts.get(slot.name, 0) + 1
-            live[c].copy_(gold[c])
+        for slot_i, n in zip(*torch.unique(k, return_counts=True), strict=True):
+            counts[self.slots[int(slot_i)].name] = int(n)
         return counts
 
     def slot_at(self, j: int) -> Slot | None:

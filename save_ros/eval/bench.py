@@ -139,7 +139,9 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
     false_alarms = sum(s.faulty for s in statuses)
     unverified = sum(not s.verified for s in statuses)
     breakdown = where_time_goes(pm, plain, xs[0])
+    faulty = faulty_latency(pm, plain, xs, max(5, rounds // 3))
     out = {
+        "faulty_every_inference": faulty,
         "model": name, "batch": 1, "n": len(xs), "rounds": rounds,
         "latency_us": {k: v * 1e6 for k, v in lat.items()},
         "ratio": {k: v / base for k, v in lat.items()},
@@ -195,6 +197,87 @@ def where_time_goes(pm, plain, x: torch.Tensor) -> dict[str, float]:
     parts["verify_bookkeeping"] = parts["verify_total"] - parts["input_range_check"] - \
         parts["weight_checksum"] - parts["layer_checks"]
     return parts
+
+
+def faulty_latency(pm, plain, xs: list[torch.Tensor], rounds: int) -> dict[str, Any]:
+    """Verified latency when *every* inference meets a fault (the upper bound under faults).
+
+    `activation`: one exponent-bit flip (bit 30) in a normal-memory layer output per inference,
+    through the fault injector's hooks (the unprotected model runs under the same hooks, so the
+    injector's own cost cancels); `weight`: one exponent-bit flip in a normal-memory weight before
+    each inference, which SAVE detects, restores and re-runs from.
+    """
+    from save_ros.core import bits
+    from save_ros.faults import (
+        ActivationFaults,
+        BitFault,
+        EmptyTargetError,
+        Target,
+        TargetKind,
+        activation_sites,
+    )
+
+    excl = frozenset(pm.reliable_activation_sites())
+    try:
+        sites = activation_sites(pm.model, xs[0], Target(TargetKind.ACTIVATIONS, exclude=excl))
+    except EmptyTargetError:
+        sites = []
+    normal = pm.normal_tensors()
+    wname = max(normal, key=lambda n: normal[n].numel()) if normal else None
+    fns: dict[str, Callable[[], None]] = {}
+    detected = {"activation": 0, "weight": 0, "n_act": 0, "n_w": 0}
+    if sites:
+        site = sites[len(sites) // 2]
+
+        def unprot_act() -> None:
+            with torch.inference_mode():
+                for x in xs:
+                    with ActivationFaults(plain, [BitFault(site.name, 0, 30)]):
+                        plain(x)
+
+        def save_act() -> None:
+            for x in xs:
+                with ActivationFaults(pm.model, [BitFault(site.name, 0, 30)]):
+                    st = pm.infer(x).status
+                detected["activation"] += st.faulty
+                detected["n_act"] += 1
+
+        fns |= {"unprotected_act_hooks": unprot_act, "save_verified_act_fault": save_act}
+    if wname is not None:
+        w = normal[wname]
+
+        def save_weight() -> None:
+            for i, x in enumerate(xs):
+                bits.flip_(w, i % w.numel(), 30)
+                st = pm.infer(x).status
+                detected["weight"] += st.faulty
+                detected["n_w"] += 1
+
+        fns["save_verified_weight_fault"] = save_weight
+    if not fns:
+        return {}
+    sp: dict[str, dict[str, float]] = {}
+    base_sp: dict[str, dict[str, float]] = {}
+
+    def unprot() -> None:
+        with torch.inference_mode():
+            for x in xs:
+                plain(x)
+
+    _timed_rounds({"unprotected": unprot, **fns}, rounds, len(xs), sp)
+    base_sp = sp["unprotected"]
+    out: dict[str, Any] = {k: v["thread_cpu_us"] for k, v in sp.items()}
+    if "save_verified_act_fault" in sp:
+        out["ratio_act"] = sp["save_verified_act_fault"]["thread_cpu_us"] / \
+            sp["unprotected_act_hooks"]["thread_cpu_us"]
+        out["act_site"] = site.name
+    if "save_verified_weight_fault" in sp:
+        out["ratio_weight"] = sp["save_verified_weight_fault"]["thread_cpu_us"] / \
+            base_sp["thread_cpu_us"]
+        out["weight_tensor"] = wname
+    out["detected"] = detected
+    pm.recover()
+    return out
 
 
 def accurate_latency(lat: dict[str, Any], model: str) -> list[dict[str, Any]]:
@@ -346,6 +429,11 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.1f}" for k, v in lat["breakdown_us"].items()))
     print(f"fault-free: {lat['fault_free_inferences']} inferences, {lat['false_alarms']} false "
           f"alarms, {lat['unverified']} unverified")
+    f = lat["faulty_every_inference"]
+    if f:
+        print(f"every inference faulty (verified, thread CPU): activation flip x"
+              f"{f.get('ratio_act', float('nan')):.2f}, weight flip x"
+              f"{f.get('ratio_weight', float('nan')):.2f} of unprotected; detected {f['detected']}")
     al = accurate_latency(lat, args.model)
     for r in al:
         if r["ratio_to_unprotected"] is not None:
@@ -418,4 +506,55 @@ def campaign_tables(model: str, results: Path = RESULTS) -> str:
                              f"{s['ci95'][1]:.4f}] / {p['detected']['rate']:.2f}")
             out.append(f"| {n} | " + " | ".join(cells) + " |")
         out.append("")
+    return "\n".join(out)
+
+
+def latency_tables(models_: list[str], results: Path = RESULTS) -> str:
+    """Markdown: batch-1 latency ratios, where the time goes, AccurateLatency ratios."""
+    rows, parts, acc = [], [], []
+    keys = ["unprotected", "save_immediate", "save_verified", "range_restriction", "full_dmr"]
+    for m in models_:
+        path = results / f"runtime_bench_{m}.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        lat = d["latency"]
+        sp = lat["spread_us"]
+        cells = [f"{sp[k]['thread_cpu_us']:.0f} us" if k == "unprotected" else
+                 f"{lat['cpu_ratio'][k]:.2f}" for k in keys]
+        med = lat["median_ratio"]["save_verified"]
+        rows.append(f"| {m} | " + " | ".join(cells) + f" | {med:.2f}"
+                    f" | {lat['loadavg_before'][0]:.1f} | {lat['fault_free_inferences']} / "
+                    f"{lat['false_alarms']} |")
+        b = lat["breakdown_us"]
+        parts.append(f"| {m} | {b['plain_forward']:.0f} | {b['instrumented_forward']:.0f} | "
+                     f"{b['input_range_check']:.1f} | {b['weight_checksum']:.1f} | "
+                     f"{b['layer_checks']:.1f} | {b['verify_total']:.1f} | "
+                     f"{len(lat.get('checks', {}))} |")
+        for r in d.get("accurate_latency", []):
+            if r["method"] in ("save", "unprotected") or r["ratio_to_unprotected"] is None:
+                continue
+        by = {(r["target"], r["flips"], r["method"]): r for r in d.get("accurate_latency", [])}
+        for target in ("weights", "activations"):
+            flips = sorted({f for (t, f, _) in by if t == target})
+            for f in flips:
+                cell = [by.get((target, f, meth)) for meth in
+                        ("save", "range_restriction", "full_dmr", "ecc_oracle")]
+                if not any(cell):
+                    continue
+                acc.append(f"| {m} | {target} | {f} | " + " | ".join(
+                    f"{c['ratio_to_unprotected']:.2f}" if c else "" for c in cell) + " |")
+    out = ["| model | unprotected (thread CPU) | SAVE immediate | SAVE verified | range "
+           "restriction | full DMR | SAVE verified, wall median | load avg | fault-free "
+           "inferences / false alarms |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
+           "Where a verified inference's time goes (thread CPU us, each part timed alone):", "",
+           "| model | plain forward | instrumented forward | input range | weight checksum | "
+           "layer checks | verify total | checked layers |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|", *parts, "",
+           "AccurateLatency = latency x (1 + error rate), as a ratio to unprotected at the same "
+           "flip count (latency: thread CPU, best round, fault-free; error rate: campaign, top-1 "
+           "changed):", "",
+           "| model | target | flips | SAVE (verified) | range restriction | full DMR | ECC "
+           "oracle |", "|---|---|---:|---:|---:|---:|---:|", *acc]
     return "\n".join(out)
