@@ -197,3 +197,51 @@ def test_an_op_without_rule_falls_back_to_calibration_and_is_named():
     lo, hi = e.amin(0), e.amax(0)
     assert torch.allclose(ranges["erf"].sound.lo[0], lo - 0.1 * (hi - lo))
     assert bool(torch.isfinite(ranges["fc"].sound.hi).all())  # propagation goes on after it
+
+
+class _MHA(nn.Module):
+    """nn.MultiheadAttention (a leaf module for fx) between two linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.inp = nn.Linear(3, 8)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, x):
+        t = self.inp(x)
+        a, w = self.mha(t, t, t)
+        return self.out(a + t).mean(1) + w.sum(-1).mean(1, keepdim=True)
+
+
+def test_multihead_attention_module_is_sound():
+    _assert_sound(_MHA().eval(), torch.zeros(1, 5, 3), (-1.0, 1.0), seed=0)
+
+
+class _Unknown(nn.Module):
+    """A module type without a rule that returns a tuple."""
+
+    def forward(self, x):
+        return torch.sort(x, dim=-1)
+
+
+class _TupleFallback(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sorter = _Unknown()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        values, _ = self.sorter(x)
+        return self.fc(values)
+
+
+def test_a_tuple_op_without_rule_falls_back_without_crashing():
+    model = _TupleFallback().eval()
+    g = capture(model, torch.zeros(1, 3))
+    calib = torch.rand(32, 3)
+    ranges, unsupported = node_ranges(g, calib[:1], (0.0, 1.0), calib)
+    assert any(u.startswith("sort") for u in unsupported)
+    assert torch.isinf(ranges["getitem"].sound.hi).all()  # unbounded, checked by calibration
+    assert "fc" in ranges

@@ -13,7 +13,8 @@ rule. Rules:
 - GELU / SiLU take the function's minimum when the box contains its minimiser;
 - softmax / log-softmax use the exact per-element bound (x_i at its low end, the others high);
 - layer norm bounds (x - mean) / std by the box of x - mean and by sqrt(n - 1);
-- scaled_dot_product_attention: the output is a convex combination of V's rows.
+- scaled_dot_product_attention and nn.MultiheadAttention: the output is a convex combination
+  of V's rows (then out_proj for the module).
 Every affine result is widened by a relative 2^-16 (plus 2^-40 absolute) so float rounding
 inside the model never leaves the box. A node without a rule, or whose rule fails, takes its
 calibration box (or (-inf, inf)) and is listed in `unsupported`; the analysis never crashes.
@@ -262,6 +263,35 @@ def attention(q: Interval, k: Interval, v: Any, **_: Any) -> Interval:
     return Interval(lo.clone(), hi.clone())
 
 
+def multihead_attention(m: nn.MultiheadAttention, query: Interval, key: Any, value: Any,
+                        key_padding_mask: Any = None, need_weights: bool = True,
+                        attn_mask: Any = None, average_attn_weights: bool = True,
+                        is_causal: bool = False) -> tuple:
+    """nn.MultiheadAttention: out_proj of the per-feature hull of V over the key positions."""
+    value = value if _is_iv(value) else _const(value)
+    e = m.embed_dim
+    if m._qkv_same_embed_dim:
+        w_v = m.in_proj_weight[2 * e :]
+    else:
+        w_v = m.v_proj_weight
+    b_v = m.in_proj_bias[2 * e :] if m.in_proj_bias is not None else None
+    v = affine(F.linear, value, w_v, b_v)
+    seq = 1 if m.batch_first else 0
+    if m.bias_k is not None or m.add_zero_attn:
+        raise NoRuleError("no interval rule for MultiheadAttention with bias_k / add_zero_attn")
+    lo = v.lo.amin(dim=seq, keepdim=True).expand(query.shape[:-1] + (e,))
+    hi = v.hi.amax(dim=seq, keepdim=True).expand(query.shape[:-1] + (e,))
+    out = affine(F.linear, Interval(lo.clone(), hi.clone()), m.out_proj.weight, m.out_proj.bias)
+    if not need_weights:
+        return out, None
+    # Masks only drop key positions: the output stays inside the hull of all of V's rows.
+    b = query.shape[0] if m.batch_first else query.shape[1]
+    shape = (b, query.shape[seq], value.shape[seq])
+    if not average_attn_weights:
+        shape = (b, m.num_heads, *shape[1:])
+    return out, Interval(torch.zeros(shape), torch.ones(shape))
+
+
 def embedding(weight: torch.Tensor, shape: torch.Size) -> Interval:
     """Any row of the table: per-column hull."""
     return Interval(weight.amin(0).expand(*shape, -1).clone(),
@@ -293,6 +323,17 @@ _MONOTONE_MODULES = (
 )
 
 
+def _unbounded_like(example: Any) -> Any:
+    """(-inf, inf) boxes in the structure of an example value (tensors, tuples of tensors)."""
+    if isinstance(example, torch.Tensor):
+        if not example.is_floating_point():
+            return example
+        return Interval(torch.full(example.shape, -math.inf), torch.full(example.shape, math.inf))
+    if isinstance(example, (tuple, list)):
+        return type(example)(_unbounded_like(e) for e in example)
+    return example
+
+
 class NoRuleError(LookupError):
     """An op without an interval rule (the interpreter falls back to calibration)."""
 
@@ -302,10 +343,10 @@ class IntervalInterpreter(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule,
                  fallback: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 shapes: dict[str, torch.Size] | None = None) -> None:
+                 shapes: dict[str, Any] | None = None) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.fallback = fallback or {}  # node name -> (lo, hi) from calibration, batch dim 1
-        self.shapes = shapes or {}  # node name -> shape (batch 1), for unbounded fallbacks
+        self.shapes = shapes or {}  # node name -> example value (batch 1), for unbounded boxes
         self.unsupported: list[str] = []
         self.boxes: dict[str, Interval] = {}
 
@@ -339,9 +380,8 @@ class IntervalInterpreter(fx.Interpreter):
             lo, hi = self.fallback[n.name]
             return Interval(lo.clone(), hi.clone())
         if n.name in self.shapes:
-            shape = self.shapes[n.name]
-            return Interval(torch.full(shape, -math.inf), torch.full(shape, math.inf))
-        raise RuntimeError(f"no calibration box and no shape for {n.name}") from None
+            return _unbounded_like(self.shapes[n.name])
+        raise RuntimeError(f"no calibration box and no example value for {n.name}") from None
 
     def _rule(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
         """Dispatch on the node's op."""
@@ -376,6 +416,8 @@ class IntervalInterpreter(fx.Interpreter):
             return softmax(x, m.dim if m.dim is not None else -1, log=True)
         if isinstance(m, nn.Embedding):
             return embedding(m.weight, x.shape)
+        if isinstance(m, nn.MultiheadAttention):
+            return multihead_attention(m, *args, **kwargs)
         raise NoRuleError(f"no interval rule for module {type(m).__name__}")
 
     def _function_rule(self, fn: Callable, args: tuple, kwargs: dict) -> Any:

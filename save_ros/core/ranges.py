@@ -111,8 +111,8 @@ def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_siz
         chunk = calibration[start : start + batch_size]
         _, values = graph.record(chunk)
         for name, v in values.items():
-            if not (isinstance(v, torch.Tensor) and v.is_floating_point()):
-                continue
+            if not (isinstance(v, torch.Tensor) and v.is_floating_point()) or v.dim() == 0:
+                continue  # a scalar mixes the whole batch: no per-input range
             bdim = 0 if len(chunk) == 1 else _batch_dim(v.shape, one[name].shape)
             if bdim is None:
                 continue
@@ -142,7 +142,7 @@ def node_ranges(
     with torch.no_grad():
         calib = calibrate(graph, calibration if calibration is not None else example_input, keep)
         _, one = graph.record(example_input[:1])
-        shapes = {n: v.shape for n, v in one.items() if isinstance(v, torch.Tensor)}
+        shapes = dict(one)  # example values: the structure of unbounded fallbacks
         fallback = {}
         for n, (lo, hi, _, _) in calib.items():
             w = hi - lo

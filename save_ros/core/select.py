@@ -74,6 +74,13 @@ def _floored(r: torch.Tensor, cdim: int | None, cfg: SelectConfig) -> torch.Tens
     return out
 
 
+def _is_view(layer, ranges: dict[str, NodeRange]) -> bool:
+    """A shape op that aliases a tensor input (getitem of a tuple result is a real tensor)."""
+    if layer.kind == "getitem":
+        return bool(layer.inputs) and layer.inputs[0] in ranges
+    return layer.kind in VIEW_KINDS
+
+
 def _covered_samples(model: nn.Module, calib: torch.Tensor, cfg: SelectConfig) -> torch.Tensor:
     """Calibration samples the robust claim covers: top-1 gap at or above the gap quantile."""
     if cfg.gap_quantile > 0:
@@ -219,7 +226,7 @@ def analyze(
                                       cfg.calib_keep)
     timings["ranges"] = time.perf_counter() - t
     acts = [layer for layer in graph.layers
-            if layer.name in ranges and layer.kind not in VIEW_KINDS
+            if layer.name in ranges and not _is_view(layer, ranges)
             and ranges[layer.name].batch_dim == 0 and ranges[layer.name].samples is not None]
 
     t = time.perf_counter()
