@@ -137,3 +137,15 @@ def test_a_regression_output_gets_no_gap_rule_and_says_so():
     assert first.masked_by == "relu" and first.robust_bits > 0  # exact masking still applies
     with pytest.raises(ValidationError, match="logits"):
         validate(model, a, x, per_class=5)
+
+
+def test_multihead_attention_outputs_are_analysed_activations():
+    from test_select_intervals import _MHA
+
+    model = _MHA().eval()
+    x = torch.rand(64, 5, 3) * 2 - 1
+    a = analyze(model, x[:1], (-1.0, 1.0), calibration=x)
+    acts = {t.name for t in a.activations()}
+    assert {"inp", "getitem", "getitem_1", "add", "out"} <= acts  # MHA's (output, weights)
+    assert a.unsupported == []
+    assert a.tensors["getitem_1"].sound_low == 0.0 and a.tensors["getitem_1"].sound_high == 1.0

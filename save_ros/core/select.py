@@ -74,10 +74,13 @@ def _floored(r: torch.Tensor, cdim: int | None, cfg: SelectConfig) -> torch.Tens
     return out
 
 
-def _is_view(layer, ranges: dict[str, NodeRange]) -> bool:
-    """A shape op that aliases a tensor input (getitem of a tuple result is a real tensor)."""
-    if layer.kind == "getitem":
-        return bool(layer.inputs) and layer.inputs[0] in ranges
+def _is_view(layer, graph: ModelGraph, ranges: dict[str, NodeRange]) -> bool:
+    """A shape op that aliases its input; getitem of a computed tuple (MHA) is a real tensor."""
+    if layer.kind == "getitem" and layer.inputs and layer.inputs[0] not in ranges:
+        try:
+            return graph.layer(layer.inputs[0]).kind in VIEW_KINDS  # chunk / split: views
+        except KeyError:
+            return True
     return layer.kind in VIEW_KINDS
 
 
@@ -226,7 +229,7 @@ def analyze(
                                       cfg.calib_keep)
     timings["ranges"] = time.perf_counter() - t
     acts = [layer for layer in graph.layers
-            if layer.name in ranges and not _is_view(layer, ranges)
+            if layer.name in ranges and not _is_view(layer, graph, ranges)
             and ranges[layer.name].batch_dim == 0 and ranges[layer.name].samples is not None]
 
     t = time.perf_counter()
