@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write all figures here")
     parser.add_argument("--plot", type=Path, default=None, help="sweep plot (PNG)")
+    parser.add_argument("--detection", action="store_true",
+                        help="also measure detection latency under one flip per inference")
 
 
 def _timed_rounds(fns: dict[str, Callable[[], None]], rounds: int, n: int,
@@ -280,6 +282,50 @@ def faulty_latency(pm, plain, xs: list[torch.Tensor], rounds: int) -> dict[str, 
     return out
 
 
+def detection_latency(name: str, n: int = 200) -> dict[str, Any]:
+    """Inference start -> verdict (ms) under one exponent flip per inference, per verifier mode.
+
+    Activation flips go through the injector's hooks into a normal-memory layer output; weight
+    flips into a normal-memory weight before the inference. The verdict comes after repair.
+    """
+    from save_ros import models
+    from save_ros.core import bits
+    from save_ros.core.protect import ProtectConfig, protect
+    from save_ros.faults import ActivationFaults, BitFault, Target, TargetKind, activation_sites
+
+    spec = models.get_spec(name)
+    xc, _ = models.dataset(name, "calib")
+    xt, _ = models.dataset(name, "test")
+    out: dict[str, Any] = {}
+    for mode in ("thread", "external"):
+        pm = protect(models.load(name), xc[:1], spec.input_range(),
+                     ProtectConfig(calibration=xc, verifier=mode))
+        excl = frozenset(pm.reliable_activation_sites())
+        sites = activation_sites(pm.model, xt[:1], Target(TargetKind.ACTIVATIONS, exclude=excl))
+        normal = pm.normal_tensors()
+        w = normal[max(normal, key=lambda k: normal[k].numel())]
+        lat: dict[str, list[float]] = {"activation_wait_true": [], "weight_wait_true": []}
+        if mode == "thread":
+            lat["activation_wait_false"] = []
+        for i in range(n):
+            x = xt[i % len(xt) : i % len(xt) + 1]
+            fault = [BitFault(sites[i % len(sites)].name, 0, 30)]
+            with ActivationFaults(pm.model, fault):
+                lat["activation_wait_true"].append(pm.infer(x).status.detection_latency_s)
+            if mode == "thread":
+                with ActivationFaults(pm.model, fault):
+                    r = pm.infer(x, wait=False)
+                lat["activation_wait_false"].append(r.verdict.result().detection_latency_s)
+            bits.flip_(w, i % w.numel(), 30)
+            lat["weight_wait_true"].append(pm.infer(x).status.detection_latency_s)
+        out[mode] = {k: {"n": len(v), "detected": sum(e is not None for e in v),
+                         "median_ms": 1e3 * statistics.median(e for e in v if e is not None),
+                         "max_ms": 1e3 * max(e for e in v if e is not None)}
+                     for k, v in lat.items()}
+        pm.close()
+    return out
+
+
 def accurate_latency(lat: dict[str, Any], model: str) -> list[dict[str, Any]]:
     """AccurateLatency per method and flip count from the campaign JSONs (if present)."""
     rows = []
@@ -443,6 +489,12 @@ def run(args: argparse.Namespace) -> int:
     result = {"kind": "save_ros.bench", "date_utc": started, "machine": machine_info(),
               "command": ["save-ros", "bench", *vars_to_argv(args)], "latency": lat,
               "accurate_latency": al}
+    if args.detection:
+        result["detection_latency"] = detection_latency(args.model)
+        for mode, d in result["detection_latency"].items():
+            print(f"detection latency ({mode} verifier): " + ", ".join(
+                f"{k} median {v['median_ms']:.2f} ms (max {v['max_ms']:.1f}, {v['detected']}/"
+                f"{v['n']} detected)" for k, v in d.items()))
     if args.sweep:
         fr = [float(v) for v in args.sweep.split(",") if v.strip()]
         rows = sweep(args.model, fr, args.trials, args.flips, args.n, max(3, args.rounds // 2))
