@@ -35,6 +35,7 @@ from save_ros.faults import (
     ActivationFaults,
     BitErrorRate,
     BitFault,
+    EmptyTargetError,
     RandomFlips,
     Site,
     Target,
@@ -273,9 +274,12 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
             # a method may keep some layer outputs in reliable memory (SAVE's pool)
             act = Target(TargetKind.ACTIVATIONS,
                          exclude=frozenset(getattr(method, "activation_exclude", ())))
-            a_sites = activation_sites(method.model, setup.x, act)
-            if setup.episodes is not None:
-                a_sites_1 = activation_sites(method.model, setup.x[:1], act)
+            try:
+                a_sites = activation_sites(method.model, setup.x, act)
+                if setup.episodes is not None:
+                    a_sites_1 = activation_sites(method.model, setup.x[:1], act)
+            except EmptyTargetError:  # every layer output is in the method's reliable memory
+                a_sites, a_sites_1 = [], []
         info = {"clean_detected": int(torch.as_tensor(clean_det).sum()),
                 "weight_tensors": len(w_sites),
                 "weight_bits": sum(s.numel * s.width for s in w_sites),
