@@ -10,7 +10,8 @@ from torch import fx, nn
 
 from save_ros import models
 from save_ros.core.graph import capture
-from save_ros.core.intervals import Interval, IntervalInterpreter
+from save_ros.core.intervals import Interval
+from save_ros.core.propagate import IntervalInterpreter
 from save_ros.core.ranges import InputRangeError, input_box, node_ranges
 
 TOL = 1e-4  # the rules widen by 2^-16 relative for float rounding

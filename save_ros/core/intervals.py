@@ -1,10 +1,7 @@
 """Sound interval propagation through an fx graph: run the model on boxes instead of tensors.
 
-`IntervalInterpreter(gm, fallback).propagate(Interval(lo, hi))` returns, per node, an `Interval`
-of elementwise lower / upper bounds that contains the node's value for every input inside the box
-(batch dimension 1). Like `torch/fx/passes/shape_prop.py`, it is an `fx.Interpreter` subclass:
-placeholders take the input box, `get_attr` gives constant tensors, and every call goes through a
-rule. Rules:
+An `Interval` holds elementwise lower / upper bounds of a tensor; the functions here are the
+rules that `core.propagate.IntervalInterpreter` applies node by node. Rules:
 - monotone non-decreasing ops (shape ops, ReLU, sigmoid, tanh, pooling, sums, means, add, cat,
   dropout in eval, ...) apply the op to the lower and to the upper bounds;
 - affine ops (linear, conv, batch norm in eval, matmul with a constant) are exact in midpoint /
@@ -23,17 +20,20 @@ calibration box (or (-inf, inf)) and is listed in `unsupported`; the analysis ne
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
 _REL = 2.0**-16  # relative widening of affine results: float rounding stays inside
 _ABS = 2.0**-40
+
+
+class NoRuleError(LookupError):
+    """An op without an interval rule (the interpreter falls back to calibration)."""
 
 
 @dataclass
@@ -77,31 +77,32 @@ def _const(v: Any) -> Interval:
     return Interval(t, t)
 
 
-def _is_iv(v: Any) -> bool:
+def is_interval(v: Any) -> bool:
+    """True for an Interval."""
     return isinstance(v, Interval)
 
 
-def _any_iv(args: Any) -> bool:
+def any_interval(args: Any) -> bool:
     """True if an Interval occurs anywhere in (nested) args."""
-    if _is_iv(args):
+    if is_interval(args):
         return True
     if isinstance(args, (list, tuple)):
-        return any(_any_iv(a) for a in args)
+        return any(any_interval(a) for a in args)
     if isinstance(args, dict):
-        return any(_any_iv(a) for a in args.values())
+        return any(any_interval(a) for a in args.values())
     return False
 
 
-def _pick(args: Any, side: str) -> Any:
+def pick(args: Any, side: str) -> Any:
     """Replace every Interval in (nested) args by its lo or hi tensor."""
-    if _is_iv(args):
+    if is_interval(args):
         return args.lo if side == "lo" else args.hi
     if isinstance(args, tuple):
-        return tuple(_pick(a, side) for a in args)
+        return tuple(pick(a, side) for a in args)
     if isinstance(args, list):
-        return [_pick(a, side) for a in args]
+        return [pick(a, side) for a in args]
     if isinstance(args, dict):
-        return {k: _pick(a, side) for k, a in args.items()}
+        return {k: pick(a, side) for k, a in args.items()}
     return args
 
 
@@ -116,8 +117,8 @@ def _zip(lo: Any, hi: Any) -> Any:
 
 def monotone(fn: Callable, args: tuple, kwargs: dict) -> Any:
     """Rule for ops non-decreasing in every interval argument: f(lo), f(hi)."""
-    return _zip(fn(*_pick(args, "lo"), **_pick(kwargs, "lo")),
-                fn(*_pick(args, "hi"), **_pick(kwargs, "hi")))
+    return _zip(fn(*pick(args, "lo"), **pick(kwargs, "lo")),
+                fn(*pick(args, "hi"), **pick(kwargs, "hi")))
 
 
 def affine(fn: Callable, x: Interval, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -129,8 +130,8 @@ def affine(fn: Callable, x: Interval, weight: torch.Tensor, bias: torch.Tensor |
 
 def product(fn: Callable, a: Any, b: Any) -> Interval:
     """Box of a bilinear fn(a, b) (mul, matmul, bmm): Rump's midpoint-radius bound."""
-    a = a if _is_iv(a) else _const(a)
-    b = b if _is_iv(b) else _const(b)
+    a = a if is_interval(a) else _const(a)
+    b = b if is_interval(b) else _const(b)
     am, ar = a.mid_rad()
     bm, br = b.mid_rad()
     rad = fn(am.abs(), br) + fn(ar, bm.abs()) + fn(ar, br)
@@ -144,14 +145,14 @@ def neg(x: Interval) -> Interval:
 
 def sub(a: Any, b: Any) -> Any:
     """a - b."""
-    a = a if _is_iv(a) else _const(a)
-    b = b if _is_iv(b) else _const(b)
+    a = a if is_interval(a) else _const(a)
+    b = b if is_interval(b) else _const(b)
     return Interval(a.lo - b.hi, a.hi - b.lo)
 
 
 def div(a: Any, b: Any) -> Interval:
     """a / b; unbounded where the box of b contains 0."""
-    if not _is_iv(b):
+    if not is_interval(b):
         return product(torch.mul, a, 1.0 / torch.as_tensor(b, dtype=torch.float32))
     inv_lo, inv_hi = 1.0 / b.hi, 1.0 / b.lo
     spans_zero = (b.lo <= 0) & (b.hi >= 0)
@@ -256,7 +257,7 @@ def layer_norm(x: Interval, normalized_shape, weight, bias, eps: float) -> Inter
 
 def attention(q: Interval, k: Interval, v: Any, **_: Any) -> Interval:
     """scaled_dot_product_attention: each output row is a convex combination of V's rows."""
-    v = v if _is_iv(v) else _const(v)
+    v = v if is_interval(v) else _const(v)
     shape = (*q.shape[:-1], v.shape[-1])
     lo = v.lo.amin(dim=-2, keepdim=True).expand(shape)
     hi = v.hi.amax(dim=-2, keepdim=True).expand(shape)
@@ -268,7 +269,7 @@ def multihead_attention(m: nn.MultiheadAttention, query: Interval, key: Any, val
                         attn_mask: Any = None, average_attn_weights: bool = True,
                         is_causal: bool = False) -> tuple:
     """nn.MultiheadAttention: out_proj of the per-feature hull of V over the key positions."""
-    value = value if _is_iv(value) else _const(value)
+    value = value if is_interval(value) else _const(value)
     e = m.embed_dim
     if m._qkv_same_embed_dim:
         w_v = m.in_proj_weight[2 * e :]
@@ -296,207 +297,3 @@ def embedding(weight: torch.Tensor, shape: torch.Size) -> Interval:
     """Any row of the table: per-column hull."""
     return Interval(weight.amin(0).expand(*shape, -1).clone(),
                     weight.amax(0).expand(*shape, -1).clone())
-
-
-_MONOTONE_FUNCS = {
-    torch.relu, F.relu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, torch.flatten,
-    torch.reshape, torch.permute, torch.transpose, torch.cat, torch.stack, torch.squeeze,
-    torch.unsqueeze, torch.sum, torch.mean, torch.exp, torch.sqrt, torch.log, torch.clamp,
-    torch.clip, torch.chunk, torch.split, torch.add, operator.add, operator.iadd,
-    operator.getitem, F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.relu6, F.hardtanh, F.leaky_relu, F.elu, F.softplus, torch.amax, torch.amin,
-    torch.movedim, torch.narrow, torch.roll, F.pad, torch.max_pool2d, torch.avg_pool1d,
-}
-_MONOTONE_METHODS = {
-    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "unsqueeze", "squeeze",
-    "expand", "expand_as", "repeat", "chunk", "split", "sum", "mean", "relu", "sigmoid", "tanh",
-    "exp", "sqrt", "clamp", "clip", "t", "add", "__add__", "__radd__", "amax", "amin", "movedim",
-    "narrow", "float", "to", "type_as", "view_as", "reshape_as", "flip", "unflatten", "unbind",
-    "__getitem__", "size", "dim", "detach", "clone",
-}
-_MONOTONE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.Softplus,
-    nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.MaxPool1d,
-    nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-)
-
-
-def _unbounded_like(example: Any) -> Any:
-    """(-inf, inf) boxes in the structure of an example value (tensors, tuples of tensors)."""
-    if isinstance(example, torch.Tensor):
-        if not example.is_floating_point():
-            return example
-        return Interval(torch.full(example.shape, -math.inf), torch.full(example.shape, math.inf))
-    if isinstance(example, (tuple, list)):
-        return type(example)(_unbounded_like(e) for e in example)
-    return example
-
-
-class NoRuleError(LookupError):
-    """An op without an interval rule (the interpreter falls back to calibration)."""
-
-
-class IntervalInterpreter(fx.Interpreter):
-    """Runs a GraphModule on `Interval`s; records per-node boxes and the ops that fell back."""
-
-    def __init__(self, gm: fx.GraphModule,
-                 fallback: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 shapes: dict[str, Any] | None = None) -> None:
-        super().__init__(gm, garbage_collect_values=False)
-        self.fallback = fallback or {}  # node name -> (lo, hi) from calibration, batch dim 1
-        self.shapes = shapes or {}  # node name -> example value (batch 1), for unbounded boxes
-        self.unsupported: list[str] = []
-        self.boxes: dict[str, Interval] = {}
-
-    def propagate(self, *inputs: Interval) -> dict[str, Interval]:
-        """Run on the input boxes; return {node name: Interval} for every node with a box."""
-        self.run(*inputs)
-        return self.boxes
-
-    def run_node(self, n: fx.Node) -> Any:
-        """Apply the node's rule; on no rule or a failing rule, fall back and record it."""
-        if n.op in ("placeholder", "get_attr", "output"):
-            return super().run_node(n)
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        try:
-            if not _any_iv(args) and not _any_iv(kwargs):
-                out = super().run_node(n)  # constants only: compute it
-            else:
-                out = self._rule(n, args, kwargs)
-        except NoRuleError as exc:
-            out = self._fall_back(n, str(exc))
-        except Exception as exc:  # a rule that cannot handle these arguments: never crash
-            out = self._fall_back(n, f"{type(exc).__name__} in rule: {exc}")
-        if _is_iv(out):
-            self.boxes[n.name] = out
-        return out
-
-    def _fall_back(self, n: fx.Node, why: str) -> Any:
-        """The node's calibration box, else (-inf, inf) of its shape."""
-        self.unsupported.append(f"{n.name}: {why}")
-        if n.name in self.fallback:
-            lo, hi = self.fallback[n.name]
-            return Interval(lo.clone(), hi.clone())
-        if n.name in self.shapes:
-            return _unbounded_like(self.shapes[n.name])
-        raise RuntimeError(f"no calibration box and no example value for {n.name}") from None
-
-    def _rule(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
-        """Dispatch on the node's op."""
-        if n.op == "call_module":
-            return self._module_rule(self.fetch_attr(n.target), args, kwargs)
-        if n.op == "call_method":
-            return self._method_rule(n.target, args, kwargs)
-        return self._function_rule(n.target, args, kwargs)
-
-    def _module_rule(self, m: nn.Module, args: tuple, kwargs: dict) -> Any:
-        x = args[0]
-        if isinstance(m, _MONOTONE_MODULES):
-            return monotone(m.forward, args, kwargs)
-        if isinstance(m, nn.Linear):
-            return affine(F.linear, x, m.weight, m.bias)
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.padding_mode == "zeros":
-            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(m.kernel_size)]
-            return affine(conv, x, m.weight, m.bias, stride=m.stride, padding=m.padding,
-                          dilation=m.dilation, groups=m.groups)
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training \
-                and m.running_mean is not None:
-            return batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, m.eps)
-        if isinstance(m, nn.LayerNorm):
-            return layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
-        if isinstance(m, nn.GELU):
-            return valley(lambda t: F.gelu(t, approximate=m.approximate), f"gelu{m.approximate}", x)
-        if isinstance(m, nn.SiLU):
-            return valley(F.silu, "silu", x)
-        if isinstance(m, nn.Softmax):
-            return softmax(x, m.dim if m.dim is not None else -1)
-        if isinstance(m, nn.LogSoftmax):
-            return softmax(x, m.dim if m.dim is not None else -1, log=True)
-        if isinstance(m, nn.Embedding):
-            return embedding(m.weight, x.shape)
-        if isinstance(m, nn.MultiheadAttention):
-            return multihead_attention(m, *args, **kwargs)
-        raise NoRuleError(f"no interval rule for module {type(m).__name__}")
-
-    def _function_rule(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
-        if fn in _MONOTONE_FUNCS:
-            if fn is F.dropout:
-                return args[0]
-            return monotone(fn, args, kwargs)
-        if fn is getattr:  # x.shape and friends
-            return getattr(_pick(args[0], "lo"), args[1])
-        if fn is F.linear:
-            w = kwargs.get("weight", args[1] if len(args) > 1 else None)
-            b = kwargs.get("bias", args[2] if len(args) > 2 else None)
-            if _is_iv(w) or _is_iv(b):  # a weight computed from the input: bilinear
-                out = product(lambda a, w_: F.linear(a, w_), args[0], w)
-                return monotone(torch.add, (out, b), {}) if b is not None else out
-            return affine(F.linear, args[0], w, b)
-        if fn in (F.conv1d, F.conv2d) and not _any_iv(args[1:]):
-            return affine(fn, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("bias"),
-                          **{k: v for k, v in kwargs.items() if k != "bias"})
-        if fn in (torch.matmul, operator.matmul, torch.bmm, torch.mm):
-            return product(torch.matmul, args[0], args[1])
-        if fn in (torch.mul, operator.mul, operator.imul):
-            return product(torch.mul, args[0], args[1])
-        if fn in (torch.sub, operator.sub, operator.isub):
-            return sub(args[0], args[1])
-        if fn in (torch.neg, operator.neg):
-            return neg(args[0])
-        if fn in (torch.div, operator.truediv, operator.itruediv):
-            return div(args[0], args[1])
-        if fn in (F.gelu,):
-            approx = kwargs.get("approximate", "none")
-            return valley(lambda t: F.gelu(t, approximate=approx), f"gelu{approx}", args[0])
-        if fn is F.silu:
-            return valley(F.silu, "silu", args[0])
-        if fn in (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax):
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
-            return softmax(args[0], dim, log=fn in (torch.log_softmax, F.log_softmax))
-        if fn is F.layer_norm:
-            shape = kwargs.get("normalized_shape", args[1] if len(args) > 1 else None)
-            w = kwargs.get("weight", args[2] if len(args) > 2 else None)
-            b = kwargs.get("bias", args[3] if len(args) > 3 else None)
-            return layer_norm(args[0], shape, w, b, kwargs.get("eps", 1e-5))
-        if fn is F.batch_norm and not kwargs.get("training", False):
-            mean, var = args[1], args[2]
-            return batch_norm(args[0], mean, var, kwargs.get("weight"), kwargs.get("bias"),
-                              kwargs.get("eps", 1e-5))
-        if fn is F.scaled_dot_product_attention:
-            return attention(*args, **kwargs)
-        if fn is torch.rsqrt:
-            return decreasing(torch.rsqrt, args[0])
-        if fn is F.embedding:
-            return embedding(args[1], args[0].shape if _is_iv(args[0]) else args[0].shape)
-        raise NoRuleError(f"no interval rule for function {getattr(fn, '__name__', fn)}")
-
-    def _method_rule(self, name: str, args: tuple, kwargs: dict) -> Any:
-        fn = getattr(torch.Tensor, name)
-        if name in _MONOTONE_METHODS:
-            return monotone(fn, args, kwargs)
-        table: dict[str, Callable[[], Any]] = {
-            "matmul": lambda: product(torch.matmul, args[0], args[1]),
-            "bmm": lambda: product(torch.matmul, args[0], args[1]),
-            "mul": lambda: product(torch.mul, args[0], args[1]),
-            "__mul__": lambda: product(torch.mul, args[0], args[1]),
-            "sub": lambda: sub(args[0], args[1]),
-            "__sub__": lambda: sub(args[0], args[1]),
-            "__rsub__": lambda: sub(args[1], args[0]),
-            "neg": lambda: neg(args[0]),
-            "div": lambda: div(args[0], args[1]),
-            "__truediv__": lambda: div(args[0], args[1]),
-            "softmax": lambda: softmax(args[0], kwargs.get("dim", args[1] if len(args) > 1
-                                                            else -1)),
-            "rsqrt": lambda: decreasing(torch.rsqrt, args[0]),
-            "pow": lambda: square(args[0]) if args[1] == 2 else _no_rule(name),
-            "__pow__": lambda: square(args[0]) if args[1] == 2 else _no_rule(name),
-        }
-        if name in table:
-            return table[name]()
-        raise NoRuleError(f"no interval rule for method Tensor.{name}")
-
-
-def _no_rule(name: str) -> Any:
-    raise NoRuleError(f"no interval rule for Tensor.{name} with these arguments")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from save_ros.core.graph import ModelGraph
-from save_ros.core.intervals import Interval, IntervalInterpreter
+from save_ros.core.intervals import Interval
+from save_ros.core.propagate import IntervalInterpreter
 
 
 class InputRangeError(ValueError):
