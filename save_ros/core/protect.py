@@ -201,15 +201,14 @@ class ProtectedModel:
         seq = self._seq
         i = next(self._ids)
         check_w, window = self._weight_schedule(i)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode():  # one context for forward and checks (~2.5 us each)
+            t0 = time.perf_counter()
             out, values = self._inst.forward(x)
-        t1 = time.perf_counter()
-        job = Job(i, (x,), out, values, t0, t1, seq, check_w, window, rt)
-        if not wait:
-            return InferenceResult(out, None, self._verifier.submit(job))
-        # The caller waits anyway: check on its own thread, which saves two thread hand-offs.
-        with torch.inference_mode():
+            t1 = time.perf_counter()
+            job = Job(i, (x,), out, values, t0, t1, seq, check_w, window, rt)
+            if not wait:
+                return InferenceResult(out, None, self._verifier.submit(job))
+            # The caller waits anyway: check on its own thread, which saves two thread hand-offs
             status = self._verify(job)
         job.future.set_result(status)
         return InferenceResult(status.output if status.output is not None else out, status,
