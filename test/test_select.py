@@ -149,3 +149,22 @@ def test_multihead_attention_outputs_are_analysed_activations():
     assert {"inp", "getitem", "getitem_1", "add", "out"} <= acts  # MHA's (output, weights)
     assert a.unsupported == []
     assert a.tensors["getitem_1"].sound_low == 0.0 and a.tensors["getitem_1"].sound_high == 1.0
+
+
+def test_max_pool_masks_flips_that_stay_below_the_window_max():
+    from save_ros.core.attribution import pool_other_max
+
+    v = torch.tensor([[[[1.0, 3.0, 5.0], [2.0, 0.5, 5.0], [9.0, 9.0, 9.0]]]])  # 3x3, k = 2
+    other = pool_other_max(v, 2)
+    assert other[0, 0, :2, :2].tolist() == [[3.0, 2.0], [3.0, 3.0]]  # 3 is the unique max
+    assert torch.isinf(other[0, 0, 2]).all() and torch.isinf(other[0, 0, :, 2]).all()
+    rule = FlipRule(torch.tensor(-100.0), torch.tensor(100.0), None, 0.1, False, 2)
+    # bit 22 adds half the value for 1.0 -> 1.5 (<= 3: masked); 3.0 -> 2.0 drops the max
+    codes = classify(v, 22, rule, other)[0, 0]
+    assert codes[0, 0] == R and codes[0, 1] == V and codes[1, 1] == R
+    assert codes[2, 2] == R  # never read by the pool
+    pool = torch.nn.functional.max_pool2d
+    for (i, j), c in (((0, 0), R), ((0, 1), V), ((1, 1), R)):
+        f = v.clone()
+        f[0, 0, i, j] = bits.flipped(v[0, 0, i, j].reshape(1), 22)[0]
+        assert torch.equal(pool(f, 2), pool(v, 2)) == (c == R)

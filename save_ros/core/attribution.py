@@ -5,7 +5,9 @@
 - RANGING if the flipped value is NaN / Inf or leaves the element's checked range
   (`rule.low` / `rule.high`, per channel broadcast to elements): a range check catches it;
 - else ROBUST if the consuming op masks it (`rule.relu_masked`: every consumer is a ReLU, the
-  golden value is <= 0 and the flipped value is <= 0, -inf included; NaN is never masked) or if
+  golden value is <= 0 and the flipped value is <= 0, -inf included; NaN is never masked;
+  `rule.pool_kernel`: every consumer is a non-overlapping max pool and the flipped value stays
+  <= the max of the other elements of its window) or if
   it is numerically small: |delta| * R <= `rule.fraction`, R from `core.sensitivity`;
 - else VULNERABLE.
 The same function classifies flips in attribution (golden weights, calibration activations) and
@@ -32,10 +34,36 @@ class FlipRule:
     sens: torch.Tensor | None  # R per element; None: nothing is numerically robust
     fraction: float = 0.1  # safety fraction of the smallest gap
     relu_masked: bool = False
+    pool_kernel: int | None = None  # every consumer is a non-overlapping k x k max pool
 
 
-def classify(values: torch.Tensor, bit: int, rule: FlipRule) -> torch.Tensor:
-    """BitClass code (int8) per element for a flip of `bit` in each element of `values`."""
+def pool_other_max(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Per element of (N, C, H, W) values: the max of the other elements of its k x k window.
+
+    A flip that keeps an element <= this leaves the window's max, so the pool output, unchanged.
+    Elements that no window covers (floor mode) get +inf: the pool never reads them.
+    """
+    n, c, h, w = values.shape
+    hh, ww = h // k, w // k
+    win = values[:, :, : hh * k, : ww * k].reshape(n, c, hh, k, ww, k).permute(0, 1, 2, 4, 3, 5)
+    win = win.reshape(n, c, hh, ww, k * k)
+    top2 = win.topk(2, dim=-1).values
+    m1, m2 = top2[..., :1], top2[..., 1:]
+    unique_max = (win == m1) & ((win == m1).sum(-1, keepdim=True) == 1)
+    other = torch.where(unique_max, m2, m1)  # the max of the others
+    other = other.reshape(n, c, hh, ww, k, k).permute(0, 1, 2, 4, 3, 5).reshape(n, c, hh * k,
+                                                                                ww * k)
+    out = torch.full_like(values, float("inf"))
+    out[:, :, : hh * k, : ww * k] = other
+    return out
+
+
+def classify(values: torch.Tensor, bit: int, rule: FlipRule,
+             other_max: torch.Tensor | None = None) -> torch.Tensor:
+    """BitClass code (int8) per element for a flip of `bit` in each element of `values`.
+
+    `other_max` (with `rule.pool_kernel`): `pool_other_max` of the same values.
+    """
     new = bits.flipped(values, bit)
     finite = torch.isfinite(new)
     ranging = ~finite | (new < rule.low) | (new > rule.high)
@@ -45,6 +73,9 @@ def classify(values: torch.Tensor, bit: int, rule: FlipRule) -> torch.Tensor:
         robust |= finite & (delta * rule.sens <= rule.fraction)
     if rule.relu_masked:
         robust |= (values <= 0) & (new <= 0)  # NaN compares False: never masked
+    if other_max is not None:
+        # Not the window's unique max, before and after: the pool output stays the other max.
+        robust |= (values <= other_max) & (new <= other_max)
     out = torch.full(values.shape, int(BitClass.VULNERABLE), dtype=torch.int8)
     out[robust] = int(BitClass.ROBUST)
     out[ranging] = int(BitClass.RANGING)
@@ -55,19 +86,21 @@ def bit_shares(values: torch.Tensor, rule: FlipRule, chunk: int = 1 << 22):
     """Per bit, the shares (robust, ranging, vulnerable) over all elements of `values`."""
     width = bits.layout_of(values.dtype).width
     flat = values.reshape(-1) if values.numel() <= chunk else None
+    other = pool_other_max(values, rule.pool_kernel) if rule.pool_kernel else None
     shares = []
     for bit in range(width):
         counts = torch.zeros(3, dtype=torch.int64)
         if flat is not None:
-            counts += torch.bincount(classify(values, bit, rule).reshape(-1).long(), minlength=3)
+            codes = classify(values, bit, rule, other)
+            counts += torch.bincount(codes.reshape(-1).long(), minlength=3)
         else:
             # Large tensors: rows at a time, ranges broadcast per row.
             for i in range(0, values.shape[0], max(1, chunk // max(1, values[0].numel()))):
                 j = i + max(1, chunk // max(1, values[0].numel()))
                 sub = FlipRule(_rows(rule.low, i, j, values), _rows(rule.high, i, j, values),
                                _rows(rule.sens, i, j, values), rule.fraction, rule.relu_masked)
-                counts += torch.bincount(classify(values[i:j], bit, sub).reshape(-1).long(),
-                                         minlength=3)
+                codes = classify(values[i:j], bit, sub, _rows(other, i, j, values))
+                counts += torch.bincount(codes.reshape(-1).long(), minlength=3)
         total = float(counts.sum())
         shares.append(tuple(float(c) / total for c in counts))
     return shares

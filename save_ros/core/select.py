@@ -130,8 +130,28 @@ def _weight_entry(name: str, w: torch.Tensor, layer: str, sens: torch.Tensor | N
     return t, rule
 
 
+def _pool_kernel(graph: ModelGraph, layer) -> int | None:
+    """k if every consumer is an nn.MaxPool2d with a k x k window, stride k, no padding."""
+    ks = set()
+    for u in layer.users:
+        user = graph.layer(u)
+        if user.op != "call_module":
+            return None
+        m = graph.model.get_submodule(user.target)
+        if not isinstance(m, nn.MaxPool2d) or m.ceil_mode or m.return_indices:
+            return None
+        k = nn.modules.utils._pair(m.kernel_size)
+        if k[0] != k[1] or nn.modules.utils._pair(m.stride) != k \
+                or nn.modules.utils._pair(m.padding) != (0, 0) \
+                or nn.modules.utils._pair(m.dilation) != (1, 1):
+            return None
+        ks.add(k[0])
+    return ks.pop() if len(ks) == 1 else None
+
+
 def _activation_entry(r: NodeRange, layer: str, sens: torch.Tensor | None, relu: bool,
-                      cfg: SelectConfig) -> tuple[TensorAnalysis, FlipRule]:
+                      cfg: SelectConfig, pool: int | None = None
+                      ) -> tuple[TensorAnalysis, FlipRule]:
     """Attribution of one activation over its kept calibration values."""
     loose = looseness(r)
     finite = bool(torch.isfinite(r.sound.lo).all() and torch.isfinite(r.sound.hi).all())
@@ -153,7 +173,9 @@ def _activation_entry(r: NodeRange, layer: str, sens: torch.Tensor | None, relu:
     rs = None
     if sens is not None:
         rs = _floored(sens.unsqueeze(0), cdim, cfg)
-    rule = FlipRule(low, high, rs, cfg.fraction, relu)
+    if pool is not None and len(r.shape) != 3:
+        pool = None
+    rule = FlipRule(low, high, rs, cfg.fraction, relu, pool)
     numel = int(torch.tensor(r.shape).prod()) if r.shape else 1
     cw = r.calib_hi - r.calib_lo
     t = TensorAnalysis(
@@ -167,7 +189,8 @@ def _activation_entry(r: NodeRange, layer: str, sens: torch.Tensor | None, relu:
         sound_high_ch=r.sound_hi_ch.tolist() if r.sound_hi_ch is not None else None,
         calib_low_ch=r.calib_lo_ch.tolist() if r.calib_lo_ch is not None else None,
         calib_high_ch=r.calib_hi_ch.tolist() if r.calib_hi_ch is not None else None,
-        nbytes=numel * 4, masked_by="relu" if relu else None,
+        nbytes=numel * 4,
+        masked_by="relu" if relu else (f"maxpool{pool}" if pool else None),
     )
     _fill(t, bit_shares(r.samples.contiguous(), rule))
     return t, rule
@@ -254,7 +277,8 @@ def analyze(
         relu = bool(layer.users) and all(
             graph.layer(u).kind in RELU_KINDS for u in layer.users)
         tensors[layer.name], rules[layer.name] = _activation_entry(
-            ranges[layer.name], layer.name, r_a.get(layer.name), relu, cfg)
+            ranges[layer.name], layer.name, r_a.get(layer.name), relu, cfg,
+            _pool_kernel(graph, layer))
     timings["attribution"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     settings = asdict(cfg) | {"calibration_samples": len(calib),

@@ -29,7 +29,7 @@ from torch import fx
 
 from save_ros.core import bits
 from save_ros.core.analysis import Analysis, BitClass, TensorAnalysis, TensorKind
-from save_ros.core.attribution import FlipRule, classify
+from save_ros.core.attribution import FlipRule, classify, pool_other_max
 from save_ros.core.sensitivity import top1_gaps
 
 
@@ -170,7 +170,8 @@ def _rule_at(rule: FlipRule, shape: tuple[int, ...], flat: torch.Tensor) -> Flip
     """The rule of the elements at `flat` indices of one sample (shape without batch)."""
     def at(t):
         return None if t is None else t.expand(1, *shape).reshape(-1)[flat]
-    return FlipRule(at(rule.low), at(rule.high), at(rule.sens), rule.fraction, rule.relu_masked)
+    return FlipRule(at(rule.low), at(rule.high), at(rule.sens), rule.fraction, rule.relu_masked,
+                    rule.pool_kernel)
 
 
 @torch.no_grad()
@@ -197,12 +198,17 @@ def _validate_activations(analysis, x, golden, covered, per_class, gen, batch
                 continue
             v = values[t.name].reshape(len(x), -1)[rows[sel], elem[sel]]
             rule = _rule_at(analysis.rules[t.name], tuple(t.shape), elem[sel])
+            other = None
+            if rule.pool_kernel:  # the window context of these very inputs
+                other = pool_other_max(values[t.name], rule.pool_kernel)
+                other = other.reshape(len(x), -1)[rows[sel], elem[sel]]
             for b in bit[sel].unique().tolist():
                 m = bit[sel] == b
                 sub = FlipRule(rule.low[m], rule.high[m],
                                None if rule.sens is None else rule.sens[m],
-                               rule.fraction, rule.relu_masked)
-                code[sel[m]] = classify(v[m].contiguous(), b, sub)
+                               rule.fraction, rule.relu_masked, rule.pool_kernel)
+                code[sel[m]] = classify(v[m].contiguous(), b, sub,
+                                        None if other is None else other[m])
         for cls in BitClass:
             need = per_class - len(picked[cls])
             hit = (code == int(cls)).nonzero().reshape(-1)[:max(need, 0)].tolist()
