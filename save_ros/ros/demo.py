@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=int, default=10, help="inject before every N-th frame")
     parser.add_argument("--seed", type=int, default=1, help="seed of the first injection")
     parser.add_argument("--rate", type=float, default=1.0, help="speed factor on the bag")
+    parser.add_argument("--publish-policy", choices=("immediate", "verified"),
+                        default="immediate", help="immediate: results before their verdict "
+                        "(repairs re-published); verified: only checked results")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the unprotected node")
     parser.add_argument("--json", type=Path, help="write the summary as JSON here")
@@ -53,6 +56,8 @@ def _session(label: str, args: argparse.Namespace, frames: list, labels: list[in
     """One node: a clean lockstep run, then a run with injected faults; their comparison."""
     proc = NodeProcess(CONFIG_DIR / f"{args.model}.yaml", namespace=f"demo_{os.getpid()}",
                        overrides={"model": args.model, "protect": protect,
+                                  "publish_policy": args.publish_policy if protect
+                                  else "immediate",
                                   "fault_injection.enabled": True,
                                   "fault_injection.count": args.flips,
                                   "fault_injection.seed": args.seed}).start()
@@ -77,8 +82,10 @@ def _session(label: str, args: argparse.Namespace, frames: list, labels: list[in
         raise
     print(f"[{label}] outputs identical to the clean run: {cmp['all_equal']}/"
           f"{cmp['all_compared']} (verified and identical: {cmp['verified_equal']}/"
-          f"{cmp['verified_compared']}); accuracy clean {acc_clean[0]}/{acc_clean[1]}, "
-          f"with faults {acc_faulty[0]}/{acc_faulty[1]}; node exit code {code}", flush=True)
+          f"{cmp['verified_compared']}; first published output per input identical: "
+          f"{cmp['first_output_equal']}/{cmp['all_compared']}); accuracy clean "
+          f"{acc_clean[0]}/{acc_clean[1]}, with faults {acc_faulty[0]}/{acc_faulty[1]}; "
+          f"node exit code {code}", flush=True)
     return {"clean": clean.summary(), "faulty": faulty.summary(), "comparison": cmp,
             "accuracy_clean": acc_clean, "accuracy_faulty": acc_faulty, "node_exit_code": code}
 
@@ -92,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"bag {BAGS_DIR / DIGITS_BAG}: {len(frames)} mono8 64x64 frames; {args.flips} bit "
           f"flips before every {args.every}th frame, seeds from {args.seed}", flush=True)
     report = {"model": args.model, "flips": args.flips, "every": args.every,
-              "seed": args.seed, "save": _session("SAVE", args, frames, labels, True)}
+              "seed": args.seed, "publish_policy": args.publish_policy,
+              "save": _session("SAVE", args, frames, labels, True)}
     if not args.no_baseline:
         report["unprotected"] = _session("unprotected", args, frames, labels, False)
     save = report["save"]["comparison"]
