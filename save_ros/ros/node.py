@@ -87,7 +87,8 @@ class SaveNode(Node):
         self.services_group = MutuallyExclusiveCallbackGroup()
         self.diagnostics_group = MutuallyExclusiveCallbackGroup()
 
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        # deep enough that a burst of results and statuses is not overwritten before delivery
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.output_pub = self.create_publisher(JointState, "~/output", reliable)
         self.status_pub = self.create_publisher(DiagnosticArray, "~/fault_status", reliable)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
