@@ -12,7 +12,8 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("save_ros.eval.demo", "the main job: the bundled default, end to end, with a summary"),
+    "demo": ("save_ros.ros.demo", "main job: protected node, bundled bag, faults on"),
+    "campaign-demo": ("save_ros.eval.demo", "a short campaign on the default model"),
     "campaign": ("save_ros.eval.campaign_cli", "seeded fault-injection campaign on a model"),
     "train-campaign": ("save_ros.eval.training_cli", "faults during a fine-tune, with rollback"),
     "pvf": ("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
