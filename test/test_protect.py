@@ -215,3 +215,20 @@ def test_a_cancelling_pair_is_repaired_once_any_flip_shows(setup):
     assert r.status.verified and torch.equal(r.output, clean)
     assert r.status.repaired.get("fc1.weight") == 2
     assert torch.equal(iv, bits.int_view(ref.fc1.weight.detach()).view(-1))
+
+
+def test_min_vulnerable_share_trades_redundancy_for_range_checks():
+    name = "cartpole_policy"
+    spec = models.get_spec(name)
+    xc, _ = models.dataset(name, "calib")
+    kinds = {}
+    for share in (0.0, 1.0):
+        pm = protect(models.load(name), xc[:1], spec.input_range(),
+                     ProtectConfig(calibration=xc[:128], reliable_budget_bytes=0,
+                                   min_vulnerable_share=share))
+        kinds[share] = {c["check"] for c in pm.checks()}
+        r = pm.infer(xc[:8])
+        assert r.status.verified and not r.status.faulty  # range checks: no false alarm
+        pm.close()
+    assert "dmr" in kinds[0.0] and "range" not in kinds[0.0]
+    assert "range" in kinds[1.0] and "dmr" not in kinds[1.0]

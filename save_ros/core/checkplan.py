@@ -102,8 +102,13 @@ def _range_check(c: LayerCheck, ta: Any, value: torch.Tensor) -> LayerCheck:
 
 def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placement,
                 store: WeightStore, values: Sequence[Any], force: str = "auto",
-                robust_allowance: bool = True) -> Runtime:
-    """The check of every layer, decided on the example run's `values`."""
+                robust_allowance: bool = True, min_vulnerable_share: float = 0.0) -> Runtime:
+    """The check of every layer, decided on the example run's `values`.
+
+    `min_vulnerable_share`: a layer whose output has at most this share of vulnerable bits (of
+    all its bits) gets a range check instead of redundancy; its few vulnerable bits are then left
+    unchecked (counted in the reason). 0 (the default) checks every vulnerable bit.
+    """
     if force not in FORCE_KINDS:
         raise CheckPlanError(f"checks={force!r}; use one of {', '.join(FORCE_KINDS)}")
     tensors = analysis.tensors if analysis is not None else {}
@@ -136,10 +141,12 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
                 c.reason = "view of its input: checked where the input is produced"
             else:
                 c.kind, c.reason = CheckKind.DMR, "not analysed: re-computed"
-        elif force == "range" or (force == "auto" and ta.vulnerable_bits <= 0
+        elif force == "range" or (force == "auto" and ta.vulnerable_bits <= min_vulnerable_share
+                                  * ta.numel * max(len(ta.bit_shares), 1)
                                   and ta.ranging_bits > 0):
-            c.kind, c.reason = CheckKind.RANGE, f"{ta.ranging_bits:.0f} ranging bits, no " \
-                "vulnerable bits" if force == "auto" else "checks='range'"
+            c.kind, c.reason = CheckKind.RANGE, f"{ta.ranging_bits:.0f} ranging bits, " \
+                f"{ta.vulnerable_bits:.0f} vulnerable bits left unchecked" if force == "auto" \
+                else "checks='range'"
             _range_check(c, ta, val)
         elif force == "auto" and ta.vulnerable_bits <= 0:
             c.reason = "robust bits only"

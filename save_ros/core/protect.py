@@ -60,6 +60,7 @@ class ProtectConfig:
     margin: float = 0.1  # calibration ranges widened by this share of their width
     confirm_range_alarms: bool = True  # re-compute before calling a range excursion a fault
     robust_allowance: bool = True  # ABFT tolerance also admits flips of robust mantissa bits
+    min_vulnerable_share: float = 0.0  # range check, not redundancy, at or below this share
     max_reruns: int = 2  # Edit attempts before a result is reported unverified
     analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model
 
@@ -149,7 +150,8 @@ class ProtectedModel:
         with torch.inference_mode():
             _, values = self._inst.forward(self._example)
             rt = plan_checks(self._inst, analysis, placement, self._store, values,
-                             self.config.checks, self.config.robust_allowance)
+                             self.config.checks, self.config.robust_allowance,
+                             self.config.min_vulnerable_share)
         n = self._store.n_chunks()
         self._chunks_per_job = n
         if self.config.weight_check_budget_s is not None:
