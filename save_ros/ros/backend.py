@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 
 from save_ros.ros.model_source import LoadedModel
-from save_ros.ros.params import NodeConfig, ParameterError, PublishPolicy
+from save_ros.ros.params import Isolation, NodeConfig, ParameterError, PublishPolicy
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
@@ -83,6 +84,11 @@ class Backend:
         """Flip bits in normal-memory tensors; a JSON report of the flips."""
         raise BackendError("fault injection needs protect=true")
 
+    def inject_crash(self, kind: str) -> str:
+        """Make the process that runs the model crash (or hang); a one-line report."""
+        raise BackendError("inject_crash needs isolation=process: with isolation=none the model "
+                           "runs in the node's own process, which the crash would take down")
+
     def close(self) -> None:
         """Release threads and memory."""
 
@@ -134,12 +140,17 @@ class BareBackend(Backend):
         return f"undid {flips} injected flips"
 
 
-def make_backend(cfg: NodeConfig, loaded: LoadedModel, logger) -> Backend:
-    """The backend the parameters ask for."""
+def make_backend(cfg: NodeConfig, loaded: LoadedModel, logger,
+                 on_event: Callable[[object], None] | None = None) -> Backend:
+    """The backend the parameters ask for; `on_event` gets worker events (isolation=process)."""
+    if not cfg.protect and cfg.publish_policy is PublishPolicy.VERIFIED:
+        raise ParameterError("publish_policy=verified needs protect=true: a bare model "
+                             "never verifies, so nothing would be published")
+    if cfg.isolation is Isolation.PROCESS:
+        from save_ros.ros.failover_backend import FailoverBackend
+
+        return FailoverBackend(cfg, loaded, logger, on_event)
     if not cfg.protect:
-        if cfg.publish_policy is PublishPolicy.VERIFIED:
-            raise ParameterError("publish_policy=verified needs protect=true: a bare model "
-                                 "never verifies, so nothing would be published")
         return BareBackend(loaded, cfg.device)
     from save_ros.ros.protected_backend import ProtectedBackend
 

@@ -174,7 +174,8 @@ class ReplayClient:
         self.diag_sub = self.node.create_subscription(DiagnosticArray, "/diagnostics",
                                                       self._on_diag, reliable)
         self.services = {name: self.node.create_client(Trigger, f"{node_fqn}/{name}")
-                         for name in ("recover", "reanalyze", "inject_faults")}
+                         for name in ("recover", "reanalyze", "inject_faults",
+                                      "inject_crash")}
         self.result = ReplayResult()
         self._cond = threading.Condition()
         self._executor = SingleThreadedExecutor(context=self.context)

@@ -3,7 +3,8 @@
 `Health` is updated from several executor threads (intake, inference, verifier, services), so
 every method takes its lock. Its level follows what rqt_robot_monitor shows: OK while every result
 is verified; WARN when inputs were rejected or dropped, or a fault was detected and repaired,
-since the last report; ERROR when a result could not be verified or a fault was not repaired.
+since the last report; ERROR when a result could not be verified or a fault was not repaired,
+or (isolation=process) an inference worker crashed or hung.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Health:
         self.unrepaired = 0
         self.injected = 0
         self.recoveries = 0
+        self.worker_failures = 0  # worker crashes and hangs (isolation=process)
+        self.failovers = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._since_report: Counter[str] = Counter()
         self.last_problem = ""
@@ -111,6 +114,18 @@ class Health:
         with self._lock:
             self.recoveries += 1
 
+    def on_worker_failure(self, detail: str) -> None:
+        """An inference worker crashed, hung, or could not start (isolation=process)."""
+        with self._lock:
+            self.worker_failures += 1
+            self._since_report["worker_failures"] += 1
+            self.last_problem = detail
+
+    def on_failover(self) -> None:
+        """Another worker took over from a failed one."""
+        with self._lock:
+            self.failovers += 1
+
     def level(self) -> bytes:
         """OK / WARN / ERROR for what happened since the last report."""
         with self._lock:
@@ -118,7 +133,7 @@ class Health:
 
     def _level_locked(self) -> bytes:
         s = self._since_report
-        if s["unverified"] or s["unrepaired"]:
+        if s["unverified"] or s["unrepaired"] or s["worker_failures"]:
             return ERROR
         if s["detected"] or s["rejected"] or s["dropped"]:
             return WARN
@@ -145,6 +160,8 @@ class Health:
                 WARN: "faults detected and repaired, or inputs rejected/dropped",
                 ERROR: "unverified or unrepaired results",
             }
+            if self._since_report["worker_failures"]:
+                messages[ERROR] = "inference worker crashed or hung; failed over to the standby"
             values: dict[str, object] = {
                 "received": self.received, "dropped": self.dropped,
                 "rejected": sum(self.rejected.values()), "inferred": self.inferred,
@@ -152,6 +169,7 @@ class Health:
                 "unverified": self.unverified, "faults_detected": self.detected,
                 "tensors_repaired": self.repaired, "unrepaired": self.unrepaired,
                 "faults_injected": self.injected, "recoveries": self.recoveries,
+                "worker_failures": self.worker_failures, "failovers": self.failovers,
             }
             values.update(percentiles)
             for reason, n in sorted(self.rejected.items()):

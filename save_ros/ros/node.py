@@ -6,7 +6,8 @@ Threads (a MultiThreadedExecutor, one callback group per thing it protects):
 - `inference`: drains the queue through `ProtectedModel.infer(x, wait=False)`;
 - `verifier`: runs the queued SAVE checks (`run_pending_checks`) on its own executor thread
   (`ProtectConfig.verifier = "external"`), so checks overlap the next inference;
-- `services`: `~/recover`, `~/reanalyze`, `~/inject_faults`, which answer while inference runs;
+- `services`: `~/recover`, `~/reanalyze`, `~/inject_faults`, `~/inject_crash`, which answer
+  while inference runs;
 - `diagnostics`: `/diagnostics` at `diagnostics_period` and on every level change.
 
 Exit codes: 0 clean shutdown, 2 bad parameter, 3 model cannot be loaded or protected.
@@ -67,11 +68,13 @@ class SaveNode(Node):
         self.loaded = model_source.load(self.cfg)
         self.names = convert.output_names(self.loaded.task, self.loaded.num_outputs,
                                           self.cfg.output_names)
-        self.backend: Backend = make_backend(self.cfg, self.loaded, self.get_logger())
         # diagnostic_aggregator groups by the part before ':'; the FQN keeps namespaces apart
         fqn = self.get_fully_qualified_name().lstrip("/")
         self.health = Health(f"{fqn}: {self.loaded.name}", self.loaded.name,
                              protected=self.cfg.protect)
+        self._diag_gc = None  # wakes the diagnostics thread on a worker failure
+        self.backend: Backend = make_backend(self.cfg, self.loaded, self.get_logger(),
+                                             self._on_worker_event)
         self._queue: deque[_Pending] = deque()
         self._queue_lock = threading.Lock()
         self._seq = 0
@@ -107,6 +110,8 @@ class SaveNode(Node):
         self.create_timer(0.05, self._verify, callback_group=self.verifier_group)
         self.create_timer(self.cfg.diagnostics_period, self._publish_diagnostics,
                           callback_group=self.diagnostics_group)
+        self._diag_gc = self.create_guard_condition(self._maybe_publish_diagnostics,
+                                                    self.diagnostics_group)
 
         self.create_service(Trigger, "~/recover", self._srv_recover,
                             callback_group=self.services_group)
@@ -114,6 +119,8 @@ class SaveNode(Node):
                             callback_group=self.services_group)
         if self.cfg.fault_injection.enabled:
             self.create_service(Trigger, "~/inject_faults", self._srv_inject,
+                                callback_group=self.services_group)
+            self.create_service(Trigger, "~/inject_crash", self._srv_inject_crash,
                                 callback_group=self.services_group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
@@ -280,6 +287,27 @@ class SaveNode(Node):
         except BackendError as exc:
             resp.success, resp.message = False, str(exc)
         return resp
+
+    def _srv_inject_crash(self, _req: Trigger.Request,
+                          resp: Trigger.Response) -> Trigger.Response:
+        """Make the active inference worker fail (fault_injection.crash_kind) on its next input."""
+        kind = params.read(self).fault_injection.crash_kind
+        try:
+            resp.message = self.backend.inject_crash(kind)
+            resp.success = True
+        except BackendError as exc:
+            resp.success, resp.message = False, str(exc)
+        return resp
+
+    def _on_worker_event(self, event) -> None:
+        """A FailoverEvent (failover reporter thread): count it; an error goes out at once."""
+        if event.is_error:
+            self.health.on_worker_failure(
+                f"worker {event.pid} {event.kind.value}: {event.detail}")
+        elif event.kind.value == "failover":
+            self.health.on_failover()
+        if event.is_error and self._diag_gc is not None:
+            self._diag_gc.trigger()
 
     def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
         reason = params.validate_change(changes)

@@ -29,6 +29,13 @@ class PublishPolicy(enum.Enum):
     VERIFIED = "verified"
 
 
+class Isolation(enum.Enum):
+    """Where the model runs: in the node's process, or in a crash-isolated worker process."""
+
+    NONE = "none"
+    PROCESS = "process"
+
+
 class InputType(enum.Enum):
     """Message type of the input topic."""
 
@@ -70,6 +77,15 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "cpu", T.PARAMETER_STRING, "torch device: cpu, cuda or cuda:N"),
     ParamSpec("protect", True, T.PARAMETER_BOOL,
               "false serves the bare model (a baseline for latency), without SAVE"),
+    ParamSpec("isolation", "none", T.PARAMETER_STRING,
+              "none: the model runs in the node's process; process: in a worker process with a "
+              "warm standby, so a crash (segfault, lost GPU context) or hang fails over instead "
+              "of taking the node down", choices=tuple(i.value for i in Isolation)),
+    # a flat name, not isolation.hang_timeout_s: YAML cannot hold `isolation: process` and an
+    # `isolation:` mapping at once
+    ParamSpec("isolation_hang_timeout_s", 2.0, T.PARAMETER_DOUBLE,
+              "isolation=process: an inference unanswered this long is a hang; its worker is "
+              "killed and the standby takes over", float_range=(0.05, 600.0)),
     ParamSpec("input_topic", "~/input", T.PARAMETER_STRING, "topic the node subscribes to"),
     ParamSpec("input_type", "image", T.PARAMETER_STRING, "message type of the input topic",
               choices=tuple(t.value for t in InputType)),
@@ -113,6 +129,9 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("fault_injection.bits", [-1], T.PARAMETER_INTEGER_ARRAY,
               "bit positions to flip (0 = least significant, 31 = fp32 sign); [-1]: any",
               read_only=False),
+    ParamSpec("fault_injection.crash_kind", "segfault", T.PARAMETER_STRING,
+              "what ~/inject_crash does to the active worker on its next inference "
+              "(isolation=process)", read_only=False, choices=("segfault", "exit", "hang")),
 )
 _BY_NAME = {s.name: s for s in SPECS}
 
@@ -143,6 +162,7 @@ class FaultInjection:
     target: str
     seed: int
     bits: tuple[int, ...]
+    crash_kind: str = "segfault"  # what one `~/inject_crash` call does
 
 
 @dataclass(frozen=True)
@@ -173,6 +193,8 @@ class NodeConfig:
     diagnostics_period: float
     fault_injection: FaultInjection = field(
         default_factory=lambda: FaultInjection(False, 1, "weights", 0, ()))
+    isolation: Isolation = Isolation.NONE
+    hang_timeout_s: float = 2.0
 
 
 def check_value(name: str, value: Any) -> None:
@@ -249,7 +271,9 @@ def read(node: Node) -> NodeConfig:
         shutdown_timeout=p["shutdown_timeout"], diagnostics_period=p["diagnostics_period"],
         fault_injection=FaultInjection(
             enabled=p["fault_injection.enabled"], count=p["fault_injection.count"],
-            target=p["fault_injection.target"], seed=p["fault_injection.seed"], bits=bits),
+            target=p["fault_injection.target"], seed=p["fault_injection.seed"], bits=bits,
+            crash_kind=p["fault_injection.crash_kind"]),
+        isolation=Isolation(p["isolation"]), hang_timeout_s=p["isolation_hang_timeout_s"],
     )
 
 

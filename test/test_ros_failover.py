@@ -1,0 +1,131 @@
+"""save_node with isolation=process, a real process over DDS: a worker crash does not stop it.
+
+The model runs in a worker process with a warm standby; `~/inject_crash` makes the active worker
+really crash (SIGSEGV, or a hang the watchdog catches) on its next inference while inputs keep
+arriving. The node must stay up, answer every input it was sent with the fault-free output under
+the input's stamp, and say on /diagnostics that a worker crashed.
+"""
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
+
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+
+from save_ros import models  # noqa: E402
+from save_ros.ros import convert  # noqa: E402
+from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages  # noqa: E402
+from save_ros.ros.bench import _restamped  # noqa: E402
+from save_ros.ros.client import ReplayClient, stamp_key  # noqa: E402
+from save_ros.ros.process import NodeProcess  # noqa: E402
+
+pytestmark = pytest.mark.ros
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn_isolated.yaml")
+DIGITS = convert.InputSpec(shape=(1, 8, 8), low=(0.0,), high=(1.0,))
+FRAMES = 12
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """An isolated (isolation=process) protected digits_cnn node with fault injection on."""
+    cache = tmp_path_factory.getbasetemp() / "save_ros_analysis" / "digits_cnn.json"
+    proc = NodeProcess(CONFIG, namespace=f"test_failover_{os.getpid()}", overrides={
+        "fault_injection.enabled": True, "fault_injection.crash_kind": "segfault",
+        "analysis_cache": str(cache), "queue_size": 100, "qos.depth": 100,
+        "qos.reliability": "reliable", "diagnostics_period": 0.2,
+        "isolation_hang_timeout_s": 1.0,
+    }).start()
+    try:
+        with ReplayClient(node_fqn=proc.fqn, input_topic="~/input", input_type="image",
+                          reliability="reliable") as client:
+            client.wait_for_node(proc, timeout=90.0)
+            yield proc, client
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return [m.msg for m in read_messages(BAGS_DIR / DIGITS_BAG)][:FRAMES]
+
+
+@pytest.fixture(scope="module")
+def clean(node, frames):
+    """Fault-free outputs through the node, by frame index."""
+    _, client = node
+    result = client.replay(_restamped(frames, FRAMES, 50.0, 100), pace="lockstep")
+    outputs = [result.final_output(s) for s in sorted(result.sent)]
+    assert all(o is not None for o in outputs)
+    return outputs
+
+
+def _stream_with_crash(client: ReplayClient, frames, base_sec: int, count: int = 36):
+    """Publish `count` inputs at 25 Hz; a third of the way in, call ~/inject_crash."""
+    stream = _restamped(frames, count, 25.0, base_sec)
+    box: dict = {}
+    publisher = threading.Thread(target=lambda: box.setdefault(
+        "result", client.replay(stream, pace="rate", settle=3.0, status_timeout=30.0)))
+    publisher.start()
+    time.sleep(count / 25.0 / 3)
+    reply = client.call("inject_crash", timeout=10.0)
+    publisher.join(60.0)
+    return reply, box["result"], stream
+
+
+def _set(client: ReplayClient, name: str, value: str) -> None:
+    srv = client.node.create_client(SetParameters, f"{client.fqn}/set_parameters")
+    assert srv.wait_for_service(timeout_sec=10.0)
+    done = threading.Event()
+    future = srv.call_async(SetParameters.Request(parameters=[ParameterMsg(
+        name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                        string_value=value))]))
+    future.add_done_callback(lambda _: done.set())
+    assert done.wait(10.0) and future.result().results[0].successful
+
+
+@pytest.mark.parametrize("kind", ["segfault", "hang"])
+def test_worker_crash_fails_over_and_every_input_gets_the_fault_free_output(node, frames,
+                                                                             clean, kind):
+    proc, client = node
+    _set(client, "fault_injection.crash_kind", kind)
+    reply, result, stream = _stream_with_crash(client, frames, 200 if kind == "segfault" else 300)
+    proc.check_alive()  # the node process survived the crash of its inference worker
+    assert reply.success and "armed" in reply.message and kind in reply.message
+
+    # every input published after the node was ready got exactly its output, under its stamp
+    stamps = [stamp_key(m.header) for m in stream]
+    answered = [s for s in stamps if result.outputs.get(s)]
+    assert len(answered) == len(stamps), f"{len(stamps) - len(answered)} inputs got no output"
+    model = models.load("digits_cnn")
+    for i, (msg, stamp) in enumerate(zip(stream, stamps, strict=True)):
+        # the fault-free output: bit-equal to the clean run through the node, and the model's
+        assert result.final_output(stamp) == clean[i % FRAMES]
+        with torch.no_grad():
+            expected = model(convert.image_to_tensor(msg, DIGITS))[0]
+        assert torch.allclose(torch.tensor(result.final_output(stamp)), expected, atol=1e-5)
+        assert result.final_status(stamp)["verified"] == "true"
+
+    # the input the crashed worker held was re-run on the standby, and its status says so
+    failed_over = [s for s in stamps if result.final_status(s).get("failover") == "true"]
+    assert len(failed_over) == 1
+    status = result.final_status(failed_over[0])
+    assert status["attempts"] == "2" and status["_level"] == "1"  # WARN: re-run, verified
+    assert "after the worker holding it failed" in status["_message"]
+
+    # /diagnostics went to ERROR, naming the crash; the counters show one failover
+    errors = [d for d in result.diagnostics if d["_level"] == "2"]
+    assert errors, "no ERROR on /diagnostics after the worker crash"
+    assert "worker crashed or hung" in errors[0]["_message"]
+    expected_detail = "SIGSEGV" if kind == "segfault" else "watchdog"
+    assert expected_detail in errors[0]["last_problem"]
+    last, before = result.diagnostics[-1], result.counters_before
+    assert int(last["worker_failures"]) - int(before["worker_failures"]) == 1
+    assert int(last["failovers"]) - int(before["failovers"]) == 1
+    assert int(last["dropped"]) == int(before["dropped"])  # nothing dropped in the node either
