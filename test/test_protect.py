@@ -232,3 +232,22 @@ def test_min_vulnerable_share_trades_redundancy_for_range_checks():
         pm.close()
     assert "dmr" in kinds[0.0] and "range" not in kinds[0.0]
     assert "range" in kinds[1.0] and "dmr" not in kinds[1.0]
+
+
+def test_weight_check_schedules_every_n_and_time_budget():
+    name = "cartpole_policy"
+    spec = models.get_spec(name)
+    xc, _ = models.dataset(name, "calib")
+    pm = protect(models.load(name), xc[:1], spec.input_range(),
+                 ProtectConfig(calibration=xc[:128], weight_check_interval=3))
+    assert [pm.infer(xc[:1]).status.weights_checked for _ in range(6)] == [True, False, False] * 2
+    pm.close()
+    pm = protect(models.load(name), xc[:1], spec.input_range(),
+                 ProtectConfig(calibration=xc[:128], weight_check_budget_s=1e-9))
+    assert pm._chunks_per_job == 1  # the smallest window: one chunk per inference
+    w = pm.normal_tensors()["fc2.weight"]
+    bits.flip_(w, w.numel() - 1, 30)
+    seen = [pm.infer(xc[:1]).status for _ in range(pm._store.n_chunks())]
+    assert sum(st.faulty for st in seen) >= 1  # the rotating window reaches the flip
+    assert all(st.verified for st in seen[-1:])
+    pm.close()

@@ -50,8 +50,11 @@ class FaultStatus:
 
     `verified` is True when every planned check passed (after repair, if one was needed) and the
     input lay inside the declared range; the result is then the fault-free one (bit-exact where
-    checks are exact, else within the stated ABFT tolerance). `output` holds the corrected output
-    when Edit re-ran part of the model, else None (the immediate output was right).
+    checks are exact, else within the stated ABFT tolerance). With a weight-check schedule other
+    than every inference (`weight_check_interval` > 1 or `weight_check_budget_s`), a weight flip
+    that no layer check sees stays unseen until its chunk's turn (`weights_checked` says whether
+    this inference had one). `output` holds the corrected output when Edit re-ran part of the
+    model, else None (the immediate output was right).
     """
 
     inference_id: int
