@@ -56,6 +56,7 @@ class Health:
         self.recoveries = 0
         self.worker_failures = 0  # worker crashes and hangs (isolation=process)
         self.failovers = 0
+        self.cold_failovers = 0  # no warm standby was ready: a new worker had to start
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._since_report: Counter[str] = Counter()
         self.last_problem = ""
@@ -121,10 +122,11 @@ class Health:
             self._since_report["worker_failures"] += 1
             self.last_problem = detail
 
-    def on_failover(self) -> None:
-        """Another worker took over from a failed one."""
+    def on_failover(self, warm: bool) -> None:
+        """Another worker took over from a failed one (`warm`: a ready standby did)."""
         with self._lock:
             self.failovers += 1
+            self.cold_failovers += int(not warm)
 
     def level(self) -> bytes:
         """OK / WARN / ERROR for what happened since the last report."""
@@ -170,6 +172,7 @@ class Health:
                 "tensors_repaired": self.repaired, "unrepaired": self.unrepaired,
                 "faults_injected": self.injected, "recoveries": self.recoveries,
                 "worker_failures": self.worker_failures, "failovers": self.failovers,
+                "cold_failovers": self.cold_failovers,
             }
             values.update(percentiles)
             for reason, n in sorted(self.rejected.items()):

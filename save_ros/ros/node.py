@@ -305,7 +305,7 @@ class SaveNode(Node):
             self.health.on_worker_failure(
                 f"worker {event.pid} {event.kind.value}: {event.detail}")
         elif event.kind.value == "failover":
-            self.health.on_failover()
+            self.health.on_failover(bool(event.warm))
         if event.is_error and self._diag_gc is not None:
             self._diag_gc.trigger()
 
