@@ -548,6 +548,11 @@ def campaign_tables(model: str, results: Path = RESULTS) -> str:
             points = [p for p in points if p["method"] != "save"]
             points += json.loads(rerun.read_text())["points"]
         methods = [m for m in data["config"]["methods"]]
+        # other methods run later with the same settings (e.g. weight scaling): extra columns
+        for extra in sorted(results.glob(f"runtime_campaign_{model}_{target}_extra_*.json")):
+            more = json.loads(extra.read_text())
+            points += more["points"]
+            methods += [m for m in more["config"]["methods"] if m not in methods]
         flips = sorted({p["flips"] for p in points})
         cfg = data["config"]
         metric = "success" if cfg.get("episodes") and data["model"]["task"] == "control" \
