@@ -15,15 +15,21 @@ import torch
 
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
+import rclpy.context  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.exceptions import InvalidParameterValueException  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 
 from save_ros import models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
+from save_ros.ros.backend import BackendError  # noqa: E402
 from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages  # noqa: E402
 from save_ros.ros.bench import _restamped  # noqa: E402
 from save_ros.ros.client import ReplayClient, stamp_key  # noqa: E402
+from save_ros.ros.node import SaveNode  # noqa: E402
+from save_ros.ros.params import ParameterError  # noqa: E402
 from save_ros.ros.process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -129,3 +135,67 @@ def test_worker_crash_fails_over_and_every_input_gets_the_fault_free_output(node
     assert int(last["worker_failures"]) - int(before["worker_failures"]) == 1
     assert int(last["failovers"]) - int(before["failovers"]) == 1
     assert int(last["dropped"]) == int(before["dropped"])  # nothing dropped in the node either
+
+
+@pytest.fixture
+def context():
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)
+
+
+def _build(context, **overrides) -> SaveNode:
+    params = [Parameter(k, value=v) for k, v in ({"protect": False} | overrides).items()]
+    return SaveNode(context=context, parameter_overrides=params,
+                    namespace=f"failover_startup_{os.getpid()}")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"isolation": "thread"}, ParameterError, "isolation='thread' is not allowed"),
+        ({"isolation_hang_timeout_s": 0.0}, InvalidParameterValueException,
+         "isolation_hang_timeout_s"),
+        ({"fault_injection.crash_kind": "melt"}, ParameterError, "crash_kind='melt'"),
+    ],
+)
+def test_bad_isolation_settings_are_refused_with_a_reason(context, overrides, error, message):
+    with pytest.raises(error, match=message):
+        _build(context, **overrides)
+
+
+def test_inject_crash_is_refused_without_isolation(context):
+    node = _build(context, isolation="none")
+    try:
+        with pytest.raises(BackendError, match="needs isolation=process"):
+            node.backend.inject_crash("segfault")
+    finally:
+        node.backend.close()
+        node.destroy_node()
+
+
+def test_isolated_torchscript_model_is_served_from_its_file_and_survives_a_crash(context,
+                                                                                tmp_path):
+    path = tmp_path / "policy.ts"
+    module = torch.jit.script(models.load("cartpole_policy"))
+    module.save(str(path))
+    node = _build(context, model_file=str(path), input_shape=[4], input_low=[-3.0],
+                  input_high=[3.0], task="control", input_type="float32_multi_array",
+                  isolation="process")
+    try:
+        x = torch.tensor([[0.1, -0.2, 0.03, 0.4]])
+        with torch.no_grad():
+            expected = module(x)
+        output, verdict = node.backend.infer(x)
+        assert torch.equal(output, expected)
+        assert verdict.result(10.0).values == {"verified": False, "protected": False,
+                                               "worker_pid": node.backend.pm.active_pid}
+        node.backend.pm.wait_ready(60.0)  # a warm standby
+        assert "armed" in node.backend.inject_crash("exit")
+        output, verdict = node.backend.infer(x)  # the worker exits on it; the standby answers
+        assert torch.equal(output, expected)
+        assert verdict.result(10.0).values["attempts"] == 2
+    finally:
+        node.backend.close()
+        node.destroy_node()
