@@ -151,3 +151,18 @@ def test_fused_graph_compares_on_device_and_rotates_the_checksum():
             break
     assert r.status.detections and r.verified and torch.equal(r.output, out0)
     pm.close()
+
+
+def test_protect_dispatches_cuda_inputs_to_the_graph_path():
+    from save_ros import ProtectConfig, protect
+    from save_ros.gpu.runtime import CudaProtectedModel
+
+    torch.manual_seed(0)
+    net = DigitsResNet().eval().cuda()
+    x = torch.rand(1, 1, 8, 8, device="cuda")
+    pm = protect(net, x, (0.0, 1.0), ProtectConfig(calibration=torch.rand(16, 1, 8, 8)))
+    try:
+        assert isinstance(pm, CudaProtectedModel)
+        assert pm.infer(x).status.verified
+    finally:
+        pm.close()

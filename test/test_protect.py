@@ -251,3 +251,10 @@ def test_weight_check_schedules_every_n_and_time_budget():
     assert sum(st.faulty for st in seen) >= 1  # the rotating window reaches the flip
     assert all(st.verified for st in seen[-1:])
     pm.close()
+
+
+def test_a_bad_cuda_backend_is_refused_with_the_choices():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
+    with pytest.raises(ValueError, match="'graph' or 'generic'"):
+        protect(net, torch.rand(1, 4), (0.0, 1.0), ProtectConfig(cuda_backend="tpu"))

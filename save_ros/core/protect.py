@@ -63,6 +63,9 @@ class ProtectConfig:
     min_vulnerable_share: float = 0.0  # range check, not redundancy, at or below this share
     max_reruns: int = 2  # Edit attempts before a result is reported unverified
     analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model
+    # CUDA inputs: "graph" = the CUDA-graph path of save_ros.gpu (fused device-side checks;
+    # needs verifier="thread"), "generic" = this runtime on CUDA tensors (what the node uses)
+    cuda_backend: str = "graph"
 
 
 @dataclass
@@ -480,6 +483,8 @@ def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
     its weights move into checksummed flat storage, in-place modules become out-of-place)."""
     config = config or ProtectConfig()
     VerifierMode(config.verifier)  # fail early on a typo
+    if config.cuda_backend not in ("graph", "generic"):
+        raise ValueError(f"cuda_backend={config.cuda_backend!r}; use 'graph' or 'generic'")
     _input_bounds(input_range)
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor shaped like one batch of real input")
@@ -489,4 +494,13 @@ def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
         from save_ros.core.select import analyze
 
         analysis = analyze(model, example_input, input_range, config.calibration, config.margin)
+    if example_input.is_cuda and config.cuda_backend == "graph" and config.verifier == "thread":
+        # The CUDA-graph path (measured on an H100: docs/results/gpu.md); same infer() contract,
+        # its status converts with `status.to_fault_status()`.
+        from save_ros.gpu.runtime import CudaProtectedModel, GpuProtectConfig
+
+        return CudaProtectedModel(
+            model, example_input,
+            GpuProtectConfig(checksum_every=max(1, config.weight_check_interval)),
+            analysis=analysis, calibration=config.calibration)
     return ProtectedModel(model, example_input, input_range, config, analysis)
