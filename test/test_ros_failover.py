@@ -16,21 +16,17 @@ import torch
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
 import rclpy.context  # noqa: E402
-from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
-from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.exceptions import InvalidParameterValueException  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from rosutil import digits_frames, running_node, set_parameter, string_value  # noqa: E402
 
 from save_ros import models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
 from save_ros.ros.backend import BackendError  # noqa: E402
-from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages  # noqa: E402
 from save_ros.ros.bench import _restamped  # noqa: E402
 from save_ros.ros.client import ReplayClient, stamp_key  # noqa: E402
 from save_ros.ros.node import SaveNode  # noqa: E402
 from save_ros.ros.params import ParameterError  # noqa: E402
-from save_ros.ros.process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn_isolated.yaml")
@@ -41,25 +37,18 @@ FRAMES = 12
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     """An isolated (isolation=process) protected digits_cnn node with fault injection on."""
-    cache = tmp_path_factory.getbasetemp() / "save_ros_analysis" / "digits_cnn.json"
-    proc = NodeProcess(CONFIG, namespace=f"test_failover_{os.getpid()}", overrides={
+    with running_node(CONFIG, f"test_failover_{os.getpid()}", {
         "fault_injection.enabled": True, "fault_injection.crash_kind": "segfault",
-        "analysis_cache": str(cache), "queue_size": 100, "qos.depth": 100,
+        "queue_size": 100, "qos.depth": 100,
         "qos.reliability": "reliable", "diagnostics_period": 0.2,
         "isolation_hang_timeout_s": 1.0,
-    }).start()
-    try:
-        with ReplayClient(node_fqn=proc.fqn, input_topic="~/input", input_type="image",
-                          reliability="reliable") as client:
-            client.wait_for_node(proc, timeout=90.0)
-            yield proc, client
-    finally:
-        proc.stop()
+    }, tmp_path_factory, reliability="reliable") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def frames():
-    return [m.msg for m in read_messages(BAGS_DIR / DIGITS_BAG)][:FRAMES]
+    return digits_frames(FRAMES)
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +75,7 @@ def _stream_with_crash(client: ReplayClient, frames, base_sec: int, count: int =
 
 
 def _set(client: ReplayClient, name: str, value: str) -> None:
-    srv = client.node.create_client(SetParameters, f"{client.fqn}/set_parameters")
-    assert srv.wait_for_service(timeout_sec=10.0)
-    done = threading.Event()
-    future = srv.call_async(SetParameters.Request(parameters=[ParameterMsg(
-        name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING,
-                                        string_value=value))]))
-    future.add_done_callback(lambda _: done.set())
-    assert done.wait(10.0) and future.result().results[0].successful
+    assert set_parameter(client, name, string_value(value)).successful
 
 
 @pytest.mark.parametrize("kind", ["segfault", "hang"])

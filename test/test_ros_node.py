@@ -15,16 +15,13 @@ import torch
 
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
-from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rosutil import digits_frames, running_node, set_parameter, string_value  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from save_ros import models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
-from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages  # noqa: E402
-from save_ros.ros.client import ReplayClient, ReplayResult, stamp_key  # noqa: E402
-from save_ros.ros.process import NodeProcess  # noqa: E402
+from save_ros.ros.client import ReplayResult, stamp_key  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn.yaml")
@@ -34,25 +31,18 @@ DIGITS = convert.InputSpec(shape=(1, 8, 8), low=(0.0,), high=(1.0,))
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     """A protected digits_cnn node with fault injection on, in a namespace of its own."""
-    # shared by the test modules of this session: only the first node start runs Selection
-    cache = tmp_path_factory.getbasetemp() / "save_ros_analysis" / "digits_cnn.json"
-    proc = NodeProcess(CONFIG, namespace=f"test_node_{os.getpid()}", overrides={
+    with running_node(CONFIG, f"test_node_{os.getpid()}", {
         "fault_injection.enabled": True, "fault_injection.count": 64,
-        "fault_injection.seed": 7, "analysis_cache": str(cache), "queue_size": 2,
+        "fault_injection.seed": 7, "queue_size": 2,
         "qos.depth": 100,
         "diagnostics_period": 0.2,
-    }).start()
-    try:
-        with ReplayClient(node_fqn=proc.fqn, input_topic="~/input", input_type="image") as cl:
-            cl.wait_for_node(proc, timeout=90.0)
-            yield proc, cl
-    finally:
-        proc.stop()
+    }, tmp_path_factory) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def frames():
-    return [m.msg for m in read_messages(BAGS_DIR / DIGITS_BAG)][:12]
+    return digits_frames(12)
 
 
 def _frame(stamp_sec: int, encoding: str = "mono8", size: int = 64, fill=None) -> Image:
@@ -177,32 +167,18 @@ def test_services_answer_while_inference_runs(node, frames):
     assert recover.success
 
 
-def _set(client: ReplayClient, name: str, value: ParameterValue):
-    srv = client.node.create_client(SetParameters, f"{client.fqn}/set_parameters")
-    assert srv.wait_for_service(timeout_sec=10.0)
-    done = threading.Event()
-    future = srv.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name,
-                                                                           value=value)]))
-    future.add_done_callback(lambda _: done.set())
-    assert done.wait(10.0)
-    return future.result().results[0]
-
-
 def test_runtime_parameter_changes_are_validated(node):
     _, client = node
 
-    def string(s: str) -> ParameterValue:
-        return ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=s)
-
-    bad = _set(client, "publish_policy", string("sometimes"))
+    bad = set_parameter(client, "publish_policy", string_value("sometimes"))
     assert not bad.successful and "publish_policy" in bad.reason and "verified" in bad.reason
-    read_only = _set(client, "model", string("digits_vit"))
+    read_only = set_parameter(client, "model", string_value("digits_vit"))
     assert not read_only.successful and "read-only" in read_only.reason
-    out_of_range = _set(client, "fault_injection.count",
-                        ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=0))
+    zero = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=0)
+    out_of_range = set_parameter(client, "fault_injection.count", zero)
     assert not out_of_range.successful
-    assert _set(client, "publish_policy", string("verified")).successful
-    assert _set(client, "publish_policy", string("immediate")).successful
+    assert set_parameter(client, "publish_policy", string_value("verified")).successful
+    assert set_parameter(client, "publish_policy", string_value("immediate")).successful
 
 
 def test_sigterm_shuts_down_cleanly_and_reports_every_inference(node, frames):

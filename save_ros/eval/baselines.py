@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from save_ros.core.protect import ProtectConfig, ProtectedModel, protect
+from save_ros.eval.methods import ForwardMethod
 
 
 def _calib_x(calib: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -68,23 +69,13 @@ class SaveMethod:
         self.pm.recover()
 
 
-class FullDmr:
-    """Duplicated execution with output comparison; a third run votes on a mismatch."""
+class FullDmr(ForwardMethod):
+    """Duplicated execution with output comparison; a third run votes on a mismatch.
+
+    Weights stay in one copy in normal memory, so every parameter is injectable.
+    """
 
     name = "full_dmr"
-    activations_injectable = True
-
-    def __init__(self) -> None:
-        self.model: nn.Module = nn.Identity()
-
-    def prepare(self, model: nn.Module, spec: Any = None,
-                calib: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """Keep the model."""
-        self.model = model.eval()
-
-    def injectable(self) -> dict[str, torch.Tensor]:
-        """All parameters (one copy, in normal memory)."""
-        return {k: p.detach() for k, p in self.model.named_parameters()}
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run twice, compare per sample; re-run and take the majority where they differ."""
@@ -101,18 +92,17 @@ class FullDmr:
             out = torch.where(a_ok.reshape(shape), a, b)
         return out, diff
 
-    def reset(self) -> None:
-        """Nothing to clear."""
 
+class RangeRestriction(ForwardMethod):
+    """Clip every module's input to its profiled range (Ranger-style), NaN to 0.
 
-class RangeRestriction:
-    """Clip every module's input to its profiled range (Ranger-style), NaN to 0."""
+    Every parameter is injectable; `predict` is one clipped forward pass that never detects.
+    """
 
     name = "range_restriction"
-    activations_injectable = True
 
     def __init__(self) -> None:
-        self.model: nn.Module = nn.Identity()
+        super().__init__()
         self.bounds: dict[str, tuple[float, float]] = {}
         self._handles: list = []
 
@@ -120,7 +110,7 @@ class RangeRestriction:
                 calib: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Profile the input range of every leaf module on the calibration split, then clip."""
         x = _calib_x(calib)
-        self.model = model.eval()
+        super().prepare(model)
         for h in self._handles:
             h.remove()
         leaves = {p: m for p, m in model.named_modules() if p and next(m.children(), None) is None}
@@ -146,19 +136,6 @@ class RangeRestriction:
                     return None
                 return (torch.nan_to_num(args[0], nan=0.0).clamp(lo, hi), *args[1:])
             self._handles.append(leaves[path].register_forward_pre_hook(clip))
-
-    def injectable(self) -> dict[str, torch.Tensor]:
-        """All parameters."""
-        return {k: p.detach() for k, p in self.model.named_parameters()}
-
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One clipped forward pass; never detects."""
-        with torch.inference_mode():
-            out = self.model(x)
-        return out, torch.zeros(len(x), dtype=torch.bool)
-
-    def reset(self) -> None:
-        """Nothing to clear."""
 
 
 def save_method() -> SaveMethod:

@@ -102,6 +102,21 @@ def _gpu_time(fn, iters: int, warmup: int) -> float:
     return a.elapsed_time(b) / iters
 
 
+def _capture(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """The unprotected model captured as a CUDA graph on `x` (its static input), and its output."""
+    # warm up on a side stream first, as CUDA graph capture requires (lazy init, autotuning)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = model(x)
+    return g, out
+
+
 def bench_config(name: str, batch: int, dtype: torch.dtype, args: argparse.Namespace) -> dict:
     """All latency figures of one model x batch x dtype."""
     from save_ros.core.bits import flip_
@@ -120,16 +135,8 @@ def bench_config(name: str, batch: int, dtype: torch.dtype, args: argparse.Names
             model(x)
             torch.cuda.synchronize()
         row["eager"] = _host_latency(eager, args.iters // 2, args.warmup)
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                model(x)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
         static_x = x.clone()
-        with torch.cuda.graph(g):
-            g_out = model(static_x)
+        g, g_out = _capture(model, static_x)
 
         def graph():
             static_x.copy_(x)  # a node copies each new input into the graph's buffer
@@ -226,15 +233,7 @@ def breakdown(name: str, dtype: torch.dtype, args: argparse.Namespace) -> dict:
     row: dict = {"model": name, "dtype": str(dtype).removeprefix("torch."),
                  "variant": args.variants.split(";")[0]}
     with torch.no_grad():
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                model(x)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            model(x)
+        g, _ = _capture(model, x)
 
     def plain():
         g.replay()

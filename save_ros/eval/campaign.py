@@ -18,12 +18,14 @@ inference drawn at random among the episodes' steps (a transient upset, see `_Ep
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,6 +146,13 @@ def machine_info() -> dict:
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "torch_threads": torch.get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+def write_json(path: Path, result: dict) -> None:
+    """Write a result record as indented JSON (creating its folder) and say where on stdout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
 
 
 def _split(faults: Sequence[BitFault], weight_names: set[str]):

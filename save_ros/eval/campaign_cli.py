@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from save_ros.eval.campaign import TARGETS, CampaignConfig, CampaignError, run_campaign
+from save_ros.eval.campaign import (
+    TARGETS,
+    CampaignConfig,
+    CampaignError,
+    run_campaign,
+    write_json,
+)
 from save_ros.eval.methods import UnknownMethodError
 from save_ros.faults import EmptyTargetError, NoBitsError
 from save_ros.models import ModelError
@@ -133,7 +138,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"wall time {result['wall_s']:.1f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0

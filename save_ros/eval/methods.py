@@ -64,10 +64,14 @@ class Method(Protocol):
         """Return to the fault-free state after a trial's faults were undone."""
 
 
-class Unprotected:
-    """The model as is: every weight and activation is exposed, nothing is detected."""
+class ForwardMethod:
+    """Base for methods that run the model as given: one forward pass, nothing detected.
 
-    name = "unprotected"
+    Every parameter is exposed to weight faults and nothing is kept between trials; a subclass
+    overrides the steps it changes (how it prepares, what it exposes, how it predicts).
+    """
+
+    name = "forward"
     activations_injectable = True
 
     def __init__(self) -> None:
@@ -89,7 +93,13 @@ class Unprotected:
         return out, torch.zeros(len(x), dtype=torch.bool)
 
     def reset(self) -> None:
-        """Nothing to clear."""
+        """Nothing to clear: the campaign's undo log restores the weights."""
+
+
+class Unprotected(ForwardMethod):
+    """The model as is: every weight and activation is exposed, nothing is detected."""
+
+    name = "unprotected"
 
 
 class EccOracle(Unprotected):

@@ -10,7 +10,6 @@ share (how many inferences of the batch a flip corrupts, on average) is reported
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from save_ros.eval.campaign import EvalSetup, machine_info, registry_setup
+from save_ros.eval.campaign import EvalSetup, machine_info, registry_setup, write_json
 from save_ros.eval.metrics import Proportion, compare
 from save_ros.faults import RandomFlips, apply_bit_faults, weight_sites
 from save_ros.faults.records import UndoLog
@@ -110,7 +109,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['layer']:<28}{r['params']:>8}{r['flips']:>7}  {ci:<24}"
               f"{r['per_sample']['rate']:>11.4f}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0

@@ -25,15 +25,18 @@ import torch
 from torch import nn
 
 from save_ros.eval.baselines import SaveMethod
+from save_ros.eval.methods import ForwardMethod
 from save_ros.faults.scaling import ScalingReport, StorageFormat, harden
 
 DESIGN_BIT_ERROR_RATE = 1e-4  # the rate the per-layer objective weighs flips with
 
 
-class WeightScaling:
-    """A model whose Linear/Conv weights are stored scaled (see `save_ros.faults.scaling`)."""
+class WeightScaling(ForwardMethod):
+    """A model whose Linear/Conv weights are stored scaled (see `save_ros.faults.scaling`).
 
-    activations_injectable = True
+    Every parameter is injectable as stored (scaled fp32/fp16/int8 weights, scaled fp32 biases);
+    `predict` is one forward pass: weight scaling never detects.
+    """
 
     def __init__(self, fmt: str = "fp32", policy: str = "optimal",
                  bit_error_rate: float = DESIGN_BIT_ERROR_RATE, name: str | None = None,
@@ -44,8 +47,8 @@ class WeightScaling:
         self.bit_error_rate = bit_error_rate
         default = "weight_scaling" if self.fmt is StorageFormat.FP32 else (
             f"weight_scaling_{fmt}" if policy == "optimal" else f"{fmt}_plain")
+        super().__init__()
         self.name = name or default
-        self.model: nn.Module = nn.Identity()
         self.report: ScalingReport | None = None
 
     def prepare(self, model: nn.Module, spec: Any = None,
@@ -54,19 +57,6 @@ class WeightScaling:
         self.model, self.report = harden(model.eval(), self.fmt, self.bit_error_rate,
                                          policy=self.policy, saturate=self.saturate,
                                          calibration=None if calib is None else calib[0])
-
-    def injectable(self) -> dict[str, torch.Tensor]:
-        """Every parameter as stored: scaled weights (fp32/fp16/int8) and scaled fp32 biases."""
-        return {k: p.detach() for k, p in self.model.named_parameters()}
-
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass; weight scaling never detects."""
-        with torch.inference_mode():
-            out = self.model(x)
-        return out, torch.zeros(len(x), dtype=torch.bool)
-
-    def reset(self) -> None:
-        """Nothing to clear: the campaign's undo log restores the stored weights."""
 
 
 class SaveWeightScaling(SaveMethod):

@@ -12,7 +12,6 @@ the runs that had one are repeated.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from save_ros.eval.campaign import machine_info
+from save_ros.eval.campaign import machine_info, write_json
 from save_ros.eval.campaign_cli import int_list
 from save_ros.faults import ProcessingElementFault, RandomFlips, StuckAt
 from save_ros.faults.training import (
@@ -201,7 +200,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"wall time {result['wall_s']:.1f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
