@@ -17,8 +17,9 @@ setup(
         (f"share/{package_name}", ["package.xml"]),
         (f"share/{package_name}/launch", glob("launch/*.launch.py")),
         (f"share/{package_name}/config", glob("config/*.yaml")),
-        (f"share/{package_name}/bags", glob("bags/*/*", recursive=True)),
-    ],
+    ]
+    # one entry per bag folder: each rosbag2 folder has its own metadata.yaml
+    + [(f"share/{package_name}/{d}", glob(f"{d}/*")) for d in sorted(glob("bags/*"))],
     python_requires=">=3.10",
     # torch and ROS come from the platform: rosdep on a robot, scripts/install.sh in a venv.
     install_requires=["numpy", "pyyaml", "scikit-learn", "gymnasium", "rosbags"],

@@ -27,7 +27,9 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header
 
-BAGS_DIR = Path(__file__).resolve().parents[2] / "bags"
+from save_ros.ros.share import share_dir
+
+BAGS_DIR = share_dir("bags")
 DIGITS_BAG, CARTPOLE_BAG = "digits_mono8", "cartpole_states"
 DIGITS_TOPIC, CARTPOLE_TOPIC = "/camera/image", "/cartpole/joint_states"
 CARTPOLE_JOINTS = ("cart_position", "cart_velocity", "pole_angle", "pole_angular_velocity")

@@ -35,8 +35,9 @@ from save_ros.ros.bags import (
 )
 from save_ros.ros.client import ReplayClient
 from save_ros.ros.process import NodeProcess, config_parameters
+from save_ros.ros.share import share_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_DIR = share_dir("config")
 MODELS = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole_policy")
 RATES_HZ = (50, 100, 200, 400, 800)
 

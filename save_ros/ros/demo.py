@@ -20,8 +20,9 @@ from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
 from save_ros.ros.client import ReplayClient, ReplayResult, compare, stamp_key
 from save_ros.ros.process import NodeProcess
 from save_ros.ros.replay import print_summary
+from save_ros.ros.share import share_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_DIR = share_dir("config")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,8 +35,9 @@ from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
 from save_ros.ros.bench import _restamped
 from save_ros.ros.client import ReplayClient, ReplayResult, stamp_key
 from save_ros.ros.process import NodeProcess
+from save_ros.ros.share import share_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_DIR = share_dir("config")
 
 
 def _publish_and_wait(client: ReplayClient, msg, timeout: float) -> tuple[float, list | None]:
