@@ -101,7 +101,8 @@ def format_table(result: dict) -> str:
     """A readable table of a campaign result: one row per (method, flips)."""
     task = result["model"]["task"]
     acc = "success" if task == "control" else "accuracy"
-    head = (f"{'method':<13}{'target':<12}{'flips':>7}  {acc + ' mean±std':<19}{'min..max':<13}"
+    w = max([13] + [len(p["method"]) + 2 for p in result["points"]])  # method column width
+    head = (f"{'method':<{w}}{'target':<12}{'flips':>7}  {acc + ' mean±std':<19}{'min..max':<13}"
             f"{'SDC rate [95% CI]':<24}{'detected':>9}{'NaN/Inf':>8}{'ms/batch':>10}")
     lines = [head, "-" * len(head)]
     for p in result["points"]:
@@ -110,7 +111,7 @@ def format_table(result: dict) -> str:
         rng = f"{a['min']:.2f}..{a['max']:.2f}" if a["n"] else ""
         ci = f"{s['rate']:.4f} [{s['ci95'][0]:.4f},{s['ci95'][1]:.4f}]"
         count = f"{p['flips']}" if p.get("ber") is None else f"{p['ber']:.0e}"
-        lines.append(f"{p['method']:<13}{p['target']:<12}{count:>7}  {acc_s:<19}{rng:<13}"
+        lines.append(f"{p['method']:<{w}}{p['target']:<12}{count:>7}  {acc_s:<19}{rng:<13}"
                      f"{ci:<24}{p['detected']['rate']:>9.4f}{p['nonfinite']['rate']:>8.4f}"
                      f"{p['latency_ms']['mean']:>10.2f}")
     return "\n".join(lines)
