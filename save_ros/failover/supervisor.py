@@ -8,8 +8,9 @@ the active worker dies or hangs, the requests it held go to the standby, which b
 and a new standby starts in the background. It has the inference API of `ProtectedModel`.
 
 Threads: the dispatcher (sends requests to the active worker, reads answers, detects death and
-hangs), the standby pool's (keeps the wanted number of ready workers), and the reporter
-(calls the event callback, so a slow callback never delays inference).
+hangs; its loop is `save_ros.failover.dispatch.DispatchLoop`), the standby pool's (keeps the
+wanted number of ready workers), and the reporter (calls the event callback, so a slow callback
+never delays inference).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from multiprocessing.connection import wait as wait_any
 from typing import Any
 
 import numpy as np
@@ -33,15 +33,14 @@ import torch.multiprocessing as tmp
 from save_ros.failover import remote
 from save_ros.failover.config import ConfigError, FailoverConfig, StartMethod, WeightSharing
 from save_ros.failover.crash import CrashKind, CrashUnavailableError
+from save_ros.failover.dispatch import DispatchLoop
 from save_ros.failover.events import (
     ClosedError,
     EventKind,
     FailoverEvent,
     FailoverStateError,
     QueueFullError,
-    RequestDroppedError,
     WorkerStartError,
-    describe_exit,
 )
 from save_ros.failover.pool import StandbyPool
 from save_ros.failover.process import WorkerProcess
@@ -53,7 +52,7 @@ log = logging.getLogger(__name__)
 _HISTORY = 1000  # events kept for `events()`
 
 
-class FailoverModel:
+class FailoverModel(DispatchLoop):
     """A model served by worker processes with a warm standby; survives worker crashes and hangs."""
 
     def __init__(self, source: ModelSource | str | torch.nn.Module,
@@ -306,158 +305,3 @@ class FailoverModel:
 
     def _wanted(self) -> int:
         return (1 if self.config.standby else 0) + (1 if self._active is None else 0)
-
-    def _dispatch_loop(self) -> None:
-        # This thread is the supervisor: an unexpected error is logged and the loop goes on.
-        while not self._closing:
-            try:
-                self._dispatch_once()
-            except Exception:
-                log.exception("failover: dispatcher error (continuing)")
-                time.sleep(0.05)
-
-    def _dispatch_once(self) -> None:
-        """Send one request if the worker is free, then wait for an answer, death or timeout."""
-        request = None
-        with self._cond:
-            if self._closing:
-                return
-            if self._active is None and not self._promote():
-                self._cond.wait(0.1)
-                return
-            worker = self._active
-            if self._awaiting is None and self._pending:
-                request = self._pending.popleft()
-                self._cond.notify_all()  # room in the queue
-                request.attempts += 1
-                request.sent_at = time.monotonic()
-                self._awaiting = request
-                self._inflight[request.id] = request
-            deadline = min((r.sent_at + r.timeout_s for r in self._inflight.values()),
-                           default=None)
-        if request is not None:
-            # A request whose output was delivered is re-run only for its verdict.
-            wait = request.wait or request.output_done
-            message = (("infer", request.id, request.array, wait) if request.call is None
-                       else ("call", request.id, *request.call))
-            try:
-                worker.send(message)
-            except (OSError, ValueError):
-                self._on_failure(worker, EventKind.CRASH, "pipe to worker broken")
-                return
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready = wait_any([worker.conn, worker.process.sentinel, self._wake_r], timeout)
-        if self._wake_r in ready:
-            try:
-                os.read(self._wake_r, 4096)
-            except BlockingIOError:
-                pass
-        dead = False
-        if worker.conn in ready or worker.process.sentinel in ready:
-            dead = not self._drain(worker)
-        if dead or worker.process.sentinel in ready:
-            self._on_failure(worker, EventKind.CRASH,
-                             worker.fatal or "worker process died")
-            return
-        with self._cond:
-            overdue = [r for r in self._inflight.values()
-                       if time.monotonic() - r.sent_at > r.timeout_s]
-        if overdue:
-            self._on_failure(worker, EventKind.HANG,
-                             f"request {overdue[0].id} unanswered after "
-                             f"{overdue[0].timeout_s} s (watchdog)")
-
-    def _drain(self, worker: WorkerProcess) -> bool:
-        """Handle every message waiting from the worker; False when its pipe is closed."""
-        try:
-            while worker.conn.poll():
-                self._handle(worker, worker.conn.recv())
-        except (EOFError, OSError):
-            return False
-        return True
-
-    def _handle(self, worker: WorkerProcess, message: tuple) -> None:
-        op, rid = message[0], message[1]
-        if op == "fatal":
-            worker.fatal = f"worker quit, device context lost: {message[2]}"
-            return
-        if op == "crashing":
-            worker.crashed_at = message[2]  # CLOCK_MONOTONIC is one clock for all processes
-            return
-        with self._cond:
-            request = self._inflight.get(rid)
-            if request is None:
-                return  # an answer to a request already failed over or closed
-            if request is self._awaiting and op in ("output", "error", "result"):
-                self._awaiting = None
-            done = True
-            if op == "result":
-                request.output_done = True
-                request.future.set_result(message[2])
-            elif op == "output":
-                _, _, array, status, verdict_follows = message
-                if request.output_done:  # a re-run for the verdict only
-                    if request.verdict is not None and not request.verdict.done():
-                        request.verdict.set_result(status)
-                else:
-                    request.output_done = True
-                    self._counts["answered"] += 1
-                    request.future.set_result(FailoverResult(
-                        torch.from_numpy(array), status, request.verdict, request.id, worker.pid,
-                        request.attempts, time.monotonic() - request.submitted_at))
-                    if request.verdict is not None and not verdict_follows:
-                        request.verdict.set_result(status)
-                    done = not verdict_follows
-            elif op == "verdict" and request.verdict is not None:
-                request.verdict.set_result(message[2])
-            elif op == "error":
-                fail(request, message[2])
-            if done:
-                del self._inflight[rid]
-
-    def _on_failure(self, worker: WorkerProcess, kind: EventKind, detail: str) -> None:
-        """The active worker died or hung: kill it, requeue its requests, hand over."""
-        failed_at = time.monotonic()
-        worker.kill()
-        how = describe_exit(worker.process.exitcode)
-        dropped = []
-        with self._cond:
-            self._active = None
-            self._awaiting = None
-            held = sorted(self._inflight.values(), key=lambda r: r.id)
-            self._inflight.clear()
-            for request in reversed(held):
-                if request.attempts >= self.config.max_attempts:
-                    dropped.append(request)
-                else:
-                    self._pending.appendleft(request)  # first in line, in the original order
-                    self._counts["resubmitted"] += 1
-            self._failure = (failed_at, worker.pid, bool(self._pool.idle))
-            self._cond.notify_all()
-        injected = "" if worker.crashed_at is None else "injected crash, "
-        self._emit(FailoverEvent(kind, worker.pid, f"{injected}{detail} ({how}); "
-                                 f"{len(held) - len(dropped)} request(s) resubmitted",
-                                 duration_s=None if worker.crashed_at is None
-                                 else failed_at - worker.crashed_at))
-        for request in dropped:
-            fail(request, RequestDroppedError(
-                f"request {request.id} took down {request.attempts} workers; dropped "
-                f"(max_attempts={self.config.max_attempts}): check this input"))
-            self._emit(FailoverEvent(EventKind.REQUEST_DROPPED, worker.pid,
-                                     f"request {request.id} after {request.attempts} attempts"))
-
-    def _promote(self) -> bool:
-        """(Lock held) Make a ready standby the active worker; False when none is ready."""
-        self._active = self._pool.take()  # the pool then starts the next standby
-        if self._active is None:
-            return False
-        if self._failure is not None:
-            failed_at, old_pid, warm = self._failure
-            self._failure = None
-            event = FailoverEvent(
-                EventKind.FAILOVER, old_pid,
-                f"worker {self._active.pid} took over from {old_pid} "
-                f"({'warm standby' if warm else 'cold start'})",
-                duration_s=time.monotonic() - failed_at, warm=warm, new_pid=self._active.pid)
-            self._emit(event)  # the condition's lock is re-entrant
-        return True
