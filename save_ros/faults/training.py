@@ -36,7 +36,7 @@ import enum
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,23 @@ from save_ros.faults import (
     sample_pe_faults,
     weight_sites,
 )
+from save_ros.faults.finetune import (
+    SPIKE_WINDOW,
+    FineTuneConfig,
+    FineTuneResult,
+    TrainingFaultError,
+    accuracy,
+    batches,
+    check_loss,
+    finite,
+)
+
+# the fine-tune's own names are re-exported: callers import the whole training API from here
+__all__ = [
+    "SPIKE_WINDOW", "TRANSIENT", "FaultTarget", "FineTuneConfig", "FineTuneResult", "Outcome",
+    "TrainingFault", "TrainingFaultError", "accuracy", "batches", "check_loss", "classify",
+    "fine_tune", "finite", "result_record",
+]
 
 
 class FaultTarget(str, enum.Enum):
@@ -74,10 +91,6 @@ class Outcome(str, enum.Enum):
     NO_EFFECT = "no_effect"
     CRASH = "crash"
     DEGRADED = "degraded"  # silent: finite loss, but held-out accuracy dropped
-
-
-class TrainingFaultError(ValueError):
-    """A training-fault request that cannot run (the message says what to change)."""
 
 
 TRANSIENT = (RandomFlips, BitErrorRate, BitPositions)
@@ -115,70 +128,6 @@ class TrainingFault:
         """JSON-safe form."""
         return {"target": self.target.value, "model": model_to_dict(self.model),
                 "step": self.step, "explicit": [f.to_list() for f in self.explicit]}
-
-
-SPIKE_WINDOW = 16
-
-
-@dataclass(frozen=True)
-class FineTuneConfig:
-    """A short SGD fine-tune: epochs over the train split, batch size, learning rate, seed."""
-
-    epochs: int = 3
-    batch: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    seed: int = 0  # the order of mini-batches
-    checkpoint_every: int = 8  # steps between in-memory checkpoints (rollback)
-    max_rollbacks: int = 3
-    # Optional loss-spike guard (None = off): a finite loss above spike_factor times the largest
-    # of the last SPIKE_WINDOW losses is flagged, and with rollback it is rolled back like NaN.
-    spike_factor: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch < 1 or self.checkpoint_every < 1 or self.lr <= 0:
-            raise TrainingFaultError("epochs, batch and checkpoint_every must be >= 1, lr > 0")
-
-
-@dataclass
-class FineTuneResult:
-    """What one fine-tune did: losses, whether it crashed, rollbacks, held-out accuracy."""
-
-    steps: int
-    losses: list[float]
-    crashed: bool
-    first_nonfinite_step: int | None  # first NaN/Inf loss (or spike, when rollback acts on it)
-    rollbacks: int
-    accuracy: float  # held-out, fault-free evaluation of the final weights (nan when crashed)
-    fault_step: int | None = None
-    first_spike_step: int | None = None  # first loss spike (recorded even without rollback)
-    faults_applied: int = 0  # bit faults applied (all steps), or faulty PEs
-    state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-
-
-def batches(n: int, cfg: FineTuneConfig) -> list[torch.Tensor]:
-    """The seeded mini-batch index order of the whole fine-tune (full batches only)."""
-    if n < cfg.batch:
-        raise TrainingFaultError(f"the train split has {n} samples, fewer than one batch")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    out = []
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen)
-        out.extend(perm[i:i + cfg.batch] for i in range(0, n - cfg.batch + 1, cfg.batch))
-    return out
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of correct argmax predictions (a non-finite logit row counts as wrong)."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(x)
-    finally:
-        model.train(was)
-    ok = (logits.argmax(1) == y) & torch.isfinite(logits).all(1)
-    return float(ok.float().mean())
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -222,22 +171,6 @@ class _ActivationHooks:
         for h in self.handles:
             h.remove()
         self.handles.clear()
-
-
-def finite(params: dict[str, torch.Tensor]) -> bool:
-    """True when every parameter is finite."""
-    return all(bool(torch.isfinite(p).all()) for p in params.values())
-
-
-def check_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> float:
-    """The loss of one batch in eval mode without gradients (the hand-over check)."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return float(loss_fn(model(x), y))
-    finally:
-        model.train(was)
 
 
 def _sites(fault: TrainingFault, model: nn.Module, example: torch.Tensor) -> list[Site]:
