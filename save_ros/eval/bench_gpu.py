@@ -3,7 +3,8 @@
 For every model x batch x dtype: unprotected eager and CUDA-graph latency, the protected model
 (CUDA graph, checks on side streams, CPU verifier), its false alarms on fresh inputs, detection
 latency and time to repair after an injected flip, and AccurateLatency under a stated fault rate.
-Then, per model, a seeded weight-flip coverage campaign (`save_ros.gpu.campaign`). Torchvision
+Then, per model, a seeded weight-flip coverage campaign (`save_ros.gpu.campaign`); the campaign
+and AccurateLatency are in `save_ros.eval.bench_gpu_faults`. Torchvision
 architectures with random weights (seeded): timing does not depend on trained values.
 
 Latency is measured per request, as a robot node sees it: submit, wait for the result on the
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from save_ros.eval.bench_gpu_faults import accurate_latency, campaign
 from save_ros.gpu import CudaUnavailableError, cuda_available
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -285,65 +287,6 @@ def breakdown(name: str, dtype: torch.dtype, args: argparse.Namespace) -> dict:
     row["rows"] = {"activation": pm.act_plan.n_chunks, "weight": pm.weight_plan.n_chunks}
     pm.close()
     return row
-
-
-def campaign(name: str, args: argparse.Namespace) -> dict:
-    """Coverage campaign for one model at batch 1."""
-    from save_ros.gpu.campaign import run_campaign
-    from save_ros.gpu.runtime import CudaProtectedModel, GpuProtectConfig
-
-    dtype = DTYPES[args.campaign_dtype]
-    torch.manual_seed(args.seed)
-    model = _model(name).eval().cuda().to(dtype)
-    gen = torch.Generator(device="cuda").manual_seed(args.seed + 1)
-    shape = (1, 3, 224, 224)
-    x = torch.randn(shape, generator=gen, device="cuda", dtype=dtype)
-    calib = [torch.randn(shape, generator=gen, device="cuda", dtype=dtype) for _ in range(8)]
-    pm = CudaProtectedModel(model, x, GpuProtectConfig(checksum_every=1), calibration=calib)
-    res = run_campaign(pm, x, args.trials, seed=args.seed,
-                       time_limit_s=args.campaign_time_limit)
-    pm.close()
-    out = {"model": name, "dtype": args.campaign_dtype, "batch": 1, "seed": args.seed,
-           **res.to_dict()}
-    del pm, model
-    torch.cuda.empty_cache()
-    return out
-
-
-def accurate_latency(result: dict, rate: float) -> None:
-    """Fill AccurateLatency = Latency x (1 + ErrorRate) per config from the measured parts.
-
-    Fault model: with probability `rate` per inference one random weight bit flips. Protected:
-    latency + rate x repair time, error rate = rate x (measured SDC share of flips + share of
-    output-changing flips the range checks miss x (n - 1) / 2, the mean number of inferences
-    such a flip waits for its slice of a rotating checksum over n inferences). Unprotected:
-    error rate = rate x (measured share of flips that change the output), which is optimistic
-    for it (an unrepaired flip stays and corrupts later inferences too).
-    """
-    camp = {c["model"]: c for c in result["campaigns"]}
-    for row in result["configs"]:
-        c = camp.get(row["model"])
-        if c is None:
-            continue
-        sdc_share = c["sdc"]["count"] / c["trials"]
-        sdc_hi = c["sdc"]["ci95"][1] * c["output_changed"] / c["trials"]
-        changed_share = c["output_changed"] / c["trials"]
-        # output-changing flips the range checks miss wait for their checksum slice
-        unseen = (c["output_changed"]
-                  - c["range_only_share_of_output_changing"]["count"]) / c["trials"]
-        row["unprotected_accurate_latency_ms"] = row["unprotected_best_ms"] * (
-            1 + rate * changed_share)
-        for p in row["protected"].values():
-            lat = p["latency"]["median_ms"] + rate * p["repair"]["median_ms"]
-            exposure = unseen * (p["checksum_every"] - 1) / 2  # wrong outputs before the slice
-            p["error_rate"] = rate * (sdc_share + exposure)
-            p["accurate_latency_ms"] = lat * (1 + p["error_rate"])
-            p["accurate_latency_ms_sdc_ci_high"] = lat * (1 + rate * (sdc_hi + exposure))
-            p["ratio_vs_unprotected_best"] = p["accurate_latency_ms"] / row["unprotected_best_ms"]
-            p["ratio_sdc_ci_high"] = p["accurate_latency_ms_sdc_ci_high"] / row[
-                "unprotected_best_ms"]
-            p["sdc_share_from_campaign"] = {"model": c["model"], "dtype": c["dtype"],
-                                            "share": sdc_share}
 
 
 def _print_row(r: dict) -> None:
