@@ -102,12 +102,14 @@ def _range_check(c: LayerCheck, ta: Any, value: torch.Tensor) -> LayerCheck:
 
 def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placement,
                 store: WeightStore, values: Sequence[Any], force: str = "auto",
-                robust_allowance: bool = True, min_vulnerable_share: float = 0.0) -> Runtime:
+                robust_allowance: bool = True, min_vulnerable_share: float = 0.0,
+                chain_dmr: bool = False) -> Runtime:
     """The check of every layer, decided on the example run's `values`.
 
     `min_vulnerable_share`: a layer whose output has at most this share of vulnerable bits (of
     all its bits) gets a range check instead of redundancy; its few vulnerable bits are then left
     unchecked (counted in the reason). 0 (the default) checks every vulnerable bit.
+    `chain_dmr`: see `_chain` (off by default).
     """
     if force not in FORCE_KINDS:
         raise CheckPlanError(f"checks={force!r}; use one of {', '.join(FORCE_KINDS)}")
@@ -125,7 +127,7 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
             param_readers.setdefault(p, []).append(name)
         val = values[i]
         c = LayerCheck(index=i, name=name, kind=CheckKind.NONE, reason="",
-                       recompute=lambda vals, i=i: inst.recompute(i, vals))
+                       recompute=inst.recomputer(i))
         ta = tensors.get(name)
         if placement.is_reliable(name):
             if node.op == "call_module":
@@ -157,9 +159,60 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
             _choose_redundancy(c, inst, store, values, force, ta, robust_allowance)
         checks.append(c)
     redundant = [c for c in checks if c.kind in (CheckKind.DMR, CheckKind.ABFT)]
+    if chain_dmr:
+        redundant = _chain(inst, redundant)
     batch = RangeBatch([c for c in checks if c.kind is CheckKind.RANGE])
     return Runtime(analysis, placement, checks, batch, redundant, param_readers, layer_params,
                    reliable_sites)
+
+
+def _chain(inst: Instrumented, redundant: list[LayerCheck]) -> list[LayerCheck]:
+    """Merge runs of exact DMR layers, each the only reader of the one before, into segments.
+
+    A segment is re-computed from its first layer's saved inputs, each layer from the one
+    re-computed before it, and compared once, at its last layer. A flip in an inner layer's
+    output is caught when it changes the segment's output; one that the segment masks (e.g. a
+    negative value made more negative before a ReLU) changes nothing any other layer reads, so
+    the verified output is still the fault-free one, but it is not reported as a detection.
+    Saves one compare per inner layer. Returns the checks to run.
+    """
+    by_index = {c.index: c for c in redundant}
+    feeds: dict[int, LayerCheck] = {}  # layer -> the one DMR layer that alone reads it
+    fed: set[int] = set()
+    for c in redundant:
+        if c.kind is not CheckKind.DMR or not c.exact:
+            continue
+        users = list(inst.node_of(c.index).users)
+        u = by_index.get(inst.index.get(users[0].name, -1)) if len(users) == 1 else None
+        if u is not None and u.kind is CheckKind.DMR and u.exact and u.index not in fed:
+            feeds[c.index] = u
+            fed.add(u.index)  # one feeder per layer: a segment is a path, not a tree
+    out = []
+    for c in redundant:
+        if c.index in fed:
+            continue  # compared at its segment's end
+        seg = [c]
+        while seg[-1].index in feeds:
+            seg.append(feeds[seg[-1].index])
+        if len(seg) == 1:
+            out.append(c)
+            continue
+        tail = seg[-1]
+        fns, idx = [m.recompute for m in seg], [m.index for m in seg[:-1]]
+
+        def run(values: Sequence[Any], fns=fns, idx=idx) -> Any:
+            local = list(values)
+            for f, j in zip(fns, idx, strict=False):
+                local[j] = f(local)
+            return fns[-1](local)
+
+        for m in seg[:-1]:
+            m.reason += f"; compared at {tail.name} (chained DMR)"
+        tail.recompute, tail.head = run, seg[0].index
+        tail.members = tuple(m.index for m in seg)
+        tail.reason += f"; chained DMR from {seg[0].name} ({len(seg)} layers)"
+        out.append(tail)
+    return out
 
 
 def _params_of(inst: Instrumented, i: int) -> list[str]:

@@ -68,6 +68,10 @@ class LayerCheck:
     range_source: str = ""
     abft: AbftCheck | None = None
     cost_s: dict[str, float] = field(default_factory=dict)  # measured per-check cost
+    # chained DMR (`ProtectConfig.chain_dmr`): the first layer of the re-computed segment this
+    # check compares at its end, and every layer of that segment (else None / empty)
+    head: int | None = None
+    members: tuple[int, ...] = ()
 
     def describe(self) -> str:
         """One line for reports: layer, check, why."""

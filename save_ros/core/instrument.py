@@ -29,6 +29,55 @@ _INPLACE_FUNCS = {operator.iadd: operator.add, operator.isub: operator.sub,
                   operator.imul: operator.mul, operator.itruediv: operator.truediv}
 
 
+def _direct(mod: nn.Module) -> Callable[..., Any] | None:
+    """The torch op a common module's forward ends in, called without its Python wrappers.
+
+    Same kernel, same arguments, so the same bits (the DMR determinism probe checks it); it
+    saves the module's Python frames and `Module.__getattr__` look-ups, which cost as much as
+    the op itself at batch 1. Parameters are read from the module's dicts at call time (a
+    re-assigned parameter is followed). None: call `mod.forward`.
+    """
+    t, p, b = type(mod), mod._parameters, mod._buffers
+    if t is nn.Conv2d and mod.padding_mode == "zeros":
+        s, pad, d, g = mod.stride, mod.padding, mod.dilation, mod.groups
+        return lambda x: torch.conv2d(x, p["weight"], p["bias"], s, pad, d, g)
+    if t is nn.Linear:
+        return lambda x: torch._C._nn.linear(x, p["weight"], p["bias"])
+    if t in (nn.BatchNorm1d, nn.BatchNorm2d) and mod.track_running_stats:
+        eps, fwd = mod.eps, mod.forward
+
+        def bn(x: torch.Tensor) -> torch.Tensor:
+            if mod.training:  # batch statistics: the module's own logic
+                return fwd(x)
+            return torch.batch_norm(x, p["weight"], p["bias"], b["running_mean"],
+                                    b["running_var"], False, 0.0, eps,
+                                    torch.backends.cudnn.enabled)
+        return bn
+    if t is nn.LayerNorm:
+        shape, eps = mod.normalized_shape, mod.eps
+        return lambda x: torch.layer_norm(x, shape, p["weight"], p["bias"], eps,
+                                          torch.backends.cudnn.enabled)
+    if t is nn.ReLU and not mod.inplace:
+        return torch.relu
+    if t is nn.GELU:
+        approx = mod.approximate
+        return lambda x: torch._C._nn.gelu(x, approximate=approx)
+    if t is nn.Softmax and mod.dim is not None:
+        dim = mod.dim
+        return lambda x: x.softmax(dim)
+    if t is nn.Flatten:
+        start, end = mod.start_dim, mod.end_dim
+        return lambda x: x.flatten(start, end)
+    if t is nn.MaxPool2d and not mod.return_indices:
+        k, s, pad, d, ceil = mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode
+        return lambda x: torch.max_pool2d(x, k, s, pad, d, ceil)
+    if t is nn.AdaptiveAvgPool2d and None not in (mod.output_size if isinstance(
+            mod.output_size, tuple) else (mod.output_size,)):
+        size = mod.output_size
+        return lambda x: torch._C._nn.adaptive_avg_pool2d(x, size)
+    return None
+
+
 class UnsupportedModelError(RuntimeError):
     """The runtime cannot protect this model (the message names the op and what to do)."""
 
@@ -119,7 +168,8 @@ class Instrumented:
     def _compile(self, node: fx.Node) -> Callable[..., Any] | None:
         """The callable that computes `node` from its resolved args (None for inputs)."""
         if node.op == "call_module":
-            return self.gm.get_submodule(node.target).forward  # no hooks: see module docstring
+            mod = self.gm.get_submodule(node.target)
+            return _direct(mod) or mod.forward  # no hooks: see module docstring
         if node.op == "call_function":
             return node.target
         if node.op == "call_method":
@@ -160,6 +210,19 @@ class Instrumented:
         args = self._resolve(node.args, values)
         kwargs = self._resolve(node.kwargs, values)
         return fn(*args, **kwargs)
+
+    def recomputer(self, i: int) -> Callable[[Sequence[Any]], Any]:
+        """`recompute(i, .)` with node i's argument positions resolved once (the DMR hot path)."""
+        fn, simple, node = self._fns[i], self._simple[i], self._new_nodes[i]
+        if fn is None or node.op == "get_attr" or simple is None:
+            return lambda values: self.recompute(i, values)
+        if len(simple) == 1:
+            a = simple[0]
+            return lambda values: fn(values[a])
+        if len(simple) == 2:
+            a, b = simple
+            return lambda values: fn(values[a], values[b])
+        return lambda values: fn(*[values[j] for j in simple])
 
     def run_from(self, k: int, values: Sequence[Any]) -> tuple[Any, list[Any]]:
         """Re-run nodes k.. with the saved values of nodes before k; return (output, values)."""
