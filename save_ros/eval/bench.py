@@ -82,7 +82,7 @@ def _timed_rounds(fns: dict[str, Callable[[], None]], rounds: int, n: int,
     return {k: min(v) for k, v in per.items()}
 
 
-def _protected(name: str, fraction: float | None, analysis=None):
+def _protected(name: str, fraction: float | None, analysis=None, chain_dmr: bool = False):
     """A freshly loaded model protected at a budget fraction (sharing `analysis` if given)."""
     from save_ros import models
     from save_ros.core.allocate import DEFAULT_BUDGET_FRACTION
@@ -92,7 +92,7 @@ def _protected(name: str, fraction: float | None, analysis=None):
     xc, _ = models.dataset(name, "calib")
     cfg = ProtectConfig(calibration=xc, analysis=analysis,
                         reliable_budget_fraction=DEFAULT_BUDGET_FRACTION if fraction is None
-                        else fraction)
+                        else fraction, chain_dmr=chain_dmr)
     return protect(models.load(name), xc[:1], spec.input_range(), cfg)
 
 
@@ -106,6 +106,8 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
     xs = [xt[i : i + 1] for i in range(min(n, len(xt)))]
     plain = models.load(name)
     pm = _protected(name, fraction)
+    # the opt-in chained DMR (ProtectConfig.chain_dmr), timed beside the default
+    pmc = _protected(name, fraction, pm.analysis, chain_dmr=True)
     rr, dmr = RangeRestriction(), FullDmr()
     rr.prepare(models.load(name), None, calib)
     dmr.prepare(models.load(name), None, calib)
@@ -123,6 +125,9 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
     def save_verified() -> None:
         statuses.extend(pm.infer(x, wait=True).status for x in xs)
 
+    def save_verified_chained() -> None:
+        statuses.extend(pmc.infer(x, wait=True).status for x in xs)
+
     def range_restriction() -> None:
         for x in xs:
             rr.predict(x)
@@ -132,7 +137,8 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
             dmr.predict(x)
 
     fns = {"unprotected": unprotected, "save_immediate": save_immediate,
-           "save_verified": save_verified, "range_restriction": range_restriction,
+           "save_verified": save_verified, "save_verified_chained": save_verified_chained,
+           "range_restriction": range_restriction,
            "full_dmr": full_dmr}
     load_before = os.getloadavg()
     spread: dict[str, dict[str, float]] = {}
@@ -164,6 +170,7 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
         "placement": pm.placement.to_dict(), "summary": pm.summary(),
     }
     pm.close()
+    pmc.close()
     return out
 
 
