@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,6 +27,67 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
     "failover-bench": ("save_ros.failover.bench", "worker crash to next result: warm vs cold"),
 }
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line that names the command and points to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `save-ros <cmd>: error: <message>` and exit 2 (the usage block drowns it)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _bounded(text, int, "an integer >= 1", lambda v: v >= 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _bounded(text, int, "an integer >= 0", lambda v: v >= 0)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _bounded(text, float, "a finite number > 0", lambda v: 0 < v < math.inf)
+
+
+def _bounded(text: str, kind: type, want: str, ok: Callable[[Any], bool]) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+    if not ok(value):  # NaN fails every comparison, so it lands here too
+        raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+    return value
+
+
+# A user mistake (bad value, missing file, unknown name) surfacing from a subcommand's run() is
+# reported in one line; anything else is a bug and keeps its traceback. The project's own error
+# classes that subclass ValueError/LookupError report bad input with a message that says what to
+# do (CONVENTIONS.md); these RuntimeError ones do too: a bad bag, model file, node config, no GPU.
+# A bare ValueError/ZeroDivisionError from deeper down is NOT caught: that is a bug to fix.
+_USER_RUNTIME_ERRORS = {"BagError", "ModelLoadError", "NodeStartError", "CudaUnavailableError",
+                        "BackendError", "CrashUnavailableError"}
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one-line message for an exception caused by the user's input, None for a bug."""
+    cls = type(exc)
+    own = cls.__module__.startswith("save_ros.")
+    path = isinstance(exc, OSError) and exc.filename is not None
+    if path or isinstance(exc, FileNotFoundError):
+        # a path the user gave that cannot be read or written
+        msg = f"{exc.filename}: {exc.strerror}" if path and exc.strerror else str(exc)
+    elif cls.__module__.split(".")[0] == "yaml":  # a config file that is not valid YAML
+        msg = f"not valid YAML: {' '.join(str(exc).split())}"
+    elif own and (isinstance(exc, (ValueError, LookupError))
+                  or any(c.__name__ in _USER_RUNTIME_ERRORS for c in cls.__mro__)
+                  or cls.__module__ == "save_ros.models"):
+        msg = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    else:
+        return None
+    return " ".join(str(msg).split())  # one line, even for multi-line messages
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         raise
-    sub = argparse.ArgumentParser(prog=f"save-ros {name}", description=help_)
+    sub = SubcommandParser(prog=f"save-ros {name}", description=help_)
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     try:
@@ -63,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"save-ros {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        msg = user_error_message(exc)
+        if msg is None:
+            raise
+        print(f"save-ros {name}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
