@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from save_ros.cli import positive_float, positive_int
 from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
 from save_ros.ros.client import ReplayClient, ReplayResult, compare, stamp_key
 from save_ros.ros.process import NodeProcess
@@ -29,10 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of the demo."""
     parser.add_argument("--model", default="digits_cnn",
                         help="digits model (its config/<model>.yaml is used)")
-    parser.add_argument("--flips", type=int, default=64, help="bit flips per injection")
-    parser.add_argument("--every", type=int, default=10, help="inject before every N-th frame")
+    parser.add_argument("--flips", type=positive_int, default=64, help="bit flips per injection")
+    parser.add_argument("--every", type=positive_int, default=10,
+                        help="inject before every N-th frame")
     parser.add_argument("--seed", type=int, default=1, help="seed of the first injection")
-    parser.add_argument("--rate", type=float, default=1.0, help="speed factor on the bag")
+    parser.add_argument("--rate", type=positive_float, default=1.0, help="speed factor on the bag")
     parser.add_argument("--publish-policy", choices=("immediate", "verified"),
                         default="immediate", help="immediate: results before their verdict "
                         "(repairs re-published); verified: only checked results")
@@ -95,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; exit status 1 if a verified output differs from the fault-free one."""
     from save_ros import models
 
+    spec = models.get_spec(args.model)  # an unknown name lists the bundled ones
+    if spec.task is not models.Task.CLASSIFICATION:
+        digits = [m for m in models.available()
+                  if models.get_spec(m).task is models.Task.CLASSIFICATION]
+        print(f"save-ros demo: error: {args.model} is a {spec.task.value} model; the demo replays "
+              f"the digits bag, use one of: {', '.join(digits)}", file=sys.stderr)
+        return 2
     frames = [m.msg for m in read_messages(BAGS_DIR / DIGITS_BAG)]
     labels = models.dataset(args.model, "test")[1][: len(frames)].tolist()
     print(f"bag {BAGS_DIR / DIGITS_BAG}: {len(frames)} mono8 64x64 frames; {args.flips} bit "
