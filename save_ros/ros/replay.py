@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from save_ros.cli import nonnegative_int, positive_float, positive_int
 from save_ros.ros.bags import BagError, BagWriter, read_messages, topics
 from save_ros.ros.client import INPUT_MSGTYPES, ReplayClient, ReplayResult, compare
 from save_ros.ros.process import NodeProcess, config_parameters
@@ -26,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True,
                         help="node parameters YAML (config/<model>.yaml)")
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, default=1.0, help="speed factor on the bag's timing")
+    pace.add_argument("--rate", type=positive_float, default=1.0,
+                      help="speed factor on the bag's timing")
     pace.add_argument("--as-fast-as-possible", action="store_true",
                       help="publish without pauses (drops are expected and counted)")
     pace.add_argument("--lockstep", action="store_true",
@@ -37,13 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", default="", help="namespace of the node")
     parser.add_argument("--attach", action="store_true",
                         help="use a node already running (do not start one)")
-    parser.add_argument("--inject-every", type=int, default=0, metavar="N",
+    parser.add_argument("--inject-every", type=nonnegative_int, default=0, metavar="N",
                         help="call ~/inject_faults before every N-th input (enables injection)")
-    parser.add_argument("--inject-count", type=int, help="bit flips per injection")
+    parser.add_argument("--inject-count", type=positive_int, help="bit flips per injection")
     parser.add_argument("--inject-seed", type=int, help="seed of the first injection")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="extra node parameter (repeatable)")
-    parser.add_argument("--limit", type=int, default=0, help="replay only the first N inputs")
+    parser.add_argument("--limit", type=nonnegative_int, default=0,
+                        help="replay only the first N inputs (0: all)")
     parser.add_argument("--json", type=Path, help="write the summary as JSON here")
     parser.add_argument("--compare-clean", action="store_true",
                         help="replay once without faults first (lockstep), then compare every "
