@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from save_ros.cli import positive_int
 from save_ros.eval.campaign import EvalSetup, machine_info, registry_setup, write_json
 from save_ros.eval.metrics import Proportion, compare
 from save_ros.faults import RandomFlips, apply_bit_faults, weight_sites
@@ -73,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `save-ros pvf`."""
     parser.add_argument("--model", default="digits_cnn", help="bundled model (save_ros.models)")
     parser.add_argument("--samples", type=int, default=200, help="single-bit flips per layer")
-    parser.add_argument("--batch", type=int, default=128,
+    parser.add_argument("--batch", type=positive_int, default=128,
                         help="evaluation samples: a fixed strided subset of the test split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
