@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from save_ros import models
+from save_ros.cli import nonnegative_int, positive_float, positive_int
 from save_ros.failover.config import FailoverConfig
 from save_ros.failover.crash import CrashKind
 from save_ros.failover.events import EventKind, FailoverEvent
@@ -158,13 +159,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="protect", choices=("plain", "protect"))
     parser.add_argument("--device", default="cpu", help="cpu or cuda (skips without CUDA)")
     parser.add_argument("--crash", default="segfault", choices=[k.value for k in CrashKind])
-    parser.add_argument("--reps", type=int, default=20, help="crashes per mode (>= 20 to report)")
-    parser.add_argument("--burst", type=int, default=5,
+    parser.add_argument("--reps", type=positive_int, default=20,
+                        help="crashes per mode (>= 20 to report)")
+    parser.add_argument("--burst", type=nonnegative_int, default=5,
                         help="requests submitted right after each crash (the first meets it)")
-    parser.add_argument("--steady", type=int, default=50, help="fault-free inferences per mode")
+    parser.add_argument("--steady", type=positive_int, default=50,
+                        help="fault-free inferences per mode")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
-    parser.add_argument("--hang-timeout", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--hang-timeout", type=positive_float, default=2.0)
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per worker")
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
 
 
