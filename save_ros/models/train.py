@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from save_ros import models
+from save_ros.cli import positive_int
 from save_ros.models import cartpole, digits_data
 
 
@@ -181,7 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of torch, numpy and shuffling")
     parser.add_argument("--out", type=Path, default=None, help="directory (default: the package)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
