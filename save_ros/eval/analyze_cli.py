@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from save_ros.cli import positive_int
 from save_ros.core.analysis import Analysis, TensorKind
 from save_ros.core.select import SelectConfig, analyze
 
@@ -43,11 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave calibration inputs with a top-1 gap below this quantile out "
                              "of the robust claim (0: cover all)")
     parser.add_argument("--validate", action="store_true", help="inject flips from each class")
-    parser.add_argument("--per-class", type=int, default=2000, metavar="K")
-    parser.add_argument("--eval-inputs", type=int, default=256, metavar="N",
+    parser.add_argument("--per-class", type=positive_int, default=2000, metavar="K")
+    parser.add_argument("--eval-inputs", type=positive_int, default=256, metavar="N",
                         help="test inputs of the fixed evaluation batch")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--scaling", type=str, default=None, metavar="W1,W2,...",
                         help="instead: time the analysis of the digits ViT at these widths "
                              "(random weights, seed 0) to show how time grows with size")
@@ -141,6 +142,17 @@ def run(args: argparse.Namespace) -> int:
     from save_ros.eval.validate import validate
 
     torch.set_num_threads(args.threads)
+    # out-of-range knobs would not fail, they would mislabel bits (e.g. a negative margin narrows
+    # the calibration ranges, a fraction > 1 calls flips that can change top-1 robust)
+    bad = (f"--margin must be >= 0, got {args.margin}" if not args.margin >= 0 else
+           f"--fraction must lie in (0, 1], got {args.fraction}" if not 0 < args.fraction <= 1
+           else f"--gap-quantile must lie in [0, 1), got {args.gap_quantile}"
+           if not 0 <= args.gap_quantile < 1 else
+           f"--out {args.out}: use a .json, .yaml or .yml file name"
+           if args.out and args.out.suffix not in (".json", ".yaml", ".yml") else None)
+    if bad:
+        print(f"save-ros analyze: error: {bad}", file=sys.stderr)
+        return 2
     if args.scaling:
         try:
             widths = [int(w) for w in args.scaling.split(",")]
