@@ -40,7 +40,11 @@ def build_faults(targets: list[str], flips: tuple[int, ...], stuck_bit: int | No
     """The fault configurations of a campaign, in report order."""
     out: list[TrainingFault] = []
     for t in targets:
-        kind = FaultTarget(t)
+        try:
+            kind = FaultTarget(t)
+        except ValueError:
+            raise TrainingFaultError(f"unknown target {t!r} in --targets; choose from "
+                                     f"{', '.join(k.value for k in FaultTarget)}") from None
         if kind is FaultTarget.PE:
             out.extend(TrainingFault(kind, ProcessingElementFault(bit=b)) for b in pe_bits)
             continue
