@@ -15,6 +15,8 @@ Exit codes: 0 clean shutdown, 2 bad parameter, 3 model cannot be loaded or prote
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sys
 import threading
@@ -357,11 +359,22 @@ def _replace(cfg: params.NodeConfig, **changes) -> params.NodeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: build the node from --ros-args, spin until SIGINT/SIGTERM, shut down."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
     from rclpy.signals import SignalHandlerOptions
 
     torch.set_num_threads(1)  # one inference thread; DDS and the verifier need the other cores
-    rclpy.init(args=argv if argv is not None else sys.argv,
-               signal_handler_options=SignalHandlerOptions.NO)
+    argv = sys.argv if argv is None else argv
+    # rcl itself would only say "Error opening YAML file"
+    for flag, path in zip(argv, argv[1:], strict=False):
+        if flag == "--params-file" and not os.path.isfile(path):
+            print(f"save_node: params file {path} does not exist", file=sys.stderr)
+            return EXIT_BAD_PARAMETER
+    try:
+        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    except rclpy_implementation.RCLError as exc:  # unparsable --ros-args or params file
+        where = re.sub(r", at \S+:\d+", "", str(exc))  # drop rcl's C source locations
+        print(f"save_node: bad --ros-args: {where}", file=sys.stderr)
+        return EXIT_BAD_PARAMETER
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
