@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 # name -> (module, one-line help)
@@ -90,6 +92,26 @@ def user_error_message(exc: BaseException) -> str | None:
     return " ".join(str(msg).split())  # one line, even for multi-line messages
 
 
+# options that name a file or folder a subcommand writes at the END of its run: checked before it
+OUTPUT_OPTIONS = ("json", "out", "report", "plot")
+
+
+def unwritable_output(args: argparse.Namespace) -> str | None:
+    """Why an output path in `args` cannot be written (its folder is a file, read-only), or None."""
+    for option in OUTPUT_OPTIONS:
+        path = getattr(args, option, None)
+        if not isinstance(path, Path):
+            continue
+        folder = path.parent
+        while not folder.exists():  # the folders that do not exist yet are created on write
+            folder = folder.parent
+        if not folder.is_dir():
+            return f"--{option} {path}: {folder} is a file, not a folder"
+        if not os.access(folder, os.W_OK):
+            return f"--{option} {path}: {folder} is not writable"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per command (arguments added lazily)."""
     parser = argparse.ArgumentParser(
@@ -122,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = SubcommandParser(prog=f"save-ros {name}", description=help_)
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
+    bad_output = unwritable_output(args)
+    if bad_output:  # fail now, not after an hour-long campaign whose figures would be lost
+        sub.error(bad_output)
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

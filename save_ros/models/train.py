@@ -194,6 +194,10 @@ def run(args: argparse.Namespace) -> int:
     except models.UnknownModelError as exc:
         print(f"save-ros train: {exc}", file=sys.stderr)
         return 2
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        print(f"save-ros train: error: --out {args.out} is a file; pass a folder",
+              file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     for name in names:
         m = train_model(name, seed=args.seed, out_dir=args.out)
