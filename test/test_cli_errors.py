@@ -1,0 +1,142 @@
+"""A user mistake on the command line gets one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from save_ros import cli, models
+from save_ros.ros import node
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "config" / "digits_cnn.yaml")
+BAG = str(REPO / "bags" / "digits_mono8")
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """`save-ros ARGV` in-process: (exit code, stderr); argparse's SystemExit counts as a code."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(err: str, *needles: str) -> None:
+    """stderr is one line, holds every needle and no traceback."""
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (("demo", "--rate", "0"), ("save-ros demo: error:", "--rate", "> 0")),
+    (("demo", "--every", "0"), ("--every", ">= 1")),
+    (("demo", "--flips", "-3"), ("--flips", ">= 1")),
+    (("replay", BAG, "--config", CONFIG, "--rate", "nan"), ("--rate", "finite")),
+    (("replay", BAG, "--config", CONFIG, "--limit", "-1"), ("--limit", ">= 0")),
+    (("pvf", "--batch", "0"), ("--batch", ">= 1")),
+    (("failover-bench", "--reps", "0"), ("--reps", ">= 1")),
+    (("failover-bench", "--burst", "-1"), ("--burst", ">= 0")),
+    (("failover-bench", "--hang-timeout", "0"), ("--hang-timeout",)),
+    (("train", "--threads", "0"), ("--threads", ">= 1")),
+    (("analyze", "--per-class", "0"), ("--per-class", ">= 1")),
+    (("campaign", "--flips", "abc"), ("save-ros campaign: error:", "--flips", "--help")),
+])
+def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
+    """Values that used to divide by zero, hang, or print a table of NaN are refused up front."""
+    code, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert_one_line(err, *needles)
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (("campaign-demo", "--model", "nosuch"), ("unknown model 'nosuch'", "digits_cnn")),
+    (("bench", "--model", "nosuch"), ("save-ros bench: error:", "unknown model 'nosuch'")),
+    (("demo", "--model", "nosuch"), ("unknown model 'nosuch'",)),
+    (("demo", "--model", "cartpole_policy"), ("control model", "digits_cnn")),
+    (("campaign-demo", "--trials", "0"), ("trials",)),
+    (("analyze", "--margin", "-1"), ("--margin must be >= 0",)),
+    (("analyze", "--fraction", "2"), ("--fraction must lie in (0, 1]",)),
+    (("analyze", "--out", "/tmp/analysis.txt"), (".json, .yaml or .yml",)),
+    (("train-campaign", "--targets", "nosuch"), ("'nosuch'", "weights, activations")),
+    (("replay", BAG, "--config", "/nonexistent/node.yaml"), ("/nonexistent/node.yaml",)),
+    (("replay", BAG, "--config", str(REPO / "README.md")), ("not valid YAML",)),
+    (("replay", "/nonexistent/bag", "--config", CONFIG), ("/nonexistent/bag", "does not exist")),
+    (("replay", str(REPO / "bags" / "cartpole_states"), "--config", CONFIG),
+     ("sensor_msgs/msg/Image", "--topic")),
+    (("replay", BAG, "--config", CONFIG, "--topic", "/nosuch"), ("no topic /nosuch",)),
+])
+def test_bad_input_found_by_run_is_one_line(capsys, argv, needles) -> None:
+    """Unknown names, missing or broken files, wrong bags: one line naming the problem, exit 2."""
+    code, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert_one_line(err, *needles)
+
+
+@pytest.mark.parametrize("argv", [
+    ("analyze", "--out"), ("campaign", "--flips", "1", "--trials", "1", "--json"),
+    ("pvf", "--samples", "1", "--json"), ("campaign-demo", "--trials", "1", "--json"),
+])
+def test_output_under_a_file_is_refused_before_the_run(capsys, tmp_path, argv) -> None:
+    """An output path under a regular file fails up front, not after the run with a trace."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = run_cli(capsys, *argv, str(blocker / "sub" / "x.json"))
+    assert code == 2
+    assert_one_line(err, f"save-ros {argv[0]}: error:", f"{blocker} is a file, not a folder")
+
+
+def test_train_out_that_is_a_file(capsys, tmp_path) -> None:
+    """`train --out FILE` is refused before any training."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = run_cli(capsys, "train", "--model", "cartpole_policy", "--out", str(blocker))
+    assert code == 2
+    assert_one_line(err, "--out", "is a file")
+
+
+def test_user_errors_and_bugs_are_told_apart() -> None:
+    """Project errors, paths and YAML are the user's; a bare ValueError is a bug."""
+    assert cli.user_error_message(ZeroDivisionError("float division by zero")) is None
+    assert cli.user_error_message(ValueError("could not convert string to float")) is None
+    assert cli.user_error_message(RuntimeError("set_num_threads expects a positive int")) is None
+    with pytest.raises(models.UnknownModelError) as info:
+        models.get_spec("nosuch")
+    assert cli.user_error_message(info.value).startswith("unknown model 'nosuch'")
+    missing = FileNotFoundError(2, "No such file or directory", "/x/y.yaml")
+    assert cli.user_error_message(missing) == "/x/y.yaml: No such file or directory"
+    with pytest.raises(yaml.YAMLError) as bad:
+        yaml.safe_load("a: [1,\nb: }")
+    msg = cli.user_error_message(bad.value)
+    assert msg is not None and msg.startswith("not valid YAML") and "\n" not in msg
+
+
+def test_bug_in_a_subcommand_keeps_its_traceback(monkeypatch) -> None:
+    """A genuine bug raised by run() propagates (exit 1 with a traceback), it is not dressed up."""
+    from save_ros.eval import pvf
+
+    def broken(args):  # stands in for a bug deep inside a subcommand
+        return 1 // 0
+
+    monkeypatch.setattr(pvf, "run", broken)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["pvf"])
+
+
+def test_save_node_missing_or_broken_params_file(capsys, tmp_path) -> None:
+    """save_node exits 2 with one line for a params file that is missing or not YAML."""
+    code = node.main(["save_node", "--ros-args", "--params-file", str(tmp_path / "none.yaml")])
+    assert code == node.EXIT_BAD_PARAMETER
+    assert_one_line(capsys.readouterr().err, "params file", "does not exist")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(json.dumps("x") + "\n: : [\n")
+    code = node.main(["save_node", "--ros-args", "--params-file", str(broken)])
+    assert code == node.EXIT_BAD_PARAMETER
+    err = capsys.readouterr().err
+    assert "save_node: bad --ros-args:" in err and "Traceback" not in err
