@@ -101,3 +101,38 @@ def test_direct_op_recompute_is_bit_exact_for_every_layer(name):
             again = inst.recomputer(i)(values)
             if isinstance(values[i], torch.Tensor):
                 assert torch.equal(again, values[i]), inst.names[i]
+
+
+def test_edit_gives_up_on_weights_that_keep_changing_within_the_settle_time():
+    import time
+
+    from save_ros.core import protect as protect_mod
+
+    spec = models.get_spec("cartpole_policy")
+    xc, _ = models.dataset("cartpole_policy", "calib")
+    pm = protect(models.load("cartpole_policy"), xc[:1], spec.input_range(),
+                 ProtectConfig(calibration=xc))
+    name = next(iter(pm.normal_tensors()))
+    w = pm.normal_tensors()[name]
+    real_restore = pm._restore
+
+    def rewrite_then_restore(chunks):
+        # a writer that never stops: every check after a restore finds the weight changed
+        rep = real_restore(chunks)
+        w.view(torch.int32).view(-1)[0] ^= 1 << 30
+        return rep
+
+    pm._restore = rewrite_then_restore
+    w.view(torch.int32).view(-1)[0] ^= 1 << 30
+    try:
+        t = time.perf_counter()
+        r = pm.infer(xc[:1])
+        took = time.perf_counter() - t
+        assert r.status.faulty and not r.status.verified
+        assert r.status.error and "persist" in r.status.error
+        assert took < protect_mod.REWRITE_SETTLE_S + 1.0
+        assert len(r.status.notes) >= pm.config.max_reruns
+    finally:
+        pm._restore = real_restore
+        pm.recover()
+        pm.close()
