@@ -160,7 +160,9 @@ class ReplayClient:
                     else input_topic)
         self.input_topic = resolved
         self.context = Context()
-        rclpy.init(context=self.context)
+        # not sys.argv: rcl would read `save-ros replay -p name:=value` as a remap rule for
+        # this client (and warn "Found remap rule ... deprecated"); the node gets the -p values
+        rclpy.init(args=[], context=self.context)
         # unique per client: two clients in one process must not share a rosout logger name
         self.node = Node(f"save_replay_{os.getpid()}_{next(_CLIENT_IDS)}", context=self.context)
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE
@@ -295,6 +297,9 @@ class ReplayClient:
     def close(self) -> None:
         """Stop spinning and release the context."""
         self._executor.shutdown(timeout_sec=2.0)
+        # a spin thread still alive at interpreter exit aborts the process ("terminate called
+        # without an active exception", exit 134), e.g. when the node died right at start
+        self._thread.join(timeout=2.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
