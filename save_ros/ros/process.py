@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from save_ros.ros.params import ParameterError
+
 
 class NodeStartError(RuntimeError):
     """The node process exited before it was ready; the message holds its output."""
@@ -41,10 +43,18 @@ def _ros_value(value: object) -> str:
 def config_parameters(path: str | Path) -> dict[str, object]:
     """The flattened `ros__parameters` of a node config YAML (`qos.depth`, ...)."""
     data = yaml.safe_load(Path(path).read_text()) or {}
-    for section in data.values():
-        if isinstance(section, dict) and "ros__parameters" in section:
+    sections = {str(k): v for k, v in data.items()
+                if isinstance(v, dict) and "ros__parameters" in v} if isinstance(data, dict) else {}
+    if not sections:
+        raise ParameterError(f"{path} has no '<node>: ros__parameters:' section; start from "
+                             "config/digits_cnn.yaml")
+    for key, section in sections.items():
+        # rcl applies `save_node:`, `/ns/save_node:` and wildcards to the node; any other name
+        # would be ignored by it and the node would silently serve its defaults
+        if key.rstrip("/").split("/")[-1] in ("save_node", "*", "**"):
             return _flatten(section["ros__parameters"])
-    raise ValueError(f"{path} has no '<node>: ros__parameters:' section")
+    raise ParameterError(f"{path}: section(s) {', '.join(sections)} do not apply to save_node; "
+                         "name the section 'save_node:' or '/**:'")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
