@@ -18,6 +18,7 @@ from pathlib import Path
 from save_ros.cli import nonnegative_int, positive_float, positive_int
 from save_ros.ros.bags import BagError, BagWriter, read_messages, topics
 from save_ros.ros.client import INPUT_MSGTYPES, ReplayClient, ReplayResult, compare
+from save_ros.ros.params import ParameterError
 from save_ros.ros.process import NodeProcess, config_parameters
 
 
@@ -85,7 +86,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     for item in args.param:
         name, sep, value = item.partition(":=")
         if not sep:
-            raise SystemExit(f"--param {item!r}: write NAME:=VALUE")
+            raise ParameterError(f"--param {item!r}: write NAME:=VALUE, e.g. -p protect:=false")
         out[name] = yaml.safe_load(value)
     return out
 
