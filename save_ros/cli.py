@@ -83,6 +83,8 @@ def user_error_message(exc: BaseException) -> str | None:
         msg = f"{exc.filename}: {exc.strerror}" if path and exc.strerror else str(exc)
     elif cls.__module__.split(".")[0] == "yaml":  # a config file that is not valid YAML
         msg = f"not valid YAML: {' '.join(str(exc).split())}"
+    elif cls.__module__.split(".")[0] == "rosbags":  # a bag path that is no (readable) rosbag2
+        msg = f"cannot read the bag: {exc}"
     elif own and (isinstance(exc, (ValueError, LookupError))
                   or any(c.__name__ in _USER_RUNTIME_ERRORS for c in cls.__mro__)
                   or cls.__module__ == "save_ros.models"):
