@@ -45,11 +45,21 @@ def bit_list(text: str) -> tuple[int, ...]:
     try:
         for part in text.split(","):
             lo, _, hi = part.partition("-")
+            if int(hi or lo) < int(lo):  # "30-23" would select no bit at all
+                raise ValueError(part)
             out.extend(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        msg = f"expected bits like 30,31 or 23-30, got {text!r}"
+        msg = f"expected bits like 30,31 or 23-30 (low-high), got {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
     return tuple(out)
+
+
+def method_list(text: str) -> tuple[str, ...]:
+    """Parse comma-separated method names; at least one (names are checked by the campaign)."""
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not methods:
+        raise argparse.ArgumentTypeError(f"expected methods like save,unprotected, got {text!r}")
+    return methods
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "count per trial is binomial)")
     parser.add_argument("--trials", type=int, default=100, help="trials per flip count")
     parser.add_argument("--seed", type=int, default=0, help="campaign seed")
-    parser.add_argument("--method", default="unprotected",
+    parser.add_argument("--method", type=method_list, default=("unprotected",),
                         help="comma-separated methods (see save_ros.eval.methods.METHODS)")
     parser.add_argument("--batch", type=int, default=256,
                         help="evaluation samples: a fixed strided subset of the test split")
@@ -123,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = CampaignConfig(model=args.model, target=args.target, flips=args.flips,
                              trials=args.trials, seed=args.seed,
-                             methods=tuple(m for m in args.method.split(",") if m),
+                             methods=args.method,
                              batch=args.batch, episodes=args.episodes, bits=args.bits,
                              ber=args.ber)
         result = run_campaign(cfg, progress=None if args.quiet else Progress(),
