@@ -12,6 +12,7 @@ the runs that had one are repeated.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import asdict
@@ -79,6 +80,29 @@ def shares(outcomes: list[str]) -> dict[str, float]:
     return {o.value: outcomes.count(o.value) / n for o in Outcome}
 
 
+def stuck_bit(text: str) -> int:
+    """argparse type: a bit of an fp32 word (0..31), or -1 for no stuck-at fault."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if not -1 <= value <= 31:  # found only at injection time, after the configs before it ran
+        raise argparse.ArgumentTypeError(f"expected a bit 0..31 of the fp32 weights or -1 "
+                                         f"(none), got {text!r}")
+    return value
+
+
+def spike_factor(text: str) -> float:
+    """argparse type: a loss-spike factor > 1 (at <= 1 every ordinary loss counts as a spike)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 1 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a factor > 1 like 10, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `save-ros train-campaign`."""
     parser.add_argument("--model", default="digits_cnn", help="bundled classifier to fine-tune")
@@ -86,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: weights, activations, gradients, pe")
     parser.add_argument("--flips", type=int_list, default=(1, 16, 256),
                         help="transient flip counts (one step each), comma-separated")
-    parser.add_argument("--stuck-bit", type=int, default=30,
+    parser.add_argument("--stuck-bit", type=stuck_bit, default=30,
                         help="also a stuck-at-1 cell at this bit per target (-1: none)")
     parser.add_argument("--pe-bits", type=int_list, default=(22, 27),
                         help="bits a faulty PE flips in every product, comma-separated")
@@ -99,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accuracy drop that counts as silent degradation (default 0.02)")
     parser.add_argument("--rollback", action="store_true",
                         help="also run with rollback to the last checkpoint on NaN/Inf loss")
-    parser.add_argument("--spike-factor", type=float, default=None,
+    parser.add_argument("--spike-factor", type=spike_factor, default=None,
                         help="with --rollback, also roll back a loss above this many times the "
                              "largest of the last 16 (default: off, NaN/Inf only)")
     parser.add_argument("--checkpoint-every", type=int, default=8, help="steps per checkpoint")
