@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,12 @@ def assert_one_line(err: str, *needles: str) -> None:
     (("train", "--threads", "0"), ("--threads", ">= 1")),
     (("analyze", "--per-class", "0"), ("--per-class", ">= 1")),
     (("campaign", "--flips", "abc"), ("save-ros campaign: error:", "--flips", "--help")),
+    (("campaign", "--bits", "31-23"), ("--bits", "low-high")),
+    (("campaign", "--method", ","), ("--method",)),
+    (("bench", "--n", "0"), ("--n", ">= 1")),
+    (("bench", "--sweep", "abc"), ("--sweep", "fraction")),
+    (("train-campaign", "--stuck-bit", "40"), ("--stuck-bit", "0..31")),
+    (("train-campaign", "--spike-factor", "0"), ("--spike-factor", "> 1")),
 ])
 def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
     """Values that used to divide by zero, hang, or print a table of NaN are refused up front."""
@@ -71,6 +79,8 @@ def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
     (("replay", str(REPO / "bags" / "cartpole_states"), "--config", CONFIG),
      ("sensor_msgs/msg/Image", "--topic")),
     (("replay", BAG, "--config", CONFIG, "--topic", "/nosuch"), ("no topic /nosuch",)),
+    (("replay", str(REPO / "README.md"), "--config", CONFIG), ("cannot read the bag",)),
+    (("replay", BAG, "--config", CONFIG, "-p", "nonsense"), ("NAME:=VALUE",)),
 ])
 def test_bad_input_found_by_run_is_one_line(capsys, argv, needles) -> None:
     """Unknown names, missing or broken files, wrong bags: one line naming the problem, exit 2."""
@@ -99,6 +109,31 @@ def test_train_out_that_is_a_file(capsys, tmp_path) -> None:
     code, err = run_cli(capsys, "train", "--model", "cartpole_policy", "--out", str(blocker))
     assert code == 2
     assert_one_line(err, "--out", "is a file")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("- 1\n- 2\n", "no '<node>: ros__parameters:' section"),
+    ("", "no '<node>: ros__parameters:' section"),
+    ("other_node:\n  ros__parameters:\n    model: cartpole_policy\n", "do not apply to save_node"),
+])
+def test_replay_config_that_save_node_would_ignore(capsys, tmp_path, text, needle) -> None:
+    """A config without a save_node section is refused, not replayed with the node's defaults."""
+    config = tmp_path / "node.yaml"
+    config.write_text(text)
+    code, err = run_cli(capsys, "replay", BAG, "--config", str(config))
+    assert code == 2
+    assert_one_line(err, needle)
+
+
+def test_replay_exits_cleanly_when_the_node_refuses_its_parameters() -> None:
+    """save_node dying at start: replay says why and exits 2 (it used to abort, exit 134)."""
+    done = subprocess.run([sys.executable, "-m", "save_ros.cli", "replay", BAG, "--config",
+                           CONFIG, "-p", "publish_policy:=sometimes", "--limit", "2"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2, done.stderr
+    assert "publish_policy='sometimes' is not allowed" in done.stderr
+    assert "terminate called" not in done.stderr and "Traceback" not in done.stderr
+    assert "remap rule" not in done.stderr  # -p is for the node, not the replay client
 
 
 def test_user_errors_and_bugs_are_told_apart() -> None:
