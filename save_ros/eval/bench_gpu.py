@@ -26,30 +26,53 @@ from pathlib import Path
 
 import torch
 
+from save_ros.cli import nonnegative_int, positive_int
 from save_ros.eval.bench_gpu_faults import accurate_latency, campaign
 from save_ros.gpu import CudaUnavailableError, cuda_available
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+# argparse types: they keep the comma-separated text run() splits, but refuse it up front, so a
+# typo fails before the CUDA check and not as a KeyError after the first configurations ran
+def dtype_list(text: str) -> str:
+    """argparse type: comma-separated dtypes among DTYPES."""
+    bad = [d for d in text.split(",") if d not in DTYPES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown dtype(s) {', '.join(map(repr, bad))}; "
+                                         f"choose from {', '.join(DTYPES)}")
+    return text
+
+
+def batch_list(text: str) -> str:
+    """argparse type: comma-separated batch sizes >= 1."""
+    for b in text.split(","):
+        positive_int(b)
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `save-ros bench-gpu`."""
     parser.add_argument("--model", default="resnet50,vit_b_16",
                         help="comma-separated torchvision model names")
-    parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--dtype", default="fp32,fp16", help="comma-separated: fp32, fp16, bf16")
+    parser.add_argument("--batch", type=batch_list, default="1,8",
+                        help="comma-separated batch sizes")
+    parser.add_argument("--dtype", type=dtype_list, default="fp32,fp16",
+                        help="comma-separated: fp32, fp16, bf16")
     parser.add_argument("--device", default="cuda", help="only cuda is benchmarked here")
-    parser.add_argument("--iters", type=int, default=200, help="timed iterations per variant")
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--iters", type=positive_int, default=200,
+                        help="timed iterations per variant")
+    parser.add_argument("--warmup", type=nonnegative_int, default=20)
     parser.add_argument("--fault-rate", type=float, default=1e-3,
                         help="weight flips per inference assumed for AccurateLatency")
     parser.add_argument("--variants", default="every=1;every=8;every=8,budget=0.35",
                         help="protected variants, ';'-separated: every=N (checksum rotation "
                              "over N inferences), budget=F (share of tap bytes checked)")
-    parser.add_argument("--repairs", type=int, default=20, help="injected flips timed per config")
-    parser.add_argument("--trials", type=int, default=10000,
+    parser.add_argument("--repairs", type=nonnegative_int, default=20,
+                        help="injected flips timed per config")
+    parser.add_argument("--trials", type=nonnegative_int, default=10000,
                         help="coverage campaign trials per model (0: no campaign)")
-    parser.add_argument("--campaign-dtype", default="fp32")
+    parser.add_argument("--campaign-dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--campaign-time-limit", type=float, default=150.0,
                         help="seconds per model campaign at most")
     parser.add_argument("--seed", type=int, default=0)
