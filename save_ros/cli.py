@@ -116,7 +116,7 @@ def unwritable_output(args: argparse.Namespace) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per command (arguments added lazily)."""
-    parser = argparse.ArgumentParser(
+    parser = SubcommandParser(
         prog="save-ros",
         description="SAVE fault tolerance for neural-network inference: tools and evaluation.",
     )
