@@ -91,8 +91,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def print_summary(label: str, result: ReplayResult, file=sys.stdout) -> None:
-    """The human-readable summary of one replay."""
+def print_summary(label: str, result: ReplayResult, file=None) -> None:
+    """The human-readable summary of one replay (to stdout unless `file` is given)."""
+    file = file or sys.stdout  # looked up per call: a default bound at import goes stale
     s = result.summary()
     lat = s["latency_ms"]
     print(f"[{label}] inputs {s['inputs']}  outputs {s['outputs']}  dropped {s['dropped']}  "
