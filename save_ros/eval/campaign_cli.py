@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Progress:
     """One updating line on stderr (a line per point when stderr is not a terminal)."""
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream=None) -> None:
+        stream = stream or sys.stderr  # looked up per call: a default bound at import goes stale
         self.stream, self.tty, self.last = stream, stream.isatty(), 0.0
 
     def __call__(self, msg: str) -> None:
