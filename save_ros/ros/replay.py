@@ -63,12 +63,18 @@ def load_inputs(bag: Path, input_type: str, topic: str | None, limit: int = 0) -
     available = topics(bag)
     if topic is None:
         matching = [t for t, (msgtype, _) in available.items() if msgtype == want]
-        if len(matching) != 1:
+        if not matching:  # --topic cannot help: the bag is for another model's node
+            raise BagError(f"{bag} has no {want} topic ({available}), the input type of this "
+                           f"config (input_type: {input_type}); use a config for this bag")
+        if len(matching) > 1:
             raise BagError(f"{bag} has {len(matching)} topics of type {want} "
                            f"({available}); choose one with --topic")
         topic = matching[0]
     elif topic not in available:
         raise BagError(f"{bag} has no topic {topic}; it has {sorted(available)}")
+    elif available[topic][0] != want:  # publishing it would fail with rclpy's TypeError
+        raise BagError(f"{topic} in {bag} carries {available[topic][0]}, but the node takes "
+                       f"{want} (input_type: {input_type}); use a config for this bag")
     msgs = list(read_messages(bag, (topic,)))
     return msgs[:limit] if limit else msgs
 
