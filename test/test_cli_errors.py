@@ -81,7 +81,7 @@ def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
     (("replay", BAG, "--config", str(REPO / "README.md")), ("not valid YAML",)),
     (("replay", "/nonexistent/bag", "--config", CONFIG), ("/nonexistent/bag", "does not exist")),
     (("replay", str(REPO / "bags" / "cartpole_states"), "--config", CONFIG),
-     ("no sensor_msgs/msg/Image topic", "use a config")),
+     ("0 topics of type sensor_msgs/msg/Image", "use a config")),
     (("replay", str(REPO / "bags" / "cartpole_states"), "--config", CONFIG,
       "--topic", "/cartpole/joint_states"), ("carries sensor_msgs/msg/JointState",)),
     (("replay", BAG, "--config", CONFIG, "--topic", "/nosuch"), ("no topic /nosuch",)),

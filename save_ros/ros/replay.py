@@ -64,7 +64,7 @@ def load_inputs(bag: Path, input_type: str, topic: str | None, limit: int = 0) -
     if topic is None:
         matching = [t for t, (msgtype, _) in available.items() if msgtype == want]
         if not matching:  # --topic cannot help: the bag is for another model's node
-            raise BagError(f"{bag} has no {want} topic ({available}), the input type of this "
+            raise BagError(f"{bag} has 0 topics of type {want} ({available}), the input of this "
                            f"config (input_type: {input_type}); use a config for this bag")
         if len(matching) > 1:
             raise BagError(f"{bag} has {len(matching)} topics of type {want} "
