@@ -189,3 +189,13 @@ def test_save_node_missing_or_broken_params_file(capsys, tmp_path) -> None:
     assert code == node.EXIT_BAD_PARAMETER
     err = capsys.readouterr().err
     assert "save_node: bad --ros-args:" in err and "Traceback" not in err
+
+
+def test_save_node_corrupt_model_file_is_one_line(tmp_path) -> None:
+    """A model_file that torch cannot read: exit 3 and one line, not torch's weights_only essay."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    done = subprocess.run([sys.executable, "-m", "save_ros.ros.node", "--ros-args", "-p",
+                           f"model_file:={bad}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == node.EXIT_MODEL, done.stderr
+    assert_one_line(done.stderr, "neither TorchScript nor a state dict", "torch.save")

@@ -134,7 +134,10 @@ def _state_dict(cfg: NodeConfig, path: Path) -> LoadedModel:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises several unrelated types for a bad file
-        raise ModelLoadError(f"{path} is neither TorchScript nor a state dict: {exc}") from exc
+        # torch's own text runs to several lines about weights_only; one line says what to do
+        raise ModelLoadError(f"{path} is neither TorchScript nor a state dict (torch.load: "
+                             f"{type(exc).__name__}); write it with torch.save(model.state_dict(), "
+                             "path) or torch.jit.save") from exc
     if not isinstance(state, dict):
         raise ModelLoadError(f"{path} holds a {type(state).__name__}, not a state dict")
     try:
