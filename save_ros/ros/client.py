@@ -102,6 +102,7 @@ class ReplayResult:
             "inputs": len(self.sent),
             "outputs": sum(1 for s in self.sent if self.outputs.get(s)),
             "statuses": len(statuses),
+            "received": delta("received"),  # inputs that reached the node
             "dropped": delta("dropped"),
             "rejected": sum(1 for s in statuses if s.get("rejected") == "true"),
             "verified": sum(1 for s in statuses if s.get("verified") == "true"),

@@ -105,6 +105,10 @@ def print_summary(label: str, result: ReplayResult, file=None) -> None:
     print(f"[{label}] inputs {s['inputs']}  outputs {s['outputs']}  dropped {s['dropped']}  "
           f"rejected {s['rejected']}  verified {s['verified']}  unverified {s['unverified']}",
           file=file)
+    lost = s["inputs"] - s["received"]
+    if lost > 0 and s.get("received", 0) > 0:
+        print(f"[{label}] {lost} inputs never reached the node (DDS dropped them before its "
+              f"queue: best-effort input QoS while the node was busy)", file=file)
     print(f"[{label}] faults injected {s['faults_injected']}  detected {s['detected']} "
           f"(in {s['inferences_with_detection']} inferences)  tensors repaired {s['repaired']}",
           file=file)
