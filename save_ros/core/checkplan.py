@@ -22,6 +22,7 @@ from save_ros.core.allocate import Placement
 from save_ros.core.analysis import Analysis
 from save_ros.core.checks import AbftCheck, CheckKind, LayerCheck, RangeBatch, abft_for
 from save_ros.core.edit import WeightStore
+from save_ros.core.graph import node_params
 from save_ros.core.instrument import Instrumented
 
 ABFT_GAIN = 0.8  # ABFT must cost < 80 % of DMR to be picked (DMR is exact, ABFT has a tolerance)
@@ -218,16 +219,8 @@ def _chain(inst: Instrumented, redundant: list[LayerCheck]) -> list[LayerCheck]:
 def _params_of(inst: Instrumented, i: int) -> list[str]:
     """Weight names node i reads: its module's parameters and buffers, or get_attr inputs."""
     node = inst.node_of(i)
-    out: list[str] = []
-    if node.op == "call_module":
-        mod = inst.module_of(i)
-        prefix = f"{node.target}."
-        out += [prefix + n for n, _ in mod.named_parameters()]
-        out += [prefix + n for n, _ in mod.named_buffers()]
-    for inp in node.all_input_nodes:
-        if inp.op == "get_attr":
-            out.append(str(inp.target))
-    return out
+    modules = {node.target: inst.module_of(i)} if node.op == "call_module" else {}
+    return node_params(node, modules)
 
 
 def _robust_mantissa_bits(ta: Any) -> int:

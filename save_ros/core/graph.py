@@ -200,6 +200,20 @@ class ModelGraph:
         return repr(self.model)
 
 
+def node_params(node: fx.Node, modules: dict[str, torch.nn.Module]) -> list[str]:
+    """Weight names an fx node reads: its module's parameters and buffers, or get_attr inputs."""
+    params: list[str] = []
+    if node.op == "call_module":
+        mod = modules[node.target]
+        prefix = f"{node.target}."
+        params += [prefix + n for n, _ in mod.named_parameters()]
+        params += [prefix + n for n, _ in mod.named_buffers()]
+    for inp in node.all_input_nodes:
+        if inp.op == "get_attr":
+            params.append(str(inp.target))
+    return params
+
+
 def _fx_layers(gm: fx.GraphModule) -> list[Layer]:
     """Layers of a traced GraphModule in graph order."""
     modules = dict(gm.named_modules())
@@ -207,15 +221,7 @@ def _fx_layers(gm: fx.GraphModule) -> list[Layer]:
     for node in gm.graph.nodes:
         if node.op not in ("call_module", "call_function", "call_method"):
             continue
-        params: list[str] = []
-        if node.op == "call_module":
-            mod = modules[node.target]
-            prefix = f"{node.target}."
-            params += [prefix + n for n, _ in mod.named_parameters()]
-            params += [prefix + n for n, _ in mod.named_buffers()]
-        for inp in node.all_input_nodes:
-            if inp.op == "get_attr":
-                params.append(str(inp.target))
+        params = node_params(node, modules)
         layers.append(
             Layer(
                 index=len(layers),
