@@ -8,7 +8,11 @@
   golden value is <= 0 and the flipped value is <= 0, -inf included; NaN is never masked;
   `rule.pool_kernel`: every consumer is a non-overlapping max pool and the flipped value stays
   <= the max of the other elements of its window) or if
-  it is numerically small: |delta| * R <= `rule.fraction`, R from `core.sensitivity`;
+  it is numerically small: |delta| * R <= `rule.fraction`, R from `core.sensitivity`; an
+  element on a flat path (`rule.flat`: its gradient was zero or below the floor on every
+  calibration input, e.g. feeding a ReLU that never fired) is numerically robust only for a
+  small relative change, |delta| <= `rule.flat_relative` * |value|: a first-order rule cannot see
+  a larger change switching such a path on (a kink), so it may not vouch for one;
 - else VULNERABLE.
 The same function classifies flips in attribution (golden weights, calibration activations) and
 in validation (the actual activation values of the validated input), so the two agree by
@@ -35,6 +39,15 @@ class FlipRule:
     fraction: float = 0.1  # safety fraction of the smallest gap
     relu_masked: bool = False
     pool_kernel: int | None = None  # every consumer is a non-overlapping k x k max pool
+    flat: torch.Tensor | None = None  # elements whose R was raised by the floor (zero gradient)
+    flat_relative: float = 2.0**-4  # largest relative change vouched for on a flat path
+
+    def at(self, pick) -> FlipRule:
+        """The rule of a subset of elements: `pick(t)` applied to every per-element tensor."""
+        def p(t):
+            return None if t is None else pick(t)
+        return FlipRule(p(self.low), p(self.high), p(self.sens), self.fraction,
+                        self.relu_masked, self.pool_kernel, p(self.flat), self.flat_relative)
 
 
 def pool_other_max(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,26 +83,36 @@ def classify(values: torch.Tensor, bit: int, rule: FlipRule,
     robust = torch.zeros_like(ranging)
     if rule.sens is not None:
         delta = (new - values).abs()
-        robust |= finite & (delta * rule.sens <= rule.fraction)
+        small = finite & (delta * rule.sens <= rule.fraction)
+        if rule.flat is not None:
+            small &= ~rule.flat | (delta <= rule.flat_relative * values.abs())
+        robust |= small
     if rule.relu_masked:
         robust |= (values <= 0) & (new <= 0)  # NaN compares False: never masked
     if other_max is not None:
         # Not the window's unique max, before and after: the pool output stays the other max.
         robust |= (values <= other_max) & (new <= other_max)
-    out = torch.full(values.shape, int(BitClass.VULNERABLE), dtype=torch.int8)
+    out = torch.full(values.shape, int(BitClass.VULNERABLE), dtype=torch.int8,
+                     device=values.device)
     out[robust] = int(BitClass.ROBUST)
     out[ranging] = int(BitClass.RANGING)
     return out
 
 
-def bit_shares(values: torch.Tensor, rule: FlipRule, chunk: int = 1 << 22):
-    """Per bit, the shares (robust, ranging, vulnerable) over all elements of `values`."""
+def bit_shares(values: torch.Tensor, rule: FlipRule, chunk: int = 1 << 22,
+               other_max: torch.Tensor | None = None):
+    """Per bit, the shares (robust, ranging, vulnerable) over all elements of `values`.
+
+    `other_max`: the max-pool masking values of the same elements, when already known (kept
+    calibration values are a sample of positions: the windows are no longer there).
+    """
     width = bits.layout_of(values.dtype).width
     flat = values.reshape(-1) if values.numel() <= chunk else None
-    other = pool_other_max(values, rule.pool_kernel) if rule.pool_kernel else None
+    other = other_max if other_max is not None else (
+        pool_other_max(values, rule.pool_kernel) if rule.pool_kernel else None)
     shares = []
     for bit in range(width):
-        counts = torch.zeros(3, dtype=torch.int64)
+        counts = torch.zeros(3, dtype=torch.int64, device=values.device)
         if flat is not None:
             codes = classify(values, bit, rule, other)
             counts += torch.bincount(codes.reshape(-1).long(), minlength=3)
@@ -97,12 +120,12 @@ def bit_shares(values: torch.Tensor, rule: FlipRule, chunk: int = 1 << 22):
             # Large tensors: rows at a time, ranges broadcast per row.
             for i in range(0, values.shape[0], max(1, chunk // max(1, values[0].numel()))):
                 j = i + max(1, chunk // max(1, values[0].numel()))
-                sub = FlipRule(_rows(rule.low, i, j, values), _rows(rule.high, i, j, values),
-                               _rows(rule.sens, i, j, values), rule.fraction, rule.relu_masked)
+                sub = rule.at(lambda t, i=i, j=j: _rows(t, i, j, values))
+                sub.pool_kernel = None
                 codes = classify(values[i:j], bit, sub, _rows(other, i, j, values))
                 counts += torch.bincount(codes.reshape(-1).long(), minlength=3)
         total = float(counts.sum())
-        shares.append(tuple(float(c) / total for c in counts))
+        shares.append(tuple(float(c) / total for c in counts.tolist()))
     return shares
 
 
