@@ -83,12 +83,14 @@ class SelectConfig:
     calib_keep: int = 64  # calibration samples whose activations are attributed bit by bit
     sens_samples: int | None = None  # calibration samples for the sensitivity bound; None: auto
     task: str = "auto"  # classification | regression | auto (see the module docstring)
-    competitors: int = 16  # classification: closest classes whose gaps the bound protects
+    # classification: closest classes whose gaps the bound protects; None: auto (16 below
+    # 1 M parameters, else 8: each is one backward pass per sample)
+    competitors: int | None = None
     tolerance: float | None = None  # regression: absolute output tolerance of a robust flip
     tolerance_share: float = 0.01  # ... else this share of each output's calibration span
-    attr_elements: int = 1 << 18  # kept calibration values per activation (all samples)
-    weight_elements: int = 1 << 18  # weight elements attributed per tensor (seeded sample)
-    calib_batch: int = 64  # calibration inputs per forward pass
+    attr_elements: int = 1 << 16  # kept calibration values per activation (all samples)
+    weight_elements: int = 1 << 16  # weight elements attributed per tensor (seeded sample)
+    calib_batch: int = 16  # calibration inputs per forward pass (peak memory: this x one sample)
 
 
 TASKS = ("auto", "classification", "regression")
@@ -101,6 +103,11 @@ class SelectConfigError(ValueError):
 def auto_sens_samples(n_params: int) -> int:
     """Calibration samples for the sensitivity pass: cost grows with the model, so fewer."""
     return int(min(256, max(8, 2e7 // max(1, n_params))))
+
+
+def auto_competitors(n_params: int) -> int:
+    """Competitor classes per sample: 16 (every class of a small head), 8 from 1 M parameters."""
+    return 16 if n_params < 1_000_000 else 8
 
 
 def detect_task(output, declared: str = "auto") -> str:
@@ -330,8 +337,9 @@ def _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params
     names = [a.name for a in acts]
     if task == "classification":
         sens_in = _covered_samples(model, calib, cfg, n)
-        res = margin_sensitivity(graph, sens_in, list(weights), names, cfg.competitors)
-        return res, sens_in, {"competitors": cfg.competitors}
+        k = cfg.competitors if cfg.competitors is not None else auto_competitors(n_params)
+        res = margin_sensitivity(graph, sens_in, list(weights), names, k)
+        return res, sens_in, {"competitors": k}
     out = _model_outputs(model, calib, cfg.calib_batch).float()
     flat = out.reshape(len(out), -1)
     if cfg.tolerance is not None:
