@@ -54,13 +54,16 @@ class Runtime:
         return out
 
 
-def _time(fn, reps: int = 15) -> float:
-    """Best-of wall time of one call (seconds)."""
+def _time(fn, reps: int = 15, cuda: bool = False) -> float:
+    """Best-of wall time of one call (seconds); on CUDA, of the call and its kernels."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     fn()
+    sync()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -240,7 +243,8 @@ def _choose_redundancy(c: LayerCheck, inst: Instrumented, store: WeightStore,
     saved = values[c.index]
     again = c.recompute(values)
     c.exact = isinstance(again, torch.Tensor) and torch.equal(again, saved)
-    c.cost_s["dmr"] = _time(lambda: c.recompute(values))
+    cuda = isinstance(saved, torch.Tensor) and saved.is_cuda
+    c.cost_s["dmr"] = _time(lambda: c.recompute(values), cuda=cuda)
     abft = _abft(inst, c.index, store)
     if abft is None or force == "dmr":
         return
@@ -253,7 +257,7 @@ def _choose_redundancy(c: LayerCheck, inst: Instrumented, store: WeightStore,
     if excess > 0:  # the bound does not hold on a fault-free run: never use it here
         c.reason += "; ABFT bound failed on the example run, DMR used"
         return
-    c.cost_s["abft"] = _time(lambda: abft.violation(x, saved))
+    c.cost_s["abft"] = _time(lambda: abft.fails(x, saved), cuda=cuda)
     if force == "abft" or c.cost_s["abft"] < ABFT_GAIN * c.cost_s["dmr"]:
         c.kind, c.abft = CheckKind.ABFT, abft
         c.reason += f"; ABFT {c.cost_s['abft'] * 1e6:.0f} us < DMR {c.cost_s['dmr'] * 1e6:.0f} us"

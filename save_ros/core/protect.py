@@ -19,6 +19,7 @@ import copy
 import itertools
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from save_ros.core.checks import CheckKind, dmr_mismatch
 from save_ros.core.edit import Repair, WeightStore
 from save_ros.core.graph import capture
 from save_ros.core.instrument import Instrumented, UnsupportedModelError
+from save_ros.core.select import SelectConfig
 from save_ros.core.verify import Detection, FaultStatus, Job, Verifier, VerifierMode
 
 __all__ = ["InferenceResult", "ProtectConfig", "ProtectedModel", "UnsupportedModelError",
@@ -66,9 +68,38 @@ class ProtectConfig:
     chain_dmr: bool = False
     max_reruns: int = 2  # Edit attempts before a result is reported unverified
     analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model
-    # CUDA inputs: "graph" = the CUDA-graph path of save_ros.gpu (fused device-side checks;
-    # needs verifier="thread"), "generic" = this runtime on CUDA tensors (what the node uses)
+    # what a robust flip may not change: "classification" (top-1), "regression" (every output
+    # within `tolerance`), "auto" (see core.select); `selection` gives every Selection setting
+    task: str = "auto"
+    tolerance: float | None = None
+    selection: SelectConfig | None = None
+    # CUDA inputs: "graph" = the CUDA backend (core/cuda: forward and checks in one CUDA
+    # graph), "generic" = this eager runtime on CUDA tensors (for comparison)
     cuda_backend: str = "graph"
+
+
+    def select_config(self) -> SelectConfig:
+        """The Selection settings these fields ask for (`selection` wins when given)."""
+        if self.selection is not None:
+            return self.selection
+        return SelectConfig(margin=self.margin, task=self.task, tolerance=self.tolerance)
+
+
+class UnsupportedOpWarning(UserWarning):
+    """Ops without an interval rule: their ranges (and what follows) are calibrated only."""
+
+
+def warn_unsupported(analysis: Analysis) -> None:
+    """One warning naming the ops without an interval rule and what that means."""
+    if not analysis.unsupported:
+        return
+    ops = "; ".join(analysis.unsupported[:5])
+    more = f" (+{len(analysis.unsupported) - 5} more)" if len(analysis.unsupported) > 5 else ""
+    warnings.warn(UnsupportedOpWarning(
+        f"{len(analysis.unsupported)} op(s) have no interval rule: {ops}{more}. Their ranges "
+        f"and the {len(analysis.unsound)} activation range(s) computed from them are calibrated "
+        "(observed on calibration inputs), not sound: pass calibration inputs that cover real "
+        "use, or add a rule in save_ros/core/propagate.py"), stacklevel=3)
 
 
 @dataclass
@@ -261,7 +292,7 @@ class ProtectedModel:
             # and inferences keep running on the live model meanwhile
             shadow = copy.deepcopy(self.model)
             analysis = analyze(shadow, self._example, self._input_range, calib,
-                               self.config.margin)
+                               config=self.config.select_config())
             rt = self._build_runtime(analysis)
             self._rt = rt  # one reference swap: inferences pick up the new plan whole
         return rt
@@ -505,7 +536,7 @@ class ProtectedModel:
 
 
 def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
-            config: ProtectConfig | None = None) -> ProtectedModel:
+            config: ProtectConfig | None = None, fault_sites: bool = False) -> ProtectedModel:
     """Analyse, allocate and instrument `model`; return it protected (it is changed in place:
     its weights move into checksummed flat storage, in-place modules become out-of-place)."""
     config = config or ProtectConfig()
@@ -515,19 +546,30 @@ def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
     _input_bounds(input_range)
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor shaped like one batch of real input")
+    devices = {p.device for p in model.parameters()}
+    if devices and devices != {example_input.device}:
+        raise ValueError(f"the model is on {', '.join(sorted(map(str, devices)))} but "
+                         f"example_input on {example_input.device}: move both to one device "
+                         "(model.to(device), x.to(device)) before protect()")
     model.eval()
     analysis = config.analysis
     if analysis is None:
         from save_ros.core.select import analyze
 
-        analysis = analyze(model, example_input, input_range, config.calibration, config.margin)
-    if example_input.is_cuda and config.cuda_backend == "graph" and config.verifier == "thread":
-        # The CUDA-graph path (measured on an H100: docs/results/gpu.md); same infer() contract,
-        # its status converts with `status.to_fault_status()`.
-        from save_ros.gpu.runtime import CudaProtectedModel, GpuProtectConfig
+        calib = config.calibration
+        if calib is not None:
+            calib = calib.to(example_input.device)
+        analysis = analyze(model, example_input, input_range, calib,
+                           config=config.select_config())
+    warn_unsupported(analysis)
+    if example_input.is_cuda and config.cuda_backend == "graph":
+        # one replay of a CUDA graph per inference, checks captured beside the forward;
+        # the same contract as the CPU runtime (core/cuda/runtime.py)
+        from save_ros.core.cuda.runtime import CudaProtectedModel
 
-        return CudaProtectedModel(
-            model, example_input,
-            GpuProtectConfig(checksum_every=max(1, config.weight_check_interval)),
-            analysis=analysis, calibration=config.calibration)
+        return CudaProtectedModel(model, example_input, input_range, config, analysis,
+                                  fault_sites=fault_sites)
+    if fault_sites:
+        raise ValueError("fault_sites=True compiles activation fault sites into the CUDA "
+                         "program; on the CPU, inject with save_ros.faults (hooks)")
     return ProtectedModel(model, example_input, input_range, config, analysis)

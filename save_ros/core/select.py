@@ -425,7 +425,8 @@ def analyze(
         "min_gap": float(gaps.min()) if len(gaps) else None}
     analysis = Analysis(key=key, capture=graph.capture,
                         layers=[asdict(layer) for layer in graph.layers], tensors=tensors,
-                        unsupported=unsupported + sens.notes, input_range=box, settings=settings,
+                        unsupported=unsupported, input_range=box,
+                        settings=settings | {"notes": sens.notes},
                         timings=timings, task=task)
     analysis.rules = rules
     analysis.graph = graph

@@ -1,0 +1,249 @@
+"""One inference as a fixed sequence of device work: forward, checks, flags. Graph-capturable.
+
+`CheckProgram(inst, runtime, store, ...)` runs the model's fx nodes one by one (the same
+callables `Instrumented` uses, so the same kernels and bits) and, after the last layer of each
+check group, enqueues that group's checks on a side stream while the forward goes on:
+
+- range checks: per-channel (or per-tensor) min / max of the layer outputs against the
+  analysed bounds, one flag per group;
+- redundancy: DMR (re-compute the layer from its saved inputs, compare) or ABFT (golden column
+  sums), one flag per check;
+- the weights: the 64-bit chunk sums of the flat weight store against the golden sums, on a
+  third stream from the start (weights do not change during a forward), one flag per dtype group;
+- the input against the declared input box, one flag.
+
+Every flag is written into one small device tensor, copied to pinned host memory at the end.
+Nothing in `run` synchronises with the host, so the whole of it can be captured once in a CUDA
+graph and replayed; on a CPU (tests) it runs eagerly without streams.
+
+Fault sites (campaigns only, `fault_sites=True`): after every injectable node the program XORs
+one element with a mask read from a device table (zero: no change), so a transient activation
+flip can be armed from the host and happens inside the replayed graph, after the node wrote its
+output and before anything reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from save_ros.core import bits
+from save_ros.core.checkplan import Runtime
+from save_ros.core.checks import CheckKind, LayerCheck, dmr_differs
+from save_ros.core.edit import WeightStore
+from save_ros.core.instrument import Instrumented
+
+
+@dataclass
+class _Group:
+    """Checks launched together once the forward has passed layer `after`."""
+
+    after: int
+    ranges: list[LayerCheck] = field(default_factory=list)
+    redundant: list[LayerCheck] = field(default_factory=list)
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+    slot: int = 0  # flags[slot] = range flag; flags[slot + 1 + k] = redundant check k
+
+
+@dataclass
+class FaultSites:
+    """Activation fault sites compiled into the program: node index -> table row."""
+
+    rows: dict[int, int]  # node position -> row in the tables
+    names: list[str]  # node name per row
+    numel: list[int]  # elements per row's tensor (batch included)
+    index: torch.Tensor  # int64 [rows]: flat element to flip
+    mask: torch.Tensor  # int view dtype [rows]: XOR mask (0: nothing)
+    dtype: torch.dtype  # the activations' dtype
+
+
+def _split(checked: list[int], groups: int) -> list[int]:
+    """Layer positions after which each group starts its checks (about equal counts)."""
+    if not checked:
+        return []
+    groups = max(1, min(groups, len(checked)))
+    ends = []
+    for g in range(1, groups + 1):
+        ends.append(checked[min(len(checked) - 1, round(g * len(checked) / groups) - 1)])
+    return sorted(set(ends))
+
+
+class CheckProgram:
+    """The device work of one inference; `run(x)` is capturable, `flags` says what failed."""
+
+    def __init__(self, inst: Instrumented, rt: Runtime, store: WeightStore,
+                 low: torch.Tensor, high: torch.Tensor, example: torch.Tensor,
+                 groups: int = 8, fault_sites: bool = False, streams: bool = False) -> None:
+        self.inst, self.rt, self.store = inst, rt, store
+        self.device = example.device
+        self.low, self.high = low.to(self.device), high.to(self.device)
+        checks = {c.index: c for c in rt.range_batch.checks}
+        red = {c.index: c for c in rt.redundant}
+        checked = sorted(set(checks) | set(red))
+        self.groups: list[_Group] = []
+        slot = 0
+        ends = _split(checked, groups)
+        start = -1
+        for end in ends:
+            g = _Group(end, slot=slot)
+            members = [i for i in checked if start < i <= end]
+            g.ranges = [checks[i] for i in members if i in checks]
+            g.redundant = [red[i] for i in members if i in red]
+            if g.ranges:
+                g.low, g.high = rt.range_batch.bounds_of(g.ranges, self.device)
+            slot += 1 + len(g.redundant)
+            self.groups.append(g)
+            start = end
+        self._by_end = {g.after: g for g in self.groups}
+        self.input_slot = slot
+        self.weight_slots = list(range(slot + 1, slot + 1 + len(store.groups)))
+        self.n_slots = slot + 1 + len(store.groups)
+        self.flags = torch.zeros(self.n_slots, dtype=torch.bool, device=self.device)
+        self.flags_host = torch.zeros(self.n_slots, dtype=torch.bool,
+                                      pin_memory=self.device.type == "cuda")
+        self._side = torch.cuda.Stream(self.device) if streams else None
+        self._cs = torch.cuda.Stream(self.device) if streams else None
+        self.sites = self._fault_sites(example) if fault_sites else None
+        self.checks_run = len(rt.range_batch.checks) + len(rt.redundant)
+
+    # ---- what failed --------------------------------------------------------------------
+    def failed_slots(self) -> list[str]:
+        """Names of the raised flags (after the host copy landed)."""
+        f = self.flags_host.tolist()
+        out = []
+        for g in self.groups:
+            if f[g.slot]:
+                out.append(f"range@{g.after}")
+            out += [c.name for k, c in enumerate(g.redundant) if f[g.slot + 1 + k]]
+        if f[self.input_slot]:
+            out.append("input")
+        out += [f"weights[{k}]" for k, s in enumerate(self.weight_slots) if f[s]]
+        return out
+
+    # ---- the program --------------------------------------------------------------------
+    def run(self, x: torch.Tensor, check_weights: bool = True) -> tuple[Any, list[Any]]:
+        """Forward + checks on the current stream (side streams where set); flags to host."""
+        main = torch.cuda.current_stream(self.device) if self._side is not None else None
+        if check_weights:
+            self._launch_weights(main)
+        else:
+            for s in self.weight_slots:
+                self.flags[s] = False
+        ok = (x >= self.low) & (x <= self.high)  # NaN compares False: out of range
+        self.flags[self.input_slot] = ~ok.all()
+        inst = self.inst
+        vals: list[Any] = [None] * len(inst.nodes)
+        for p in inst.placeholders:
+            vals[p] = x
+        sites = self.sites.rows if self.sites is not None else {}
+        for i, node in enumerate(inst.nodes):
+            if node.op == "placeholder":
+                continue
+            vals[i] = inst.recompute(i, vals)
+            if i in sites:
+                self._inject(sites[i], vals[i])
+            g = self._by_end.get(i)
+            if g is not None:
+                self._launch_group(g, vals, main)
+        out = fx.node.map_arg(inst._out_template, lambda n: vals[inst.index[n.name]])
+        if main is not None:
+            main.wait_stream(self._side)
+            if check_weights:
+                main.wait_stream(self._cs)
+        self.flags_host.copy_(self.flags, non_blocking=main is not None)
+        return out, vals
+
+    def _launch_weights(self, main) -> None:
+        """Chunk sums of every weight group against the golden sums (third stream)."""
+        ctx = nullcontext()
+        if main is not None:
+            self._cs.wait_stream(main)
+            ctx = torch.cuda.stream(self._cs)
+        with ctx:
+            for s, g in zip(self.weight_slots, self.store.groups, strict=True):
+                self.flags[s] = (g._live_words.sum(1) != g.golden_sums).any()
+
+    def _launch_group(self, g: _Group, vals: Sequence[Any], main) -> None:
+        """Enqueue one group's checks (side stream when set)."""
+        ctx = nullcontext()
+        if main is not None:
+            self._side.wait_stream(main)
+            ctx = torch.cuda.stream(self._side)
+        with ctx:
+            if g.ranges:
+                mn, mx = self.rt.range_batch.reduce(vals, g.ranges)
+                self.flags[g.slot] = ~((mn >= g.low) & (mx <= g.high)).all()
+            else:
+                self.flags[g.slot] = False
+            fails = []
+            for c in g.redundant:
+                if c.kind is CheckKind.ABFT:
+                    node = self.inst.node_of(c.index)
+                    xin = vals[self.inst.index[node.args[0].name]]
+                    f = c.abft.fails(xin, vals[c.index])
+                else:
+                    f = dmr_differs(c.recompute(vals), vals[c.index], c.exact)
+                fails.append(f if isinstance(f, torch.Tensor)
+                             else torch.tensor(bool(f), device=self.device))
+            if fails:
+                a = g.slot + 1
+                self.flags[a : a + len(fails)] = torch.stack([f.reshape(()) for f in fails])
+
+    # ---- fault sites (campaigns) --------------------------------------------------------
+    def _fault_sites(self, example: torch.Tensor) -> FaultSites:
+        """Probe the nodes once: injectable = analysed, normal-memory, contiguous float outputs."""
+        inst, rt = self.inst, self.rt
+        analysed = set(rt.analysis.tensors) if rt.analysis is not None else set()
+        _, values = inst.forward(example)
+        rows: dict[int, int] = {}
+        names, numel = [], []
+        dtype = None
+        for i in inst.layer_indices:
+            v, name = values[i], inst.names[i]
+            if not (isinstance(v, torch.Tensor) and v.is_floating_point()
+                    and v.dtype in bits.LAYOUTS and v.is_contiguous() and v.numel()):
+                continue
+            if analysed and name not in analysed:
+                continue  # views and unanalysed nodes: not a memory of their own
+            if rt.placement.is_reliable(name):
+                continue
+            if dtype is None:
+                dtype = v.dtype
+            if v.dtype != dtype:
+                continue
+            rows[i] = len(names)
+            names.append(name)
+            numel.append(v.numel())
+        dtype = dtype or torch.float32
+        int_dtype = bits.layout_of(dtype).int_dtype
+        return FaultSites(rows, names, numel,
+                          torch.zeros(len(names), dtype=torch.int64, device=self.device),
+                          torch.zeros(len(names), dtype=int_dtype, device=self.device), dtype)
+
+    def _inject(self, row: int, v: torch.Tensor) -> None:
+        """XOR element index[row] of v with mask[row] (a no-op while the mask is 0)."""
+        iv = bits.int_view(v).view(-1)
+        idx = self.sites.index[row : row + 1]
+        iv.index_put_((idx,), iv.index_select(0, idx) ^ self.sites.mask[row : row + 1])
+
+    def arm(self, name: str, index: int, bit: int) -> None:
+        """Flip `bit` of element `index` of node `name` during the next run only."""
+        if self.sites is None:
+            raise RuntimeError("protect(..., fault_sites=True) compiles activation fault sites")
+        row = self.sites.names.index(name)
+        if not 0 <= index < self.sites.numel[row]:
+            raise IndexError(f"{name} has {self.sites.numel[row]} elements, not index {index}")
+        layout = bits.layout_of(self.sites.dtype)
+        self.sites.index[row] = index
+        self.sites.mask[row] = bits.mask_value(layout, bit)
+
+    def disarm(self) -> None:
+        """Clear every armed fault."""
+        if self.sites is not None:
+            self.sites.mask.zero_()

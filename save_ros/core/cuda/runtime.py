@@ -1,0 +1,233 @@
+"""`CudaProtectedModel`: `ProtectedModel`'s contract, one CUDA-graph replay per inference.
+
+Per input shape, a `CheckProgram` (forward + every planned check + flags) is captured once as a
+CUDA graph, with the forward on a high-priority stream and the checks on side streams, so the
+checks overlap the layers after them. An inference copies the input into the graph's static
+buffer, replays, and waits for the few flag bytes:
+
+- all flags clear (the fast path): the verdict is `verified` at once, no hand-off to a verifier
+  thread, and the output is a copy of the graph's output;
+- any flag raised: the saved values (the graph's static buffers) go to the verifier that the CPU
+  runtime uses (`ProtectedModel._verify`: every check re-run eagerly to find the layer, Edit to
+  restore weights and re-run from the first failing layer), on the calling thread (`wait=True`)
+  or on the verifier (thread or external, `ProtectConfig.verifier`). Until that verdict is in,
+  the next inference waits: it would overwrite the saved values Edit needs.
+
+Every `ProtectConfig` field means what it means on the CPU, except `weight_check_budget_s`
+(rotating weight checksums): on the device a full checksum of every weight costs tens of
+microseconds beside the forward, so the CUDA backend refuses the setting instead of ignoring it.
+Without a CUDA device the same class runs the program eagerly (no graph, no streams): that is how
+its logic is tested on CPU machines.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from save_ros.core.analysis import Analysis
+from save_ros.core.checkplan import Runtime
+from save_ros.core.cuda.program import CheckProgram
+from save_ros.core.protect import InferenceResult, ProtectedModel
+from save_ros.core.verify import FaultStatus, Job, VerifierMode
+
+MAX_SHAPES = 4  # captured programs kept (one per input shape)
+
+
+class CudaConfigError(ValueError):
+    """A ProtectConfig setting the CUDA backend cannot honour (the message says what to use)."""
+
+
+class _Captured:
+    """A CheckProgram for one input shape, with its static buffers and (on CUDA) its graph."""
+
+    def __init__(self, owner: CudaProtectedModel, example: torch.Tensor) -> None:
+        dev = example.device
+        self.cuda = dev.type == "cuda" and owner.use_graph
+        self.static_in = example.detach().clone()
+        self.program = CheckProgram(owner._inst, owner._rt, owner._store, owner._low,
+                                    owner._high, self.static_in, owner.groups,
+                                    owner.fault_sites, streams=self.cuda)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_nocs: torch.cuda.CUDAGraph | None = None
+        self.out: Any = None
+        self.values: list[Any] = []
+        if self.cuda:
+            self._capture(owner)
+
+    def _capture(self, owner: CudaProtectedModel) -> None:
+        """Warm up (kernels compile, cuDNN picks), then capture with and without checksums."""
+        main = torch.cuda.Stream(self.static_in.device, priority=-1)
+        main.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(main), torch.inference_mode():
+            for _ in range(3):
+                self.program.run(self.static_in, True)
+        torch.cuda.synchronize()
+        self.stream = main
+        with torch.inference_mode():
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=main):
+                self.out, self.values = self.program.run(self.static_in, True)
+            if owner.config.weight_check_interval != 1:
+                pool = self.graph.pool()
+                self.graph_nocs = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph_nocs, pool=pool, stream=main):
+                    out2, vals2 = self.program.run(self.static_in, False)
+                self.out_nocs, self.values_nocs = out2, vals2
+        self.done = torch.cuda.Event()
+        torch.cuda.synchronize()
+
+    def run(self, x: torch.Tensor, check_weights: bool) -> tuple[Any, list[Any]]:
+        """One inference into the static buffers; returns (output, values) once flags landed."""
+        if not self.cuda:
+            with torch.inference_mode():
+                self.static_in.copy_(x)
+                self.out, self.values = self.program.run(self.static_in, check_weights)
+            return self.out, self.values
+        cur = torch.cuda.current_stream()
+        self.stream.wait_stream(cur)
+        with torch.cuda.stream(self.stream):
+            self.static_in.copy_(x, non_blocking=True)
+            if check_weights or self.graph_nocs is None:
+                self.graph.replay()
+                out, vals = self.out, self.values
+            else:
+                self.graph_nocs.replay()
+                out, vals = self.out_nocs, self.values_nocs
+            self.done.record()
+        cur.wait_stream(self.stream)
+        self.done.synchronize()
+        return out, vals
+
+
+def _clone(out: Any) -> Any:
+    """A copy of a (nested) output, so the next replay cannot change what the caller holds."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone(o) for o in out)
+    return out
+
+
+class CudaProtectedModel(ProtectedModel):
+    """A ProtectedModel whose inference is one CUDA-graph replay (eager on a CPU, for tests)."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, input_range: Any,
+                 config, analysis: Analysis | None, use_graph: bool | None = None,
+                 groups: int = 8, fault_sites: bool = False) -> None:
+        if config.weight_check_budget_s is not None:
+            raise CudaConfigError(
+                "weight_check_budget_s (rotating weight checksums) is not used on CUDA: "
+                "a full checksum of every weight runs beside each forward; leave it None "
+                "(or set weight_check_interval to check every N-th inference)")
+        self.use_graph = example_input.is_cuda if use_graph is None else use_graph
+        self.groups = groups
+        self.fault_sites = fault_sites
+        self._programs: dict[tuple, _Captured] = {}
+        self._gate = threading.Lock()  # held from a replay until its verdict is in
+        self.device_alarms = 0
+        self.last_raw_output: Any = None  # the graph's output before any Edit (campaigns)
+        super().__init__(model, example_input, input_range, config, analysis)
+        self._program(example_input)
+
+    # ---- programs -------------------------------------------------------------------
+    def _build_runtime(self, analysis: Analysis | None) -> Runtime:
+        rt = super()._build_runtime(analysis)
+        self._programs = {}  # a new plan: capture again (reanalyze)
+        return rt
+
+    def _program(self, x: torch.Tensor) -> _Captured:
+        key = (tuple(x.shape), x.dtype, x.device)
+        prog = self._programs.get(key)
+        if prog is None:
+            if len(self._programs) >= MAX_SHAPES:
+                self._programs.pop(next(iter(self._programs)))
+            with self._lock:
+                prog = _Captured(self, x)
+            self._programs[key] = prog
+        return prog
+
+    # ---- inference --------------------------------------------------------------------
+    def _acquire(self) -> None:
+        """Wait for the previous slow verdict (run it here if nobody else will)."""
+        while not self._gate.acquire(timeout=0.002):
+            if self._verifier.mode is VerifierMode.EXTERNAL:
+                self._verifier.run_pending(None)
+
+    def infer(self, x: torch.Tensor, wait: bool = True):
+        """One protected inference: a graph replay; clean flags are the verdict."""
+        if self._closed:
+            raise RuntimeError("this ProtectedModel is closed; call protect() again")
+        self._acquire()
+        try:
+            prog = self._program(x)
+            rt, seq, i = self._rt, self._seq, next(self._ids)
+            check_w, window = self._weight_schedule(i)
+            t0 = time.perf_counter()
+            out, values = prog.run(x, check_w)
+            t1 = time.perf_counter()
+            if self.fault_sites:
+                prog.program.disarm()  # a transient fault fires once
+            job = Job(i, (prog.static_in,), out, tuple(values), t0, t1, seq, check_w,
+                      window, rt)
+            raised = bool(prog.program.flags_host.any())
+            if not raised and self._stale(seq) == [] and rt is self._rt:
+                st = FaultStatus(i, verified=True, checks_run=prog.program.checks_run,
+                                 weights_checked=check_w, forward_s=t1 - t0)
+                st.verify_s = time.perf_counter() - t1
+                self._count(st)
+                job.future.set_result(st)
+                self._gate.release()
+                result = _clone(out)
+                self.last_raw_output = result
+                return InferenceResult(result, st, job.future)
+            self.device_alarms += raised
+            raw = _clone(out)
+            self.last_raw_output = raw
+            if wait:
+                with torch.inference_mode():
+                    st = self._verify(job)
+                job.future.set_result(st)
+                self._gate.release()
+                return InferenceResult(st.output if st.output is not None else raw, st,
+                                       job.future)
+            fut = self._verifier.submit(job)
+            fut.add_done_callback(lambda _f: self._gate.release())
+            return InferenceResult(raw, None, fut)
+        except BaseException:
+            if self._gate.locked():
+                self._gate.release()
+            raise
+
+    def reanalyze(self, calibration=None, accept_weights: bool = False) -> Runtime:
+        """As on the CPU; the programs are captured again for the new plan."""
+        self._acquire()
+        try:
+            rt = super().reanalyze(calibration, accept_weights)
+            self._program(self._example)
+            return rt
+        finally:
+            self._gate.release()
+
+    # ---- campaigns ----------------------------------------------------------------------
+    def activation_sites(self) -> dict[str, int]:
+        """Injectable activations of the example shape: node name -> elements."""
+        sites = self._program(self._example).program.sites
+        if sites is None:
+            raise RuntimeError("protect with fault_sites=True to inject activation faults")
+        return dict(zip(sites.names, sites.numel, strict=True))
+
+    def arm_activation_fault(self, name: str, index: int, bit: int) -> None:
+        """Flip `bit` of element `index` of activation `name` in the next inference only
+        (of the example input's shape)."""
+        self._program(self._example).program.arm(name, index, bit)
+
+    def disarm(self) -> None:
+        """Clear armed activation faults (after the inference they were meant for)."""
+        for p in self._programs.values():
+            p.program.disarm()
+
