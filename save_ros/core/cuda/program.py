@@ -126,6 +126,19 @@ class CheckProgram:
         out += [f"weights[{k}]" for k, s in enumerate(self.weight_slots) if f[s]]
         return out
 
+    def kind_of(self, name: str) -> str:
+        """dmr | abft for a redundant check's layer name."""
+        for g in self.groups:
+            for c in g.redundant:
+                if c.name == name:
+                    return c.kind.value
+        return "dmr"
+
+    def reader_of(self, weight: str) -> str:
+        """The first layer that reads a weight (for reports)."""
+        k = self.inst.first_reader([weight], self.rt.param_readers)
+        return self.inst.names[k]
+
     # ---- the program --------------------------------------------------------------------
     def run(self, x: torch.Tensor, check_weights: bool = True) -> tuple[Any, list[Any]]:
         """Forward + checks on the current stream (side streams where set); flags to host."""

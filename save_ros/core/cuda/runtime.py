@@ -7,11 +7,16 @@ buffer, replays, and waits for the few flag bytes:
 
 - all flags clear (the fast path): the verdict is `verified` at once, no hand-off to a verifier
   thread, and the output is a copy of the graph's output;
-- any flag raised: the saved values (the graph's static buffers) go to the verifier that the CPU
-  runtime uses (`ProtectedModel._verify`: every check re-run eagerly to find the layer, Edit to
-  restore weights and re-run from the first failing layer), on the calling thread (`wait=True`)
-  or on the verifier (thread or external, `ProtectConfig.verifier`). Until that verdict is in,
-  the next inference waits: it would overwrite the saved values Edit needs.
+- any flag raised (the slow path, `_verify`): Edit restores every weight that differs from its
+  golden copy and replays the graph; on golden weights the program is deterministic, so the
+  replay re-computes the whole inference and two runs tell a transient fault (the flag or the
+  output does not come back: detected, the replay's output is the repaired result) from an
+  input-driven range excursion (it comes back with the same output: a note). On a GPU a replay
+  of the whole graph costs less than an eager re-run from the faulty layer, so Edit re-runs from
+  the input (`rerun_from = "input (graph replay)"`); the failing layer is named in the
+  detections. This runs on the calling thread (`wait=True`) or on the verifier (thread or
+  external, `ProtectConfig.verifier`); until its verdict is in, the next inference waits, since
+  it would overwrite the static buffers.
 
 Every `ProtectConfig` field means what it means on the CPU, except `weight_check_budget_s`
 (rotating weight checksums): on the device a full checksum of every weight costs tens of
@@ -29,11 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from save_ros.core import bits
 from save_ros.core.analysis import Analysis
 from save_ros.core.checkplan import Runtime
 from save_ros.core.cuda.program import CheckProgram
 from save_ros.core.protect import InferenceResult, ProtectedModel
-from save_ros.core.verify import FaultStatus, Job, VerifierMode
+from save_ros.core.verify import Detection, FaultStatus, Job, VerifierMode
 
 MAX_SHAPES = 4  # captured programs kept (one per input shape)
 
@@ -102,6 +108,28 @@ class _Captured:
         cur.wait_stream(self.stream)
         self.done.synchronize()
         return out, vals
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Bit-equal (nested) outputs."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(
+            bits.int_view(a) if a.dtype in bits.LAYOUTS else a,
+            bits.int_view(b) if b.dtype in bits.LAYOUTS else b)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _describe(slot: str, prog: _Captured) -> tuple[str, str]:
+    """(check kind, detail) of a raised flag's name."""
+    if slot.startswith("range@"):
+        return "range", "a layer output left its analysed range (device min/max)"
+    if slot.startswith("weights["):
+        return "weights", "chunk checksum differs from the golden sum"
+    kind = prog.program.kind_of(slot)
+    return kind, "device re-computation differs" if kind == "dmr" else \
+        "checksum exceeds its tolerance"
 
 
 def _clone(out: Any) -> Any:
@@ -175,6 +203,8 @@ class CudaProtectedModel(ProtectedModel):
             job = Job(i, (prog.static_in,), out, tuple(values), t0, t1, seq, check_w,
                       window, rt)
             raised = bool(prog.program.flags_host.any())
+            job.program = prog
+            job.failed = prog.program.failed_slots() if raised else []
             if not raised and self._stale(seq) == [] and rt is self._rt:
                 st = FaultStatus(i, verified=True, checks_run=prog.program.checks_run,
                                  weights_checked=check_w, forward_s=t1 - t0)
@@ -188,6 +218,7 @@ class CudaProtectedModel(ProtectedModel):
             self.device_alarms += raised
             raw = _clone(out)
             self.last_raw_output = raw
+            job.output = raw
             if wait:
                 with torch.inference_mode():
                     st = self._verify(job)
@@ -202,6 +233,64 @@ class CudaProtectedModel(ProtectedModel):
             if self._gate.locked():
                 self._gate.release()
             raise
+
+    # ---- verdicts on the slow path ------------------------------------------------------
+    def _verify(self, job: Job) -> FaultStatus:
+        """A raised flag: restore the weights, replay, until two runs tell the story.
+
+        With golden weights the program is deterministic, so a replay is a re-computation of
+        the whole inference (model-level DMR): a flag or output that does not come back was a
+        transient fault (detected, the replay's result is the repaired one); a range alarm that
+        comes back with the same output on golden weights is the input's doing
+        (`confirm_range_alarms`: a note, not a fault). Weight flags are repaired from the golden
+        copies first. At most `max_reruns` + 1 replays, else the result is unverified.
+        """
+        prog: _Captured = job.program
+        t_v = time.perf_counter()
+        st = FaultStatus(job.inference_id, forward_s=job.t_end - job.t_start,
+                         queue_s=t_v - job.t_end, checks_run=prog.program.checks_run,
+                         weights_checked=job.check_weights)
+        failed = [f for f in job.failed if f != "input"]
+        st.input_out_of_range = "input" in job.failed
+        prev_out, transient = job.output, False
+        detections: dict[str, tuple[str, str]] = {}
+        with self._lock, torch.inference_mode():
+            for _attempt in range(max(1, self.config.max_reruns) + 1):
+                rep = self._restore(None)
+                for name, n in rep.elements.items():
+                    st.repaired[name] = st.repaired.get(name, 0) + n
+                out, _ = prog.run(prog.static_in, True)
+                again = [f for f in prog.program.failed_slots() if f != "input"]
+                same = again == failed and _equal(out, prev_out)
+                for f in failed:
+                    if not (same and f.startswith("range@") and self.config.confirm_range_alarms):
+                        detections.setdefault(f, _describe(f, prog))
+                if not again or (same and self.config.confirm_range_alarms
+                                 and all(f.startswith("range@") for f in again)):
+                    if again:
+                        st.notes.append(f"{', '.join(again)}: the range alarm recurs with the "
+                                        "same output on golden weights: input-driven, not a "
+                                        "fault")
+                    transient = bool(detections) or bool(st.repaired)
+                    st.verified = not st.input_out_of_range
+                    prev_out = out
+                    break
+                failed, prev_out = again, _clone(out)
+            else:
+                st.error = "faults persist after re-runs; result unverified"
+        st.detections = [Detection(layer, layer, kind, detail)
+                         for layer, (kind, detail) in detections.items()]
+        st.detections += [Detection(prog.program.reader_of(n), n, "weights",
+                                    f"{k} element(s) differ from the golden copy")
+                          for n, k in st.repaired.items()]
+        st.detections = [d for d in st.detections if not d.layer.startswith("weights[")]
+        if st.detections or transient or st.error:
+            st.output = _clone(prev_out)
+            st.rerun_from = "input (graph replay)"
+            st.detection_latency_s = time.perf_counter() - job.t_start
+        st.repair_s = time.perf_counter() - t_v
+        self._count(st)
+        return st
 
     def reanalyze(self, calibration=None, accept_weights: bool = False) -> Runtime:
         """As on the CPU; the programs are captured again for the new plan."""
