@@ -84,9 +84,8 @@ def _peak_mb(device: torch.device, rss0: float) -> float:
 
 def analysis_section(model, x, calib, device) -> tuple[object, dict]:
     """Time and peak memory of analyze(), beside one plain forward's peak."""
-    from save_ros.core.select import analyze
-
     from save_ros.core.graph import capture
+    from save_ros.core.select import analyze
 
     with torch.no_grad():
         model(x)  # warm-up: cuDNN handles, lazy init
@@ -179,7 +178,6 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device) -> d
            "device_alarms": getattr(pm, "device_alarms", None),
            "placement": pm.placement.summary()}
     pm.close()
-    del pm, model, plain
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -226,9 +224,9 @@ def run(args: argparse.Namespace) -> int:
         calib = zoo.images(args.calibration, args.size, seed=args.seed + 1).to(device)
         row: dict = {}
         analysis, row["analysis"] = analysis_section(base, calib[:1], calib, device)
-        print(f"{name}: analysis {row['analysis']['seconds']:.1f} s, peak "
-              f"{row['analysis']['peak_mb']:.0f} MB (one forward {row['analysis']['forward_mb']:.0f}"
-              " MB)", flush=True)
+        an = row["analysis"]
+        print(f"{name}: analysis {an['seconds']:.1f} s, peak {an['peak_mb']:.0f} MB (one "
+              f"forward {an['forward_mb']:.0f} MB)", flush=True)
         if "speed" in what:
             row["speed"] = []
             for dt in args.dtypes.split(","):
