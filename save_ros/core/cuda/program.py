@@ -79,7 +79,8 @@ class CheckProgram:
 
     def __init__(self, inst: Instrumented, rt: Runtime, store: WeightStore,
                  low: torch.Tensor, high: torch.Tensor, example: torch.Tensor,
-                 groups: int = 8, fault_sites: bool = False, streams: bool = False) -> None:
+                 groups: int = 8, fault_sites: bool = False, streams: bool = False,
+                 side_stream: bool = True, checksum_stream: bool = True) -> None:
         self.inst, self.rt, self.store = inst, rt, store
         self.device = example.device
         self.low, self.high = low.to(self.device), high.to(self.device)
@@ -107,8 +108,11 @@ class CheckProgram:
         self.flags = torch.zeros(self.n_slots, dtype=torch.bool, device=self.device)
         self.flags_host = torch.zeros(self.n_slots, dtype=torch.bool,
                                       pin_memory=self.device.type == "cuda")
-        self._side = torch.cuda.Stream(self.device) if streams else None
-        self._cs = torch.cuda.Stream(self.device) if streams else None
+        self._side = torch.cuda.Stream(self.device) if streams and side_stream else None
+        self._cs = torch.cuda.Stream(self.device) if streams and checksum_stream else None
+        self._streams = streams
+        self._keep: list[Any] = []  # temporaries of the side streams, alive until the join
+        self._false = torch.zeros((), dtype=torch.bool, device=self.device)
         self.sites = self._fault_sites(example) if fault_sites else None
         self.checks_run = len(rt.range_batch.checks) + len(rt.redundant)
 
@@ -142,7 +146,8 @@ class CheckProgram:
     # ---- the program --------------------------------------------------------------------
     def run(self, x: torch.Tensor, check_weights: bool = True) -> tuple[Any, list[Any]]:
         """Forward + checks on the current stream (side streams where set); flags to host."""
-        main = torch.cuda.current_stream(self.device) if self._side is not None else None
+        main = torch.cuda.current_stream(self.device) if self._streams else None
+        self._keep = []
         if check_weights:
             self._launch_weights(main)
         else:
@@ -165,35 +170,41 @@ class CheckProgram:
             if g is not None:
                 self._launch_group(g, vals, main)
         out = fx.node.map_arg(inst._out_template, lambda n: vals[inst.index[n.name]])
-        if main is not None:
+        if self._side is not None:
             main.wait_stream(self._side)
-            if check_weights:
-                main.wait_stream(self._cs)
+        if check_weights and self._cs is not None:
+            main.wait_stream(self._cs)
         self.flags_host.copy_(self.flags, non_blocking=main is not None)
+        self._keep = []
         return out, vals
 
     def _launch_weights(self, main) -> None:
         """Chunk sums of every weight group against the golden sums (third stream)."""
         ctx = nullcontext()
-        if main is not None:
+        if self._cs is not None:
             self._cs.wait_stream(main)
             ctx = torch.cuda.stream(self._cs)
         with ctx:
             for s, g in zip(self.weight_slots, self.store.groups, strict=True):
-                self.flags[s] = (g._live_words.sum(1) != g.golden_sums).any()
+                sums = g._live_words.sum(1)
+                bad = (sums != g.golden_sums).any()
+                self.flags[s] = bad
+                self._keep += [sums, bad]
 
     def _launch_group(self, g: _Group, vals: Sequence[Any], main) -> None:
         """Enqueue one group's checks (side stream when set)."""
         ctx = nullcontext()
-        if main is not None:
+        if self._side is not None:
             self._side.wait_stream(main)
             ctx = torch.cuda.stream(self._side)
         with ctx:
             if g.ranges:
                 mn, mx = self.rt.range_batch.reduce(vals, g.ranges)
-                self.flags[g.slot] = ~((mn >= g.low) & (mx <= g.high)).all()
+                bad = ~((mn >= g.low) & (mx <= g.high)).all()
+                self.flags[g.slot] = bad
+                self._keep += [mn, mx, bad]
             else:
-                self.flags[g.slot] = False
+                self.flags[g.slot] = self._false
             fails = []
             for c in g.redundant:
                 if c.kind is CheckKind.ABFT:
@@ -202,11 +213,13 @@ class CheckProgram:
                     f = c.abft.fails(xin, vals[c.index])
                 else:
                     f = dmr_differs(c.recompute(vals), vals[c.index], c.exact)
-                fails.append(f if isinstance(f, torch.Tensor)
-                             else torch.tensor(bool(f), device=self.device))
+                fails.append(f if isinstance(f, torch.Tensor) else ~self._false if f
+                             else self._false)
             if fails:
                 a = g.slot + 1
-                self.flags[a : a + len(fails)] = torch.stack([f.reshape(()) for f in fails])
+                stacked = torch.stack([f.reshape(()) for f in fails])
+                self.flags[a : a + len(fails)] = stacked
+                self._keep += [*fails, stacked]
 
     # ---- fault sites (campaigns) --------------------------------------------------------
     def _fault_sites(self, example: torch.Tensor) -> FaultSites:
@@ -243,7 +256,7 @@ class CheckProgram:
         """XOR element index[row] of v with mask[row] (a no-op while the mask is 0)."""
         iv = bits.int_view(v).view(-1)
         idx = self.sites.index[row : row + 1]
-        iv.index_put_((idx,), iv.index_select(0, idx) ^ self.sites.mask[row : row + 1])
+        iv.scatter_(0, idx, iv.index_select(0, idx) ^ self.sites.mask[row : row + 1])
 
     def arm(self, name: str, index: int, bit: int) -> None:
         """Flip `bit` of element `index` of node `name` during the next run only."""

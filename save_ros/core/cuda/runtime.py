@@ -27,6 +27,7 @@ its logic is tested on CPU machines.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -57,7 +58,9 @@ class _Captured:
         self.static_in = example.detach().clone()
         self.program = CheckProgram(owner._inst, owner._rt, owner._store, owner._low,
                                     owner._high, self.static_in, owner.groups,
-                                    owner.fault_sites, streams=self.cuda)
+                                    owner.fault_sites, streams=self.cuda,
+                                    side_stream=owner.side_streams,
+                                    checksum_stream=owner.side_streams)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_nocs: torch.cuda.CUDAGraph | None = None
         self.out: Any = None
@@ -76,12 +79,12 @@ class _Captured:
         self.stream = main
         with torch.inference_mode():
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=main):
+            with torch.cuda.graph(self.graph):
                 self.out, self.values = self.program.run(self.static_in, True)
             if owner.config.weight_check_interval != 1:
                 pool = self.graph.pool()
                 self.graph_nocs = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph_nocs, pool=pool, stream=main):
+                with torch.cuda.graph(self.graph_nocs, pool=pool):
                     out2, vals2 = self.program.run(self.static_in, False)
                 self.out_nocs, self.values_nocs = out2, vals2
         self.done = torch.cuda.Event()
@@ -155,6 +158,8 @@ class CudaProtectedModel(ProtectedModel):
         self.use_graph = example_input.is_cuda if use_graph is None else use_graph
         self.groups = groups
         self.fault_sites = fault_sites
+        # checks on side streams overlap the forward; off: everything on one stream (probe)
+        self.side_streams = os.environ.get("SAVE_ROS_SIDE_STREAMS", "1") != "0"
         self._programs: dict[tuple, _Captured] = {}
         self._gate = threading.Lock()  # held from a replay until its verdict is in
         self.device_alarms = 0
