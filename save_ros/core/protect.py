@@ -134,14 +134,27 @@ def _input_bounds(input_range: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return lo_t, hi_t
 
 
-def _candidates(analysis: Analysis | None, store: WeightStore) -> list[Candidate]:
-    """Allocation candidates: every analysed weight and activation."""
+def _candidates(analysis: Analysis | None, store: WeightStore,
+                weights_covered: bool = False) -> list[Candidate]:
+    """Allocation candidates: every analysed weight and activation.
+
+    `weights_covered`: every weight is checksummed before every verdict, so a weight flip in
+    normal memory is always caught and repaired before a result is released; its vulnerable
+    bits then buy nothing in the reliable pool, which goes to activations (whose only other
+    protection is re-computation).
+    """
     if analysis is None:
         return [Candidate(n, "weight", t.numel() * t.element_size(), 0.0, 0.0)
                 for n, t in store.tensors.items()]
-    return [Candidate(t.name, "weight" if t.kind is TensorKind.WEIGHT else "activation",
-                      int(t.nbytes), float(t.vulnerable_bits), float(t.score))
-            for t in analysis.tensors.values()]
+    out = []
+    for t in analysis.tensors.values():
+        weight = t.kind is TensorKind.WEIGHT
+        if weight and weights_covered:
+            out.append(Candidate(t.name, "weight", int(t.nbytes), 0.0, 0.0))
+        else:
+            out.append(Candidate(t.name, "weight" if weight else "activation", int(t.nbytes),
+                                 float(t.vulnerable_bits), float(t.score)))
+    return out
 
 
 class ProtectedModel:
@@ -187,7 +200,10 @@ class ProtectedModel:
         budget = self.config.reliable_budget_bytes
         if budget is None:
             budget = default_budget(self._store.nbytes, self.config.reliable_budget_fraction)
-        placement = plan(_candidates(analysis, self._store), budget, self._store.nbytes)
+        covered = self.config.weight_check_interval == 1 and \
+            self.config.weight_check_budget_s is None
+        placement = plan(_candidates(analysis, self._store, covered), budget,
+                         self._store.nbytes)
         with torch.inference_mode():
             _, values = self._inst.forward(self._example)
             rt = plan_checks(self._inst, analysis, placement, self._store, values,
