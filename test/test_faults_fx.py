@@ -214,3 +214,16 @@ def test_tapped_forward_is_the_model_and_an_error_inside_restores_it(se):
         assert torch.equal(m(x), clean)
     with pytest.raises(KeyError, match="nodes the model's graph lacks"):
         ActivationFaults(m, [BitFault("relu_9", 0, 0)], sites="fx")
+
+
+def test_a_replaced_module_is_traced_again(se):
+    """The taps are cached per model; a module swapped in afterwards must be the one that runs."""
+    m, x = se
+    activation_sites(m, x, FX)
+    m.fc = nn.Linear(4, 7)
+    with torch.inference_mode():
+        with ActivationFaults(m, [BitFault("fc", 0, 31)], sites="fx"):
+            faulty = m(x)
+        clean = m(x)
+    assert faulty.shape == (2, 7) and faulty[0, 0] == -clean[0, 0]
+    assert torch.equal(faulty.reshape(-1)[1:], clean.reshape(-1)[1:])
