@@ -45,6 +45,8 @@ class Runtime:
     param_readers: dict[str, list[str]]  # weight -> layers that read it
     layer_params: dict[int, list[str]]  # node position -> weights it reads
     reliable_sites: list[str] = field(default_factory=list)  # module paths of reliable outputs
+    # vulnerable activation bits in normal memory, and those a redundancy check covers
+    coverage: dict[str, Any] = field(default_factory=dict)
 
     def by_kind(self) -> dict[str, int]:
         """How many layers use each check."""
@@ -107,9 +109,13 @@ def _range_check(c: LayerCheck, ta: Any, value: torch.Tensor) -> LayerCheck:
 def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placement,
                 store: WeightStore, values: Sequence[Any], force: str = "auto",
                 robust_allowance: bool = True, min_vulnerable_share: float = 0.0,
-                chain_dmr: bool = False) -> Runtime:
+                chain_dmr: bool = False, redundancy_budget: float | None = None) -> Runtime:
     """The check of every layer, decided on the example run's `values`.
 
+    `redundancy_budget`: at most this share of one forward pass's time is spent on redundancy
+    (DMR / ABFT); the layers with the most vulnerable bits per second of check keep it, the
+    others fall back to a range check and their vulnerable bits are left unchecked (counted in
+    `Runtime.coverage`). None (the default) checks every vulnerable bit.
     `min_vulnerable_share`: a layer whose output has at most this share of vulnerable bits (of
     all its bits) gets a range check instead of redundancy; its few vulnerable bits are then left
     unchecked (counted in the reason). 0 (the default) checks every vulnerable bit.
@@ -162,12 +168,47 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
         if c.kind is CheckKind.DMR:
             _choose_redundancy(c, inst, store, values, force, ta, robust_allowance)
         checks.append(c)
+    coverage = _budget(inst, checks, tensors, values, redundancy_budget)
     redundant = [c for c in checks if c.kind in (CheckKind.DMR, CheckKind.ABFT)]
     if chain_dmr:
         redundant = _chain(inst, redundant)
     batch = RangeBatch([c for c in checks if c.kind is CheckKind.RANGE])
     return Runtime(analysis, placement, checks, batch, redundant, param_readers, layer_params,
-                   reliable_sites)
+                   reliable_sites, coverage)
+
+
+def _budget(inst: Instrumented, checks: list[LayerCheck], tensors: dict, values: Sequence[Any],
+            budget: float | None) -> dict[str, float]:
+    """Keep redundancy where it buys most within `budget` x forward time; report coverage."""
+    red = [c for c in checks if c.kind in (CheckKind.DMR, CheckKind.ABFT)]
+    vul = {c.index: float(tensors[c.name].vulnerable_bits) if c.name in tensors else 0.0
+           for c in red}
+    total = sum(vul.values())
+    out = {"vulnerable_bits": total, "covered_bits": total, "budget": budget}
+    if budget is None or not red:
+        return out
+    if budget < 0:
+        raise CheckPlanError(f"redundancy_budget must be >= 0 (a share of one forward pass), "
+                             f"got {budget}")
+    x = [values[i] for i in inst.placeholders]
+    cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in x)
+    forward_s = _time(lambda: inst.forward(*x), reps=5, cuda=cuda)
+    cost = {c.index: c.cost_s.get(c.kind.value, c.cost_s.get("dmr", 0.0)) for c in red}
+    allowed, spent, covered = budget * forward_s, 0.0, 0.0
+    for c in sorted(red, key=lambda c: -vul[c.index] / max(cost[c.index], 1e-9)):
+        if spent + cost[c.index] <= allowed:
+            spent += cost[c.index]
+            covered += vul[c.index]
+            continue
+        ta = tensors.get(c.name)
+        if ta is None:
+            continue  # not analysed: nothing to range-check against; keep its DMR
+        c.kind, c.abft = CheckKind.RANGE, None
+        c.reason = f"{vul[c.index]:.0f} vulnerable bits left to the range check " \
+            f"(redundancy budget {budget:g} of a forward pass)"
+        _range_check(c, ta, values[c.index])
+    out.update(covered_bits=covered, forward_s=forward_s, spent_s=spent)
+    return out
 
 
 def _chain(inst: Instrumented, redundant: list[LayerCheck]) -> list[LayerCheck]:

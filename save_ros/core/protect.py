@@ -63,6 +63,9 @@ class ProtectConfig:
     confirm_range_alarms: bool = True  # re-compute before calling a range excursion a fault
     robust_allowance: bool = True  # ABFT tolerance also admits flips of robust mantissa bits
     min_vulnerable_share: float = 0.0  # range check, not redundancy, at or below this share
+    # at most this share of a forward pass's time on redundancy (DMR / ABFT), spent where it
+    # covers the most vulnerable bits; the rest falls back to range checks. None: cover all
+    redundancy_budget: float | None = None
     # compare runs of DMR layers once, at the end of the run (checkplan._chain): same verified
     # outputs, fewer compares, but flips the run masks are no longer reported; off by default
     chain_dmr: bool = False
@@ -208,7 +211,8 @@ class ProtectedModel:
             _, values = self._inst.forward(self._example)
             rt = plan_checks(self._inst, analysis, placement, self._store, values,
                              self.config.checks, self.config.robust_allowance,
-                             self.config.min_vulnerable_share, self.config.chain_dmr)
+                             self.config.min_vulnerable_share, self.config.chain_dmr,
+                             self.config.redundancy_budget)
         n = self._store.n_chunks()
         self._chunks_per_job = n
         if self.config.weight_check_budget_s is not None:

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtypes", default="fp32,fp16", help="speed: fp32, fp16")
     parser.add_argument("--batches", default="1,8", help="speed: batch sizes")
     parser.add_argument("--iters", type=positive_int, default=200, help="speed: timed calls")
+    parser.add_argument("--redundancy", default="full",
+                        help="ProtectConfig.redundancy_budget settings to run, comma-separated: "
+                             "'full' (every vulnerable bit) or a share of a forward pass")
     parser.add_argument("--calibration", type=positive_int, default=256,
                         help="calibration images for Selection")
     parser.add_argument("--trials", type=positive_int, default=10_000,
@@ -144,7 +147,12 @@ def _plain_best(model, x):
     return replay
 
 
-def speed_section(base, analysis, calib, dtype, batch, iters, size, device) -> dict:
+def _budget(text: str) -> float | None:
+    return None if text == "full" else float(text)
+
+
+def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
+                  budget: float | None = None) -> dict:
     """Verified protected latency vs the unprotected best, interleaved in one run."""
     from save_ros.core.protect import ProtectConfig, protect
 
@@ -154,7 +162,8 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device) -> d
     model = copy.deepcopy(base).to(dtype)
     t = time.perf_counter()
     pm = protect(model, x, (0.0, 1.0), ProtectConfig(calibration=calib.to(dtype),
-                                                     analysis=analysis))
+                                                     analysis=analysis,
+                                                     redundancy_budget=budget))
     setup = time.perf_counter() - t
     plain_fn = _plain_best(plain, x)
 
@@ -172,6 +181,7 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device) -> d
     pa, pb = statistics.median(a), statistics.median(b)
     st = pm.stats()
     row = {"dtype": str(dtype).removeprefix("torch."), "batch": batch,
+           "redundancy_budget": budget, "coverage": pm._rt.coverage,
            "plain_ms": pa, "protected_ms": pb, "ratio": pb / pa, "setup_s": setup,
            "checks": pm._rt.by_kind(), "verified": st["verified"],
            "inferences": st["inferences"], "faulty": st["faulty"],
@@ -184,18 +194,20 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device) -> d
     return row
 
 
-def coverage_section(base, analysis, calib, args, device) -> dict:
+def coverage_section(base, analysis, calib, args, device, budget: float | None) -> dict:
     """Weight, activation and clean trials (fp32, batch 1) through protect()."""
     from save_ros.core.protect import ProtectConfig, protect
 
     model = copy.deepcopy(base)
     x = calib[:1]
-    pm = protect(model, x, (0.0, 1.0), ProtectConfig(calibration=calib, analysis=analysis),
+    pm = protect(model, x, (0.0, 1.0), ProtectConfig(calibration=calib, analysis=analysis,
+                                                     redundancy_budget=budget),
                  fault_sites=device.type == "cuda")
     inputs = calib[:64]
     refs = cov.reference_outputs(pm, inputs)
     answer = cov.Answer(analysis.task, analysis.settings.get("tolerance"))
-    out: dict = {}
+    out: dict = {"redundancy_budget": budget, "coverage": pm._rt.coverage,
+                 "checks": pm._rt.by_kind()}
     half = args.trials // 2
     for mode in ("uniform", "high"):
         out[f"weights_{mode}"] = cov.weight_trials(pm, inputs, refs, answer, half, args.seed,
@@ -229,25 +241,31 @@ def run(args: argparse.Namespace) -> int:
               f"forward {an['forward_mb']:.0f} MB)", flush=True)
         if "speed" in what:
             row["speed"] = []
-            for dt in args.dtypes.split(","):
-                for b in (int(v) for v in args.batches.split(",")):
-                    r = speed_section(base, analysis, calib, DTYPES[dt], b, args.iters,
-                                      args.size, device)
-                    row["speed"].append(r)
-                    print(f"  {dt} b{b}: plain {r['plain_ms']:.3f} ms, protected "
-                          f"{r['protected_ms']:.3f} ms, ratio {r['ratio']:.3f} {r['checks']}",
-                          flush=True)
+            for red in args.redundancy.split(","):
+                for dt in args.dtypes.split(","):
+                    for b in (int(v) for v in args.batches.split(",")):
+                        r = speed_section(base, analysis, calib, DTYPES[dt], b, args.iters,
+                                          args.size, device, _budget(red))
+                        row["speed"].append(r)
+                        cov_share = r["coverage"]["covered_bits"] / max(
+                            r["coverage"]["vulnerable_bits"], 1)
+                        print(f"  {red} {dt} b{b}: plain {r['plain_ms']:.3f} ms, protected "
+                              f"{r['protected_ms']:.3f} ms, ratio {r['ratio']:.3f} "
+                              f"{r['checks']} covers {cov_share:.1%}", flush=True)
         if "coverage" in what and device.type != "cuda":
             print("  coverage: activation fault sites need the CUDA backend; on a CPU use "
                   "save-ros campaign", flush=True)
         elif "coverage" in what:
-            row["coverage"] = coverage_section(base, analysis, calib, args, device)
-            for k, v in row["coverage"].items():
-                if isinstance(v, dict) and "trials" in v:
-                    print(f"  {k}: {v['trials']} trials, raw changed {v.get('raw_changed', 0)}, "
-                          f"detected {v['detected']}, sdc {v.get('sdc', 0)} "
-                          f"(<= {v['sdc_upper95']}), unverified {v['unverified']}, "
-                          f"{v['seconds']:.0f} s", flush=True)
+            row["coverage"] = {}
+            for red in args.redundancy.split(","):
+                res = coverage_section(base, analysis, calib, args, device, _budget(red))
+                row["coverage"][red] = res
+                for k, v in res.items():
+                    if isinstance(v, dict) and "trials" in v:
+                        print(f"  {red} {k}: {v['trials']} trials, raw changed "
+                              f"{v.get('raw_changed', 0)}, detected {v['detected']}, sdc "
+                              f"{v.get('sdc', 0)} (<= {v['sdc_upper95']:.2g}), unverified "
+                              f"{v['unverified']}, {v['seconds']:.0f} s", flush=True)
         results["models"][name] = row
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1, default=str))

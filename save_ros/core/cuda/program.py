@@ -35,20 +35,31 @@ from torch import fx
 from save_ros.core import bits
 from save_ros.core.checkplan import Runtime
 from save_ros.core.checks import CheckKind, LayerCheck, dmr_differs
+from save_ros.core.cuda.chunks import chunk_pointers, plan_chunks
+from save_ros.core.cuda.reducer import Backend, ChunkReducer, Reduction
 from save_ros.core.edit import WeightStore
 from save_ros.core.instrument import Instrumented
 
 
 @dataclass
 class _Group:
-    """Checks launched together once the forward has passed layer `after`."""
+    """Checks launched together once the forward has passed layer `after`.
+
+    flags[slot]: the range checks; flags[slot + 1]: the fused bit-exact DMR compare;
+    flags[slot + 2 + k]: redundant check k of `redundant` (ABFT, inexact DMR, tuple outputs).
+    """
 
     after: int
-    ranges: list[LayerCheck] = field(default_factory=list)
-    redundant: list[LayerCheck] = field(default_factory=list)
+    ranges: list[LayerCheck] = field(default_factory=list)  # per layer, torch reductions
+    chunked: list[LayerCheck] = field(default_factory=list)  # one multi-tensor min/max launch
+    reducer: ChunkReducer | None = None
+    row_low: torch.Tensor | None = None  # per chunk row: hull of the channel bounds it spans
+    row_high: torch.Tensor | None = None
     low: torch.Tensor | None = None
     high: torch.Tensor | None = None
-    slot: int = 0  # flags[slot] = range flag; flags[slot + 1 + k] = redundant check k
+    fused: list[LayerCheck] = field(default_factory=list)  # exact DMR, one compare per dtype
+    redundant: list[LayerCheck] = field(default_factory=list)
+    slot: int = 0
 
 
 @dataclass
@@ -61,6 +72,43 @@ class FaultSites:
     index: torch.Tensor  # int64 [rows]: flat element to flip
     mask: torch.Tensor  # int view dtype [rows]: XOR mask (0: nothing)
     dtype: torch.dtype  # the activations' dtype
+
+
+def _triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _row_bounds(c: LayerCheck, shape: tuple[int, ...], chunk: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per chunk row of a contiguous tensor: the hull of the bounds of the channels it spans."""
+    lo_ch, hi_ch = c.range_low.reshape(-1).float(), c.range_high.reshape(-1).float()
+    numel = 1
+    for d in shape:
+        numel *= d
+    n_rows = -(-numel // chunk)
+    if c.channel_dim is None or lo_ch.numel() == 1:
+        return lo_ch.min().expand(n_rows).clone(), hi_ch.max().expand(n_rows).clone()
+    inner = 1
+    for d in shape[c.channel_dim + 1 :]:
+        inner *= d
+    n_ch = shape[c.channel_dim]
+    starts = torch.arange(n_rows, dtype=torch.int64) * chunk
+    ends = torch.clamp(starts + chunk, max=numel) - 1
+    b0, b1 = starts // inner, ends // inner
+    lo, hi = torch.empty(n_rows), torch.empty(n_rows)
+    lo_all, hi_all = lo_ch.min(), hi_ch.max()
+    for r in range(n_rows):
+        span = int(b1[r] - b0[r]) + 1
+        if span >= n_ch:
+            lo[r], hi[r] = lo_all, hi_all
+            continue
+        ch = torch.arange(int(b0[r]), int(b1[r]) + 1) % n_ch
+        lo[r], hi[r] = lo_ch[ch].min(), hi_ch[ch].max()
+    return lo, hi
 
 
 def _split(checked: list[int], groups: int) -> list[int]:
@@ -87,6 +135,9 @@ class CheckProgram:
         checks = {c.index: c for c in rt.range_batch.checks}
         red = {c.index: c for c in rt.redundant}
         checked = sorted(set(checks) | set(red))
+        with torch.inference_mode():
+            _, values = inst.forward(example)
+        backend = Backend.TRITON if self.device.type == "cuda" and _triton() else Backend.TORCH
         self.groups: list[_Group] = []
         slot = 0
         ends = _split(checked, groups)
@@ -94,13 +145,19 @@ class CheckProgram:
         for end in ends:
             g = _Group(end, slot=slot)
             members = [i for i in checked if start < i <= end]
-            g.ranges = [checks[i] for i in members if i in checks]
-            g.redundant = [red[i] for i in members if i in red]
-            if g.ranges:
-                g.low, g.high = rt.range_batch.bounds_of(g.ranges, self.device)
-            slot += 1 + len(g.redundant)
+            self._plan_ranges(g, [checks[i] for i in members if i in checks], values, backend)
+            for i in (i for i in members if i in red):
+                c = red[i]
+                v = values[c.index]
+                if c.kind is CheckKind.DMR and c.exact and c.head is None \
+                        and isinstance(v, torch.Tensor) and v.dtype in bits.LAYOUTS:
+                    g.fused.append(c)
+                else:
+                    g.redundant.append(c)
+            slot += 2 + len(g.redundant)
             self.groups.append(g)
             start = end
+        self._pending_binds: list[tuple[ChunkReducer, Any]] = []
         self._by_end = {g.after: g for g in self.groups}
         self.input_slot = slot
         self.weight_slots = list(range(slot + 1, slot + 1 + len(store.groups)))
@@ -116,6 +173,61 @@ class CheckProgram:
         self.sites = self._fault_sites(example) if fault_sites else None
         self.checks_run = len(rt.range_batch.checks) + len(rt.redundant)
 
+    def _plan_ranges(self, g: _Group, ranges: list[LayerCheck], values, backend) -> None:
+        """Split a group's range checks: one chunked min/max launch, or per layer."""
+        act_chunk = 4096
+        dtype = None
+        for c in ranges:
+            v = values[c.index]
+            ok = isinstance(v, torch.Tensor) and v.is_contiguous() and v.numel() > 0 \
+                and v.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            if ok and dtype in (None, v.dtype):
+                dtype = v.dtype
+                g.chunked.append(c)
+            else:
+                g.ranges.append(c)
+        if g.ranges:
+            g.low, g.high = self.rt.range_batch.bounds_of(g.ranges, self.device)
+        if not g.chunked:
+            return
+        plan = plan_chunks([c.name for c in g.chunked],
+                           [values[c.index].numel() for c in g.chunked], act_chunk)
+        g.reducer = ChunkReducer(plan, dtype, Reduction.MINMAX, self.device, backend)
+        lo, hi = [], []
+        for c in g.chunked:
+            a, b = _row_bounds(c, tuple(values[c.index].shape), act_chunk)
+            lo.append(a)
+            hi.append(b)
+        g.row_low = torch.cat(lo).to(self.device)
+        g.row_high = torch.cat(hi).to(self.device)
+
+    def finish_capture(self) -> None:
+        """Point the chunked reducers at the tensors the captured graph uses."""
+        for red, ptrs in self._pending_binds:
+            red._ptrs.copy_(torch.from_numpy(ptrs))
+        self._pending_binds = []
+
+    def localize(self, failed: list[str], values: Sequence[Any]) -> list[str]:
+        """Layer names behind group flags, re-checked eagerly on the saved values."""
+        out = []
+        for name in failed:
+            g = next((g for g in self.groups if name in (f"range@{g.after}",
+                                                         f"dmr@{g.after}")), None)
+            if g is None:
+                out.append(name)
+            elif name.startswith("dmr@"):
+                out += [c.name for c in g.fused
+                        if bool(dmr_differs(c.recompute(values), values[c.index], True))]
+            else:
+                every = g.ranges + g.chunked
+                lo, hi = self.rt.range_batch.bounds_of(every, self.device)
+                mn, mx = self.rt.range_batch.reduce(values, every)
+                bad = (~((mn >= lo) & (mx <= hi))).tolist()
+                owners = [c.name for c in every for _ in range(
+                    c.range_low.numel() if c.channel_dim is not None else 1)]
+                out += list(dict.fromkeys(n for n, b in zip(owners, bad, strict=True) if b))
+        return out
+
     # ---- what failed --------------------------------------------------------------------
     def failed_slots(self) -> list[str]:
         """Names of the raised flags (after the host copy landed)."""
@@ -124,7 +236,9 @@ class CheckProgram:
         for g in self.groups:
             if f[g.slot]:
                 out.append(f"range@{g.after}")
-            out += [c.name for k, c in enumerate(g.redundant) if f[g.slot + 1 + k]]
+            if f[g.slot + 1]:
+                out.append(f"dmr@{g.after}")
+            out += [c.name for k, c in enumerate(g.redundant) if f[g.slot + 2 + k]]
         if f[self.input_slot]:
             out.append("input")
         out += [f"weights[{k}]" for k, s in enumerate(self.weight_slots) if f[s]]
@@ -144,13 +258,18 @@ class CheckProgram:
         return self.inst.names[k]
 
     # ---- the program --------------------------------------------------------------------
-    def run(self, x: torch.Tensor, check_weights: bool = True) -> tuple[Any, list[Any]]:
-        """Forward + checks on the current stream (side streams where set); flags to host."""
+    def run(self, x: torch.Tensor, check_weights: bool | None = True,
+            copy_flags: bool = True) -> tuple[Any, list[Any]]:
+        """Forward + checks on the current stream (side streams where set); flags to host.
+
+        `check_weights`: True checks the weights beside the forward, False clears their flags,
+        None leaves them to `run_weights` (a graph of their own, replayed when due).
+        """
         main = torch.cuda.current_stream(self.device) if self._streams else None
         self._keep = []
         if check_weights:
             self._launch_weights(main)
-        else:
+        elif check_weights is False:
             for s in self.weight_slots:
                 self.flags[s] = False
         ok = (x >= self.low) & (x <= self.high)  # NaN compares False: out of range
@@ -174,9 +293,20 @@ class CheckProgram:
             main.wait_stream(self._side)
         if check_weights and self._cs is not None:
             main.wait_stream(self._cs)
-        self.flags_host.copy_(self.flags, non_blocking=main is not None)
+        if copy_flags:
+            self.flags_host.copy_(self.flags, non_blocking=main is not None)
         self._keep = []
         return out, vals
+
+    def run_weights(self) -> None:
+        """Only the weight checksums, on the current stream (their own graph on CUDA)."""
+        for s, g in zip(self.weight_slots, self.store.groups, strict=True):
+            sums = g._live_words.sum(1)
+            self.flags[s] = (sums != g.golden_sums).any()
+
+    def clear_weight_flags(self) -> None:
+        """Weight flags to False (an inference whose turn it is not)."""
+        self.flags[self.weight_slots[0] : self.weight_slots[-1] + 1] = False
 
     def _launch_weights(self, main) -> None:
         """Chunk sums of every weight group against the golden sums (third stream)."""
@@ -198,13 +328,24 @@ class CheckProgram:
             self._side.wait_stream(main)
             ctx = torch.cuda.stream(self._side)
         with ctx:
+            bads = []
             if g.ranges:
                 mn, mx = self.rt.range_batch.reduce(vals, g.ranges)
-                bad = ~((mn >= g.low) & (mx <= g.high)).all()
-                self.flags[g.slot] = bad
-                self._keep += [mn, mx, bad]
-            else:
-                self.flags[g.slot] = self._false
+                bads.append(~((mn >= g.low) & (mx <= g.high)).all())
+                self._keep += [mn, mx]
+            if g.chunked:
+                tensors = [vals[c.index] for c in g.chunked]
+                red = g.reducer
+                if red.backend is Backend.TRITON and torch.cuda.is_current_stream_capturing():
+                    self._pending_binds.append((red, chunk_pointers(red.plan, tensors)))
+                else:
+                    red.bind(tensors)
+                red.launch(tensors)
+                rows = red.out
+                bads.append(~((rows[:, 0] >= g.row_low) & (rows[:, 1] <= g.row_high)).all())
+            self.flags[g.slot] = torch.stack(bads).any() if bads else self._false
+            self._keep += bads
+            self.flags[g.slot + 1] = self._fused_dmr(g, vals)
             fails = []
             for c in g.redundant:
                 if c.kind is CheckKind.ABFT:
@@ -216,10 +357,25 @@ class CheckProgram:
                 fails.append(f if isinstance(f, torch.Tensor) else ~self._false if f
                              else self._false)
             if fails:
-                a = g.slot + 1
+                a = g.slot + 2
                 stacked = torch.stack([f.reshape(()) for f in fails])
                 self.flags[a : a + len(fails)] = stacked
                 self._keep += [*fails, stacked]
+
+    def _fused_dmr(self, g: _Group, vals: Sequence[Any]) -> torch.Tensor:
+        """Re-compute the group's exact-DMR layers; one bit-exact compare per dtype."""
+        if not g.fused:
+            return self._false
+        by_dtype: dict[torch.dtype, tuple[list, list]] = {}
+        for c in g.fused:
+            again, saved = c.recompute(vals), vals[c.index]
+            a, b = by_dtype.setdefault(saved.dtype, ([], []))
+            a.append(bits.int_view(again.contiguous()).reshape(-1))
+            b.append(bits.int_view(saved.contiguous()).reshape(-1))
+        flags = [(torch.cat(a) != torch.cat(b)).any() for a, b in by_dtype.values()]
+        out = flags[0] if len(flags) == 1 else torch.stack(flags).any()
+        self._keep += [*flags, out, by_dtype]
+        return out
 
     # ---- fault sites (campaigns) --------------------------------------------------------
     def _fault_sites(self, example: torch.Tensor) -> FaultSites:

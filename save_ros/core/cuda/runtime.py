@@ -62,31 +62,31 @@ class _Captured:
                                     side_stream=owner.side_streams,
                                     checksum_stream=owner.side_streams)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.graph_nocs: torch.cuda.CUDAGraph | None = None
         self.out: Any = None
         self.values: list[Any] = []
         if self.cuda:
             self._capture(owner)
 
     def _capture(self, owner: CudaProtectedModel) -> None:
-        """Warm up (kernels compile, cuDNN picks), then capture with and without checksums."""
+        """Warm up (kernels compile, cuDNN picks), then capture the forward with its checks and,
+        as a graph of its own, the weight checksums (replayed beside it when due)."""
         main = torch.cuda.Stream(self.static_in.device, priority=-1)
+        self.cs_stream = torch.cuda.Stream(self.static_in.device)
         main.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(main), torch.inference_mode():
             for _ in range(3):
-                self.program.run(self.static_in, True)
+                self.program.run(self.static_in, None, copy_flags=False)
+                self.program.run_weights()
         torch.cuda.synchronize()
         self.stream = main
         with torch.inference_mode():
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.out, self.values = self.program.run(self.static_in, True)
-            if owner.config.weight_check_interval != 1:
-                pool = self.graph.pool()
-                self.graph_nocs = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph_nocs, pool=pool):
-                    out2, vals2 = self.program.run(self.static_in, False)
-                self.out_nocs, self.values_nocs = out2, vals2
+                self.out, self.values = self.program.run(self.static_in, None, copy_flags=False)
+            self.graph_cs = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph_cs):
+                self.program.run_weights()
+        self.program.finish_capture()
         self.done = torch.cuda.Event()
         torch.cuda.synchronize()
 
@@ -98,19 +98,24 @@ class _Captured:
                 self.out, self.values = self.program.run(self.static_in, check_weights)
             return self.out, self.values
         cur = torch.cuda.current_stream()
+        prog = self.program
         self.stream.wait_stream(cur)
+        if check_weights:  # weights do not change during a forward: check them beside it
+            self.cs_stream.wait_stream(cur)
+            with torch.cuda.stream(self.cs_stream):
+                self.graph_cs.replay()
         with torch.cuda.stream(self.stream):
             self.static_in.copy_(x, non_blocking=True)
-            if check_weights or self.graph_nocs is None:
-                self.graph.replay()
-                out, vals = self.out, self.values
-            else:
-                self.graph_nocs.replay()
-                out, vals = self.out_nocs, self.values_nocs
+            if not check_weights:
+                prog.clear_weight_flags()
+            self.graph.replay()
+            if check_weights:
+                self.stream.wait_stream(self.cs_stream)
+            prog.flags_host.copy_(prog.flags, non_blocking=True)
             self.done.record()
         cur.wait_stream(self.stream)
         self.done.synchronize()
-        return out, vals
+        return self.out, self.values
 
 
 def _equal(a: Any, b: Any) -> bool:
