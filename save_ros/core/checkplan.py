@@ -177,6 +177,63 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
                    reliable_sites, coverage)
 
 
+# relative slack of range bounds for the runtime's own arithmetic: a GPU computes fp32 convs
+# in TF32 (10-bit mantissa) by default, and fp16 / bf16 models round every layer
+_SLACK = {torch.float32: 2.0**-10, torch.float16: 2.0**-6, torch.bfloat16: 2.0**-4}
+
+
+def fit_ranges(rt: Runtime, inst: Instrumented, calibration: torch.Tensor | None,
+               example: torch.Tensor) -> None:
+    """Widen every range check to what this runtime computes: its dtype and math mode.
+
+    The analysis runs in exact fp32; the runtime may not (TF32 convolutions, an fp16 model).
+    Bounds are widened by a slack of the tensor's scale (`_SLACK` by dtype) and, with
+    calibration inputs, to the hull of what the runtime itself computes on them, so a
+    calibration input never raises a range alarm. A flip that scales a value by a power of two
+    still leaves the widened range.
+    """
+    checks = rt.range_batch.checks
+    if not checks:
+        return
+    seen_lo = [None] * len(checks)
+    seen_hi = [None] * len(checks)
+    if calibration is not None:
+        n = len(example)
+        calib = calibration.to(example.device, example.dtype)
+        batches = [calib[i : i + n] for i in range(0, min(len(calib), 256), n)
+                   if len(calib[i : i + n]) == n]
+        slices = _owner_slices(rt.range_batch)
+        with torch.inference_mode():
+            for xb in batches:
+                _, values = inst.forward(xb)
+                mn, mx = rt.range_batch.reduce(values)
+                mn, mx = mn.cpu(), mx.cpu()
+                for k, (a, b) in enumerate(slices):
+                    lo, hi = mn[a:b], mx[a:b]
+                    seen_lo[k] = lo if seen_lo[k] is None else torch.minimum(seen_lo[k], lo)
+                    seen_hi[k] = hi if seen_hi[k] is None else torch.maximum(seen_hi[k], hi)
+    for k, c in enumerate(checks):
+        lo, hi = c.range_low.float(), c.range_high.float()
+        if seen_lo[k] is not None:
+            lo, hi = torch.minimum(lo, seen_lo[k]), torch.maximum(hi, seen_hi[k])
+        slack = _SLACK.get(example.dtype, 2.0**-10) * float(torch.maximum(lo.abs(), hi.abs())
+                                                            .max())
+        c.range_low, c.range_high = lo - slack, hi + slack
+    rt.range_batch = RangeBatch(checks)
+
+
+def _owner_slices(batch: RangeBatch) -> list[tuple[int, int]]:
+    """Rows of each check in the batch's concatenated bounds."""
+    out, start = [], 0
+    for k in range(len(batch.checks)):
+        end = start
+        while end < len(batch.owner) and batch.owner[end] == k:
+            end += 1
+        out.append((start, end))
+        start = end
+    return out
+
+
 def _budget(inst: Instrumented, checks: list[LayerCheck], tensors: dict, values: Sequence[Any],
             budget: float | None) -> dict[str, float]:
     """Keep redundancy where it buys most within `budget` x forward time; report coverage."""

@@ -35,7 +35,7 @@ from save_ros.core.allocate import (
     plan,
 )
 from save_ros.core.analysis import Analysis, TensorKind
-from save_ros.core.checkplan import Runtime, plan_checks
+from save_ros.core.checkplan import Runtime, fit_ranges, plan_checks
 from save_ros.core.checks import CheckKind, dmr_mismatch
 from save_ros.core.edit import Repair, WeightStore
 from save_ros.core.graph import capture
@@ -213,6 +213,7 @@ class ProtectedModel:
                              self.config.checks, self.config.robust_allowance,
                              self.config.min_vulnerable_share, self.config.chain_dmr,
                              self.config.redundancy_budget)
+            fit_ranges(rt, self._inst, self.config.calibration, self._example)
         n = self._store.n_chunks()
         self._chunks_per_job = n
         if self.config.weight_check_budget_s is not None:

@@ -359,7 +359,29 @@ def _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params
     return res, sens_in, {"tolerance": tol.tolist(), "tolerance_rule": how}
 
 
-def analyze(
+class _ExactFp32:
+    """TF32 off while Selection runs: a sound bound must hold for fp32 arithmetic."""
+
+    def __enter__(self) -> None:
+        self._saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc) -> None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._saved
+
+
+def analyze(model: nn.Module, example_input: torch.Tensor, input_range,
+            calibration: torch.Tensor | None = None, margin: float = 0.1,
+            config: SelectConfig | None = None) -> Analysis:
+    """Run SAVE Selection on `model` for inputs inside `input_range`, on the model's device.
+
+    Runs in exact fp32 (TF32 off); see the module docstring."""
+    with _ExactFp32():
+        return _analyze(model, example_input, input_range, calibration, margin, config)
+
+
+def _analyze(
     model: nn.Module,
     example_input: torch.Tensor,
     input_range,
