@@ -149,7 +149,9 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
             c.reason = "checks disabled (checks='none')"
         elif ta is None:
             ins = [values[inst.index[n.name]] for n in node.all_input_nodes]
-            if _aliases_input(val, ins) and node.op != "call_module":
+            if any(val is v for v in ins):  # Dropout / Identity in eval: the same tensor
+                c.reason = "returns its input: checked where the input is produced"
+            elif _aliases_input(val, ins) and node.op != "call_module":
                 c.reason = "view of its input: checked where the input is produced"
             else:
                 c.kind, c.reason = CheckKind.DMR, "not analysed: re-computed"

@@ -90,7 +90,10 @@ class SelectConfig:
     tolerance_share: float = 0.01  # ... else this share of each output's calibration span
     attr_elements: int = 1 << 16  # kept calibration values per activation (all samples)
     weight_elements: int = 1 << 16  # weight elements attributed per tensor (seeded sample)
-    calib_batch: int = 16  # calibration inputs per forward pass (peak memory: this x one sample)
+    calib_batch: int = 16  # calibration inputs per forward pass, at most
+    # extra memory of any phase (a calibration batch, a chunk of gradient directions) at most
+    # this many times one forward pass (the weights and one sample's activations)
+    memory_factor: float = 4.0
 
 
 TASKS = ("auto", "classification", "regression")
@@ -322,6 +325,16 @@ def _model_outputs(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tenso
         return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
+def _forward_bytes(model: nn.Module, graph: ModelGraph, x: torch.Tensor) -> tuple[int, int]:
+    """(weights + one sample's activations, one sample's activations) in bytes."""
+    with torch.no_grad():
+        _, values = graph.record(x)
+    acts = sum(v.numel() * v.element_size() for v in values.values()
+               if isinstance(v, torch.Tensor))
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return weights + acts, max(1, acts)
+
+
 def _float_model(model: nn.Module) -> nn.Module:
     """The model itself when its floats are fp32, else an fp32 copy (Selection is fp32)."""
     if all(t.dtype == torch.float32 for t in model.state_dict().values()
@@ -330,7 +343,7 @@ def _float_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float()
 
 
-def _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params
+def _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params, grad_budget
                  ) -> tuple[Sensitivity, torch.Tensor, dict]:
     """The sensitivity pass for the task; returns it, the samples used and report entries."""
     n = cfg.sens_samples if cfg.sens_samples is not None else auto_sens_samples(n_params)
@@ -338,7 +351,8 @@ def _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params
     if task == "classification":
         sens_in = _covered_samples(model, calib, cfg, n)
         k = cfg.competitors if cfg.competitors is not None else auto_competitors(n_params)
-        res = margin_sensitivity(graph, sens_in, list(weights), names, k)
+        res = margin_sensitivity(graph, sens_in, list(weights), names, k,
+                                 grad_budget=grad_budget)
         return res, sens_in, {"competitors": k}
     out = _model_outputs(model, calib, cfg.calib_batch).float()
     flat = out.reshape(len(out), -1)
@@ -355,7 +369,7 @@ def _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params
         how = (f"{cfg.tolerance_share:g} x each output's calibration span (x max(|mean|, 1) "
                "where it never moved)")
     sens_in = calib[:n]
-    res = output_sensitivity(graph, sens_in, list(weights), names, tol)
+    res = output_sensitivity(graph, sens_in, list(weights), names, tol, grad_budget)
     return res, sens_in, {"tolerance": tol.tolist(), "tolerance_rule": how}
 
 
@@ -410,10 +424,12 @@ def _analyze(
         return _hooks_analysis(model, graph, key, box, cfg, weights, timings)
 
     t = time.perf_counter()
+    fwd_bytes, act_bytes = _forward_bytes(model, graph, example_input[:1])
+    batch = max(1, min(cfg.calib_batch, int(cfg.memory_factor * fwd_bytes // act_bytes)))
     pools = {layer.name: k for layer in graph.layers
              if (k := _pool_kernel(graph, layer)) is not None}
     ranges, unsupported = node_ranges(graph, example_input[:1], input_range, calib, cfg.margin,
-                                      cfg.calib_keep, cfg.attr_elements, pools, cfg.calib_batch)
+                                      cfg.calib_keep, cfg.attr_elements, pools, batch)
     timings["ranges"] = time.perf_counter() - t
     acts = [layer for layer in graph.layers
             if layer.name in ranges and not _is_view(layer, graph, ranges)
@@ -424,7 +440,8 @@ def _analyze(
         out = model(calib[:1])
     task = detect_task(out, cfg.task)
     n_params = sum(p.numel() for p in model.parameters())
-    sens, sens_in, extra = _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params)
+    sens, sens_in, extra = _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params,
+                                        cfg.memory_factor * fwd_bytes)
     r_w, r_a, gaps = sens.weights, sens.activations, sens.gaps
     timings["sensitivity"] = time.perf_counter() - t
 
@@ -444,6 +461,7 @@ def _analyze(
         "calibration_samples": len(calib), "sens_samples": len(sens_in),
         "sens_directions": sens.directions, "sens_batched": sens.batched,
         "device": str(example_input.device), "parameters": n_params,
+        "forward_bytes": fwd_bytes, "calib_batch_used": batch,
         "min_gap": float(gaps.min()) if len(gaps) else None}
     analysis = Analysis(key=key, capture=graph.capture,
                         layers=[asdict(layer) for layer in graph.layers], tensors=tensors,

@@ -78,7 +78,8 @@ def top1_gaps(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def margin_sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[str],
                        activations: list[str], competitors: int = 16,
-                       min_gap: float = 1e-6) -> Sensitivity:
+                       min_gap: float = 1e-6, grad_budget: int = GRAD_BUDGET_BYTES
+                       ) -> Sensitivity:
     """R for a classifier: gaps to the `competitors` closest classes of each sample."""
 
     def directions(z: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -95,11 +96,12 @@ def margin_sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[s
         go[rows, 0, near] = (-1.0 / d).to(z.dtype)
         return go, float(d.min())
 
-    return _sensitivity(graph, samples, weights, activations, directions, track_gaps=True)
+    return _sensitivity(graph, samples, weights, activations, directions, True, grad_budget)
 
 
 def output_sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[str],
-                       activations: list[str], tolerance: torch.Tensor) -> Sensitivity:
+                       activations: list[str], tolerance: torch.Tensor,
+                       grad_budget: int = GRAD_BUDGET_BYTES) -> Sensitivity:
     """R for continuous outputs: |dy_j / dx_i| / tolerance_j, over every output j."""
 
     def directions(z: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -110,13 +112,13 @@ def output_sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[s
         go[torch.arange(m), torch.arange(m)] = (1.0 / tol).to(z.dtype)
         return go.reshape(m, *z.shape), 0.0
 
-    return _sensitivity(graph, samples, weights, activations, directions, track_gaps=False)
+    return _sensitivity(graph, samples, weights, activations, directions, False, grad_budget)
 
 
 def _sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[str],
                  activations: list[str],
                  directions: Callable[[torch.Tensor], tuple[torch.Tensor, float]],
-                 track_gaps: bool) -> Sensitivity:
+                 track_gaps: bool, grad_budget: int = GRAD_BUDGET_BYTES) -> Sensitivity:
     """Max over samples and directions of |grad| for every named weight and activation."""
     if graph.gm is None:
         raise NotImplementedError("sensitivity needs an fx capture")
@@ -149,7 +151,7 @@ def _sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[str],
                 inputs = list(leaves.values()) + list(acts.values())
                 if chunk is None:
                     per = sum(t.numel() * 4 for t in inputs) or 1
-                    chunk = max(1, min(len(go), GRAD_BUDGET_BYTES // per))
+                    chunk = max(1, min(len(go), int(grad_budget) // per))
                 for s in range(0, len(go), chunk):
                     grads = _batched_grads(z, inputs, go[s : s + chunk], res)
                     _accumulate(grads, leaves, acts, r_w, r_a)
