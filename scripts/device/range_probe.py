@@ -1,8 +1,6 @@
 """Why does a range-only plan raise alarms on this GPU? Print the layers and their bounds."""
 import sys
 
-import torch
-
 from save_ros.core.protect import ProtectConfig, protect
 from save_ros.models import zoo
 
