@@ -246,3 +246,22 @@ def test_a_tuple_op_without_rule_falls_back_without_crashing():
     assert any(u.startswith("sort") for u in unsupported)
     assert torch.isinf(ranges["getitem"].sound.hi).all()  # unbounded, checked by calibration
     assert "fc" in ranges
+
+
+def test_an_unbounded_box_through_an_affine_layer_stays_unbounded_not_nan():
+    """(-inf + inf) / 2 is NaN: a NaN bound once made every range after it NaN (and every
+    calibration range clipped to it), so a plan raised a range alarm on every inference."""
+    import math
+
+    from torch import fx
+
+    from save_ros.core.intervals import Interval
+    from save_ros.core.propagate import IntervalInterpreter
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()).eval()
+    gm = fx.symbolic_trace(model)
+    box = Interval(torch.full((1, 3), -math.inf), torch.full((1, 3), math.inf))
+    boxes = IntervalInterpreter(gm).propagate(box)
+    for b in boxes.values():
+        assert not torch.isnan(b.lo).any() and not torch.isnan(b.hi).any()
+    assert torch.isinf(boxes["_0"].lo).all() and torch.isinf(boxes["_0"].hi).all()

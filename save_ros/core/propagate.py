@@ -85,6 +85,18 @@ def _unbounded_like(example: Any) -> Any:
     return example
 
 
+def _no_nan(v: Any) -> Any:
+    """A box whose bound is NaN (inf - inf deep in a loose chain) bounds nothing: widen it."""
+    if is_interval(v):
+        if bool(torch.isnan(v.lo).any() or torch.isnan(v.hi).any()):
+            return Interval(torch.nan_to_num(v.lo, nan=-math.inf),
+                            torch.nan_to_num(v.hi, nan=math.inf))
+        return v
+    if isinstance(v, (tuple, list)):
+        return type(v)(_no_nan(e) for e in v)
+    return v
+
+
 class IntervalInterpreter(fx.Interpreter):
     """Runs a GraphModule on `Interval`s; records per-node boxes and the ops that fell back."""
 
@@ -120,6 +132,7 @@ class IntervalInterpreter(fx.Interpreter):
             out = self._fall_back(n, f"{type(exc).__name__} in rule: {exc}")
         if any(i.name in self.calibrated for i in n.all_input_nodes):
             self.calibrated.add(n.name)
+        out = _no_nan(out)
         if is_interval(out):
             self.boxes[n.name] = out
         return out
