@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import types
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,8 @@ class ModelRequest:
     input_shape: tuple[int, ...] = ()
     input_low: tuple[float, ...] = ()
     input_high: tuple[float, ...] = ()
-    default_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # channels -> (low, high): the box image preprocessing produces (None for vector inputs)
+    default_box: Callable[[int], tuple[tuple[float, ...], tuple[float, ...]]] | None = None
 
 
 @dataclass
@@ -133,7 +135,7 @@ def _box(req: ModelRequest, shape: tuple[int, ...], low: tuple[float, ...] = (),
     if req.input_low:
         low, high = req.input_low, req.input_high
     elif not low and req.default_box is not None:
-        low, high = req.default_box
+        low, high = req.default_box(shape[0] if len(shape) == 3 else 1)
     if not low:
         raise ModelLoadError(
             f"{req.model} has no declared input box; set input_low and input_high (one value, "

@@ -274,9 +274,10 @@ class NodeConfig:
         """What model_source.load needs; images default to the box preprocessing produces."""
         box = None
         if self.input_type is InputType.IMAGE:
-            channels = self.input_shape[0] if len(self.input_shape) == 3 else 1
-            box = (self.image.normalised_box(channels) if self.image.mean
-                   else ((0.0,), (1.0,)))
+            image = self.image
+
+            def box(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                return image.normalised_box(channels) if image.mean else ((0.0,), (1.0,))
         return ModelRequest(model=self.model, model_file=self.model_file, task=self.task,
                             input_shape=self.input_shape, input_low=self.input_low,
                             input_high=self.input_high, default_box=box)
