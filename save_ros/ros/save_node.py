@@ -94,6 +94,7 @@ class SaveNode(LifecycleNode):
         self._pubs: list = []
         self._timers: list = []
         self._inject_seed = self.cfg.fault_injection.seed
+        self.on_finalized = None  # called after the shutdown transition (main: end the process)
         fqn = self.get_fully_qualified_name().lstrip("/")
         # diagnostic_aggregator groups by the part before ':'; the FQN keeps namespaces apart
         self.health = Health(fqn, hardware_id(self.cfg.device), self.cfg.protect,
@@ -246,6 +247,8 @@ class SaveNode(LifecycleNode):
         if self._sub is not None:
             self._stop_serving()
         self._release()
+        if self.on_finalized is not None:
+            self.on_finalized()
         return SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
