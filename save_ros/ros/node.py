@@ -32,8 +32,13 @@ class _Signals:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.starting = True
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._old = {sig: signal.signal(sig, self._handle)
+                     for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        """Put back the handlers found (main() called in-process, e.g. by a test)."""
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         first = not self.stop.is_set()
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # best effort: the process is leaving anyway
             pass
         return EXIT_OK
+    finally:
+        signals.restore()
 
 
 def _run(argv: list[str], signals: _Signals) -> int:

@@ -129,7 +129,8 @@ class SaveNode(LifecycleNode):
             self._configure()
         except ConfigureError as exc:
             self.configure_error = exc
-            self.get_logger().error(f"configure failed: {exc}")
+            if not self.cfg.autostart:  # with autostart, main prints it as the one exit line
+                self.get_logger().error(f"configure failed: {exc}")
             self._release()
             return FAILURE
         return super().on_configure(state)
