@@ -35,10 +35,10 @@ class _Signals:
         self._old = {sig: signal.signal(sig, self._handle)
                      for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def restore(self) -> None:
-        """Put back the handlers found (main() called in-process, e.g. by a test)."""
+    def restore(self, ignore: bool = False) -> None:
+        """Put back the handlers found (or ignore SIGINT/SIGTERM from here on)."""
         for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if ignore else handler)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         first = not self.stop.is_set()
@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return EXIT_OK
     finally:
-        signals.restore()
+        # as a process: exiting now, a further signal must not kill the interpreter's teardown
+        # (exit -2 instead of 0); called in-process (tests): put the caller's handlers back
+        signals.restore(ignore=argv is None)
 
 
 def _run(argv: list[str], signals: _Signals) -> int:
