@@ -83,6 +83,7 @@ def _one_run(seed: int, cache) -> None:
             with client._cond:
                 answered = {k for k, v in client.result.statuses.items() if v}
                 diagnostics = list(client.result.diagnostics)
+            assert diagnostics, f"{where}: no /diagnostics received from the node"
             received = int(diagnostics[-1]["received"])
             assert received == len(answered), (
                 f"{where}: the node received {received} inputs, {len(answered)} answered; "
