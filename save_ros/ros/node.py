@@ -160,6 +160,25 @@ def _run(argv: list[str], signals: _Signals) -> int:
     return EXIT_OK
 
 
+def _collect_leftover_tasks(node, executor) -> None:
+    """Fetch the errors of handler tasks the executor left behind when it stopped.
+
+    rclpy's Executor.shutdown sets its shutdown flag before it checks it, so it does not wait
+    for outstanding work; handlers that ran into entities being torn down then end in errors
+    nobody fetches, printed at garbage collection as "The following exception was never
+    retrieved: cannot use Destroyable". They are shutdown noise, logged here once.
+    """
+    lost = 0
+    for future in list(getattr(executor, "_futures", [])):
+        if future.done() and future.exception() is not None:
+            lost += 1
+    for task, *_ in list(getattr(executor, "_tasks", [])):
+        if task.done() and task.exception() is not None:
+            lost += 1
+    if lost:
+        node.get_logger().debug(f"{lost} executor tasks ended in errors during shutdown")
+
+
 def _shut_down(node, executor, spinner: threading.Thread) -> None:
     """Answer every input in flight, stop the executor, then release (unsubscribe, publishers,
     model). Entities are destroyed only once the executor has stopped: destroying them under a
@@ -172,6 +191,7 @@ def _shut_down(node, executor, spinner: threading.Thread) -> None:
     if not executor.shutdown(timeout_sec=max(1.0, deadline - time.monotonic())):
         node.get_logger().warning("executor did not stop in time")
     spinner.join(timeout=5.0)
+    _collect_leftover_tasks(node, executor)
     try:
         node.trigger_shutdown()
     except rclpy_implementation.RCLError:  # already finalized (through ~/change_state)
