@@ -160,6 +160,14 @@ def _run(argv: list[str], signals: _Signals) -> int:
     return EXIT_OK
 
 
+def _wait_idle(executor, deadline: float) -> None:
+    """Wait until the executor runs no callback (its handler futures are done)."""
+    while time.monotonic() < deadline:
+        if all(f.done() for f in list(getattr(executor, "_futures", []))):
+            return
+        time.sleep(0.01)
+
+
 def _collect_leftover_tasks(node, executor) -> None:
     """Fetch the errors of handler tasks the executor left behind when it stopped.
 
@@ -188,6 +196,10 @@ def _shut_down(node, executor, spinner: threading.Thread) -> None:
     node.get_logger().info("shutting down: finishing in-flight verification")
     deadline = time.monotonic() + node.cfg.shutdown_timeout + 10.0
     node.quiesce()  # the verifier and inference threads still run: in-flight work completes
+    # no new callbacks, and none running, before the executor stops: its shutdown destroys its
+    # guard condition without waiting, and a callback finishing after that raises in rclpy
+    executor.remove_node(node)
+    _wait_idle(executor, deadline)
     if not executor.shutdown(timeout_sec=max(1.0, deadline - time.monotonic())):
         node.get_logger().warning("executor did not stop in time")
     spinner.join(timeout=5.0)
