@@ -16,8 +16,9 @@ import torch
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosutil import digits_frames, running_node, set_parameter, string_value  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from save_ros import models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
@@ -75,8 +76,9 @@ def test_outputs_carry_input_stamp_and_frame_and_match_the_model(node, frames):
     ("frame", "reason"),
     [
         (_frame(101, encoding="yuv422"), "unsupported image encoding"),
-        (_frame(102, size=4), "smaller than the model input"),
-        (_frame(103, encoding="32FC1", size=8, fill=np.nan), "NaN"),
+        (_frame(102, encoding="32FC1", size=8, fill=np.nan), "NaN"),
+        # finite but huge: outside the declared [0, 1] box, an input error (it was a "fault")
+        (_frame(103, encoding="32FC1", size=8, fill=3e38), "outside the declared box"),
     ],
 )
 def test_bad_input_is_rejected_with_a_status_and_the_node_keeps_serving(node, frames, frame,
@@ -88,7 +90,19 @@ def test_bad_input_is_rejected_with_a_status_and_the_node_keeps_serving(node, fr
     assert status["_level"] == "2"  # ERROR for that input
     assert stamp_key(frame.header) not in result.outputs
     assert result.final_output(stamp_key(frames[0].header)) is not None
+    counters = client.latest_diagnostics()
+    assert counters["faults_detected"] == "0" and counters["unrepaired"] == "0"
     proc.check_alive()
+
+
+def test_8uc1_is_served_like_mono8(node, frames):
+    _, client = node
+    generic = Image(height=frames[2].height, width=frames[2].width, encoding="8UC1",
+                    step=frames[2].step, data=frames[2].data)
+    generic.header.stamp.sec = frames[2].header.stamp.sec + 7000  # a copy: frames are shared
+    result = client.replay([frames[2], generic], pace="lockstep")
+    assert result.final_output(stamp_key(generic.header)) == \
+        result.final_output(stamp_key(frames[2].header))
 
 
 def test_truncated_image_data_is_rejected(node, frames):
@@ -141,6 +155,34 @@ def test_injected_faults_are_detected_repaired_and_results_unchanged(node, frame
     levels = [d["_level"] for d in faulty.diagnostics]
     assert "1" in levels  # /diagnostics went to WARN
     assert int(faulty.diagnostics[-1]["faults_detected"]) > 0
+
+
+def test_immediate_adds_a_provisional_topic_and_output_stays_once_per_input(node, frames):
+    _, client = node
+    provisional: list[int] = []
+    sub = client.node.create_subscription(
+        JointState, f"{client.fqn}/provisional_output",
+        lambda m: provisional.append(stamp_key(m.header)),
+        QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+    assert set_parameter(client, "publish_policy", string_value("immediate")).successful
+    try:
+        deadline = time.monotonic() + 10
+        while not sub.get_publisher_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.call("inject_faults").success
+        result = client.replay(frames, pace="lockstep")
+        time.sleep(0.3)
+        for f in frames:
+            key = stamp_key(f.header)
+            # ~/output: each result once, verified or repaired (it was twice, changed class)
+            assert len(result.outputs[key]) == 1
+            assert result.final_status(key)["verified"] == "true"
+        assert {stamp_key(f.header) for f in frames} <= set(provisional)
+        assert int(result.final_status(stamp_key(frames[0].header))["detected"]) > 0
+    finally:
+        set_parameter(client, "publish_policy", string_value("verified"))
+        client.call("recover")
+        client.node.destroy_subscription(sub)
 
 
 def test_recover_service_restores_injected_weights(node, frames):

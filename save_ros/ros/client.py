@@ -187,10 +187,13 @@ class ReplayClient:
         self._thread.start()
 
     # -- callbacks (executor thread) ------------------------------------------------------
-    def _on_output(self, msg: JointState) -> None:
+    def _on_output(self, msg) -> None:
+        from save_ros.ros.outputs import output_values
+
+        # Float64MultiArray has no header: it is keyed by arrival order
+        key = stamp_key(msg.header) if hasattr(msg, "header") else len(self.result.outputs)
         with self._cond:
-            self.result.outputs[stamp_key(msg.header)].append((time.monotonic(),
-                                                               list(msg.position)))
+            self.result.outputs[key].append((time.monotonic(), output_values(msg)))
             self.result.recorded.append((f"{self.fqn}/output", time.time_ns(), msg))
             self._cond.notify_all()
 
@@ -206,9 +209,11 @@ class ReplayClient:
                 or s.name.startswith(self.fqn)]
         if mine:
             with self._cond:
-                values = {kv.key: kv.value for kv in mine[0].values}
-                values["_level"] = str(mine[0].level[0])
-                values["_message"] = mine[0].message
+                # the node reports several statuses (input, inference): one dict of all values
+                values = {kv.key: kv.value for s in mine for kv in s.values}
+                worst = max(mine, key=lambda s: s.level)
+                values["_level"] = str(worst.level[0])
+                values["_message"] = "; ".join(s.message for s in mine)
                 self.result.diagnostics.append(values)
                 self._cond.notify_all()
 
@@ -219,6 +224,7 @@ class ReplayClient:
         while time.monotonic() < deadline:
             if process is not None:
                 process.check_alive()
+            self._match_output_type()
             if (self.services["recover"].service_is_ready()
                     and self.pub.get_subscription_count() > 0
                     and self.out_sub.get_publisher_count() > 0
@@ -231,6 +237,24 @@ class ReplayClient:
         log = f"\nnode output:\n{process.output()[-2000:]}" if process is not None else ""
         raise NodeUnreachableError(f"{self.fqn} did not appear within {timeout:.0f} s{seen}; "
                                    f"is it running in this shell's ROS_DOMAIN_ID?{log}")
+
+    def _match_output_type(self) -> None:
+        """Subscribe to ~/output with the type the node publishes (JointState, Classification,
+        Float64MultiArray: its output_type parameter decides)."""
+        import importlib
+
+        topic = f"{self.fqn}/output"
+        types = dict(self.node.get_topic_names_and_types()).get(topic, [])
+        if not types or types[0] == "sensor_msgs/msg/JointState" or \
+                getattr(self, "_output_type", None) == types[0]:
+            return
+        package, _, name = types[0].split("/")
+        cls = getattr(importlib.import_module(f"{package}.msg"), name)
+        self.node.destroy_subscription(self.out_sub)
+        self.out_sub = self.node.create_subscription(
+            cls, topic, self._on_output,
+            QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+        self._output_type = types[0]
 
     def call(self, service: str, timeout: float = 60.0) -> Trigger.Response:
         """Call a Trigger service of the node and wait for the answer."""
