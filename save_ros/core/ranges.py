@@ -138,7 +138,7 @@ def _positions(numel: int, cap: int, seed: int, device) -> torch.Tensor | None:
 
 def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_size: int = 256,
               attr_elements: int = 1 << 18, pools: dict[str, int] | None = None,
-              seed: int = 0) -> dict[str, _Stats]:
+              seed: int = 0, outputs: list | None = None) -> dict[str, _Stats]:
     """Run calibration batches; per node the min / max along the batch and kept values.
 
     `pools`: nodes whose every consumer is a non-overlapping k x k max pool; for those the max of
@@ -152,7 +152,9 @@ def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_siz
     stats: dict[str, _Stats] = {}
     for start in range(0, len(calibration), batch_size):
         chunk = calibration[start : start + batch_size]
-        _, values = graph.record(chunk)
+        out, values = graph.record(chunk)
+        if outputs is not None and isinstance(out, torch.Tensor):
+            outputs.append(out.detach().float())
         for name, v in values.items():
             if not (isinstance(v, torch.Tensor) and v.is_floating_point()) or v.dim() == 0:
                 continue  # a scalar mixes the whole batch: no per-input range
@@ -191,13 +193,16 @@ def node_ranges(
     attr_elements: int = 1 << 18,
     pools: dict[str, int] | None = None,
     batch_size: int = 256,
+    outputs: list | None = None,
 ) -> tuple[dict[str, NodeRange], list[str]]:
-    """Interval and calibration ranges of every float node; also the ops that fell back."""
+    """Interval and calibration ranges of every float node; also the ops that fell back.
+
+    `outputs`: a list the model's outputs on the calibration batches are appended to."""
     if graph.gm is None:
         raise NotImplementedError("interval propagation needs an fx capture")
     with torch.no_grad():
         calib = calibrate(graph, calibration if calibration is not None else example_input, keep,
-                          batch_size, attr_elements, pools)
+                          batch_size, attr_elements, pools, outputs=outputs)
         _, one = graph.record(example_input[:1])
         shapes = dict(one)  # example values: the structure of unbounded fallbacks
         fallback = {}

@@ -147,15 +147,28 @@ def _is_view(layer, graph: ModelGraph, ranges: dict[str, NodeRange]) -> bool:
     return layer.kind in VIEW_KINDS
 
 
-def _covered_samples(model: nn.Module, calib: torch.Tensor, cfg: SelectConfig,
+def _covered_samples(calib: torch.Tensor, outputs: torch.Tensor, cfg: SelectConfig,
                      n: int) -> torch.Tensor:
-    """Calibration samples the robust claim covers: top-1 gap at or above the gap quantile."""
+    """The sensitivity samples: half of them the calibration inputs with the smallest top-1
+    gaps (at or above the gap quantile), half the first others.
+
+    The robust claim covers inputs whose gap is at least the smallest gap among the samples, so
+    taking the closest calls among them makes it cover every calibration-like input, and R
+    (gradient over gap) is largest on them anyway.
+    """
+    top, gaps = top1_gaps(outputs)
+    gaps[torch.arange(len(gaps)), top] = float("inf")
+    g = gaps.amin(1)
+    keep = torch.arange(len(g), device=g.device)
     if cfg.gap_quantile > 0:
-        top, gaps = top1_gaps(_model_outputs(model, calib, cfg.calib_batch))
-        gaps[torch.arange(len(gaps)), top] = float("inf")
-        g = gaps.amin(1)
-        calib = calib[g >= torch.quantile(g, cfg.gap_quantile)]
-    return calib[:n]
+        keep = keep[g >= torch.quantile(g, cfg.gap_quantile)]
+    if len(keep) <= n:
+        return calib[keep.to(calib.device)]
+    order = keep[g[keep].argsort()]
+    close = order[: n // 2]
+    rest = [int(i) for i in keep if int(i) not in set(close.tolist())][: n - len(close)]
+    pick = torch.cat([close, torch.tensor(rest, dtype=close.dtype, device=close.device)])
+    return calib[pick.sort().values.to(calib.device)]
 
 
 def _fill(t: TensorAnalysis, shares: list[tuple[float, float, float]]) -> None:
@@ -343,19 +356,18 @@ def _float_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float()
 
 
-def _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params, grad_budget
-                 ) -> tuple[Sensitivity, torch.Tensor, dict]:
+def _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params, grad_budget,
+                 outputs) -> tuple[Sensitivity, torch.Tensor, dict]:
     """The sensitivity pass for the task; returns it, the samples used and report entries."""
     n = cfg.sens_samples if cfg.sens_samples is not None else auto_sens_samples(n_params)
     names = [a.name for a in acts]
     if task == "classification":
-        sens_in = _covered_samples(model, calib, cfg, n)
+        sens_in = _covered_samples(calib, outputs, cfg, n)
         k = cfg.competitors if cfg.competitors is not None else auto_competitors(n_params)
         res = margin_sensitivity(graph, sens_in, list(weights), names, k,
                                  grad_budget=grad_budget)
         return res, sens_in, {"competitors": k}
-    out = _model_outputs(model, calib, cfg.calib_batch).float()
-    flat = out.reshape(len(out), -1)
+    flat = outputs.reshape(len(outputs), -1)
     if cfg.tolerance is not None:
         if not cfg.tolerance > 0:
             raise SelectConfigError(f"tolerance must be > 0, got {cfg.tolerance}")
@@ -428,8 +440,10 @@ def _analyze(
     batch = max(1, min(cfg.calib_batch, int(cfg.memory_factor * fwd_bytes // act_bytes)))
     pools = {layer.name: k for layer in graph.layers
              if (k := _pool_kernel(graph, layer)) is not None}
+    outs: list[torch.Tensor] = []
     ranges, unsupported = node_ranges(graph, example_input[:1], input_range, calib, cfg.margin,
-                                      cfg.calib_keep, cfg.attr_elements, pools, batch)
+                                      cfg.calib_keep, cfg.attr_elements, pools, batch, outs)
+    outputs = torch.cat(outs) if outs else _model_outputs(model, calib, batch).float()
     timings["ranges"] = time.perf_counter() - t
     acts = [layer for layer in graph.layers
             if layer.name in ranges and not _is_view(layer, graph, ranges)
@@ -441,7 +455,7 @@ def _analyze(
     task = detect_task(out, cfg.task)
     n_params = sum(p.numel() for p in model.parameters())
     sens, sens_in, extra = _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params,
-                                        cfg.memory_factor * fwd_bytes)
+                                        cfg.memory_factor * fwd_bytes, outputs)
     r_w, r_a, gaps = sens.weights, sens.activations, sens.gaps
     timings["sensitivity"] = time.perf_counter() - t
 

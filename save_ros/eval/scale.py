@@ -205,7 +205,8 @@ def coverage_section(base, analysis, calib, args, device, budget: float | None) 
                  fault_sites=device.type == "cuda")
     inputs = calib[:64]
     refs = cov.reference_outputs(pm, inputs)
-    answer = cov.Answer(analysis.task, analysis.settings.get("tolerance"))
+    answer = cov.Answer(analysis.task, analysis.settings.get("tolerance"),
+                        analysis.settings.get("min_gap"))
     out: dict = {"redundancy_budget": budget, "coverage": pm._rt.coverage,
                  "checks": pm._rt.by_kind()}
     half = args.trials // 2
@@ -264,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
                     if isinstance(v, dict) and "trials" in v:
                         print(f"  {red} {k}: {v['trials']} trials, raw changed "
                               f"{v.get('raw_changed', 0)}, detected {v['detected']}, sdc "
-                              f"{v.get('sdc', 0)} (<= {v['sdc_upper95']:.2g}), unverified "
+                              f"{v.get('sdc', 0)} (<= {v['sdc_upper95']:.2g}; uncovered "
+                              f"{v.get('sdc_uncovered', 0)}), unverified "
                               f"{v['unverified']}, {v['seconds']:.0f} s", flush=True)
         results["models"][name] = row
         if args.out:

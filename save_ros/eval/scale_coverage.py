@@ -40,6 +40,7 @@ class Outcome:
     raw_changed: int = 0
     detected: int = 0
     sdc: int = 0
+    sdc_uncovered: int = 0  # of those, on inputs closer to a decision than the robust claim covers
     not_exact: int = 0
     unverified: int = 0
     notes: int = 0  # benign range alarms (input-driven), clean runs
@@ -68,9 +69,18 @@ def upper95(k: int, n: int) -> float | None:
 class Answer:
     """The task's notion of 'the same answer': top-1, or every output within tolerance."""
 
-    def __init__(self, task: str, tolerance: list[float] | None) -> None:
+    def __init__(self, task: str, tolerance: list[float] | None,
+                 min_gap: float | None = None) -> None:
         self.task = task
         self.tol = None if tolerance is None else torch.tensor(tolerance)
+        self.min_gap = min_gap or 0.0
+
+    def covered(self, ref: torch.Tensor) -> bool:
+        """The robust claim speaks for this input: its top-1 gap >= the analysed minimum."""
+        if self.task != "classification":
+            return True
+        top2 = ref.float().topk(2, dim=1).values
+        return bool((top2[:, 0] - top2[:, 1] >= self.min_gap).all())
 
     def same(self, out: torch.Tensor, ref: torch.Tensor) -> bool:
         """True when `out` gives the answer `ref` gives."""
@@ -96,6 +106,7 @@ def _score(o: Outcome, st, raw, out, ref, answer: Answer) -> None:
     if st.verified:
         if not answer.same(out, ref):
             o.sdc += 1
+            o.sdc_uncovered += not answer.covered(ref)
             if len(o.examples) < 5:
                 o.examples.append({"detections": [d.to_dict() for d in st.detections],
                                    "notes": st.notes[:2]})

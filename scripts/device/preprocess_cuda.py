@@ -22,10 +22,10 @@ from save_ros import models  # noqa: E402
 
 net = models.load("digits_cnn").cuda()
 x = torch.rand(1, 1, 8, 8, device="cuda")
-pm = save_ros.protect(net, x, (torch.zeros(1, 8, 8, device="cuda"), torch.ones(1, 8, 8, device="cuda")),
-                      save_ros.ProtectConfig(verifier="external"))
+box = (torch.zeros(1, 8, 8, device="cuda"), torch.ones(1, 8, 8, device="cuda"))
+pm = save_ros.protect(net, x, box, save_ros.ProtectConfig(verifier="external"))
 r = pm.infer(x, wait=False)
 pm.run_pending_checks(5.0)
 st = r.verdict.result(5.0)
-print("protect on cuda:", type(pm).__name__, "verified", st.verified, "output device", r.output.device)
+print("protect on cuda:", type(pm).__name__, "verified", st.verified, "output", r.output.device)
 pm.close()
