@@ -59,7 +59,8 @@ def _stats(values: list[float]) -> dict[str, float]:
             "min": float(a.min()), "max": float(a.max()), "n": len(a)}
 
 
-def measure(crashes: int, kind: str, gap: float, clean_per_gap: int) -> dict[str, object]:
+def measure(crashes: int, kind: str, gap: float, clean_per_gap: int,
+            device: str = "cpu") -> dict[str, object]:
     """Run the node, inject `crashes` crashes; the figures (ms) and counters."""
     frames = [m.msg for m in read_messages(BAGS_DIR / DIGITS_BAG)][:12]
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,12 +70,14 @@ def measure(crashes: int, kind: str, gap: float, clean_per_gap: int) -> dict[str
                                "fault_injection.crash_kind": kind,
                                "analysis_cache": str(Path(tmp) / "digits_cnn.json"),
                                "qos.depth": 100, "qos.reliability": "reliable",
-                               "queue_size": 100, "diagnostics_period": 0.5}).start()
+                               "queue_size": 100, "diagnostics_period": 0.5,
+                               "device": device}).start()
         plain = NodeProcess(CONFIG_DIR / "digits_cnn.yaml",
                             namespace=f"failover_bench_inproc_{os.getpid()}", overrides={
                                 "analysis_cache": str(Path(tmp) / "digits_cnn.json"),
                                 "qos.depth": 100, "qos.reliability": "reliable",
-                                "queue_size": 100, "diagnostics_period": 0.5}).start()
+                                "queue_size": 100, "diagnostics_period": 0.5,
+                                "device": device}).start()
         try:
             with ReplayClient(node_fqn=proc.fqn, reliability="reliable") as client, \
                     ReplayClient(node_fqn=plain.fqn, reliability="reliable") as inproc:
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=2.0,
                         help="seconds between crashes (lets the next standby get warm)")
     parser.add_argument("--clean", type=int, default=3, help="fault-free inputs between crashes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both nodes)")
     parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args(argv)
     if args.crashes < 1:
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "loadavg_start": os.getloadavg()}
-    result.update(measure(args.crashes, args.kind, args.gap, args.clean))
+    result.update(measure(args.crashes, args.kind, args.gap, args.clean, args.device))
     result["loadavg_end"] = os.getloadavg()
     c, i, n = (result["crash_to_output_ms"], result["input_to_output_ms"],
                result["clean_input_to_output_ms"])

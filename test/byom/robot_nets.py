@@ -65,3 +65,32 @@ class LogMeanNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.log(x.mean(dim=(2, 3))))
+
+
+class SEBackbone(nn.Module):
+    """A camera backbone in the MobileNetV3 style: hardswish, squeeze-excite (a functional
+    multiply), residual adds; 3 x 224 x 224 -> 10 classes (the GPU stream benchmark's own model)."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c), nn.BatchNorm2d(c), nn.Hardswish(),
+                          nn.Conv2d(c, c, 1), nn.BatchNorm2d(c)) for c in (16, 16, 16))
+        self.se = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 4, 1),
+                                              nn.ReLU(), nn.Conv2d(4, 16, 1), nn.Hardsigmoid())
+                                for _ in range(3))
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block, se in zip(self.blocks, self.se, strict=True):
+            y = block(x)
+            x = x + y * se(y)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def se_backbone() -> nn.Module:
+    """Factory: `model: robot_nets:se_backbone` (input_shape [3, 224, 224])."""
+    return SEBackbone()
