@@ -26,6 +26,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
@@ -46,7 +47,7 @@ PACES = ("lockstep", "realtime", "afap")
 _PACE_ALIASES = {"rate": "realtime"}
 # node parameters that explain losses, read from the node itself (not from the config file)
 _EVIDENCE_PARAMETERS = ("qos.depth", "qos.reliability", "queue_size", "input_type",
-                        "publish_policy", "isolation", "protect")
+                        "publish_policy", "isolation", "protect", "diagnostics_period")
 
 _CLIENT_IDS = itertools.count()
 
@@ -148,6 +149,8 @@ class ReplayClient:
     def _on_status(self, msg: DiagnosticArray) -> None:
         with self._cond:
             self.result.add_status(stamp_key(msg.header), time.monotonic(), status_values(msg))
+            self.result.status_bytes_max = max(self.result.status_bytes_max,
+                                               _status_bytes(msg.status[0]))
             self.result.recorded.append((f"{self.fqn}/fault_status", time.time_ns(), msg))
             self._cond.notify_all()
 
@@ -162,6 +165,8 @@ class ReplayClient:
                 self.result.diagnostics.append(values)
                 self.result.diagnostics_bytes = max(self.result.diagnostics_bytes,
                                                     _status_bytes(mine[0]))
+                self.result.diagnostics_keys = max(self.result.diagnostics_keys,
+                                                   len(mine[0].values))
                 self._cond.notify_all()
 
     # -- node handling --------------------------------------------------------------------
@@ -242,14 +247,16 @@ class ReplayClient:
 
     # -- replay ---------------------------------------------------------------------------
     def replay(self, inputs: Sequence, pace: str = "lockstep", rate: float = 1.0,
-               inject_every: int = 0, settle: float = 2.0, status_timeout: float = 30.0
-               ) -> ReplayResult:
+               inject_every: int = 0, settle: float = 2.0, status_timeout: float = 30.0,
+               retries: int = 2, probe: float = 1.0) -> ReplayResult:
         """Publish bag messages (`BagMessage`s or bare messages); return what came back.
 
         `lockstep` (the default) publishes the next input only once the last one has its fault
-        status, so every input reaches the node and is answered; `realtime` keeps the bag's
-        timing (times `rate`); `afap` publishes without pauses. A node process that exits stops
-        the replay (`ReplayResult.node_exit_code`).
+        status, so every input reaches the node and is answered: an input without a status after
+        `probe` seconds that the node's `received` counter did not count either never reached it
+        (the node is idle in lockstep) and is published again, up to `retries` times. `realtime`
+        keeps the bag's timing (times `rate`); `afap` publishes without pauses. A node process
+        that exits stops the replay (`ReplayResult.node_exit_code`).
         """
         pace = _PACE_ALIASES.get(pace, pace)
         if pace not in PACES:
@@ -260,6 +267,7 @@ class ReplayClient:
                                        publisher_reliability=self.reliability)
         result = self.result
         result.counters_before = self.latest_diagnostics()
+        reached = 0  # inputs the node has taken so far (lockstep)
         t_bag0 = _time_ns(inputs[0]) if len(inputs) else 0
         t0 = time.monotonic()
         for i, item in enumerate(inputs):
@@ -274,17 +282,47 @@ class ReplayClient:
                 time.sleep(max(0.0, due - time.monotonic()))
             header = getattr(msg, "header", None)
             record = InputRecord(i, stamp_key(header) if header is not None else None,
-                                 matched=self.pub.get_subscription_count())
+                                 matched=self.pub.get_subscription_count(),
+                                 size=len(serialize_message(msg)))
             with self._cond:
                 record.sent_at = time.monotonic()
                 result.add_input(record)  # before publishing: the status may come at once
-            self.pub.publish(msg)
             if pace == "lockstep":
-                self._wait_answered(record, status_timeout)
+                reached += self._lockstep(record, msg, reached, status_timeout, retries, probe)
+            else:
+                record.attempts = 1
+                self.pub.publish(msg)
         self._settle(settle, status_timeout)
         self.latest_diagnostics()  # the counters after the run
         self._node_exited(result)
         return result
+
+    def _lockstep(self, record: InputRecord, msg, reached: int, status_timeout: float,
+                  retries: int, probe: float) -> int:
+        """Publish one input, wait for its status, publish again what never reached the node.
+
+        Returns 1 if the input reached the node (answered, or counted by it), else 0.
+        """
+        base = self.result.counters_before.get("received")
+        period = float(self.node_parameters.get("diagnostics_period", 1.0) or 1.0)
+        while True:
+            with self._cond:
+                record.sent_at = time.monotonic()  # latency counts from the attempt that arrived
+            self.pub.publish(msg)
+            record.attempts += 1
+            self._wait_answered(record, min(probe, status_timeout))
+            if record.answered() or self._node_exited(self.result):
+                return int(record.answered())
+            counted = self.latest_diagnostics(timeout=period + 1.0).get("received")
+            if record.answered():
+                return 1
+            if base is None or counted is None or int(counted) > int(base) + reached:
+                # the node has it (or cannot say): its status is late, not lost
+                self._wait_answered(record, max(0.0, status_timeout - probe))
+                return 1 if counted is not None and base is not None else int(
+                    record.answered())
+            if record.attempts > retries:
+                return 0
 
     def _node_exited(self, result: ReplayResult) -> bool:
         code = self.process.proc.poll() if self.process is not None and getattr(

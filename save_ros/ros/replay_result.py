@@ -20,6 +20,9 @@ import numpy as np
 
 # node counters that are not faults: only these may move when inputs are bad
 FAULT_COUNTERS = ("faults_detected", "tensors_repaired", "unrepaired", "worker_failures")
+# Measured with Fast DDS on one host: best-effort samples up to 520 kB always arrived, 600 kB
+# ones 2 times in 5, 1 MB ones never (reliable ones always); see docs/results/hostile.md
+LARGE_SAMPLE_BYTES = 512 * 1024
 
 
 def status_values(array) -> dict[str, str]:
@@ -42,7 +45,9 @@ class InputRecord:
     index: int
     stamp: int | None
     matched: int = -1  # input subscriptions matched when it was published
-    sent_at: float = 0.0  # time.monotonic() at publication
+    sent_at: float = 0.0  # time.monotonic() at (the last) publication
+    size: int = 0  # serialized bytes
+    attempts: int = 0  # publications (lockstep publishes again what never reached the node)
     statuses: list[tuple[float, dict[str, str]]] = field(default_factory=list)
     outputs: list[tuple[float, list[float]]] = field(default_factory=list)
     expect_outputs: int = 0  # outputs its status announced
@@ -94,6 +99,8 @@ class ReplayResult:
     unclaimed_outputs: list[tuple[int | None, float, list[float]]] = field(default_factory=list)
     diagnostics: list[dict[str, str]] = field(default_factory=list)
     diagnostics_bytes: int = 0  # the largest /diagnostics status of the node seen, in text bytes
+    diagnostics_keys: int = 0  # the most key/values in one /diagnostics status of the node
+    status_bytes_max: int = 0  # the largest fault status seen (text bytes, header not counted)
     injections: list[str] = field(default_factory=list)
     recorded: list[tuple[str, int, object]] = field(default_factory=list)
     counters_before: dict[str, str] = field(default_factory=dict)
@@ -219,9 +226,15 @@ class ReplayResult:
         depth = self.node_parameters.get("qos.depth", "?")
         reliability = self.node_parameters.get("qos.reliability", "?")
         if self.pace == "lockstep":
+            missing = [r for r in self.records if not r.answered()]
+            sizes = sorted(r.size for r in missing) or [0]
+            attempts = max((r.attempts for r in missing), default=1)
+            hint = ("; best-effort samples of this size are fragmented and dropped on the way: "
+                    "set the node's qos.reliability to reliable for them"
+                    if sizes[-1] > LARGE_SAMPLE_BYTES and reliability != "reliable" else "")
             return (f"{lost} never reached the node's input callback although each was "
-                    f"published into an idle, matched node ({reliability} input): lost in "
-                    "transport")
+                    f"published {attempts} times into an idle, matched node ({reliability} "
+                    f"input): lost in transport (sizes {sizes[0]}..{sizes[-1]} B){hint}")
         verdict = self.verdict_latencies_ms()
         sends = np.diff([r.sent_at for r in self.records]) * 1e3
         lag = (f"; answers lagged publication by up to {verdict.max():.0f} ms (p90 "
