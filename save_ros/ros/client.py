@@ -155,18 +155,20 @@ class ReplayClient:
             self._cond.notify_all()
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
+        # a node may report several statuses (e.g. "<fqn>: <model>: input" and "...: inference")
         mine = [s for s in msg.status if s.name.startswith(self.fqn.lstrip("/"))
                 or s.name.startswith(self.fqn)]
         if mine:
             with self._cond:
-                values = {kv.key: kv.value for kv in mine[0].values}
-                values["_level"] = str(mine[0].level[0])
-                values["_message"] = mine[0].message
+                values = {kv.key: kv.value for s in mine for kv in s.values}
+                worst = max(mine, key=lambda s: s.level)
+                values["_level"] = str(worst.level[0])
+                values["_message"] = "; ".join(s.message for s in mine)
                 self.result.diagnostics.append(values)
                 self.result.diagnostics_bytes = max(self.result.diagnostics_bytes,
-                                                    _status_bytes(mine[0]))
+                                                    sum(_status_bytes(s) for s in mine))
                 self.result.diagnostics_keys = max(self.result.diagnostics_keys,
-                                                   len(mine[0].values))
+                                                   sum(len(s.values) for s in mine))
                 self._cond.notify_all()
 
     # -- node handling --------------------------------------------------------------------

@@ -134,7 +134,7 @@ def _image_cases() -> list[Case]:
               (("yuv422", 2), ("bayer_rggb8", 1), ("16UC1", 2), ("32FC3", 12), ("64FC1", 8),
                ("", 1), ("MONO8", 1), ("mono8\u00e9", 1), ("x" * 1000, 1))]),
         Case("8UC1 (a mono8 alias)", ANY, [_image(h(), "8UC1", 8, 8, bytes(64))]),
-        # a C string ends at NUL: a subscriber may read the encoding as plain mono8
+        # strings end at their first NUL on the wire: the node receives plain mono8
         Case("encoding with an embedded NUL", ANY, [_image(h(), "mono8\x00x", 8, 8, bytes(64))]),
         Case("empty and degenerate sizes", REJECT,
              [_image(h(), "mono8", 0, 0, b"", step=0), _image(h(), "mono8", 0, 64, b""),
@@ -228,7 +228,7 @@ def _joint_state_cases() -> list[Case]:
         Case("odd joint names", REJECT,
              [js(state, ["", "", "", ""]), js(state, ["j" * 10000] * 4),
               js(state, [n.upper() for n in names])]),
-        # a C string ends at NUL: a subscriber may read these as the plain joint names
+        # strings end at their first NUL on the wire: the node receives the plain names
         Case("joint names with an embedded NUL", ANY,
              [js(state, [n + "\x00x" for n in names])]),
         Case("10000 joints (the 4 among them)", ACCEPT,
