@@ -77,8 +77,6 @@ def test_step_padding_is_skipped():
         (lambda m: setattr(m, "encoding", "yuv422"), "unsupported image encoding"),
         (lambda m: setattr(m, "data", bytes(100)), r"bytes, but step\*height"),
         (lambda m: setattr(m, "step", 10), "step 10 is smaller"),
-        (lambda m: (setattr(m, "height", 4), setattr(m, "width", 4), setattr(m, "step", 4),
-                    setattr(m, "data", bytes(16))), "smaller than the model input"),
         (lambda m: (setattr(m, "height", 0), setattr(m, "data", b"")), "empty image"),
     ],
 )
@@ -87,6 +85,12 @@ def test_bad_images_raise_input_error(change, message):
     change(msg)
     with pytest.raises(convert.InputError, match=message):
         convert.image_to_tensor(msg, DIGITS)
+
+
+def test_a_smaller_image_is_enlarged_bilinearly():
+    # upscaling used to be refused; a 4x4 camera now feeds an 8x8 model
+    msg = _image(np.full((4, 4), 255, dtype=np.uint8), "mono8")
+    assert torch.equal(convert.image_to_tensor(msg, DIGITS), torch.ones(1, 1, 8, 8))
 
 
 def test_nan_image_is_refused():
@@ -109,6 +113,25 @@ def test_joint_state_reordered_by_name():
         convert.joint_state_to_tensor(msg, POLICY, ("a", "b", "c", "e"))
 
 
+def test_joint_state_with_a_duplicated_name_is_refused():
+    # it used to take the last value of the joint silently
+    msg = JointState(name=["a", "b", "a", "c", "d"], position=[1.0, 2.0, 9.0, 3.0, 4.0])
+    with pytest.raises(convert.InputError, match=r"more than once: \['a'\]") as err:
+        convert.joint_state_to_tensor(msg, POLICY, ("a", "b", "c", "d"))
+    assert err.value.kind == "names"
+
+
+def test_joint_state_reject_reason_stays_short_for_10000_names():
+    names = [f"joint_{i}" for i in range(10_000)]
+    msg = JointState(name=names, position=[0.0] * 10_000)
+    with pytest.raises(convert.InputError) as err:
+        convert.joint_state_to_tensor(msg, POLICY, ("a", "b", "c", "d"))
+    assert len(str(err.value)) < 600
+    status = convert.diagnostic_status("n", "cpu", b"\x02", "x" * 100_000, {"k": "v" * 10_000})
+    assert len(status.message) <= convert.MAX_STATUS_TEXT
+    assert len(status.values[0].value) <= convert.MAX_STATUS_TEXT
+
+
 def test_arrays_of_wrong_length_or_nan_are_refused():
     with pytest.raises(convert.InputError, match="has 3 values"):
         convert.multiarray_to_tensor(Float32MultiArray(data=[0.0, 1.0, 2.0]), POLICY)
@@ -129,7 +152,12 @@ def test_result_message_carries_stamp_names_scores_and_decision():
     assert list(msg.position) == [0.5, 3.0, -1.0]
     assert math.isclose(sum(msg.velocity), 1.0) and max(msg.velocity) == msg.velocity[1]
     assert list(msg.effort) == [1.0]
-    policy = convert.result_message(torch.tensor([[2.0, -2.0]]), header, "control",
+    policy = convert.result_message(torch.tensor([[2.0, -2.0]]), header, "discrete_control",
                                     convert.output_names("control", 2))
     assert list(policy.name) == ["action_0", "action_1"] and list(policy.velocity) == []
     assert list(policy.effort) == [0.0]
+    # a continuous policy's argmax means nothing: names and values only
+    continuous = convert.result_message(torch.tensor([[0.3, -0.7]]), header, "control",
+                                        ["shoulder", "elbow"])
+    assert list(continuous.position) == pytest.approx([0.3, -0.7])
+    assert list(continuous.effort) == [] and list(continuous.velocity) == []

@@ -75,8 +75,9 @@ def test_outputs_carry_input_stamp_and_frame_and_match_the_model(node, frames):
     ("frame", "reason"),
     [
         (_frame(101, encoding="yuv422"), "unsupported image encoding"),
-        (_frame(102, size=4), "smaller than the model input"),
-        (_frame(103, encoding="32FC1", size=8, fill=np.nan), "NaN"),
+        (_frame(102, encoding="32FC1", size=8, fill=np.nan), "NaN"),
+        # finite but huge: outside the declared [0, 1] box, an input error (it was a "fault")
+        (_frame(103, encoding="32FC1", size=8, fill=3e38), "outside the declared box"),
     ],
 )
 def test_bad_input_is_rejected_with_a_status_and_the_node_keeps_serving(node, frames, frame,
@@ -88,7 +89,19 @@ def test_bad_input_is_rejected_with_a_status_and_the_node_keeps_serving(node, fr
     assert status["_level"] == "2"  # ERROR for that input
     assert stamp_key(frame.header) not in result.outputs
     assert result.final_output(stamp_key(frames[0].header)) is not None
+    counters = client.latest_diagnostics()
+    assert counters["faults_detected"] == "0" and counters["unrepaired"] == "0"
     proc.check_alive()
+
+
+def test_8uc1_is_served_like_mono8(node, frames):
+    _, client = node
+    generic = Image(header=frames[2].header, height=frames[2].height, width=frames[2].width,
+                    encoding="8UC1", step=frames[2].step, data=frames[2].data)
+    generic.header.stamp.sec += 7000
+    result = client.replay([frames[2], generic], pace="lockstep")
+    assert result.final_output(stamp_key(generic.header)) == \
+        result.final_output(stamp_key(frames[2].header))
 
 
 def test_truncated_image_data_is_rejected(node, frames):

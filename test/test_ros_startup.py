@@ -37,10 +37,16 @@ def context():
 
 
 def _build(context, **overrides) -> SaveNode:
+    """Construct the node (parameters checked) and configure it (model loaded, protected)."""
     params = [Parameter(k, value=v) for k, v in ({"protect": False} | overrides).items()]
     node = SaveNode(context=context, parameter_overrides=params,
                     namespace=f"startup_{os.getpid()}")
-    node.destroy_node()
+    try:
+        node.trigger_configure()
+        if node.configure_error is not None:
+            raise node.configure_error.__cause__ or node.configure_error
+    finally:
+        node.destroy_node()
     return node
 
 
@@ -52,8 +58,10 @@ def _build(context, **overrides) -> SaveNode:
         ({"input_low": [0.0, 0.0], "input_high": [1.0]}, ParameterError, "give both"),
         ({"fault_injection.bits": [40, -1]}, ParameterError, "fault_injection.bits"),
         ({"queue_size": 0}, InvalidParameterValueException, "queue_size"),
-        ({"publish_policy": "verified"}, ParameterError, "needs protect=true"),
         ({"model": "resnet9000"}, ModelLoadError, "unknown model 'resnet9000'"),
+        ({"input_topic": "bad topic"}, ParameterError, "not a valid ROS topic name"),
+        ({"output_names": ["a", "b"]}, ParameterError, "output_names has 2 names but"),
+        ({"preprocess.mean": [0.5], "preprocess.std": [0.0]}, ParameterError, "must be > 0"),
         ({"model_file": "/nonexistent/model.pt"}, ModelLoadError, "does not exist"),
     ],
 )
@@ -76,7 +84,7 @@ def test_torchscript_needs_input_constraints_and_serves_only_unprotected(context
         _build(context, model_file=str(path))
     script = {"model_file": str(path), "input_shape": [4], "input_low": [-3.0],
               "input_high": [3.0], "task": "control", "input_type": "float32_multi_array"}
-    with pytest.raises(BackendError, match="TorchScript module, which SAVE cannot instrument"):
+    with pytest.raises(BackendError, match="TorchScript cannot be instrumented by SAVE"):
         _build(context, **script, protect=True)
     node = _build(context, **script)  # unprotected: served as it is
     assert node.loaded.input.shape == (4,) and node.loaded.num_outputs == 2

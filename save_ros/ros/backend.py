@@ -17,7 +17,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 
 from save_ros.ros.model_source import LoadedModel
-from save_ros.ros.params import Isolation, NodeConfig, ParameterError, PublishPolicy
+from save_ros.ros.params import Isolation, NodeConfig
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
@@ -76,8 +76,8 @@ class Backend:
         """Repair from golden copies; a one-line report."""
         raise BackendError("recover needs protect=true")
 
-    def reanalyze(self) -> str:
-        """Redo Selection and Allocation; a one-line report."""
+    def reanalyze(self, calibration: torch.Tensor | None = None) -> str:
+        """Redo Selection and Allocation (with new calibration inputs); a one-line report."""
         raise BackendError("reanalyze needs protect=true")
 
     def inject(self, count: int, target: str, seed: int, bits: tuple[int, ...]) -> str:
@@ -91,6 +91,15 @@ class Backend:
 
     def close(self) -> None:
         """Release threads and memory."""
+
+
+def hardware_id(device: str) -> str:
+    """The device as /diagnostics names it: `cpu`, or `cuda:0 (NVIDIA H100 80GB HBM3)`."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return dev.type
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 class BareBackend(Backend):
@@ -143,9 +152,9 @@ class BareBackend(Backend):
 def make_backend(cfg: NodeConfig, loaded: LoadedModel, logger,
                  on_event: Callable[[object], None] | None = None) -> Backend:
     """The backend the parameters ask for; `on_event` gets worker events (isolation=process)."""
-    if not cfg.protect and cfg.publish_policy is PublishPolicy.VERIFIED:
-        raise ParameterError("publish_policy=verified needs protect=true: a bare model "
-                             "never verifies, so nothing would be published")
+    if cfg.protect and loaded.why_unprotectable:
+        raise BackendError(f"{loaded.name} cannot be protected: {loaded.why_unprotectable}; "
+                           "or serve it unprotected with protect:=false")
     if cfg.isolation is Isolation.PROCESS:
         from save_ros.ros.failover_backend import FailoverBackend
 

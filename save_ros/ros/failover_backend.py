@@ -48,11 +48,6 @@ class FailoverBackend(Backend):
         self._on_event = on_event
         self.cache_hit = False
         scripted = isinstance(loaded.module, torch.jit.ScriptModule)
-        if scripted and cfg.protect:
-            raise BackendError(
-                f"{loaded.name} is a TorchScript module, which SAVE cannot instrument (it "
-                "needs torch.fx on the Python module); give a state dict with its "
-                "architecture (model + model_file), or serve it unprotected (protect:=false)")
         low, high = loaded.input_range()
         example = loaded.example_input()
         protect_config = self._protect_config(low, high, example) if cfg.protect else None
@@ -187,8 +182,10 @@ class FailoverBackend(Backend):
         return (f"restored {sum(restored.values())} elements in {len(names)} tensors: "
                 f"{', '.join(names[:8])}" if names else "all weights match their golden copies")
 
-    def reanalyze(self) -> str:
+    def reanalyze(self, calibration: torch.Tensor | None = None) -> str:
         """Redo Selection and Allocation in the active worker (a standby keeps its analysis)."""
+        if calibration is not None:
+            raise BackendError("reanalyze with new calibration inputs needs isolation=none")
         try:
             return self.pm.reanalyze().replace("\n", "; ")
         except (FailoverError, RemoteOperationError, ValueError) as exc:

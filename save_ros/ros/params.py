@@ -1,12 +1,15 @@
 """The node's parameters: declared up front with descriptors, validated into a `NodeConfig`.
 
-Parameters that shape the model or the graph (model, device, topics, QoS) are read-only: rclpy
-refuses to change them at runtime with a reason. The rest are checked by `validate_change`, which
-the node registers as its set-parameters callback, so a bad value is refused, never applied.
+Parameters that shape the model or the graph (model, device, topics, QoS, preprocessing) are
+read-only: rclpy refuses to change them at runtime with a reason. The rest (`RUNTIME`) are checked
+by `validate_change`, which the node registers as its set-parameters callback, so a bad value is
+refused, never applied. `unknown_overrides` finds parameters given that no spec declares (a typo
+such as `publish_polcy` would otherwise leave the default in force without a word).
 """
 
 from __future__ import annotations
 
+import difflib
 import enum
 import math
 from dataclasses import dataclass, field
@@ -16,6 +19,9 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rcl_interfaces.msg import ParameterType as T
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+
+from save_ros.preprocess import ImageOptions, Resize
+from save_ros.ros.model_source import ModelRequest
 
 
 class ParameterError(ValueError):
@@ -34,6 +40,13 @@ class Isolation(enum.Enum):
 
     NONE = "none"
     PROCESS = "process"
+
+
+class QueueOrder(enum.Enum):
+    """Which waiting input the inference thread takes next."""
+
+    NEWEST_FIRST = "newest_first"  # the newest; older waiting ones are dropped as stale
+    FIFO = "fifo"  # the oldest; when full, the oldest is dropped
 
 
 class InputType(enum.Enum):
@@ -59,24 +72,37 @@ class ParamSpec:
 
 
 SPECS: tuple[ParamSpec, ...] = (
+    ParamSpec("autostart", True, T.PARAMETER_BOOL,
+              "configure and activate at start (false: wait for a lifecycle manager)"),
     ParamSpec("model", "digits_cnn", T.PARAMETER_STRING,
-              "bundled model name; with model_file set to a state dict, its architecture"),
+              "a bundled model name, an import path package.module:factory (returns an "
+              "nn.Module), or a torch.export file path/model.pt2"),
     ParamSpec("model_file", "", T.PARAMETER_STRING,
-              "TorchScript (.pt from torch.jit.save) or state-dict file; empty: bundled weights"),
+              "a state dict for model's architecture (bundled or import path), or a TorchScript "
+              "file (served only with protect=false); empty: bundled weights"),
     ParamSpec("task", "", T.PARAMETER_STRING,
-              "classification or control; empty: the reference model's task",
-              choices=("", "classification", "control")),
+              "classification, control (continuous actions) or discrete_control (argmax "
+              "action); empty: the bundled model's task, else classification",
+              choices=("", "classification", "control", "discrete_control")),
     ParamSpec("input_shape", [0], T.PARAMETER_INTEGER_ARRAY,
-              "input shape without batch dim (needed for a TorchScript file); [0]: from model"),
+              "input shape without batch dim (needed for an import path or TorchScript); "
+              "[0]: from the model"),
     ParamSpec("input_low", [math.nan], T.PARAMETER_DOUBLE_ARRAY,
-              "input box lower bound, one value per channel or one for all; [nan]: from model"),
+              "input box lower bound, one value per channel or one for all; [nan]: the "
+              "model's, or for images the range preprocessing produces"),
     ParamSpec("input_high", [math.nan], T.PARAMETER_DOUBLE_ARRAY,
-              "input box upper bound, one value per channel or one for all; [nan]: from model"),
+              "input box upper bound, one value per channel or one for all; [nan]: as input_low"),
     ParamSpec("output_names", [""], T.PARAMETER_STRING_ARRAY,
-              "names of the outputs (class or action names); ['']: indices"),
+              "names of the outputs (class or action names), one per output; ['']: indices"),
+    ParamSpec("output_type", "auto", T.PARAMETER_STRING,
+              "~/output message: auto (vision_msgs/Classification for a classifier where "
+              "vision_msgs is installed, else sensor_msgs/JointState), joint_state, "
+              "classification, float64_multi_array",
+              choices=("auto", "joint_state", "classification", "float64_multi_array")),
     ParamSpec("device", "cpu", T.PARAMETER_STRING, "torch device: cpu, cuda or cuda:N"),
     ParamSpec("protect", True, T.PARAMETER_BOOL,
-              "false serves the bare model (a baseline for latency), without SAVE"),
+              "false serves the bare model (a baseline for latency), without SAVE; its "
+              "results go out on ~/output unverified"),
     ParamSpec("isolation", "none", T.PARAMETER_STRING,
               "none: the model runs in the node's process; process: in a worker process with a "
               "warm standby, so a crash (segfault, lost GPU context) or hang fails over instead "
@@ -91,16 +117,47 @@ SPECS: tuple[ParamSpec, ...] = (
               choices=tuple(t.value for t in InputType)),
     ParamSpec("joint_names", [""], T.PARAMETER_STRING_ARRAY,
               "for joint_state input: joint order the policy expects; ['']: message order"),
-    ParamSpec("qos.depth", 5, T.PARAMETER_INTEGER, "input subscription history depth",
+    ParamSpec("preprocess.resize", "stretch", T.PARAMETER_STRING,
+              "fit images to the model's H x W: stretch, letterbox (keep aspect, pad) or "
+              "center_crop (keep aspect, crop)", choices=("stretch", "letterbox", "center_crop")),
+    ParamSpec("preprocess.mean", [math.nan], T.PARAMETER_DOUBLE_ARRAY,
+              "per-channel mean of [0, 1] pixels, subtracted (with std); [nan]: map pixels "
+              "linearly onto the input box"),
+    ParamSpec("preprocess.std", [math.nan], T.PARAMETER_DOUBLE_ARRAY,
+              "per-channel std of [0, 1] pixels, divided by (with mean)"),
+    ParamSpec("preprocess.channel_order", "rgb", T.PARAMETER_STRING,
+              "channel order the model was trained on", choices=("rgb", "bgr")),
+    ParamSpec("preprocess.pad_value", 0.0, T.PARAMETER_DOUBLE,
+              "letterbox padding in [0, 1] pixel units", float_range=(0.0, 1.0)),
+    ParamSpec("preprocess.dtype", "float32", T.PARAMETER_STRING, "dtype of the model input",
+              choices=("float32", "float16", "bfloat16")),
+    ParamSpec("calibration.file", "", T.PARAMETER_STRING,
+              "calibration inputs for Selection: a .pt tensor (N, *input_shape) or .npy file"),
+    ParamSpec("calibration.bag", "", T.PARAMETER_STRING,
+              "calibration inputs from a rosbag2 folder (decoded as live inputs are)"),
+    ParamSpec("calibration.topic", "", T.PARAMETER_STRING,
+              "topic of calibration.bag to read; empty: its only topic of the input type"),
+    ParamSpec("calibration.live_samples", 0, T.PARAMETER_INTEGER,
+              "record the first N live inputs, then redo Selection with them (0: off)",
+              int_range=(0, 100_000)),
+    ParamSpec("calibration.max_samples", 256, T.PARAMETER_INTEGER,
+              "most calibration inputs read from a file or bag", int_range=(1, 100_000)),
+    ParamSpec("qos.depth", 1, T.PARAMETER_INTEGER,
+              "input subscription history depth (1: only the newest frame waits in DDS)",
               int_range=(1, 1000)),
     ParamSpec("qos.reliability", "best_effort", T.PARAMETER_STRING,
               "input subscription reliability", choices=("best_effort", "reliable")),
-    ParamSpec("queue_size", 4, T.PARAMETER_INTEGER,
-              "inputs waiting for inference; when full the oldest is dropped and counted",
-              int_range=(1, 1000)),
-    ParamSpec("publish_policy", "immediate", T.PARAMETER_STRING,
-              "immediate: publish at once, status follows; verified: publish verified results only",
-              read_only=False, choices=tuple(p.value for p in PublishPolicy)),
+    ParamSpec("queue_size", 1, T.PARAMETER_INTEGER,
+              "inputs waiting for inference; when full one is dropped (see queue_order) and "
+              "counted", read_only=False, int_range=(1, 1000)),
+    ParamSpec("queue_order", "newest_first", T.PARAMETER_STRING,
+              "newest_first: infer the newest input, drop older waiting ones as stale; fifo: in "
+              "order, the oldest dropped when full", read_only=False,
+              choices=tuple(q.value for q in QueueOrder)),
+    ParamSpec("publish_policy", "verified", T.PARAMETER_STRING,
+              "verified: ~/output carries verified or repaired results only; immediate: also "
+              "publish each result at once on ~/provisional_output", read_only=False,
+              choices=tuple(p.value for p in PublishPolicy)),
     ParamSpec("reliable_memory_bytes", -1, T.PARAMETER_INTEGER,
               "byte budget of the reliable (bit-flip free) pool; -1: the runtime's default share "
               "of the weight bytes", int_range=(-1, 2**40)),
@@ -112,11 +169,17 @@ SPECS: tuple[ParamSpec, ...] = (
               "seconds one verifier callback may wait for pending checks",
               float_range=(0.001, 60.0)),
     ParamSpec("shutdown_timeout", 5.0, T.PARAMETER_DOUBLE,
-              "seconds to finish in-flight verification on SIGINT/SIGTERM",
+              "seconds to finish in-flight verification on SIGINT/SIGTERM or deactivate",
               float_range=(0.0, 600.0)),
     ParamSpec("diagnostics_period", 1.0, T.PARAMETER_DOUBLE,
               "seconds between /diagnostics messages (also sent on every level change)",
-              float_range=(0.05, 60.0)),
+              read_only=False, float_range=(0.05, 60.0)),
+    ParamSpec("diagnostics.input_timeout", 1.0, T.PARAMETER_DOUBLE,
+              "WARN on /diagnostics when no input arrived for this long while active (0: off)",
+              read_only=False, float_range=(0.0, 3600.0)),
+    ParamSpec("diagnostics.fault_hold", 5.0, T.PARAMETER_DOUBLE,
+              "seconds a detected fault keeps /diagnostics at WARN/ERROR", read_only=False,
+              float_range=(0.0, 3600.0)),
     ParamSpec("fault_injection.enabled", False, T.PARAMETER_BOOL,
               "offer ~/inject_faults (tests and demos only)"),
     ParamSpec("fault_injection.count", 1, T.PARAMETER_INTEGER, "bit flips per ~/inject_faults call",
@@ -195,6 +258,29 @@ class NodeConfig:
         default_factory=lambda: FaultInjection(False, 1, "weights", 0, ()))
     isolation: Isolation = Isolation.NONE
     hang_timeout_s: float = 2.0
+    autostart: bool = True
+    output_type: str = "auto"
+    queue_order: QueueOrder = QueueOrder.NEWEST_FIRST
+    image: ImageOptions = field(default_factory=ImageOptions)
+    calibration_file: str = ""
+    calibration_bag: str = ""
+    calibration_topic: str = ""
+    calibration_live: int = 0
+    calibration_max: int = 256
+    input_timeout: float = 1.0
+    fault_hold: float = 5.0
+
+    def model_request(self) -> ModelRequest:
+        """What model_source.load needs; images default to the box preprocessing produces."""
+        box = None
+        if self.input_type is InputType.IMAGE:
+            image = self.image
+
+            def box(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                return image.normalised_box(channels) if image.mean else ((0.0,), (1.0,))
+        return ModelRequest(model=self.model, model_file=self.model_file, task=self.task,
+                            input_shape=self.input_shape, input_low=self.input_low,
+                            input_high=self.input_high, default_box=box)
 
 
 def check_value(name: str, value: Any) -> None:
@@ -220,8 +306,30 @@ def check_value(name: str, value: Any) -> None:
                 f"fault_injection.bits={list(value)}: give bit positions 0..31 (fp32), or [-1]")
     if name == "input_shape" and list(value) != [0] and any(d <= 0 for d in value):
         raise ParameterError(f"input_shape={list(value)}: every dimension must be positive")
-    if name == "input_topic" and not value:
-        raise ParameterError("input_topic is empty; name the topic to subscribe to")
+    if name in ("input_topic", "calibration.topic") and (value or name == "input_topic"):
+        _check_topic(name, value)
+    if name in ("preprocess.mean", "preprocess.std"):
+        given = [v for v in value if not math.isnan(v)]
+        if given and len(given) != len(value):
+            raise ParameterError(f"{name}={list(value)} mixes numbers and nan")
+        if name == "preprocess.std" and any(v <= 0 for v in given):
+            raise ParameterError(f"preprocess.std={list(value)}: every value must be > 0")
+
+
+def _check_topic(name: str, value: str) -> None:
+    """A valid ROS topic name (relative, private ~/ or absolute), one line if not."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+
+    if not value:
+        raise ParameterError(f"{name} is empty; name the topic to subscribe to")
+    try:
+        validate_topic_name(value)
+        if "//" in value:
+            raise InvalidTopicNameException(value, 0, "must not contain '//'")
+    except InvalidTopicNameException as exc:
+        why = str(exc).splitlines()[0].split(": ", 1)[-1].rstrip(":")
+        raise ParameterError(f"{name}={value!r} is not a valid ROS topic name: {why}") from None
 
 
 def _check_device(device: str) -> None:
@@ -259,6 +367,19 @@ def read(node: Node) -> NodeConfig:
     if any(lo >= hi for lo, hi in zip(low, high, strict=True)):
         raise ParameterError(f"input_low {list(low)} must be below input_high {list(high)}")
     bits = tuple(b for b in p["fault_injection.bits"] if b != -1)
+    mean = tuple(v for v in p["preprocess.mean"] if not math.isnan(v))
+    std = tuple(v for v in p["preprocess.std"] if not math.isnan(v))
+    if bool(mean) != bool(std) or (mean and len(mean) != len(std)):
+        raise ParameterError(f"preprocess.mean {list(mean)} and preprocess.std {list(std)}: "
+                             "give both, with as many values")
+    if mean and len(shape) == 3 and len(mean) not in (1, shape[0]):
+        raise ParameterError(f"preprocess.mean has {len(mean)} values; give 1 or one per "
+                             f"channel ({shape[0]})")
+    if p["calibration.bag"] and p["calibration.file"]:
+        raise ParameterError("calibration.file and calibration.bag are both set; give one")
+    image = ImageOptions(resize=Resize(p["preprocess.resize"]), mean=mean, std=std,
+                         channel_order=p["preprocess.channel_order"],
+                         pad_value=p["preprocess.pad_value"], dtype=p["preprocess.dtype"])
     return NodeConfig(
         model=p["model"], model_file=p["model_file"], task=p["task"], input_shape=shape,
         input_low=low, input_high=high, output_names=_strings(p["output_names"]),
@@ -274,7 +395,26 @@ def read(node: Node) -> NodeConfig:
             target=p["fault_injection.target"], seed=p["fault_injection.seed"], bits=bits,
             crash_kind=p["fault_injection.crash_kind"]),
         isolation=Isolation(p["isolation"]), hang_timeout_s=p["isolation_hang_timeout_s"],
+        autostart=p["autostart"], output_type=p["output_type"],
+        queue_order=QueueOrder(p["queue_order"]), image=image,
+        calibration_file=p["calibration.file"], calibration_bag=p["calibration.bag"],
+        calibration_topic=p["calibration.topic"], calibration_live=p["calibration.live_samples"],
+        calibration_max=p["calibration.max_samples"],
+        input_timeout=p["diagnostics.input_timeout"], fault_hold=p["diagnostics.fault_hold"],
     )
+
+
+def unknown_overrides(given: list[str]) -> list[str]:
+    """One warning per given parameter that no spec declares, with the nearest known name."""
+    known = set(_BY_NAME) | {"use_sim_time", "start_type_description_service"}
+    out = []
+    for name in given:
+        if name in known or name.startswith("qos_overrides."):
+            continue
+        near = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else "; see `ros2 param list`"
+        out.append(f"unknown parameter {name!r} is ignored{hint}")
+    return out
 
 
 def validate_change(params: list[Parameter]) -> str:

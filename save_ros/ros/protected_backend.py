@@ -42,11 +42,6 @@ class ProtectedBackend(Backend):
         self.loaded = loaded
         self.logger = logger
         self.device = torch.device(cfg.device)
-        if isinstance(loaded.module, torch.jit.ScriptModule):
-            raise BackendError(
-                f"{loaded.name} is a TorchScript module, which SAVE cannot instrument (it "
-                "needs torch.fx on the Python module); give a state dict with its "
-                "architecture (model + model_file), or serve it unprotected (protect:=false)")
         module = loaded.module.to(self.device)
         example = loaded.example_input().to(self.device)
         low, high = (t.to(self.device) for t in loaded.input_range())
@@ -128,10 +123,10 @@ class ProtectedBackend(Backend):
         return (f"restored {sum(repair.elements.values())} elements in {len(names)} tensors: "
                 f"{', '.join(names[:8])}" if names else "all weights match their golden copies")
 
-    def reanalyze(self) -> str:
-        """Redo Selection, Allocation and the check plan."""
+    def reanalyze(self, calibration: torch.Tensor | None = None) -> str:
+        """Redo Selection, Allocation and the check plan (with new calibration inputs)."""
         try:
-            self.pm.reanalyze()
+            self.pm.reanalyze(calibration.to(self.device) if calibration is not None else None)
         except (UnsupportedModelError, ValueError) as exc:
             raise BackendError(f"reanalyze failed: {exc}") from exc
         if self.cfg.analysis_cache:

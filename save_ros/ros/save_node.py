@@ -1,0 +1,388 @@
+"""`SaveNode`: the managed (lifecycle) node that serves a SAVE-protected model.
+
+Transitions (lifecycle_msgs services `~/change_state`, `~/get_state`, ...; `autostart: true`
+runs configure + activate at start for users without a lifecycle manager):
+- configure: load the model, protect it (Selection, or the cached Analysis), build publishers;
+- activate: subscribe to the input, publish (`~/label_info` once, transient local);
+- deactivate: unsubscribe, finish the input in inference and the open verdicts;
+- cleanup: close the protected model, drop publishers; shutdown: deactivate + cleanup.
+
+Callback groups, one per thing it protects: `intake` (the subscription), `inference` (the
+drain), `verifier` (`run_pending_checks`), `services` (recover, reanalyze, inject), `diagnostics`
+(/diagnostics), `lifecycle` (the transition services). The data path is `pipeline.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray, Header
+from std_srvs.srv import Trigger
+
+from save_ros.preprocess import DTYPES
+from save_ros.ros import calibration, convert, model_source, params
+from save_ros.ros.backend import Backend, BackendError, hardware_id, make_backend
+from save_ros.ros.health import Health
+from save_ros.ros.outputs import (
+    OutputEncoder,
+    OutputTypeError,
+    choose_output,
+    vision_msgs_available,
+)
+from save_ros.ros.pipeline import Pipeline, Publishers, decode_input
+
+INPUT_TYPES = {
+    params.InputType.IMAGE: (Image, "sensor_msgs/msg/Image"),
+    params.InputType.FLOAT32_MULTI_ARRAY: (Float32MultiArray, "std_msgs/msg/Float32MultiArray"),
+    params.InputType.JOINT_STATE: (JointState, "sensor_msgs/msg/JointState"),
+}
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+class ConfigureError(RuntimeError):
+    """configure failed; `exit_code` says how (2: a parameter, 3: the model)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _check_output_names(cfg: params.NodeConfig) -> None:
+    """A bundled model's output count is known without loading it: check names at once."""
+    from save_ros import models
+
+    if cfg.output_names and cfg.model in models.available() and not cfg.model_file:
+        n = models.get_spec(cfg.model).num_outputs
+        if len(cfg.output_names) != n:
+            raise params.ParameterError(
+                f"output_names has {len(cfg.output_names)} names but {cfg.model} has {n} "
+                "outputs; give one name per output or leave it unset")
+
+
+class SaveNode(LifecycleNode):
+    """Serves a SAVE-protected model; raises ParameterError for bad parameters at construction."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("save_node", **kwargs)
+        # the lifecycle (and parameter) services use the node's default group
+        self.lifecycle_group = self.default_callback_group
+        params.declare(self)
+        self.cfg = params.read(self)
+        _check_output_names(self.cfg)
+        for warning in params.unknown_overrides(list(self._parameter_overrides)):
+            self.get_logger().warning(warning)
+        self.intake_group = MutuallyExclusiveCallbackGroup()
+        self.inference_group = MutuallyExclusiveCallbackGroup()
+        self.verifier_group = MutuallyExclusiveCallbackGroup()
+        self.services_group = MutuallyExclusiveCallbackGroup()
+        self.diagnostics_group = MutuallyExclusiveCallbackGroup()
+        self.configure_error: ConfigureError | None = None
+        self.loaded: model_source.LoadedModel | None = None
+        self.backend: Backend | None = None
+        self.pipeline: Pipeline | None = None
+        self.names: list[str] = []
+        self._sub = None
+        self._pubs: list = []
+        self._timers: list = []
+        self._inject_seed = self.cfg.fault_injection.seed
+        fqn = self.get_fully_qualified_name().lstrip("/")
+        # diagnostic_aggregator groups by the part before ':'; the FQN keeps namespaces apart
+        self.health = Health(fqn, hardware_id(self.cfg.device), self.cfg.protect,
+                             self.cfg.fault_hold, self.cfg.input_timeout)
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        self._infer_gc = self.create_guard_condition(self._drain, self.inference_group)
+        self._verify_gc = self.create_guard_condition(self._verify, self.verifier_group)
+        self._diag_gc = self.create_guard_condition(self._maybe_publish_diagnostics,
+                                                    self.diagnostics_group)
+        # the timers are a backstop for a wake-up that coalesced with one being handled
+        self.create_timer(0.05, self._drain, callback_group=self.inference_group)
+        self.create_timer(0.05, self._verify, callback_group=self.verifier_group)
+        self._diag_timer = self.create_timer(self.cfg.diagnostics_period,
+                                             self.publish_diagnostics,
+                                             callback_group=self.diagnostics_group)
+        self._last_level = None
+        for name, cb in (("~/recover", self._srv_recover), ("~/reanalyze", self._srv_reanalyze)):
+            self.create_service(Trigger, name, cb, callback_group=self.services_group)
+        if self.cfg.fault_injection.enabled:
+            self.create_service(Trigger, "~/inject_faults", self._srv_inject,
+                                callback_group=self.services_group)
+            self.create_service(Trigger, "~/inject_crash", self._srv_inject_crash,
+                                callback_group=self.services_group)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load and protect the model (or load its cached Analysis); create the publishers."""
+        self.configure_error = None
+        try:
+            self._configure()
+        except ConfigureError as exc:
+            self.configure_error = exc
+            self.get_logger().error(f"configure failed: {exc}")
+            self._release()
+            return FAILURE
+        return super().on_configure(state)
+
+    def _configure(self) -> None:
+        cfg = self.cfg
+        try:
+            loaded = model_source.load(cfg.model_request())
+            names = convert.output_names(loaded.task, loaded.num_outputs, cfg.output_names)
+            kind, note = choose_output(loaded.task, cfg.output_type, vision_msgs_available())
+        except (ValueError, OutputTypeError) as exc:  # output_names / output_type: a parameter
+            raise ConfigureError(str(exc), 2) from exc
+        except model_source.ModelLoadError as exc:
+            raise ConfigureError(str(exc), 3) from exc
+        if note:
+            self.get_logger().warning(note)
+        loaded.to_dtype(DTYPES[cfg.image.dtype])
+        self.loaded, self.names = loaded, names
+        self.encoder = OutputEncoder(kind, loaded.task, names)
+        try:
+            self._load_calibration()
+            self.backend = make_backend(cfg, loaded, self.get_logger(), self._on_worker_event)
+        except (calibration.CalibrationError, params.ParameterError) as exc:
+            raise ConfigureError(str(exc), 2) from exc
+        except BackendError as exc:
+            raise ConfigureError(str(exc), 3) from exc
+        self.health = Health(self.health.name, self.health.hardware_id, cfg.protect,
+                             cfg.fault_hold, cfg.input_timeout,
+                             unprotected_reason=(f"UNPROTECTED: {loaded.why_unprotectable}"
+                                                 if loaded.why_unprotectable else ""))
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        out = self.create_lifecycle_publisher(self.encoder.msg_type, "~/output", reliable)
+        provisional = self.create_lifecycle_publisher(self.encoder.msg_type,
+                                                      "~/provisional_output", reliable)
+        status = self.create_lifecycle_publisher(DiagnosticArray, "~/fault_status", reliable)
+        self._pubs = [out, provisional, status]
+        self._label_pub = None
+        if self.encoder.label_info(Header()) is not None:
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self._label_pub = self.create_lifecycle_publisher(
+                type(self.encoder.label_info(Header())), "~/label_info", latched)
+            self._pubs.append(self._label_pub)
+        self.pipeline = Pipeline(
+            cfg, loaded, self.backend, self.encoder, self.health,
+            Publishers(out.publish, provisional.publish, status.publish), self.get_logger(),
+            f"{self.get_fully_qualified_name()}/inference",
+            lambda: self.get_clock().now().to_msg(), self._infer_gc.trigger,
+            self._verify_gc.trigger, self._diag_gc.trigger)
+        self.pipeline.on_live_calibration = self._start_live_calibration
+        self.get_logger().info(
+            f"configured {loaded.name} ({loaded.task}, input {loaded.input.shape}, "
+            f"{loaded.source}) on {cfg.device}: {self.backend.describe()}; ~/output is "
+            f"{self.encoder.describe()}")
+
+    def _load_calibration(self) -> None:
+        cfg, loaded = self.cfg, self.loaded
+        if cfg.calibration_file:
+            loaded.calibration = calibration.from_file(cfg.calibration_file, loaded.input,
+                                                       cfg.calibration_max)
+        elif cfg.calibration_bag:
+            loaded.calibration = calibration.from_bag(
+                cfg.calibration_bag, cfg.calibration_topic, INPUT_TYPES[cfg.input_type][1],
+                lambda msg: decode_input(cfg, loaded, msg), loaded.input, cfg.calibration_max)
+        else:
+            return
+        self.get_logger().info(f"calibration: {len(loaded.calibration)} inputs")
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe to the input; publishers go live."""
+        cfg = self.cfg
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.qos_depth,
+                         reliability=(ReliabilityPolicy.RELIABLE if cfg.qos_reliability ==
+                                      "reliable" else ReliabilityPolicy.BEST_EFFORT))
+        self.pipeline.queue.reopen()
+        ret = super().on_activate(state)
+        self._sub = self.create_subscription(INPUT_TYPES[cfg.input_type][0], cfg.input_topic,
+                                             self.pipeline.on_input, qos,
+                                             callback_group=self.intake_group)
+        if self._label_pub is not None:
+            self._label_pub.publish(self.encoder.label_info(
+                Header(stamp=self.get_clock().now().to_msg())))
+        self.health.set_active(True)
+        self.get_logger().info(
+            f"active: {self._sub.topic_name} [{cfg.input_type.value}] -> "
+            f"{self.get_fully_qualified_name()}/output, publish policy "
+            f"{cfg.publish_policy.value}, queue {cfg.queue_order.value} x{cfg.queue_size}")
+        self.publish_diagnostics()
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop taking inputs; answer what is in flight (within shutdown_timeout)."""
+        self._stop_serving()
+        return super().on_deactivate(state)
+
+    def _stop_serving(self) -> None:
+        self.health.set_active(False)
+        if self.pipeline is not None:
+            unverified = self.pipeline.finish(self.cfg.shutdown_timeout)
+            if unverified:
+                self.get_logger().warning(f"{unverified} inputs answered unverified/not "
+                                          "inferred while stopping")
+        if self._sub is not None:
+            self.destroy_subscription(self._sub)
+            self._sub = None
+        self.publish_diagnostics()
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Close the protected model and drop the publishers."""
+        self._release()
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """From any state: stop serving and release."""
+        if self._sub is not None:
+            self._stop_serving()
+        self._release()
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: release, back to unconfigured."""
+        self._release()
+        return SUCCESS
+
+    def _release(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+        for pub in self._pubs:
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs, self.backend, self.pipeline = [], None, None
+
+    # -- threads --------------------------------------------------------------------------
+    def _drain(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.drain()
+
+    def _verify(self) -> None:
+        """Run the queued SAVE checks (the verifier thread of `verifier="external"`)."""
+        backend = self.backend
+        if backend is None:
+            return
+        try:
+            backend.run_pending_checks(self.cfg.verify_timeout)
+        except Exception as exc:  # callback boundary: report, keep serving
+            self.get_logger().error(f"verifier failed: {exc!r}", throttle_duration_sec=5.0)
+
+    def publish_diagnostics(self) -> None:
+        """The node's health on /diagnostics (periodic, and on level changes)."""
+        statuses = self.health.report(reset=True)
+        self._last_level = max(s.level for s in statuses)
+        msg = convert.diagnostic_array(Header(stamp=self.get_clock().now().to_msg()), statuses)
+        self.diag_pub.publish(msg)
+
+    def _maybe_publish_diagnostics(self) -> None:
+        if self.health.level() != self._last_level:
+            self.publish_diagnostics()
+
+    # -- services and parameters ----------------------------------------------------------
+    def _call(self, resp: Trigger.Response, fn, *args) -> Trigger.Response:
+        backend = self.backend
+        if backend is None:
+            resp.success, resp.message = False, "not configured: configure the node first"
+            return resp
+        try:
+            resp.message = fn(backend, *args)
+            resp.success = True
+        except BackendError as exc:
+            resp.success, resp.message = False, str(exc)
+        return resp
+
+    def _srv_recover(self, _req, resp: Trigger.Response) -> Trigger.Response:
+        """Restore every normal-memory tensor from its golden copy."""
+        self._call(resp, lambda b: b.recover())
+        if resp.success:
+            self.health.on_recovered()
+        self.publish_diagnostics()
+        return resp
+
+    def _srv_reanalyze(self, _req, resp: Trigger.Response) -> Trigger.Response:
+        """Redo Selection and Allocation (and update the analysis cache)."""
+        return self._call(resp, lambda b: b.reanalyze())
+
+    def _srv_inject(self, _req, resp: Trigger.Response) -> Trigger.Response:
+        """Flip bits in normal-memory tensors per the fault_injection.* parameters."""
+        fi = params.read(self).fault_injection
+        self._call(resp, lambda b: b.inject(fi.count, fi.target, self._inject_seed, fi.bits))
+        if resp.success:
+            self.health.on_injected(fi.count)
+            self._inject_seed += 1
+        return resp
+
+    def _srv_inject_crash(self, _req, resp: Trigger.Response) -> Trigger.Response:
+        """Make the active inference worker fail (fault_injection.crash_kind) on its next input."""
+        kind = params.read(self).fault_injection.crash_kind
+        return self._call(resp, lambda b: b.inject_crash(kind))
+
+    def _start_live_calibration(self, samples: torch.Tensor) -> None:
+        """The first N live inputs are in: redo Selection with them, off the intake thread."""
+        def run() -> None:
+            backend = self.backend
+            if backend is None:
+                return
+            try:
+                msg = backend.reanalyze(samples)
+                self.health.calibration = f"Selection redone with {len(samples)} live inputs"
+                self.get_logger().info(f"live calibration ({len(samples)} inputs): {msg}")
+            except BackendError as exc:
+                self.health.calibration = f"live calibration failed: {exc}"
+                self.get_logger().error(f"live calibration failed: {exc}")
+
+        threading.Thread(target=run, name="live_calibration", daemon=True).start()
+
+    def _on_worker_event(self, event) -> None:
+        """A FailoverEvent (failover reporter thread): count it; an error goes out at once."""
+        if event.is_error:
+            self.health.on_worker_failure(f"worker {event.pid} {event.kind.value}: "
+                                          f"{event.detail}")
+            self._diag_gc.trigger()
+        elif event.kind.value == "failover":
+            self.health.on_failover(bool(event.warm))
+
+    def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
+        reason = params.validate_change(changes)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+        for p in changes:
+            self._apply(p.name, p.value)
+        return SetParametersResult(successful=True)
+
+    def _apply(self, name: str, value) -> None:
+        cfg = self.cfg
+        if name == "publish_policy":
+            cfg = replace(cfg, publish_policy=params.PublishPolicy(value))
+        elif name == "fault_injection.seed":
+            self._inject_seed = int(value)
+        elif name in ("queue_size", "queue_order"):
+            cfg = (replace(cfg, queue_size=int(value)) if name == "queue_size"
+                   else replace(cfg, queue_order=params.QueueOrder(value)))
+            if self.pipeline is not None:
+                dropped = self.pipeline.queue.configure(
+                    cfg.queue_size, cfg.queue_order is params.QueueOrder.NEWEST_FIRST)
+                self.pipeline._report_dropped(dropped, "queue_full")
+        elif name == "diagnostics_period":
+            cfg = replace(cfg, diagnostics_period=float(value))
+            self._diag_timer.cancel()
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = self.create_timer(float(value), self.publish_diagnostics,
+                                                 callback_group=self.diagnostics_group)
+        elif name == "diagnostics.input_timeout":
+            cfg = replace(cfg, input_timeout=float(value))
+            self.health.input_timeout = float(value)
+        elif name == "diagnostics.fault_hold":
+            cfg = replace(cfg, fault_hold=float(value))
+            self.health.fault_hold = float(value)
+        self.cfg = cfg
+        if self.pipeline is not None:
+            self.pipeline.cfg = cfg
