@@ -17,8 +17,10 @@ import itertools
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import GetParameters
@@ -130,6 +132,8 @@ class ReplayClient:
         self._get_params = self.node.create_client(GetParameters, f"{node_fqn}/get_parameters")
         self.node_parameters: dict[str, object] = {}
         self.process = None
+        self._settled = None  # (final counters, result, its message count) of the last replay
+        self._answer_times: deque[float] = deque(maxlen=50)  # s, publish -> status (lockstep)
         self.result = ReplayResult()
         self._cond = threading.Condition()
         self._executor = SingleThreadedExecutor(context=self.context)
@@ -268,7 +272,7 @@ class ReplayClient:
                                        node_parameters=dict(self.node_parameters),
                                        publisher_reliability=self.reliability)
         result = self.result
-        result.counters_before = self.latest_diagnostics()
+        result.counters_before = self._counters_now()
         reached = 0  # inputs the node has taken so far (lockstep)
         t_bag0 = _time_ns(inputs[0]) if len(inputs) else 0
         t0 = time.monotonic()
@@ -295,9 +299,21 @@ class ReplayClient:
                 record.attempts = 1
                 self.pub.publish(msg)
         self._settle(settle, status_timeout)
-        self.latest_diagnostics()  # the counters after the run
+        after = self.latest_diagnostics()  # the counters after the run
+        self._settled = (after, result, len(result.recorded)) if after else None
         self._node_exited(result)
         return result
+
+    def _counters_now(self) -> dict[str, str]:
+        """The node's counters: the last replay's final ones while nothing happened since."""
+        if self._settled is not None:
+            values, last, recorded = self._settled
+            self._settled = None
+            with self._cond:
+                if len(last.recorded) == recorded:  # no status or output arrived since
+                    self.result.diagnostics.append(values)
+                    return dict(values)
+        return self.latest_diagnostics()
 
     def _lockstep(self, record: InputRecord, msg, reached: int, status_timeout: float,
                   retries: int, probe: float) -> int:
@@ -307,14 +323,19 @@ class ReplayClient:
         """
         base = self.result.counters_before.get("received")
         period = float(self.node_parameters.get("diagnostics_period", 1.0) or 1.0)
+        if len(self._answer_times) >= 5:  # 20 times the usual answer time: a loss costs little
+            probe = min(probe, max(0.25, 20 * float(np.median(self._answer_times))))
         while True:
             with self._cond:
                 record.sent_at = time.monotonic()  # latency counts from the attempt that arrived
             self.pub.publish(msg)
             record.attempts += 1
             self._wait_answered(record, min(probe, status_timeout))
-            if record.answered() or self._node_exited(self.result):
-                return int(record.answered())
+            if record.answered():
+                self._answer_times.append(record.statuses[0][0] - record.sent_at)
+                return 1
+            if self._node_exited(self.result):
+                return 0
             counted = self.latest_diagnostics(timeout=period + 1.0).get("received")
             if record.answered():
                 return 1
