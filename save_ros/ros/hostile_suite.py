@@ -285,14 +285,18 @@ def hostile_node(input_type: str, isolation: str, cache_dir: Path,
 
 def run_session(input_type: str, isolation: str, bag: Path | None, fuzz: int = 0,
                 seed: int = 0, burst: bool = True, cache_dir: Path | None = None,
-                overrides: dict[str, object] | None = None, log=None) -> Session:
-    """One node for `input_type`: hostile bag (lockstep, then a burst), then `fuzz` messages."""
+                overrides: dict[str, object] | None = None, log=None,
+                fuzz_passes: int = 1) -> Session:
+    """One node for `input_type`: hostile bag (lockstep, then a burst), then `fuzz` messages
+    (`fuzz_passes` times, seeds `seed`, `seed + 1`, ...: memory must level off)."""
     cache = Path(cache_dir or tempfile.mkdtemp(prefix="save_ros_hostile_"))
     with hostile_node(input_type, isolation, cache, overrides) as node:
         if bag is not None:
             node.hostile(bag, burst, log)
-        if fuzz and node.proc.proc.poll() is None:
-            node.fuzz(fuzz, seed, log)
+        for k in range(fuzz_passes if fuzz else 0):
+            if node.proc.proc.poll() is not None:
+                break
+            node.fuzz(fuzz, seed + k, log)
     return node.session
 
 
@@ -339,6 +343,12 @@ def case_table(sessions: list[Session]) -> str:
     return "\n".join(rows)
 
 
+def _rmw() -> str:
+    from rclpy.utilities import get_rmw_implementation_identifier
+
+    return get_rmw_implementation_identifier()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; print the table; exit 1 if any promise was broken."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -347,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=["none", "process"])
     parser.add_argument("--fuzz", type=int, default=1000, help="fuzzed messages per session")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fuzz")
+    parser.add_argument("--fuzz-passes", type=int, default=1,
+                        help="fuzz passes per session (seeds --seed, --seed + 1, ...)")
+    parser.add_argument("--no-hostile", action="store_true", help="skip the hostile bag")
     parser.add_argument("--no-burst", action="store_true",
                         help="skip the realtime pass of the hostile bag")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -359,9 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hostile bag {bag}: {counts}", flush=True)
         for isolation in args.isolation:
             for input_type in args.types:
-                sessions.append(run_session(input_type, isolation, bag, args.fuzz, args.seed,
-                                            burst=not args.no_burst, cache_dir=Path(tmp),
-                                            log=sys.stdout))
+                sessions.append(run_session(
+                    input_type, isolation, None if args.no_hostile else bag, args.fuzz,
+                    args.seed, burst=not args.no_burst, cache_dir=Path(tmp), log=sys.stdout,
+                    fuzz_passes=args.fuzz_passes))
     print(table(sessions))
     print()
     print(case_table(sessions))
@@ -371,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "command": "python -m save_ros.ros.hostile_suite " + " ".join(argv or sys.argv[1:]),
-            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, rmw "
-                       f"{os.environ.get('RMW_IMPLEMENTATION', '')}",
+            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+                       f"{_rmw()}",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
             "seconds": round(time.time() - started, 1),
             "sessions": [asdict(s) for s in sessions], "violations": problems}, indent=2))
