@@ -1,71 +1,91 @@
-"""Launch `save_node` with a model's config: `ros2 launch save_ros save_node.launch.py model:=...`.
+"""Launch `save_node` (a managed node): `ros2 launch save_ros save_node.launch.py model:=...`.
 
-Arguments: `model` (a bundled model: digits_cnn, digits_resnet, digits_vit, cartpole_policy),
-`config` (a parameters YAML; default: the package's config/<model>.yaml), `namespace`,
-`fault_injection` (true offers ~/inject_faults), `log_level`.
+Arguments: `model` (a bundled name, `package.module:factory` or a `.pt2` path; default: the
+config's), `config` (a parameters YAML; default: the package's config/<model>.yaml, or
+config/digits_cnn.yaml for a model that is not bundled), `namespace`, `input_topic` (the topic to
+serve), `use_sim_time`, `autostart` (true: this launch file configures and then
+activates the node through lifecycle events; false: leave it unconfigured for a lifecycle
+manager such as nav2_lifecycle_manager), `fault_injection`, `log_level`.
 """
 
 import os  # noqa: I001 (ruff takes launch/ here for first-party; it is the ROS package)
 
-import yaml
-
+import lifecycle_msgs.msg
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 
-
-def _config_parameters(path: str) -> dict:
-    """The `ros__parameters` of the config's node section.
-
-    Passed as a dict rather than as the file: rcl reads a bare `save_node:` key as
-    `/save_node`, so with a namespace the file's parameters would silently not apply.
-    """
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    for section in data.values():
-        if isinstance(section, dict) and "ros__parameters" in section:
-            return section["ros__parameters"]
-    raise RuntimeError(f"{path} has no '<node>: ros__parameters:' section")
+BUNDLED = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole_policy")
 
 
 def _node(context, *args, **kwargs):
-    """The node, with the config resolved once the arguments are known."""
+    """The lifecycle node and, with autostart, the configure -> activate events."""
     model = LaunchConfiguration("model").perform(context)
     config = LaunchConfiguration("config").perform(context)
     if not config:
-        config = os.path.join(get_package_share_directory("save_ros"), "config",
-                              f"{model or 'digits_cnn'}.yaml")
-    injection = LaunchConfiguration("fault_injection").perform(context).lower() == "true"
-    overrides = {"fault_injection.enabled": injection}
+        name = model if model in BUNDLED else "digits_cnn"
+        config = os.path.join(get_package_share_directory("save_ros"), "config", f"{name}.yaml")
+    overrides = {
+        "fault_injection.enabled":
+            LaunchConfiguration("fault_injection").perform(context).lower() == "true",
+        "use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() == "true",
+        # the launch file drives the transitions (below), as lifecycle launch files do
+        "autostart": False,
+    }
     if model:  # else the config's own model
         overrides["model"] = model
-    return [
-        Node(
-            package="save_ros",
-            executable="save_node",
-            name="save_node",
-            namespace=LaunchConfiguration("namespace"),
-            output="screen",
-            emulate_tty=True,
-            parameters=[_config_parameters(config), overrides],
-            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
-        )
-    ]
+    topic = LaunchConfiguration("input_topic").perform(context)
+    if topic:  # a parameter, not a remap: it wins over whatever input_topic the config names
+        overrides["input_topic"] = topic
+    node = LifecycleNode(
+        package="save_ros",
+        executable="save_node",
+        name="save_node",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        emulate_tty=True,
+        # the configs use `/**:`, so they apply under any name and namespace
+        parameters=[config, overrides],
+        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+    )
+    autostart = IfCondition(LaunchConfiguration("autostart"))
+    configure = EmitEvent(event=ChangeState(
+        lifecycle_node_matcher=matches_action(node),
+        transition_id=lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE), condition=autostart)
+    activate = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=node, goal_state="inactive",
+        entities=[EmitEvent(event=ChangeState(
+            lifecycle_node_matcher=matches_action(node),
+            transition_id=lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE))]),
+        condition=autostart)
+    return [node, activate, configure]
 
 
 def generate_launch_description() -> LaunchDescription:
-    """Launch arguments and the save_node action."""
+    """Launch arguments and the save_node actions."""
     return LaunchDescription([
         DeclareLaunchArgument("model", default_value="",
-                              description="bundled model to serve (default: the config's, "
-                              "digits_cnn without a config)"),
+                              description="bundled name, package.module:factory or a .pt2 "
+                              "path (default: the config's, digits_cnn without a config)"),
         DeclareLaunchArgument("config", default_value="",
                               description="parameters YAML (default: the package's "
                               "config/<model>.yaml)"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="namespace of the node"),
+        DeclareLaunchArgument("input_topic", default_value="",
+                              description="topic to serve (default: the config's "
+                              "input_topic, ~/input)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="use /clock (a rosbag played with --clock)"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate at once; false: wait for "
+                              "a lifecycle manager"),
         DeclareLaunchArgument("fault_injection", default_value="false",
                               description="offer ~/inject_faults (tests and demos only)"),
         DeclareLaunchArgument("log_level", default_value="info",

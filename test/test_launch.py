@@ -36,7 +36,8 @@ def launch_description():
         launch_actions.IncludeLaunchDescription(
             launch_sources.PythonLaunchDescriptionSource(LAUNCH_FILE),
             launch_arguments={"model": "digits_cnn", "config": CONFIG, "namespace": NAMESPACE,
-                              "fault_injection": "true"}.items(),
+                              "input_topic": f"/{NAMESPACE}/camera/image",
+                              "fault_injection": "true", "autostart": "true"}.items(),
         ),
         launch_pytest.actions.ReadyToTest(),
     ])
@@ -45,7 +46,9 @@ def launch_description():
 @pytest.mark.launch(fixture=launch_description)
 def test_launched_node_serves_and_reports_faults():
     frames = [m.msg for m in read_messages(BAGS_DIR / DIGITS_BAG)][:5]
-    with ReplayClient(node_fqn=f"/{NAMESPACE}/save_node") as client:
+    # the launch file configures, then activates the managed node through lifecycle events
+    with ReplayClient(node_fqn=f"/{NAMESPACE}/save_node",
+                      input_topic=f"/{NAMESPACE}/camera/image") as client:
         client.wait_for_node(timeout=90.0)
         clean = client.replay(frames, pace="lockstep")
         assert sorted(clean.outputs) == sorted(stamp_key(f.header) for f in frames)

@@ -12,6 +12,7 @@ from save_ros.ros.model_source import ModelLoadError, ModelRequest, is_import_pa
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "byom"))
 import robot_nets  # noqa: E402
 
+
 def IMAGE_BOX(channels):  # noqa: N802 (a box like the node's image preprocessing gives)
     return (0.0,), (1.0,)
 

@@ -96,9 +96,9 @@ def test_bad_input_is_rejected_with_a_status_and_the_node_keeps_serving(node, fr
 
 def test_8uc1_is_served_like_mono8(node, frames):
     _, client = node
-    generic = Image(header=frames[2].header, height=frames[2].height, width=frames[2].width,
-                    encoding="8UC1", step=frames[2].step, data=frames[2].data)
-    generic.header.stamp.sec += 7000
+    generic = Image(height=frames[2].height, width=frames[2].width, encoding="8UC1",
+                    step=frames[2].step, data=frames[2].data)
+    generic.header.stamp.sec = frames[2].header.stamp.sec + 7000  # a copy: frames are shared
     result = client.replay([frames[2], generic], pace="lockstep")
     assert result.final_output(stamp_key(generic.header)) == \
         result.final_output(stamp_key(frames[2].header))

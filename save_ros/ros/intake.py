@@ -41,8 +41,9 @@ class InputQueue(Generic[T]):
             return dropped
 
     def put(self, item: T) -> tuple[list[T], str]:
-        """Queue `item`; returns (dropped items, reason) - the oldest when full, or `item`
-        itself after close()."""
+        """Queue `item`; returns (dropped items, reason): the oldest when full ("superseded"
+        under newest_first: a newer input replaced it; "queue_full" under fifo), or `item`
+        itself after close() ("shutdown")."""
         with self._cond:
             if self.closed:
                 return [item], "shutdown"
@@ -50,7 +51,7 @@ class InputQueue(Generic[T]):
             while len(self._items) >= self.size:
                 dropped.append(self._items.popleft())
             self._items.append(item)
-            return dropped, "queue_full"
+            return dropped, "superseded" if self.newest_first else "queue_full"
 
     def take(self) -> tuple[T | None, list[T]]:
         """The next input to infer (None if none or closed) and the stale ones it supersedes.

@@ -32,8 +32,13 @@ class _Signals:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.starting = True
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._old = {sig: signal.signal(sig, self._handle)
+                     for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self, ignore: bool = False) -> None:
+        """Put back the handlers found (or ignore SIGINT/SIGTERM from here on)."""
+        for sig, handler in self._old.items():
+            signal.signal(sig, signal.SIG_IGN if ignore else handler)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         first = not self.stop.is_set()
@@ -75,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # best effort: the process is leaving anyway
             pass
         return EXIT_OK
+    finally:
+        # as a process: exiting now, a further signal must not kill the interpreter's teardown
+        # (exit -2 instead of 0); called in-process (tests): put the caller's handlers back
+        signals.restore(ignore=argv is None)
 
 
 def _run(argv: list[str], signals: _Signals) -> int:
@@ -120,17 +129,33 @@ def _run(argv: list[str], signals: _Signals) -> int:
             rclpy.try_shutdown()
             return node.configure_error.exit_code
         node.trigger_activate()
+    node.on_finalized = signals.stop.set  # ~/change_state shutdown ends the process too
     executor = MultiThreadedExecutor(num_threads=6)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, name="executor", daemon=True)
-    spinner.start()
-    signals.started()
-    while not signals.stop.wait(0.2):
-        if not spinner.is_alive():
-            break
+    try:
+        spinner.start()
+        signals.started()
+        while not signals.stop.wait(0.2):
+            if not spinner.is_alive():
+                break
+    finally:
+        # runs on a signal during the last start-up steps too: an executor thread left running
+        # at interpreter exit aborts the process ("terminate called without an active exception")
+        _shut_down(node, executor, spinner)
+    return EXIT_OK
+
+
+def _shut_down(node, executor, spinner: threading.Thread) -> None:
+    """Deactivate (answer every input in flight), release the model, stop the executor."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+
     node.get_logger().info("shutting down: finishing in-flight verification")
     deadline = time.monotonic() + node.cfg.shutdown_timeout + 10.0
-    node.trigger_shutdown()  # deactivate (answers every input in flight) and release the model
+    try:
+        node.trigger_shutdown()
+    except rclpy_implementation.RCLError:  # already finalized (through ~/change_state)
+        pass
     time.sleep(0.1)  # let the last statuses and diagnostics leave before the context goes
     # stop the executor and wait for its threads before destroying what their callbacks use:
     # destroying a node under a running callback aborts the process in rcl
@@ -138,8 +163,9 @@ def _run(argv: list[str], signals: _Signals) -> int:
         node.get_logger().warning("executor did not stop in time")
     spinner.join(timeout=5.0)
     node.destroy_node()
+    import rclpy
+
     rclpy.try_shutdown()
-    return EXIT_OK
 
 
 if __name__ == "__main__":

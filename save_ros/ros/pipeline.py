@@ -75,6 +75,9 @@ class Pipeline:
         self._seq_lock = threading.Lock()
         self._in_flight: set[Future] = set()
         self._in_flight_lock = threading.Lock()
+        self._intake = threading.Condition()
+        self._intake_busy = 0  # intake callbacks running now
+        self._sealed = False  # after seal(): an input is neither counted nor answered
         self.live_samples: list[torch.Tensor] = []
         self.on_live_calibration: Callable[[torch.Tensor], None] | None = None
 
@@ -85,6 +88,31 @@ class Pipeline:
 
     def on_input(self, msg) -> None:
         """Decode and queue one input; a bad one is rejected with a status, never raised."""
+        with self._intake:
+            if self._sealed:  # the subscription is gone; a message taken before is ignored
+                return
+            self._intake_busy += 1
+        try:
+            self._on_input(msg)
+        finally:
+            with self._intake:
+                self._intake_busy -= 1
+                self._intake.notify_all()
+
+    def seal(self, timeout: float) -> None:
+        """After the subscription is destroyed: wait for running intake callbacks, ignore any
+        later one (so every input counted as received was answered before publishers go)."""
+        with self._intake:
+            self._sealed = True
+            self._intake.wait_for(lambda: self._intake_busy == 0, timeout)
+
+    def unseal(self) -> None:
+        """Take inputs again (re-activation)."""
+        with self._intake:
+            self._sealed = False
+        self.queue.reopen()
+
+    def _on_input(self, msg) -> None:
         received = time.perf_counter()
         self.health.on_received()
         header = getattr(msg, "header", None)
@@ -163,8 +191,14 @@ class Pipeline:
     def _on_verdict(self, item: Pending, output: torch.Tensor, future: Future,
                     provisional: bool) -> None:
         """Publish the result (verified, repaired, or a bare model's) and its fault status."""
-        with self._in_flight_lock:
-            self._in_flight.discard(future)
+        try:
+            self._publish_verdict(item, output, future, provisional)
+        finally:  # only now: finish() waits until this input's status is out
+            with self._in_flight_lock:
+                self._in_flight.discard(future)
+
+    def _publish_verdict(self, item: Pending, output: torch.Tensor, future: Future,
+                         provisional: bool) -> None:
         latency = time.perf_counter() - item.received
         try:
             verdict: Verdict = future.result()
@@ -229,19 +263,14 @@ class Pipeline:
             pending = list(self._in_flight)
         for future in pending:  # _on_verdict reports each one unverified
             resolve(future, error=TimeoutError("shutdown before verification finished"))
+        with self._in_flight_lock:  # a verdict being published on the verifier thread
+            busy = list(self._in_flight)
+        for future in busy:
+            try:
+                future.result(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:  # its callback reports it; here only wait for it
+                pass
         return len(left) + len(pending)
-
-    def reject_closed(self, msg) -> None:
-        """An input that arrived while stopping: counted and answered as dropped."""
-        self.health.on_received()
-        self.health.on_dropped("shutdown")
-        header = getattr(msg, "header", None) or Header(stamp=self.stamp_now())
-        with self._seq_lock:
-            self._seq += 1
-            seq = self._seq
-        self.publish_status(header, WARN, DROP_TEXT["shutdown"],
-                            {"verified": False, "dropped": True, "drop_reason": "shutdown",
-                             "seq": seq, "published": False})
 
 
 def decode_input(cfg: params.NodeConfig, loaded: LoadedModel, msg) -> torch.Tensor:

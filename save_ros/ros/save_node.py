@@ -94,6 +94,7 @@ class SaveNode(LifecycleNode):
         self._pubs: list = []
         self._timers: list = []
         self._inject_seed = self.cfg.fault_injection.seed
+        self.on_finalized = None  # called after the shutdown transition (main: end the process)
         fqn = self.get_fully_qualified_name().lstrip("/")
         # diagnostic_aggregator groups by the part before ':'; the FQN keeps namespaces apart
         self.health = Health(fqn, hardware_id(self.cfg.device), self.cfg.protect,
@@ -128,7 +129,8 @@ class SaveNode(LifecycleNode):
             self._configure()
         except ConfigureError as exc:
             self.configure_error = exc
-            self.get_logger().error(f"configure failed: {exc}")
+            if not self.cfg.autostart:  # with autostart, main prints it as the one exit line
+                self.get_logger().error(f"configure failed: {exc}")
             self._release()
             return FAILURE
         return super().on_configure(state)
@@ -174,7 +176,8 @@ class SaveNode(LifecycleNode):
             self._pubs.append(self._label_pub)
         self.pipeline = Pipeline(
             cfg, loaded, self.backend, self.encoder, self.health,
-            Publishers(out.publish, provisional.publish, status.publish), self.get_logger(),
+            Publishers(self._guarded(out), self._guarded(provisional), self._guarded(status)),
+            self.get_logger(),
             f"{self.get_fully_qualified_name()}/inference",
             lambda: self.get_clock().now().to_msg(), self._infer_gc.trigger,
             self._verify_gc.trigger, self._diag_gc.trigger)
@@ -183,6 +186,20 @@ class SaveNode(LifecycleNode):
             f"configured {loaded.name} ({loaded.task}, input {loaded.input.shape}, "
             f"{loaded.source}) on {cfg.device}: {self.backend.describe()}; ~/output is "
             f"{self.encoder.describe()}")
+
+    def _guarded(self, pub):
+        """pub.publish that logs, not raises, if the publisher is already destroyed (a verdict
+        racing cleanup must not become an exception in an executor thread)."""
+        from rclpy.impl.implementation_singleton import rclpy_implementation
+
+        def publish(msg) -> None:
+            try:
+                pub.publish(msg)
+            except rclpy_implementation.InvalidHandle:
+                self.get_logger().warning(f"{pub.topic_name}: publisher already released; a "
+                                          "message was not sent", throttle_duration_sec=5.0)
+
+        return publish
 
     def _load_calibration(self) -> None:
         cfg, loaded = self.cfg, self.loaded
@@ -203,7 +220,7 @@ class SaveNode(LifecycleNode):
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.qos_depth,
                          reliability=(ReliabilityPolicy.RELIABLE if cfg.qos_reliability ==
                                       "reliable" else ReliabilityPolicy.BEST_EFFORT))
-        self.pipeline.queue.reopen()
+        self.pipeline.unseal()
         ret = super().on_activate(state)
         self._sub = self.create_subscription(INPUT_TYPES[cfg.input_type][0], cfg.input_topic,
                                              self.pipeline.on_input, qos,
@@ -225,15 +242,21 @@ class SaveNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def _stop_serving(self) -> None:
+        """In order: no new inference; the one running and open verdicts finish (or are
+        answered unverified); unsubscribe; wait for intake callbacks still running (each input
+        they took is answered as dropped); only then may the publishers go."""
         self.health.set_active(False)
-        if self.pipeline is not None:
-            unverified = self.pipeline.finish(self.cfg.shutdown_timeout)
+        pipeline = self.pipeline
+        if pipeline is not None:
+            unverified = pipeline.finish(self.cfg.shutdown_timeout)
             if unverified:
                 self.get_logger().warning(f"{unverified} inputs answered unverified/not "
                                           "inferred while stopping")
         if self._sub is not None:
             self.destroy_subscription(self._sub)
             self._sub = None
+        if pipeline is not None:
+            pipeline.seal(timeout=2.0)
         self.publish_diagnostics()
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -246,6 +269,8 @@ class SaveNode(LifecycleNode):
         if self._sub is not None:
             self._stop_serving()
         self._release()
+        if self.on_finalized is not None:
+            self.on_finalized()
         return SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -40,7 +40,7 @@ class SlowNet(nn.Module):
     """A 3x16x16 classifier that takes `delay_s` per inference (freshness tests, protect=false:
     the sleep is Python, so an fx trace would drop it)."""
 
-    delay_s = 0.1
+    delay_s = float(__import__("os").environ.get("ROBOT_NETS_SLOW_S", "0.1"))
 
     def __init__(self) -> None:
         super().__init__()
