@@ -119,13 +119,13 @@ def image_node(cache_dir):
 
 
 def test_image_node_survives_the_hostile_bag_and_a_fuzz_slice(image_node, hostile_bag):
-    runs = image_node.hostile(hostile_bag) + [image_node.fuzz(FUZZ_SLICE, seed=0)]
+    # (the realtime pass of the bag runs under -m slow; test_realtime_replay_... floods here)
+    runs = image_node.hostile(hostile_bag, burst=False) + [image_node.fuzz(FUZZ_SLICE, seed=0)]
     problems = [f"{r.run}: {v}" for r in runs for v in r.violations]
     assert not problems, "\n".join(problems)
-    hostile, burst, fuzz = runs
+    hostile, fuzz = runs
     assert hostile.answered == hostile.received == hostile.sent - hostile.lost_in_transport
     assert hostile.rejected >= 50 and hostile.accepted >= 70
-    assert burst.received == burst.answered > 0
     assert fuzz.answered == FUZZ_SLICE
 
 
