@@ -137,3 +137,17 @@ def test_compare_goes_input_by_input_even_with_one_stamp():
     cmp = compare(clean, faulty)
     assert cmp["all_compared"] == 3 and cmp["all_equal"] == 2
     assert cmp["verified_compared"] == 3 and cmp["verified_mismatches"] == [1]
+
+
+def test_a_copy_published_again_is_counted_as_such_not_as_a_node_fault():
+    """Lockstep published an input again; the node had taken the first copy late: 2 answers."""
+    result = ReplayResult(pace="lockstep")
+    (a,) = _sent(result, [4])
+    a.attempts = 2
+    _status(result, 4, 101.0, published=False, rejected=True)
+    _status(result, 4, 101.1, published=False, rejected=True)
+    _with_counters(result, received=2)
+    loss = result.losses()
+    assert loss["republished_duplicates"] == 1 and loss["stray_statuses"] == 0
+    assert loss["unanswered_in_node"] == 0 and loss["lost_before_node"] == 0
+    assert "published again" in " ".join(loss["causes"])

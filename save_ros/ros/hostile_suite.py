@@ -95,6 +95,7 @@ class Run:
     rejected: int = 0
     dropped: int = 0
     lost_in_transport: int = 0  # lockstep inputs DDS could not carry (large, best effort)
+    republished_duplicates: int = 0  # lockstep copies the node took although it took the first
     rss_before_mb: float = 0.0
     rss_after_mb: float = 0.0
     diagnostics_keys: int = 0
@@ -156,10 +157,12 @@ def check(run: Run, result: ReplayResult, labels: list[tuple[str, str]] | None =
     v = run.violations
     if result.node_exit_code is not None:
         v.append(f"the node exited with code {result.node_exit_code} during the run")
+    run.republished_duplicates = loss["republished_duplicates"]
     if run.received is None:
         v.append("the node published no /diagnostics counters")
-    elif run.received != run.answered:
-        v.append(f"{run.received} inputs reached the node, {run.answered} got a fault status")
+    elif run.received != run.answered + run.republished_duplicates:
+        v.append(f"{run.received} inputs reached the node, {run.answered} got a fault status "
+                 f"({run.republished_duplicates} copies published again answered too)")
     if run.pace == "lockstep":
         # lockstep delivers every input, except what DDS cannot carry: a large best-effort sample
         reliability = result.node_parameters.get("qos.reliability")
@@ -170,8 +173,8 @@ def check(run: Run, result: ReplayResult, labels: list[tuple[str, str]] | None =
             v.append(f"lockstep: {run.sent} sent, {run.received} received, {run.answered} "
                      f"answered; {len(lost) - len(excused)} lost that DDS can carry")
     twice = sum(len(r.statuses) > 1 for r in result.records)
-    if twice or result.stray_statuses:
-        v.append(f"{twice} inputs answered twice, {len(result.stray_statuses)} stray statuses")
+    if twice or loss["stray_statuses"]:
+        v.append(f"{twice} inputs answered twice, {loss['stray_statuses']} stray statuses")
     for key in FAULT_COUNTERS:
         moved = result.counter_delta(key)
         if moved:

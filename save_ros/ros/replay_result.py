@@ -194,11 +194,18 @@ class ReplayResult:
         statuses = [r.status for r in self.records if r.status is not None]
         dropped = Counter(s.get("_message", "dropped") for s in statuses
                           if _is_true(s, "dropped"))
+        # a status for a stamp whose input was published again answers the extra copy
+        republished = {r.stamp for r in self.records if r.attempts > 1}
+        duplicates = min(sum(r.attempts - 1 for r in self.records if r.attempts > 1),
+                         sum(1 for stamp, _, _ in self.stray_statuses
+                             if stamp in republished or None in republished))
         out: dict[str, object] = {"sent": sent, "received": received, "answered": answered,
                                   "unanswered": sent - answered,
                                   "published_unmatched": unmatched,
                                   "dropped_by_node": sum(dropped.values()),
-                                  "stray_statuses": len(self.stray_statuses), "causes": []}
+                                  "republished_duplicates": duplicates,
+                                  "stray_statuses": len(self.stray_statuses) - duplicates,
+                                  "causes": []}
         causes: list[str] = out["causes"]
         if self.node_exit_code is not None:
             causes.append(f"the node exited with code {self.node_exit_code} during the replay")
@@ -206,18 +213,22 @@ class ReplayResult:
             causes.append(f"{unmatched} published while no input subscription of the node was "
                           "matched (discovery had not finished)")
         if received is not None:
-            lost = max(0, sent - received - unmatched)
+            lost = max(0, sent - (received - duplicates) - unmatched)
             out["lost_before_node"] = lost
-            out["unanswered_in_node"] = max(0, received - answered)
+            out["unanswered_in_node"] = max(0, received - answered - duplicates)
             if lost:
                 causes.append(self._lost_before_node(lost))
-            if received > answered:
-                causes.append(f"{received - answered} reached the node but got no fault status "
-                              "(the node must answer every input it takes)")
+            if out["unanswered_in_node"]:
+                causes.append(f"{out['unanswered_in_node']} reached the node but got no fault "
+                              "status (the node must answer every input it takes)")
         for message, n in dropped.most_common(5):
             causes.append(f"{n} dropped by the node ({message})")
-        if self.stray_statuses:
-            causes.append(f"{len(self.stray_statuses)} fault statuses matched no input of this "
+        if duplicates:
+            causes.append(f"{duplicates} inputs published again (lockstep) after the node had "
+                          "not counted them reached it twice and were answered twice (a node "
+                          "that took them late)")
+        if out["stray_statuses"]:
+            causes.append(f"{out['stray_statuses']} fault statuses matched no input of this "
                           "replay (another publisher on the input topic, or a late answer)")
         return out
 
