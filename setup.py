@@ -22,7 +22,8 @@ setup(
     + [(f"share/{package_name}/{d}", glob(f"{d}/*")) for d in sorted(glob("bags/*"))],
     python_requires=">=3.10",
     # torch and ROS come from the platform: rosdep on a robot, scripts/install.sh in a venv.
-    install_requires=["numpy", "pyyaml", "scikit-learn", "gymnasium", "rosbags"],
+    # pillow: scikit-learn reads its sample photos with it (save_ros.models.zoo.images)
+    install_requires=["numpy", "pyyaml", "scikit-learn", "pillow", "gymnasium", "rosbags"],
     extras_require={
         "test": ["pytest", "ruff"],
         "plot": ["matplotlib"],

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
     "bench": ("save_ros.eval.bench", "protected vs unprotected latency, side by side"),
     "bench-gpu": ("save_ros.eval.bench_gpu", "CUDA path: latency, repair, coverage on a GPU"),
+    "scale": ("save_ros.eval.scale", "robot-scale models through protect(): analysis, speed, "
+              "coverage"),
     "replay": ("save_ros.ros.replay", "replay a rosbag through the node and record its outputs"),
     "train": ("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
     "failover-bench": ("save_ros.failover.bench", "worker crash to next result: warm vs cold"),

@@ -75,8 +75,15 @@ def test_activation_target_and_record_fields():
                        identity_setup(), command=["x"])
     unprot, ecc = res["points"]
     info = res["methods"]["unprotected"]
-    # Three leaf outputs of 64 x 2 fp32 each: 384 elements, 32 bits each.
-    assert info["activation_sites"] == 3 and info["activation_bits"] == 384 * 32
+    # fx sites (the default where the model traces): the Linear's 64 x 2 fp32 output; Flatten
+    # and Identity return views of it, the same memory, so they are no sites of their own.
+    assert res["activation_sites"]["naming"] == "fx" and info["activation_naming"] == "fx"
+    assert info["activation_sites"] == 1 and info["activation_bits"] == 128 * 32
+    # Module-path sites (before fx sites): three leaf outputs, 384 elements, 32 bits each.
+    old = run_campaign(CampaignConfig(target="activations", flips=(64,), trials=1, bits=(30,),
+                                      activation_sites="modules"), identity_setup(), command=[])
+    assert old["methods"]["unprotected"]["activation_sites"] == 3
+    assert old["methods"]["unprotected"]["activation_bits"] == 384 * 32
     assert unprot["flips_drawn"] == [64, 64, 64] and ecc["flips_drawn"] == [0, 0, 0]
     assert unprot["changed"]["count"] > 0 and ecc["changed"]["count"] == 0
     for key in ("command", "machine", "config", "date_utc", "seed_rule"):

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from save_ros.core.bits import flip_, int_view
-from save_ros.gpu import CudaUnavailableError, cuda_available, require_cuda
-from save_ros.gpu.chunks import (
+from save_ros.core.cuda.chunks import (
     ChunkPlanError,
     checksum_chunks_torch,
     minmax_chunks_torch,
     plan_chunks,
 )
+from save_ros.gpu import CudaUnavailableError, cuda_available, require_cuda
 from save_ros.gpu.ranges import RangeError, profile_ranges, tapped
 from save_ros.gpu.runtime import CudaProtectedModel, GpuConfigError, GpuProtectConfig
 from save_ros.gpu.verdict import RowVerifier

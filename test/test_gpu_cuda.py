@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from save_ros.core.bits import flip_
+from save_ros.core.cuda.chunks import checksum_chunks_torch, minmax_chunks_torch, plan_chunks
+from save_ros.core.cuda.reducer import Backend, ChunkReducer, Reduction
 from save_ros.gpu import cuda_available, triton_available
-from save_ros.gpu.chunks import checksum_chunks_torch, minmax_chunks_torch, plan_chunks
-from save_ros.gpu.reducer import Backend, ChunkReducer, Reduction
 from save_ros.models.digits_resnet import DigitsResNet
 
 pytestmark = [
@@ -155,7 +155,7 @@ def test_fused_graph_compares_on_device_and_rotates_the_checksum():
 
 def test_protect_dispatches_cuda_inputs_to_the_graph_path():
     from save_ros import ProtectConfig, protect
-    from save_ros.gpu.runtime import CudaProtectedModel
+    from save_ros.core.cuda.runtime import CudaProtectedModel
 
     torch.manual_seed(0)
     net = DigitsResNet().eval().cuda()

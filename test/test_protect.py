@@ -85,8 +85,20 @@ def test_thousands_of_weight_flips_are_repaired(setup):
         assert torch.equal(_int_views(pm.model)[name], v), name
 
 
-def test_reliable_tensors_are_never_injected(setup):
-    pm, ref, _, _ = setup
+def test_checksummed_weights_leave_the_reliable_pool_to_activations(setup):
+    pm, _, _, _ = setup  # weights checksummed before every verdict (the default)
+    assert not pm.placement.reliable_of("weight")
+    assert pm.placement.reliable_of("activation")
+
+
+def test_reliable_tensors_are_never_injected():
+    spec = models.get_spec(MODEL)
+    xc, _ = models.dataset(MODEL, "calib")
+    ref = models.load(MODEL)
+    # weights checked every 2nd inference: a weight flip may go unseen once, so the
+    # reliable pool is worth spending on the most vulnerable weights
+    pm = protect(models.load(MODEL), xc[:1], spec.input_range(),
+                 ProtectConfig(calibration=xc, weight_check_interval=2))
     reliable_w = pm.placement.reliable_of("weight")
     assert reliable_w, "the default budget should hold some weights"
     before = {n: bits.int_view(t.detach()).clone() for n, t in pm.model.named_parameters()}
@@ -100,6 +112,7 @@ def test_reliable_tensors_are_never_injected(setup):
     pm.recover()
     assert all(torch.equal(a, b) for a, b in
                zip(_int_views(pm.model).values(), _int_views(ref).values(), strict=True))
+    pm.close()
 
 
 def test_activation_flips_detected_and_rerun_bit_exact(setup):

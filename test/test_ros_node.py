@@ -16,8 +16,9 @@ import torch
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosutil import digits_frames, running_node, set_parameter, string_value  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from save_ros import models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
@@ -154,6 +155,34 @@ def test_injected_faults_are_detected_repaired_and_results_unchanged(node, frame
     levels = [d["_level"] for d in faulty.diagnostics]
     assert "1" in levels  # /diagnostics went to WARN
     assert int(faulty.diagnostics[-1]["faults_detected"]) > 0
+
+
+def test_immediate_adds_a_provisional_topic_and_output_stays_once_per_input(node, frames):
+    _, client = node
+    provisional: list[int] = []
+    sub = client.node.create_subscription(
+        JointState, f"{client.fqn}/provisional_output",
+        lambda m: provisional.append(stamp_key(m.header)),
+        QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+    assert set_parameter(client, "publish_policy", string_value("immediate")).successful
+    try:
+        deadline = time.monotonic() + 10
+        while not sub.get_publisher_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.call("inject_faults").success
+        result = client.replay(frames, pace="lockstep")
+        time.sleep(0.3)
+        for f in frames:
+            key = stamp_key(f.header)
+            # ~/output: each result once, verified or repaired (it was twice, changed class)
+            assert len(result.outputs[key]) == 1
+            assert result.final_status(key)["verified"] == "true"
+        assert {stamp_key(f.header) for f in frames} <= set(provisional)
+        assert int(result.final_status(stamp_key(frames[0].header))["detected"]) > 0
+    finally:
+        set_parameter(client, "publish_policy", string_value("verified"))
+        client.call("recover")
+        client.node.destroy_subscription(sub)
 
 
 def test_recover_service_restores_injected_weights(node, frames):

@@ -83,6 +83,7 @@ def _one_run(seed: int, cache) -> None:
             with client._cond:
                 answered = {k for k, v in client.result.statuses.items() if v}
                 diagnostics = list(client.result.diagnostics)
+            assert diagnostics, f"{where}: no /diagnostics received from the node"
             received = int(diagnostics[-1]["received"])
             assert received == len(answered), (
                 f"{where}: the node received {received} inputs, {len(answered)} answered; "
@@ -112,3 +113,26 @@ def test_signals_end_the_node_cleanly_and_answer_every_input(seed, cache):
 @pytest.mark.parametrize("seed", range(100, 150))
 def test_signals_50_seeded_runs(seed, cache):
     _one_run(seed, cache)
+
+
+@pytest.mark.parametrize(("delay", "ignored"), [(0.3, False), (1.0, True)])
+def test_an_early_sigint_ends_the_node(delay, ignored, cache):
+    """SIGINT 0.3-1 s after start: it used to be lost (with SIGINT ignored, as a shell's
+    background job inherits it) or to end in a KeyboardInterrupt traceback."""
+    import subprocess
+
+    proc = NodeProcess(CONFIG, namespace=f"early_{os.getpid()}",
+                       overrides={"analysis_cache": str(cache)})
+    proc.proc = subprocess.Popen(
+        proc.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None)
+    try:
+        time.sleep(delay)
+        proc.proc.send_signal(signal.SIGINT)
+        out, _ = proc.proc.communicate(timeout=EXIT_WITHIN)
+        assert proc.proc.returncode == 0, out
+        assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()

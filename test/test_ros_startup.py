@@ -19,6 +19,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 
 from save_ros import models  # noqa: E402
 from save_ros.ros.backend import BackendError  # noqa: E402
+from save_ros.ros.health import WARN  # noqa: E402
 from save_ros.ros.model_source import ModelLoadError  # noqa: E402
 from save_ros.ros.node import EXIT_BAD_PARAMETER, EXIT_MODEL, SaveNode  # noqa: E402
 from save_ros.ros.params import ParameterError  # noqa: E402
@@ -89,6 +90,8 @@ def test_torchscript_needs_input_constraints_and_serves_only_unprotected(context
     node = _build(context, **script)  # unprotected: served as it is
     assert node.loaded.input.shape == (4,) and node.loaded.num_outputs == 2
     assert node.names == ["action_0", "action_1"]
+    inference = node.health.report()[1]  # /diagnostics says why it is not protected
+    assert inference.level == WARN and "TorchScript cannot be instrumented" in inference.message
 
 
 def _exit(overrides: dict) -> subprocess.CompletedProcess:

@@ -126,17 +126,50 @@ def test_untraceable_model_gets_a_weights_only_analysis_that_says_so():
     assert all(s[0] == 0.0 for t in a.tensors.values() for s in t.bit_shares)  # nothing robust
 
 
-def test_a_regression_output_gets_no_gap_rule_and_says_so():
+def test_a_regression_output_gets_the_tolerance_rule_and_validates_against_it():
+    """Continuous outputs: robust = every output moves by less than its tolerance."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = torch.rand(64, 3)
+    # (N, 2) would be read as logits: a continuous policy declares its task
+    a = analyze(model.eval(), x[:1], (0.0, 1.0), calibration=x,
+                config=SelectConfig(task="regression"))
+    assert a.task == "regression"
+    out = model(x).detach()
+    span = out.amax(0) - out.amin(0)
+    assert torch.allclose(torch.tensor(a.settings["tolerance"]), 0.01 * span)
+    w = a.tensors["0.weight"].bit_shares
+    assert w[0][2] == 0.0 and w[0][0] > 0.5  # the lowest mantissa bit: robust (or ranging)
+    assert w[30][0] == 0.0  # the top exponent bit never
+    first = a.activations()[0]  # the first linear's output feeds the ReLU
+    assert first.masked_by == "relu" and first.robust_bits > 0
+    rep = validate(model, a, x, per_class=50)
+    assert rep.task == "regression" and rep.covered_inputs == len(x)
+    assert rep.weights["robust"].flips == 50 and rep.weights["robust"].changed == 0
+    assert rep.weights["vulnerable"].changed > 0  # the claim is tested, not vacuous
+    # an absolute tolerance is honoured as given
+    b = analyze(model.eval(), x[:1], (0.0, 1.0), calibration=x,
+                config=SelectConfig(task="regression", tolerance=1e-3))
+    assert b.settings["tolerance"] == pytest.approx([1e-3, 1e-3])
+    assert b.totals().robust < a.totals().robust  # a tighter tolerance, fewer robust bits
+
+
+def test_a_scalar_output_is_detected_as_regression():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-    x = torch.rand(64, 3)
-    a = analyze(model.eval(), x[:1], (0.0, 1.0), calibration=x)
-    assert any("not (N, classes) logits" in u for u in a.unsupported)
-    assert all(s[0] == 0.0 for s in a.tensors["0.weight"].bit_shares)  # nothing robust
-    first = a.activations()[0]  # the first linear's output feeds the ReLU
-    assert first.masked_by == "relu" and first.robust_bits > 0  # exact masking still applies
-    with pytest.raises(ValidationError, match="logits"):
-        validate(model, a, x, per_class=5)
+    x = torch.rand(32, 3)
+    assert analyze(model.eval(), x[:1], (0.0, 1.0), calibration=x).task == "regression"
+
+
+def test_validation_refuses_to_report_when_no_input_is_covered():
+    from save_ros.models import dataset, load
+
+    model = load("digits_cnn")
+    x, _ = dataset("digits_cnn", "calib")
+    a = analyze(model, x[:1], (0.0, 1.0), calibration=x[:64])
+    a.settings["min_gap"] = 1e9  # no input is that far from a decision boundary
+    with pytest.raises(ValidationError, match="no evaluation input is covered"):
+        validate(model, a, x[:32], per_class=5)
 
 
 def test_multihead_attention_outputs_are_analysed_activations():

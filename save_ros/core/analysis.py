@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class TensorKind(str, enum.Enum):
@@ -77,6 +77,10 @@ class TensorAnalysis:
     nbytes: int = 0
     score: float = 0.0  # vulnerable bits per byte: what Allocation ranks by
     masked_by: str | None = None  # consuming op that masks flips ("relu"), if any
+    # False: an op between the input and this tensor has no interval rule, so its "sound" range
+    # is only a calibrated one (and `check` is never "sound")
+    sound: bool = True
+    sampled: int | None = None  # bit shares estimated on this many values (None: all)
 
     def check_range(self) -> tuple[list[float], list[float]] | tuple[float, float]:
         """The range the runtime checks: per channel lists when known, else scalars."""
@@ -135,6 +139,7 @@ class Analysis:
     input_range: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # margin, thresholds, seeds, sizes
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    task: str = "classification"  # what a robust flip may not change: top-1, or outputs
     schema: int = SCHEMA_VERSION
     # In-memory only (not saved): the per-tensor flip rules and the captured graph, for
     # validation and the runtime in the process that ran the analysis.
@@ -161,6 +166,11 @@ class Analysis:
             tot.bits += t.numel * len(t.bit_shares)
         return tot
 
+    @property
+    def unsound(self) -> list[str]:
+        """Activations whose range rests on an op without an interval rule (calibrated)."""
+        return [t.name for t in self.tensors.values() if not t.sound]
+
     def by_score(self) -> list[TensorAnalysis]:
         """Tensors with the most vulnerable bits per byte first (Allocation's order)."""
         return sorted(self.tensors.values(), key=lambda t: -t.score)
@@ -176,6 +186,7 @@ class Analysis:
             "input_range": self.input_range,
             "settings": self.settings,
             "timings": self.timings,
+            "task": self.task,
             "tensors": [t.to_dict() for t in self.tensors.values()],
         }
 
@@ -196,6 +207,7 @@ class Analysis:
             input_range=d.get("input_range", {}),
             settings=d.get("settings", {}),
             timings=d.get("timings", {}),
+            task=d.get("task", "classification"),
             schema=d["schema"],
         )
 

@@ -8,6 +8,8 @@ the same storage, so a flip is exact: NaN, Inf and subnormal results are kept as
 from __future__ import annotations
 
 import enum
+import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -179,18 +181,51 @@ def flipped(values: torch.Tensor, bit: int) -> torch.Tensor:
     return out
 
 
+# A NaN crosses between a narrow float and Python's double by bit arithmetic, not by hardware
+# conversion, which sets the quiet bit of a signalling NaN (and fp16/bf16 casts drop the payload):
+# the narrow mantissa sits in the top bits of the double's, so to_bits(from_bits(p)) == p.
+def _nan_to_double(pattern: int, layout: BitLayout) -> float:
+    sign = (pattern >> layout.sign_bit) & 1
+    mantissa = pattern & ((1 << layout.mantissa_bits) - 1)
+    d = (sign << 63) | (0x7FF << 52) | (mantissa << (52 - layout.mantissa_bits))
+    return struct.unpack("<d", struct.pack("<Q", d))[0]
+
+
+def _double_nan_to_pattern(x: float, layout: BitLayout) -> int:
+    d = struct.unpack("<Q", struct.pack("<d", x))[0]
+    mantissa = (d & ((1 << 52) - 1)) >> (52 - layout.mantissa_bits)
+    if mantissa == 0:  # a payload only in bits the narrow format lacks: a quiet NaN
+        mantissa = 1 << (layout.mantissa_bits - 1)
+    exponent = (1 << layout.exponent_bits) - 1
+    return ((d >> 63) << layout.sign_bit) | (exponent << layout.mantissa_bits) | mantissa
+
+
 def to_bits(x: float | int, dtype: torch.dtype) -> int:
-    """The unsigned bit pattern of one scalar in `dtype` (for tests and reports)."""
+    """The unsigned bit pattern of one scalar in `dtype` (for tests and reports).
+
+    A NaN keeps its sign, quiet bit and payload (see `from_bits`).
+    """
     layout = layout_of(dtype)
+    if layout.is_float and isinstance(x, float) and math.isnan(x):
+        return _double_nan_to_pattern(x, layout)
     v = int(int_view(torch.tensor([x], dtype=dtype))[0])
     return v & ((1 << layout.width) - 1)
 
 
 def from_bits(pattern: int, dtype: torch.dtype) -> float | int:
-    """The scalar of `dtype` whose unsigned bit pattern is `pattern`."""
+    """The scalar of `dtype` whose unsigned bit pattern is `pattern`.
+
+    A NaN pattern becomes a Python float NaN whose bits carry the sign, quiet bit and payload,
+    so `to_bits(from_bits(p, dtype), dtype) == p` for every pattern.
+    """
     layout = layout_of(dtype)
     if not 0 <= pattern < 1 << layout.width:
         raise ValueError(f"pattern {pattern:#x} does not fit {layout.width} bits")
+    if layout.is_float:
+        exponent = (pattern >> layout.mantissa_bits) & ((1 << layout.exponent_bits) - 1)
+        if exponent == (1 << layout.exponent_bits) - 1 and pattern & ((1 << layout.mantissa_bits)
+                                                                      - 1):
+            return _nan_to_double(pattern, layout)
     signed = pattern
     if layout.int_dtype != torch.uint8 and pattern >= 1 << (layout.width - 1):
         signed -= 1 << layout.width

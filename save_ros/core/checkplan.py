@@ -45,6 +45,8 @@ class Runtime:
     param_readers: dict[str, list[str]]  # weight -> layers that read it
     layer_params: dict[int, list[str]]  # node position -> weights it reads
     reliable_sites: list[str] = field(default_factory=list)  # module paths of reliable outputs
+    # vulnerable activation bits in normal memory, and those a redundancy check covers
+    coverage: dict[str, Any] = field(default_factory=dict)
 
     def by_kind(self) -> dict[str, int]:
         """How many layers use each check."""
@@ -54,13 +56,16 @@ class Runtime:
         return out
 
 
-def _time(fn, reps: int = 15) -> float:
-    """Best-of wall time of one call (seconds)."""
+def _time(fn, reps: int = 15, cuda: bool = False) -> float:
+    """Best-of wall time of one call (seconds); on CUDA, of the call and its kernels."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     fn()
+    sync()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -104,9 +109,13 @@ def _range_check(c: LayerCheck, ta: Any, value: torch.Tensor) -> LayerCheck:
 def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placement,
                 store: WeightStore, values: Sequence[Any], force: str = "auto",
                 robust_allowance: bool = True, min_vulnerable_share: float = 0.0,
-                chain_dmr: bool = False) -> Runtime:
+                chain_dmr: bool = False, redundancy_budget: float | None = None) -> Runtime:
     """The check of every layer, decided on the example run's `values`.
 
+    `redundancy_budget`: at most this share of one forward pass's time is spent on redundancy
+    (DMR / ABFT); the layers with the most vulnerable bits per second of check keep it, the
+    others fall back to a range check and their vulnerable bits are left unchecked (counted in
+    `Runtime.coverage`). None (the default) checks every vulnerable bit.
     `min_vulnerable_share`: a layer whose output has at most this share of vulnerable bits (of
     all its bits) gets a range check instead of redundancy; its few vulnerable bits are then left
     unchecked (counted in the reason). 0 (the default) checks every vulnerable bit.
@@ -140,7 +149,9 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
             c.reason = "checks disabled (checks='none')"
         elif ta is None:
             ins = [values[inst.index[n.name]] for n in node.all_input_nodes]
-            if _aliases_input(val, ins) and node.op != "call_module":
+            if any(val is v for v in ins):  # Dropout / Identity in eval: the same tensor
+                c.reason = "returns its input: checked where the input is produced"
+            elif _aliases_input(val, ins) and node.op != "call_module":
                 c.reason = "view of its input: checked where the input is produced"
             else:
                 c.kind, c.reason = CheckKind.DMR, "not analysed: re-computed"
@@ -159,12 +170,104 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
         if c.kind is CheckKind.DMR:
             _choose_redundancy(c, inst, store, values, force, ta, robust_allowance)
         checks.append(c)
+    coverage = _budget(inst, checks, tensors, values, redundancy_budget)
     redundant = [c for c in checks if c.kind in (CheckKind.DMR, CheckKind.ABFT)]
     if chain_dmr:
         redundant = _chain(inst, redundant)
     batch = RangeBatch([c for c in checks if c.kind is CheckKind.RANGE])
     return Runtime(analysis, placement, checks, batch, redundant, param_readers, layer_params,
-                   reliable_sites)
+                   reliable_sites, coverage)
+
+
+# relative slack of range bounds for the runtime's own arithmetic: a GPU computes fp32 convs
+# in TF32 (10-bit mantissa) by default, and fp16 / bf16 models round every layer
+_SLACK = {torch.float32: 2.0**-10, torch.float16: 2.0**-6, torch.bfloat16: 2.0**-4}
+
+
+def fit_ranges(rt: Runtime, inst: Instrumented, calibration: torch.Tensor | None,
+               example: torch.Tensor) -> None:
+    """Widen every range check to what this runtime computes: its dtype and math mode.
+
+    The analysis runs in exact fp32; the runtime may not (TF32 convolutions, an fp16 model).
+    Bounds are widened by a slack of the tensor's scale (`_SLACK` by dtype) and, with
+    calibration inputs, to the hull of what the runtime itself computes on them, so a
+    calibration input never raises a range alarm. A flip that scales a value by a power of two
+    still leaves the widened range.
+    """
+    checks = rt.range_batch.checks
+    if not checks:
+        return
+    seen_lo = [None] * len(checks)
+    seen_hi = [None] * len(checks)
+    if calibration is not None:
+        n = len(example)
+        calib = calibration.to(example.device, example.dtype)
+        batches = [calib[i : i + n] for i in range(0, min(len(calib), 256), n)
+                   if len(calib[i : i + n]) == n]
+        slices = _owner_slices(rt.range_batch)
+        with torch.inference_mode():
+            for xb in batches:
+                _, values = inst.forward(xb)
+                mn, mx = rt.range_batch.reduce(values)
+                mn, mx = mn.cpu(), mx.cpu()
+                for k, (a, b) in enumerate(slices):
+                    lo, hi = mn[a:b], mx[a:b]
+                    seen_lo[k] = lo if seen_lo[k] is None else torch.minimum(seen_lo[k], lo)
+                    seen_hi[k] = hi if seen_hi[k] is None else torch.maximum(seen_hi[k], hi)
+    for k, c in enumerate(checks):
+        lo, hi = c.range_low.float(), c.range_high.float()
+        if seen_lo[k] is not None:
+            lo, hi = torch.minimum(lo, seen_lo[k]), torch.maximum(hi, seen_hi[k])
+        slack = _SLACK.get(example.dtype, 2.0**-10) * float(torch.maximum(lo.abs(), hi.abs())
+                                                            .max())
+        c.range_low, c.range_high = lo - slack, hi + slack
+    rt.range_batch = RangeBatch(checks)
+
+
+def _owner_slices(batch: RangeBatch) -> list[tuple[int, int]]:
+    """Rows of each check in the batch's concatenated bounds."""
+    out, start = [], 0
+    for k in range(len(batch.checks)):
+        end = start
+        while end < len(batch.owner) and batch.owner[end] == k:
+            end += 1
+        out.append((start, end))
+        start = end
+    return out
+
+
+def _budget(inst: Instrumented, checks: list[LayerCheck], tensors: dict, values: Sequence[Any],
+            budget: float | None) -> dict[str, float]:
+    """Keep redundancy where it buys most within `budget` x forward time; report coverage."""
+    red = [c for c in checks if c.kind in (CheckKind.DMR, CheckKind.ABFT)]
+    vul = {c.index: float(tensors[c.name].vulnerable_bits) if c.name in tensors else 0.0
+           for c in red}
+    total = sum(vul.values())
+    out = {"vulnerable_bits": total, "covered_bits": total, "budget": budget}
+    if budget is None or not red:
+        return out
+    if budget < 0:
+        raise CheckPlanError(f"redundancy_budget must be >= 0 (a share of one forward pass), "
+                             f"got {budget}")
+    x = [values[i] for i in inst.placeholders]
+    cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in x)
+    forward_s = _time(lambda: inst.forward(*x), reps=5, cuda=cuda)
+    cost = {c.index: c.cost_s.get(c.kind.value, c.cost_s.get("dmr", 0.0)) for c in red}
+    allowed, spent, covered = budget * forward_s, 0.0, 0.0
+    for c in sorted(red, key=lambda c: -vul[c.index] / max(cost[c.index], 1e-9)):
+        if spent + cost[c.index] <= allowed:
+            spent += cost[c.index]
+            covered += vul[c.index]
+            continue
+        ta = tensors.get(c.name)
+        if ta is None:
+            continue  # not analysed: nothing to range-check against; keep its DMR
+        c.kind, c.abft = CheckKind.RANGE, None
+        c.reason = f"{vul[c.index]:.0f} vulnerable bits left to the range check " \
+            f"(redundancy budget {budget:g} of a forward pass)"
+        _range_check(c, ta, values[c.index])
+    out.update(covered_bits=covered, forward_s=forward_s, spent_s=spent)
+    return out
 
 
 def _chain(inst: Instrumented, redundant: list[LayerCheck]) -> list[LayerCheck]:
@@ -240,7 +343,8 @@ def _choose_redundancy(c: LayerCheck, inst: Instrumented, store: WeightStore,
     saved = values[c.index]
     again = c.recompute(values)
     c.exact = isinstance(again, torch.Tensor) and torch.equal(again, saved)
-    c.cost_s["dmr"] = _time(lambda: c.recompute(values))
+    cuda = isinstance(saved, torch.Tensor) and saved.is_cuda
+    c.cost_s["dmr"] = _time(lambda: c.recompute(values), cuda=cuda)
     abft = _abft(inst, c.index, store)
     if abft is None or force == "dmr":
         return
@@ -253,7 +357,7 @@ def _choose_redundancy(c: LayerCheck, inst: Instrumented, store: WeightStore,
     if excess > 0:  # the bound does not hold on a fault-free run: never use it here
         c.reason += "; ABFT bound failed on the example run, DMR used"
         return
-    c.cost_s["abft"] = _time(lambda: abft.violation(x, saved))
+    c.cost_s["abft"] = _time(lambda: abft.fails(x, saved), cuda=cuda)
     if force == "abft" or c.cost_s["abft"] < ABFT_GAIN * c.cost_s["dmr"]:
         c.kind, c.abft = CheckKind.ABFT, abft
         c.reason += f"; ABFT {c.cost_s['abft'] * 1e6:.0f} us < DMR {c.cost_s['dmr'] * 1e6:.0f} us"

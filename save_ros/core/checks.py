@@ -99,21 +99,34 @@ class AbftCheck:
             return x @ w
         return F.conv2d(x, w, None, m.stride, m.padding, m.dilation, 1).squeeze(1)
 
-    def violation(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(largest |S_y - S_c| - tolerance, that difference): positive means a fault."""
+    def excess(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """|S_y - S_c| - tolerance per output position, on the device (no host sync)."""
         s_c = self._reduce(x, self.colsum) + self.bias_sum
         s_y = y.sum(-1) if isinstance(self.module, nn.Linear) else y.sum(1)
+        return (s_y - s_c).abs() - self._tolerance(x, y)
+
+    def fails(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A device bool: the checksum exceeds its tolerance somewhere (NaN fails)."""
+        e = self.excess(x, y)
+        return ~(e <= 0).all()  # NaN compares False: a fault, never a pass
+
+    def violation(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(largest |S_y - S_c| - tolerance, that difference): positive means a fault."""
+        excess = self.excess(x, y)
+        tol_free = excess + self._tolerance(x, y)
+        # NaN in the output or input makes `excess` NaN: a fault, never a pass
+        worst = torch.nan_to_num(excess, nan=float("inf")).amax()
+        return float(worst), float(torch.nan_to_num(tol_free, nan=float("inf")).amax())
+
+    def _tolerance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The tolerance per output position (for the report of the difference)."""
         a = self._reduce(x.abs(), self.abssum) + self.bias_abs
         ya = y.abs().sum(-1) if isinstance(self.module, nn.Linear) else y.abs().sum(1)
         g_k, g_j = gamma(self.fan_in + 1), gamma(self.out_channels)
         tol = 2.0 * ((2 * g_k + 2 * g_j) * a + g_j * ya) + 1e-30
         if self.robust_allowance:
             tol = tol + self.robust_allowance * y.abs().amax()
-        diff = (s_y - s_c).abs()
-        excess = diff - tol
-        # NaN in the output or input makes `excess` NaN: a fault, never a pass
-        worst = torch.nan_to_num(excess, nan=float("inf")).amax()
-        return float(worst), float(torch.nan_to_num(diff, nan=float("inf")).amax())
+        return tol
 
 
 def abft_for(module: nn.Module, golden_weight: torch.Tensor,
@@ -135,6 +148,29 @@ def abft_for(module: nn.Module, golden_weight: torch.Tensor,
     bias_abs = float(golden_bias.double().abs().sum()) if golden_bias is not None else 0.0
     return AbftCheck(module, colsum.contiguous(), abssum.contiguous(), bias_sum, bias_abs,
                      fan_in, out_ch)
+
+
+def dmr_differs(recomputed: Any, saved: Any, exact: bool) -> torch.Tensor | bool:
+    """A device bool (no host sync): the re-computation differs from the saved value.
+
+    The device-side twin of `dmr_mismatch` for captured check programs; NaN always differs.
+    """
+    if isinstance(saved, torch.Tensor):
+        if not isinstance(recomputed, torch.Tensor) or recomputed.shape != saved.shape:
+            return True
+        if exact or not recomputed.is_floating_point():
+            return ~(recomputed == saved).all()
+        scale = recomputed.abs().amax() * 1e-6 + 1e-30
+        return ~((recomputed - saved).abs() <= 1e-5 * recomputed.abs() + scale).all()
+    if isinstance(saved, (tuple, list)):
+        if not isinstance(recomputed, (tuple, list)) or len(recomputed) != len(saved):
+            return True
+        flags = [dmr_differs(r, s, exact) for r, s in zip(recomputed, saved, strict=True)]
+        tensors = [f for f in flags if isinstance(f, torch.Tensor)]
+        if any(f is True for f in flags):
+            return True
+        return torch.stack(tensors).any() if tensors else False
+    return recomputed != saved
 
 
 def dmr_mismatch(recomputed: Any, saved: Any, exact: bool) -> str | None:
@@ -179,12 +215,11 @@ class RangeBatch:
         self.high = torch.cat(highs) if highs else torch.empty(0)
         self.owner_t = torch.tensor(self.owner, dtype=torch.int64)
 
-    def failures(self, values: Sequence[Any]) -> list[tuple[LayerCheck, str]]:
-        """The checks whose layer output leaves its range (NaN always does)."""
-        if not self.checks:
-            return []
+    def reduce(self, values: Sequence[Any], checks: Sequence[LayerCheck] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenated (mins, maxs) of the given checks' outputs (all by default), on device."""
         mins, maxs = [], []
-        for c in self.checks:
+        for c in self.checks if checks is None else checks:
             t = values[c.index]
             if c.channel_dim is None:
                 mn, mx = torch.aminmax(t)
@@ -194,7 +229,21 @@ class RangeBatch:
                 dims = [d for d in range(t.dim()) if d != c.channel_dim]
                 mins.append(t.amin(dim=dims))
                 maxs.append(t.amax(dim=dims))
-        mn, mx = torch.cat(mins), torch.cat(maxs)
+        return torch.cat(mins).float(), torch.cat(maxs).float()
+
+    def bounds_of(self, checks: Sequence[LayerCheck], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (low, high) rows of the given checks, in `reduce` order, on `device`."""
+        pos = {id(c): i for i, c in enumerate(self.checks)}
+        rows = [j for c in checks for j, o in enumerate(self.owner) if o == pos[id(c)]]
+        idx = torch.tensor(rows, dtype=torch.int64)
+        return self.low[idx.to(self.low.device)].to(device), \
+            self.high[idx.to(self.high.device)].to(device)
+
+    def failures(self, values: Sequence[Any]) -> list[tuple[LayerCheck, str]]:
+        """The checks whose layer output leaves its range (NaN always does)."""
+        if not self.checks:
+            return []
+        mn, mx = self.reduce(values)
         if self.low.device != mn.device:
             self.low, self.high = self.low.to(mn.device), self.high.to(mn.device)
         ok = (mn >= self.low) & (mx <= self.high)  # NaN compares False: a failure

@@ -21,6 +21,8 @@ hooks on the example input. Their data flow is unknown, so `needed_by(k)` is the
 
 from __future__ import annotations
 
+import copy
+import operator
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,10 +270,48 @@ def _hook_layers(model: nn.Module, example_input: torch.Tensor) -> list[Layer]:
     return layers
 
 
+# In-place ops whose out-of-place twin computes the same value.
+INPLACE_FUNCS = {operator.iadd: operator.add, operator.isub: operator.sub,
+                 operator.imul: operator.mul, operator.itruediv: operator.truediv}
+
+
+def inplace_free(model: nn.Module, gm: fx.GraphModule) -> fx.GraphModule:
+    """The traced module with every in-place op made out-of-place; the model is left as it is.
+
+    An in-place op (`nn.ReLU(inplace=True)`, `out += identity`) overwrites the value of the node
+    before it, so a pass that keeps every node's value (calibration, intervals, saved values
+    for DMR) would see the overwritten one. Modules with `inplace=True` are replaced by copies
+    with `inplace=False` in the returned GraphModule (parameters stay shared with the model).
+    """
+    graph = gm.graph
+    root: dict[str, object] = {}
+    modules = dict(model.named_modules())
+    for node in graph.nodes:
+        if node.op == "call_module":
+            mod = modules[node.target]
+            if getattr(mod, "inplace", False) is True:
+                mod = copy.copy(mod)
+                mod.inplace = False
+            root[node.target] = mod
+        elif node.op == "get_attr":
+            obj: object = model
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            root[node.target] = obj
+        elif node.op in ("call_function", "call_method"):
+            if node.kwargs.get("inplace") is True:
+                node.kwargs = {**node.kwargs, "inplace": False}
+            elif node.op == "call_function" and node.target in INPLACE_FUNCS:
+                node.target = INPLACE_FUNCS[node.target]
+    out = fx.GraphModule(root, graph, class_name=type(model).__name__)
+    out.training = model.training
+    return out
+
+
 def capture(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
     """Capture `model` as a ModelGraph: torch.fx symbolic trace, module hooks if that fails."""
     try:
-        gm = fx.symbolic_trace(model)
+        gm = inplace_free(model, fx.symbolic_trace(model))
         return ModelGraph(model, _fx_layers(gm), "fx", gm)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
         warnings.warn(

@@ -13,21 +13,17 @@ new execution, and a transient upset of the first run does not repeat in it.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from save_ros.core.graph import ModelGraph
+from save_ros.core.graph import INPLACE_FUNCS, ModelGraph
 
 LAYER_OPS = ("call_module", "call_function", "call_method")
 
-# In-place ops whose out-of-place twin computes the same value; anything else in place is refused.
-_INPLACE_FUNCS = {operator.iadd: operator.add, operator.isub: operator.sub,
-                  operator.imul: operator.mul, operator.itruediv: operator.truediv}
-
+_INPLACE_FUNCS = INPLACE_FUNCS  # anything else in place is refused
 
 def _direct(mod: nn.Module) -> Callable[..., Any] | None:
     """The torch op a common module's forward ends in, called without its Python wrappers.

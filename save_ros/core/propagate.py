@@ -50,7 +50,8 @@ _MONOTONE_FUNCS = {
     torch.clip, torch.chunk, torch.split, torch.add, operator.add, operator.iadd,
     operator.getitem, F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.relu6, F.hardtanh, F.leaky_relu, F.elu, F.softplus, torch.amax, torch.amin,
+    F.relu6, F.hardtanh, F.leaky_relu, F.elu, F.softplus, torch.amax, torch.amin, F.hardsigmoid,
+    F.selu, F.celu, torch.nn.functional.adaptive_avg_pool3d, torch.nn.functional.avg_pool3d,
     torch.movedim, torch.narrow, torch.roll, F.pad, torch.max_pool2d, torch.avg_pool1d,
 }
 _MONOTONE_METHODS = {
@@ -64,8 +65,12 @@ _MONOTONE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.Softplus,
     nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.MaxPool1d,
     nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Hardsigmoid, nn.SELU, nn.CELU,
 )
+# decreasing, then increasing, one minimum in [-5, 0]: the valley rule
+_VALLEY_MODULES = {nn.SiLU: ("silu", F.silu), nn.Hardswish: ("hardswish", F.hardswish),
+                   nn.Mish: ("mish", F.mish)}
+_VALLEY_FUNCS = {F.silu: "silu", F.hardswish: "hardswish", F.mish: "mish"}
 
 
 def _unbounded_like(example: Any) -> Any:
@@ -73,7 +78,8 @@ def _unbounded_like(example: Any) -> Any:
     if isinstance(example, torch.Tensor):
         if not example.is_floating_point():
             return example
-        return Interval(torch.full(example.shape, -math.inf), torch.full(example.shape, math.inf))
+        return Interval(torch.full(example.shape, -math.inf, device=example.device),
+                        torch.full(example.shape, math.inf, device=example.device))
     if isinstance(example, (tuple, list)):
         return type(example)(_unbounded_like(e) for e in example)
     return example
@@ -90,6 +96,8 @@ class IntervalInterpreter(fx.Interpreter):
         self.shapes = shapes or {}  # node name -> example value (batch 1), for unbounded boxes
         self.unsupported: list[str] = []
         self.boxes: dict[str, Interval] = {}
+        # nodes whose box rests on a fallback (theirs or an input's): not sound
+        self.calibrated: set[str] = set()
 
     def propagate(self, *inputs: Interval) -> dict[str, Interval]:
         """Run on the input boxes; return {node name: Interval} for every node with a box."""
@@ -110,6 +118,8 @@ class IntervalInterpreter(fx.Interpreter):
             out = self._fall_back(n, str(exc))
         except Exception as exc:  # a rule that cannot handle these arguments: never crash
             out = self._fall_back(n, f"{type(exc).__name__} in rule: {exc}")
+        if any(i.name in self.calibrated for i in n.all_input_nodes):
+            self.calibrated.add(n.name)
         if is_interval(out):
             self.boxes[n.name] = out
         return out
@@ -117,6 +127,7 @@ class IntervalInterpreter(fx.Interpreter):
     def _fall_back(self, n: fx.Node, why: str) -> Any:
         """The node's calibration box, else (-inf, inf) of its shape."""
         self.unsupported.append(f"{n.name}: {why}")
+        self.calibrated.add(n.name)
         if n.name in self.fallback:
             lo, hi = self.fallback[n.name]
             return Interval(lo.clone(), hi.clone())
@@ -149,8 +160,9 @@ class IntervalInterpreter(fx.Interpreter):
             return layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
         if isinstance(m, nn.GELU):
             return valley(lambda t: F.gelu(t, approximate=m.approximate), f"gelu{m.approximate}", x)
-        if isinstance(m, nn.SiLU):
-            return valley(F.silu, "silu", x)
+        if type(m) in _VALLEY_MODULES:
+            key, fn = _VALLEY_MODULES[type(m)]
+            return valley(fn, key, x)
         if isinstance(m, nn.Softmax):
             return softmax(x, m.dim if m.dim is not None else -1)
         if isinstance(m, nn.LogSoftmax):
@@ -191,8 +203,8 @@ class IntervalInterpreter(fx.Interpreter):
         if fn in (F.gelu,):
             approx = kwargs.get("approximate", "none")
             return valley(lambda t: F.gelu(t, approximate=approx), f"gelu{approx}", args[0])
-        if fn is F.silu:
-            return valley(F.silu, "silu", args[0])
+        if fn in _VALLEY_FUNCS:
+            return valley(fn, _VALLEY_FUNCS[fn], args[0])
         if fn in (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax):
             dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
             return softmax(args[0], dim, log=fn in (torch.log_softmax, F.log_softmax))

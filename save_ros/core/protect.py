@@ -19,6 +19,7 @@ import copy
 import itertools
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +35,12 @@ from save_ros.core.allocate import (
     plan,
 )
 from save_ros.core.analysis import Analysis, TensorKind
-from save_ros.core.checkplan import Runtime, plan_checks
+from save_ros.core.checkplan import Runtime, fit_ranges, plan_checks
 from save_ros.core.checks import CheckKind, dmr_mismatch
 from save_ros.core.edit import Repair, WeightStore
 from save_ros.core.graph import capture
 from save_ros.core.instrument import Instrumented, UnsupportedModelError
+from save_ros.core.select import SelectConfig
 from save_ros.core.verify import Detection, FaultStatus, Job, Verifier, VerifierMode
 
 __all__ = ["InferenceResult", "ProtectConfig", "ProtectedModel", "UnsupportedModelError",
@@ -61,14 +63,46 @@ class ProtectConfig:
     confirm_range_alarms: bool = True  # re-compute before calling a range excursion a fault
     robust_allowance: bool = True  # ABFT tolerance also admits flips of robust mantissa bits
     min_vulnerable_share: float = 0.0  # range check, not redundancy, at or below this share
+    # at most this share of a forward pass's time on redundancy (DMR / ABFT), spent where it
+    # covers the most vulnerable bits; the rest falls back to range checks. None: cover all
+    redundancy_budget: float | None = None
     # compare runs of DMR layers once, at the end of the run (checkplan._chain): same verified
     # outputs, fewer compares, but flips the run masks are no longer reported; off by default
     chain_dmr: bool = False
     max_reruns: int = 2  # Edit attempts before a result is reported unverified
     analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model
-    # CUDA inputs: "graph" = the CUDA-graph path of save_ros.gpu (fused device-side checks;
-    # needs verifier="thread"), "generic" = this runtime on CUDA tensors (what the node uses)
+    # what a robust flip may not change: "classification" (top-1), "regression" (every output
+    # within `tolerance`), "auto" (see core.select); `selection` gives every Selection setting
+    task: str = "auto"
+    tolerance: float | None = None
+    selection: SelectConfig | None = None
+    # CUDA inputs: "graph" = the CUDA backend (core/cuda: forward and checks in one CUDA
+    # graph), "generic" = this eager runtime on CUDA tensors (for comparison)
     cuda_backend: str = "graph"
+
+
+    def select_config(self) -> SelectConfig:
+        """The Selection settings these fields ask for (`selection` wins when given)."""
+        if self.selection is not None:
+            return self.selection
+        return SelectConfig(margin=self.margin, task=self.task, tolerance=self.tolerance)
+
+
+class UnsupportedOpWarning(UserWarning):
+    """Ops without an interval rule: their ranges (and what follows) are calibrated only."""
+
+
+def warn_unsupported(analysis: Analysis) -> None:
+    """One warning naming the ops without an interval rule and what that means."""
+    if not analysis.unsupported:
+        return
+    ops = "; ".join(analysis.unsupported[:5])
+    more = f" (+{len(analysis.unsupported) - 5} more)" if len(analysis.unsupported) > 5 else ""
+    warnings.warn(UnsupportedOpWarning(
+        f"{len(analysis.unsupported)} op(s) have no interval rule: {ops}{more}. Their ranges "
+        f"and the {len(analysis.unsound)} activation range(s) computed from them are calibrated "
+        "(observed on calibration inputs), not sound: pass calibration inputs that cover real "
+        "use, or add a rule in save_ros/core/propagate.py"), stacklevel=3)
 
 
 @dataclass
@@ -103,14 +137,27 @@ def _input_bounds(input_range: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return lo_t, hi_t
 
 
-def _candidates(analysis: Analysis | None, store: WeightStore) -> list[Candidate]:
-    """Allocation candidates: every analysed weight and activation."""
+def _candidates(analysis: Analysis | None, store: WeightStore,
+                weights_covered: bool = False) -> list[Candidate]:
+    """Allocation candidates: every analysed weight and activation.
+
+    `weights_covered`: every weight is checksummed before every verdict, so a weight flip in
+    normal memory is always caught and repaired before a result is released; its vulnerable
+    bits then buy nothing in the reliable pool, which goes to activations (whose only other
+    protection is re-computation).
+    """
     if analysis is None:
         return [Candidate(n, "weight", t.numel() * t.element_size(), 0.0, 0.0)
                 for n, t in store.tensors.items()]
-    return [Candidate(t.name, "weight" if t.kind is TensorKind.WEIGHT else "activation",
-                      int(t.nbytes), float(t.vulnerable_bits), float(t.score))
-            for t in analysis.tensors.values()]
+    out = []
+    for t in analysis.tensors.values():
+        weight = t.kind is TensorKind.WEIGHT
+        if weight and weights_covered:
+            out.append(Candidate(t.name, "weight", int(t.nbytes), 0.0, 0.0))
+        else:
+            out.append(Candidate(t.name, "weight" if weight else "activation", int(t.nbytes),
+                                 float(t.vulnerable_bits), float(t.score)))
+    return out
 
 
 class ProtectedModel:
@@ -156,12 +203,17 @@ class ProtectedModel:
         budget = self.config.reliable_budget_bytes
         if budget is None:
             budget = default_budget(self._store.nbytes, self.config.reliable_budget_fraction)
-        placement = plan(_candidates(analysis, self._store), budget, self._store.nbytes)
+        covered = self.config.weight_check_interval == 1 and \
+            self.config.weight_check_budget_s is None
+        placement = plan(_candidates(analysis, self._store, covered), budget,
+                         self._store.nbytes)
         with torch.inference_mode():
             _, values = self._inst.forward(self._example)
             rt = plan_checks(self._inst, analysis, placement, self._store, values,
                              self.config.checks, self.config.robust_allowance,
-                             self.config.min_vulnerable_share, self.config.chain_dmr)
+                             self.config.min_vulnerable_share, self.config.chain_dmr,
+                             self.config.redundancy_budget)
+            fit_ranges(rt, self._inst, self.config.calibration, self._example)
         n = self._store.n_chunks()
         self._chunks_per_job = n
         if self.config.weight_check_budget_s is not None:
@@ -261,7 +313,7 @@ class ProtectedModel:
             # and inferences keep running on the live model meanwhile
             shadow = copy.deepcopy(self.model)
             analysis = analyze(shadow, self._example, self._input_range, calib,
-                               self.config.margin)
+                               config=self.config.select_config())
             rt = self._build_runtime(analysis)
             self._rt = rt  # one reference swap: inferences pick up the new plan whole
         return rt
@@ -505,7 +557,7 @@ class ProtectedModel:
 
 
 def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
-            config: ProtectConfig | None = None) -> ProtectedModel:
+            config: ProtectConfig | None = None, fault_sites: bool = False) -> ProtectedModel:
     """Analyse, allocate and instrument `model`; return it protected (it is changed in place:
     its weights move into checksummed flat storage, in-place modules become out-of-place)."""
     config = config or ProtectConfig()
@@ -515,19 +567,30 @@ def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
     _input_bounds(input_range)
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor shaped like one batch of real input")
+    devices = {p.device for p in model.parameters()}
+    if devices and devices != {example_input.device}:
+        raise ValueError(f"the model is on {', '.join(sorted(map(str, devices)))} but "
+                         f"example_input on {example_input.device}: move both to one device "
+                         "(model.to(device), x.to(device)) before protect()")
     model.eval()
     analysis = config.analysis
     if analysis is None:
         from save_ros.core.select import analyze
 
-        analysis = analyze(model, example_input, input_range, config.calibration, config.margin)
-    if example_input.is_cuda and config.cuda_backend == "graph" and config.verifier == "thread":
-        # The CUDA-graph path (measured on an H100: docs/results/gpu.md); same infer() contract,
-        # its status converts with `status.to_fault_status()`.
-        from save_ros.gpu.runtime import CudaProtectedModel, GpuProtectConfig
+        calib = config.calibration
+        if calib is not None:
+            calib = calib.to(example_input.device)
+        analysis = analyze(model, example_input, input_range, calib,
+                           config=config.select_config())
+    warn_unsupported(analysis)
+    if example_input.is_cuda and config.cuda_backend == "graph":
+        # one replay of a CUDA graph per inference, checks captured beside the forward;
+        # the same contract as the CPU runtime (core/cuda/runtime.py)
+        from save_ros.core.cuda.runtime import CudaProtectedModel
 
-        return CudaProtectedModel(
-            model, example_input,
-            GpuProtectConfig(checksum_every=max(1, config.weight_check_interval)),
-            analysis=analysis, calibration=config.calibration)
+        return CudaProtectedModel(model, example_input, input_range, config, analysis,
+                                  fault_sites=fault_sites)
+    if fault_sites:
+        raise ValueError("fault_sites=True compiles activation fault sites into the CUDA "
+                         "program; on the CPU, inject with save_ros.faults (hooks)")
     return ProtectedModel(model, example_input, input_range, config, analysis)

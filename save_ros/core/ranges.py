@@ -1,10 +1,20 @@
 """Value ranges of every activation: sound boxes from the input box, and calibration ranges.
 
 `node_ranges(graph, example_input, input_range, calibration, ...)` returns one `NodeRange` per
-fx node with a float tensor value: the sound elementwise box (interval propagation, batch 1), the
+fx node with a float tensor value: the elementwise box from interval propagation (batch 1), the
 calibration elementwise min / max (and a sample of calibration values for bit attribution), and
-per-channel sound and calibration ranges. Calibration ranges are widened by `margin` x their width
-on each side, then clipped to the sound box (which holds for every valid input anyway).
+per-channel interval and calibration ranges. Calibration ranges are widened by `margin` x their
+width on each side, then clipped to the interval box.
+
+The interval box is *sound* (holds for every input in the box) only where every op on the way
+from the input has an interval rule; a node without one takes its calibration box, and it and
+everything computed from it are marked `sound=False` (`calibrated` in reports): clipping to such a
+box is not a guarantee.
+
+Memory stays a small multiple of one forward pass: calibration runs in batches, per node it keeps
+the elementwise min / max (one sample's size) and, for bit attribution, the values of at most
+`attr_elements` (sample, element) pairs: the first `keep` samples at a seeded set of element
+positions (all positions when one sample has few enough elements).
 """
 
 from __future__ import annotations
@@ -34,11 +44,14 @@ class NodeRange:
     sound: Interval  # elementwise, batched shape with batch size 1
     calib_lo: torch.Tensor  # elementwise observed min (batched shape, batch 1), not widened
     calib_hi: torch.Tensor
-    samples: torch.Tensor | None  # calibration values kept for attribution (batch-major)
+    samples: torch.Tensor | None  # kept calibration values for attribution: (keep, positions)
     sound_lo_ch: torch.Tensor | None = None
     sound_hi_ch: torch.Tensor | None = None
     calib_lo_ch: torch.Tensor | None = None  # widened by the margin, clipped to sound
     calib_hi_ch: torch.Tensor | None = None
+    positions: torch.Tensor | None = None  # flat element positions (in one sample) kept
+    other_max: torch.Tensor | None = None  # max-pool masking: the window max of the others
+    is_sound: bool = True  # False: an op on the way has no interval rule (calibrated box)
 
 
 def input_box(input_range, example_input: torch.Tensor) -> Interval:
@@ -56,7 +69,7 @@ def input_box(input_range, example_input: torch.Tensor) -> Interval:
     shape = (1, *example_input.shape[1:])
     bounds = []
     for b in (low, high):
-        t = torch.as_tensor(b, dtype=torch.float32)
+        t = torch.as_tensor(b, dtype=torch.float32).to(example_input.device)
         if t.dim() == 1 and t.numel() > 1 and (len(shape) < 2 or t.numel() != shape[1]):
             raise InputRangeError(
                 f"input_range has {t.numel()} values per bound but inputs have "
@@ -103,11 +116,40 @@ def _batch_dim(full: torch.Size, one: torch.Size) -> int | None:
     return diff[0] if len(diff) == 1 else (0 if full == one else None)
 
 
-def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_size: int = 256):
-    """Run calibration batches; return {node: (min, max, kept samples)} along the batch dim."""
+@dataclass
+class _Stats:
+    """Running calibration statistics of one node."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    bdim: int
+    positions: torch.Tensor | None
+    kept: list[torch.Tensor]
+    other: list[torch.Tensor]
+
+
+def _positions(numel: int, cap: int, seed: int, device) -> torch.Tensor | None:
+    """None (every element) when `numel` <= cap, else `cap` seeded distinct flat positions."""
+    if numel <= cap:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(numel, generator=g)[:cap].sort().values.to(device)
+
+
+def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_size: int = 256,
+              attr_elements: int = 1 << 18, pools: dict[str, int] | None = None,
+              seed: int = 0) -> dict[str, _Stats]:
+    """Run calibration batches; per node the min / max along the batch and kept values.
+
+    `pools`: nodes whose every consumer is a non-overlapping k x k max pool; for those the max of
+    the other elements of each kept element's window is kept too (exact max-pool masking).
+    """
+    from save_ros.core.attribution import pool_other_max
+
+    pools = pools or {}
     one_out, one = graph.record(calibration[:1])
     del one_out
-    stats: dict[str, list] = {}
+    stats: dict[str, _Stats] = {}
     for start in range(0, len(calibration), batch_size):
         chunk = calibration[start : start + batch_size]
         _, values = graph.record(chunk)
@@ -117,16 +159,26 @@ def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_siz
             bdim = 0 if len(chunk) == 1 else _batch_dim(v.shape, one[name].shape)
             if bdim is None:
                 continue
+            v = v.detach()
             lo, hi = v.amin(bdim, keepdim=True), v.amax(bdim, keepdim=True)
-            kept = v.movedim(bdim, 0)[: max(0, keep - start)] if start < keep else None
-            if name not in stats:
-                stats[name] = [lo, hi, [kept] if kept is not None else [], bdim]
+            s = stats.get(name)
+            if s is None:
+                per = max(1, attr_elements // max(1, keep))
+                pos = _positions(v[0].numel() if bdim == 0 else v.numel(), per,
+                                 seed + len(stats), v.device)
+                s = stats[name] = _Stats(lo, hi, bdim, pos, [], [])
             else:
-                s = stats[name]
-                s[0], s[1] = torch.minimum(s[0], lo), torch.maximum(s[1], hi)
-                if kept is not None and len(kept):
-                    s[2].append(kept)
-    return {n: (s[0], s[1], torch.cat(s[2]) if s[2] else None, s[3]) for n, s in stats.items()}
+                torch.minimum(s.lo, lo, out=s.lo)
+                torch.maximum(s.hi, hi, out=s.hi)
+            if start < keep:
+                rows = v.movedim(bdim, 0)[: keep - start]
+                flat = rows.reshape(len(rows), -1)
+                s.kept.append(flat if s.positions is None else flat[:, s.positions].clone())
+                if name in pools and rows.dim() == 4:
+                    om = pool_other_max(rows, pools[name]).reshape(len(rows), -1)
+                    s.other.append(om if s.positions is None else om[:, s.positions].clone())
+        del values
+    return stats
 
 
 def node_ranges(
@@ -136,32 +188,41 @@ def node_ranges(
     calibration: torch.Tensor | None,
     margin: float = 0.1,
     keep: int = 64,
+    attr_elements: int = 1 << 18,
+    pools: dict[str, int] | None = None,
+    batch_size: int = 256,
 ) -> tuple[dict[str, NodeRange], list[str]]:
-    """Sound and calibration ranges of every float node; also the ops that fell back."""
+    """Interval and calibration ranges of every float node; also the ops that fell back."""
     if graph.gm is None:
         raise NotImplementedError("interval propagation needs an fx capture")
     with torch.no_grad():
-        calib = calibrate(graph, calibration if calibration is not None else example_input, keep)
+        calib = calibrate(graph, calibration if calibration is not None else example_input, keep,
+                          batch_size, attr_elements, pools)
         _, one = graph.record(example_input[:1])
         shapes = dict(one)  # example values: the structure of unbounded fallbacks
         fallback = {}
-        for n, (lo, hi, _, _) in calib.items():
-            w = hi - lo
-            fallback[n] = (lo - margin * w, hi + margin * w)
+        for n, s in calib.items():
+            w = s.hi - s.lo
+            fallback[n] = (s.lo - margin * w, s.hi + margin * w)
         interp = IntervalInterpreter(graph.gm, fallback, shapes)
         boxes = interp.propagate(input_box(input_range, example_input))
+        del one, shapes
     kinds = {layer.name: layer.kind for layer in graph.layers}
     out: dict[str, NodeRange] = {}
-    for name, (lo, hi, samples, bdim) in calib.items():
+    for name, s in calib.items():
         if name not in boxes:
             continue
         box = boxes[name]
+        lo, hi = s.lo, s.hi
         if box.lo.shape != lo.shape:
             continue
         full_shape = tuple(lo.shape)
-        cdim = channel_dim_of(full_shape, kinds.get(name, "")) if bdim == 0 else None
-        r = NodeRange(name, full_shape[1:] if bdim == 0 else full_shape, bdim, cdim, box, lo, hi,
-                      samples)
+        cdim = channel_dim_of(full_shape, kinds.get(name, "")) if s.bdim == 0 else None
+        samples = torch.cat(s.kept) if s.kept else None
+        r = NodeRange(name, full_shape[1:] if s.bdim == 0 else full_shape, s.bdim, cdim, box,
+                      lo, hi, samples, positions=s.positions,
+                      other_max=torch.cat(s.other) if s.other else None,
+                      is_sound=name not in interp.calibrated)
         r.sound_lo_ch, r.sound_hi_ch = _per_channel(box.lo, box.hi, cdim)
         clo, chi = _per_channel(lo, hi, cdim)
         if clo is not None:

@@ -2,6 +2,10 @@
 
     save-ros analyze --model digits_cnn [--calibration N] [--out FILE] [--report FILE]
                      [--validate [--per-class K] [--eval-inputs N] [--seed S]]
+    save-ros analyze --model my_pkg.nets:make_net --input-shape 3,32,32 --input-range 0,1
+
+`--model` is a bundled or zoo name, or an import path (see `save_ros.eval.model_cli` for the
+input options such a model needs).
 
 Prints one row per weight and activation (checked range, looseness of the sound range, shares
 of robust / ranging / vulnerable bits, vulnerable bits per byte) and the totals. `--out` saves
@@ -29,8 +33,9 @@ from save_ros.core.select import SelectConfig, analyze
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `save-ros analyze`."""
     from save_ros import models
+    from save_ros.eval import model_cli
 
-    parser.add_argument("--model", default=models.DEFAULT_MODEL, choices=models.available())
+    model_cli.add_arguments(parser, default=models.DEFAULT_MODEL)
     parser.add_argument("--calibration", type=int, default=None, metavar="N",
                         help="use the first N calibration samples (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="save the Analysis (.json/.yaml)")
@@ -54,14 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(random weights, seed 0) to show how time grows with size")
 
 
-def run_analysis(name: str, calibration: int | None, config: SelectConfig
+def run_analysis(name: str, calibration: int | None, config: SelectConfig, setup=None
                  ) -> tuple[Analysis, torch.nn.Module, float]:
-    """Load a bundled model and analyse it; return (analysis, model, seconds)."""
+    """Load a model (bundled, or `setup`'s) and analyse it; return (analysis, model, seconds)."""
     from save_ros import models
 
-    spec = models.get_spec(name)
-    model = models.load(name)
-    xc, _ = models.dataset(name, "calib")
+    if setup is None:
+        spec, model = models.get_spec(name), models.load(name)
+        xc, _ = models.dataset(name, "calib")
+    else:
+        spec, model, xc = setup.spec, setup.build(), setup.calib[0]
     if calibration is not None:
         if calibration < 1:
             raise ValueError(f"--calibration must be >= 1, got {calibration}")
@@ -139,6 +146,7 @@ def scaling(widths: list[int], calibration: int | None, config: SelectConfig) ->
 def run(args: argparse.Namespace) -> int:
     """Entry point of `save-ros analyze`."""
     from save_ros import models
+    from save_ros.eval import model_cli
     from save_ros.eval.validate import validate
 
     torch.set_num_threads(args.threads)
@@ -172,8 +180,17 @@ def run(args: argparse.Namespace) -> int:
     config = SelectConfig(margin=args.margin, fraction=args.fraction,
                           gap_quantile=args.gap_quantile)
     try:
-        analysis, model, seconds = run_analysis(args.model, args.calibration, config)
-    except ValueError as exc:  # bad arguments or input box: say what to change
+        setup = None
+        if model_cli.is_import_path(args.model):
+            setup = model_cli.setup_from_args(args, args.eval_inputs)
+        else:
+            stray = [o for o in ("input_shape", "input_range", "task", "tolerance", "inputs")
+                     if getattr(args, o, None) is not None]
+            if stray:
+                raise model_cli.ModelArgError(
+                    f"--{stray[0].replace('_', '-')} is for a model given by import path")
+        analysis, model, seconds = run_analysis(args.model, args.calibration, config, setup)
+    except (ValueError, models.ModelError) as exc:  # bad arguments or input box: what to change
         print(f"save-ros analyze: {exc}", file=sys.stderr)
         return 2
     print(f"save-ros analyze {args.model}: {len(analysis.tensors)} tensors, capture "
@@ -187,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     report |= summary(analysis, seconds)
     if args.validate:
-        xt, _ = models.dataset(args.model, "test")
+        xt = setup.x if setup is not None else models.dataset(args.model, "test")[0]
         rep = validate(model, analysis, xt[: args.eval_inputs], per_class=args.per_class,
                        seed=args.seed)
         report["validation"] = rep.to_dict()

@@ -35,6 +35,7 @@ class SaveMethod:
 
     name = "save"
     activations_injectable = True
+    fx_activation_sites = False  # the runtime runs its own fx code: only module hooks reach it
 
     def __init__(self, config: ProtectConfig | None = None) -> None:
         self.config = config

@@ -14,6 +14,13 @@ per-trial spread of the SDC rate is reported next to it); latency of one batched
 For a policy, SDC is measured on held-out states and success over gymnasium episodes run with
 the trial's faults: weight flips stay in place for all episodes; activation flips hit one
 inference drawn at random among the episodes' steps (a transient upset, see `_EpisodeFaults`).
+
+Activation sites (`activation_sites`): `fx` = the output of every computing torch.fx node,
+functional ops (residual adds, attention, SiLU, ...) included, named by node; `modules` =
+leaf-module outputs by module path (the campaigns before fx sites); `auto` (default) = fx when
+the model traces and every method runs `method.model(x)` (a method that executes its own graph,
+like SAVE's runtime, says `fx_activation_sites = False`), else modules for every method, so
+methods of one run always meet the same kind of sites. The result records which and why.
 """
 
 from __future__ import annotations
@@ -44,11 +51,13 @@ from save_ros.faults import (
     TargetKind,
     activation_sites,
     apply_bit_faults,
+    resolve_sites,
     weight_sites,
 )
 from save_ros.faults.records import UndoLog
 
 TARGETS = ("weights", "activations", "both")
+ACTIVATION_SITES = ("auto", "fx", "modules")
 
 
 class CampaignError(ValueError):
@@ -69,10 +78,14 @@ class CampaignConfig:
     episodes: int = 3  # per trial, for control policies
     bits: tuple[int, ...] | None = None  # restrict flipped bit positions; None = all
     ber: tuple[float, ...] = ()  # bit error rates: when given, points are rates, not flips
+    activation_sites: str = "auto"  # fx | modules | auto (module docstring)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise CampaignError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
+        if self.activation_sites not in ACTIVATION_SITES:
+            raise CampaignError(f"activation_sites must be one of {', '.join(ACTIVATION_SITES)}, "
+                                f"not {self.activation_sites!r}")
         if self.trials < 1 or self.batch < 1 or self.episodes < 0:
             raise CampaignError("trials and batch must be >= 1 and episodes >= 0")
         if any(n < 0 for n in self.flips):
@@ -88,8 +101,9 @@ class EvalSetup:
     name: str
     build: Callable[[], nn.Module]  # a fresh fault-free model for each method
     x: torch.Tensor
-    y: torch.Tensor | None  # labels (classification); None for a policy
-    task: str = "classification"
+    y: torch.Tensor | None  # labels (classification); None for a policy or a regression
+    task: str = "classification"  # classification | control | regression
+    tolerance: tuple[float, float] | None = None  # (rtol, atol): regression outputs compared
     spec: Any = None
     calib: tuple[torch.Tensor, torch.Tensor] | None = None
     episodes: Callable[[Callable[[torch.Tensor], torch.Tensor], int], float] | None = None
@@ -170,8 +184,9 @@ class _EpisodeFaults:
     """
 
     def __init__(self, method: Method, sites: list[Site], n: int, steps: int,
-                 gen: torch.Generator | None, bit_set: tuple[int, ...] | None = None):
-        self.method, self.calls = method, 0
+                 gen: torch.Generator | None, bit_set: tuple[int, ...] | None = None,
+                 naming: str = "modules"):
+        self.method, self.calls, self.naming = method, 0, naming
         self.at, self.faults = -1, []
         if n and sites and gen is not None:
             self.at = int(torch.randint(0, max(1, steps), (1,), generator=gen))
@@ -182,14 +197,14 @@ class _EpisodeFaults:
         self.calls += 1
         if not hit:
             return self.method.predict(x)[0]
-        with ActivationFaults(self.method.model, self.faults):
+        with ActivationFaults(self.method.model, self.faults, sites=self.naming):
             return self.method.predict(x)[0]
 
 
 def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean: torch.Tensor,
            w_sites: list[Site], a_sites: list[Site], a_sites_1: list[Site],
            progress: Callable[[str], None] | None, clean_success: float | None = None,
-           ber: tuple[int, float] | None = None) -> dict:
+           ber: tuple[int, float] | None = None, naming: str = "modules") -> dict:
     """Run the trials of one (method, flip count) point, or of one bit error rate.
 
     With `ber = (index, rate)` each trial draws its flip count Binomial(pool bits, rate) and
@@ -215,7 +230,7 @@ def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean:
         wf, af = _split(faults, wnames)
         log = UndoLog(apply_bit_faults(tensors, wf))
         try:
-            with ActivationFaults(method.model, af):
+            with ActivationFaults(method.model, af, sites=naming):
                 t0 = time.perf_counter()
                 out, det = method.predict(setup.x)
                 lat.append(time.perf_counter() - t0)
@@ -223,16 +238,18 @@ def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean:
                 if faults or clean_success is None:
                     policy = _EpisodeFaults(method, a_sites_1, len(af),
                                             cfg.episodes * setup.episode_steps, gen,
-                                            cfg.bits)
+                                            cfg.bits, naming)
                     acc.append(setup.episodes(policy, cfg.episodes))
                 else:
                     acc.append(clean_success)
         finally:
             log.undo(tensors)
             method.reset()
-        o = compare(clean, out, det, setup.y)
+        o = compare(clean, out, det, setup.y, setup.tolerance)
         if setup.y is not None:
             acc.append(float(o.correct.float().mean()))
+        elif setup.task == "regression":  # share of outputs within tolerance of the clean ones
+            acc.append(1.0 - float(o.changed.float().mean()))
         k = len(o.changed)
         counts["samples"] += k
         counts["changed"] += int(o.changed.sum())
@@ -263,6 +280,31 @@ def _point(method: Method, setup: EvalSetup, cfg: CampaignConfig, n: int, clean:
     }
 
 
+def activation_naming(cfg: CampaignConfig, setup: EvalSetup,
+                      methods: Sequence[Method]) -> tuple[str, str]:
+    """(`fx` or `modules`, why) for the run's activation sites (see the module docstring)."""
+    if cfg.target == "weights":
+        return "modules", "weight faults only (no activation sites)"
+    if cfg.activation_sites == "modules":
+        return "modules", "asked for"
+    traceable = resolve_sites(setup.build(), "auto") == "fx"
+    own_graph = [m.name for m in methods if not getattr(m, "fx_activation_sites", True)]
+    if cfg.activation_sites == "fx":
+        if not traceable:
+            raise CampaignError(f"{setup.name} does not trace with torch.fx, so it has no fx "
+                                "activation sites; use --activation-sites modules")
+        if own_graph:
+            raise CampaignError(f"method(s) {', '.join(own_graph)} run their own graph, which "
+                                "fx-site taps cannot reach; use --activation-sites modules")
+        return "fx", "asked for"
+    if not traceable:
+        return "modules", "the model does not trace with torch.fx"
+    if own_graph:
+        return "modules", (f"method(s) {', '.join(own_graph)} run their own graph, which "
+                           "fx-site taps cannot reach")
+    return "fx", "the model traces and every method runs model(x)"
+
+
 def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
                  progress: Callable[[str], None] | None = None,
                  command: Sequence[str] | None = None) -> dict:
@@ -270,6 +312,7 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
     setup = setup or registry_setup(cfg.model, cfg.batch, cfg.episodes)
     started = time.time()
     points, methods = [], {}
+    naming, why = activation_naming(cfg, setup, [get_method(n) for n in cfg.methods])
     for name in cfg.methods:
         method = get_method(name)
         method.prepare(setup.build(), setup.spec, setup.calib)
@@ -282,7 +325,8 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
         if cfg.target != "weights" and method.activations_injectable:
             # a method may keep some layer outputs in reliable memory (SAVE's pool)
             act = Target(TargetKind.ACTIVATIONS,
-                         exclude=frozenset(getattr(method, "activation_exclude", ())))
+                         exclude=frozenset(getattr(method, "activation_exclude", ())),
+                         sites=naming)
             try:
                 a_sites = activation_sites(method.model, setup.x, act)
                 if setup.episodes is not None:
@@ -292,22 +336,24 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
         info = {"clean_detected": int(torch.as_tensor(clean_det).sum()),
                 "weight_tensors": len(w_sites),
                 "weight_bits": sum(s.numel * s.width for s in w_sites),
-                "activation_sites": len(a_sites),
+                "activation_sites": len(a_sites), "activation_naming": naming,
                 "activation_bits": sum(s.numel * s.width for s in a_sites)}
         if setup.y is not None:
             info["clean_accuracy"] = float((clean.argmax(1) == setup.y).float().mean())
         if setup.episodes is not None and cfg.episodes > 0:
-            info["clean_success"] = setup.episodes(_EpisodeFaults(method, [], 0, 0, None),
+            info["clean_success"] = setup.episodes(_EpisodeFaults(method, [], 0, 0, None,
+                                                                  naming=naming),
                                                    cfg.episodes)
         methods[name] = info
         if cfg.ber:
             for i, rate in enumerate(cfg.ber):
                 points.append(_point(method, setup, cfg, 0, clean, w_sites, a_sites, a_sites_1,
-                                     progress, info.get("clean_success"), (i, rate)))
+                                     progress, info.get("clean_success"), (i, rate), naming))
         else:
             for n in cfg.flips:
                 points.append(_point(method, setup, cfg, n, clean, w_sites, a_sites,
-                                     a_sites_1, progress, info.get("clean_success")))
+                                     a_sites_1, progress, info.get("clean_success"),
+                                     naming=naming))
     cfg_d = asdict(cfg)
     return {
         "kind": "save_ros.campaign", "version": 1,
@@ -315,6 +361,8 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": time.time() - started, "machine": machine_info(), "config": cfg_d,
         "model": {"name": setup.name, "task": setup.task, "eval_data": setup.data},
+        "activation_sites": {"naming": "none" if cfg.target == "weights" else naming,
+                             "why": why},
         "seed_rule": "trial seed = (seed * 1000003 + key) * 10007 + trial; key = flips, or "
                      "-(index + 1) of the bit error rate",
         "fault_model": "distinct single-bit flips, uniform per bit over the target pool; with "

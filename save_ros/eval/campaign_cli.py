@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
+from save_ros.eval import model_cli
 from save_ros.eval.campaign import (
+    ACTIVATION_SITES,
     TARGETS,
     CampaignConfig,
     CampaignError,
@@ -17,7 +19,7 @@ from save_ros.eval.campaign import (
     write_json,
 )
 from save_ros.eval.methods import UnknownMethodError
-from save_ros.faults import EmptyTargetError, NoBitsError
+from save_ros.faults import EmptyTargetError, NoBitsError, UnknownNameError
 from save_ros.models import ModelError
 
 
@@ -64,9 +66,12 @@ def method_list(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `save-ros campaign`."""
-    parser.add_argument("--model", default="digits_cnn", help="bundled model (save_ros.models)")
+    model_cli.add_arguments(parser)
     parser.add_argument("--target", choices=TARGETS, default="weights",
                         help="memory the flips hit (both = uniform per bit over the union)")
+    parser.add_argument("--activation-sites", choices=ACTIVATION_SITES, default="auto",
+                        help="activation faults at every fx node (fx), at leaf-module outputs "
+                             "(modules), or fx where the model and every method allow (auto)")
     parser.add_argument("--flips", type=int_list, default=(1, 16, 256, 4096),
                         help="flip counts per trial, comma-separated (default 1,16,256,4096)")
     parser.add_argument("--ber", type=float_list, default=(),
@@ -77,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", type=method_list, default=("unprotected",),
                         help="comma-separated methods (see save_ros.eval.methods.METHODS)")
     parser.add_argument("--batch", type=int, default=256,
-                        help="evaluation samples: a fixed strided subset of the test split")
+                        help="evaluation samples: a fixed strided subset of the test split "
+                             "(import-path models: this many inputs)")
     parser.add_argument("--episodes", type=int, default=3,
                         help="gymnasium episodes per trial for a control policy (0 = none)")
     parser.add_argument("--bits", type=bit_list, default=None,
@@ -111,7 +117,7 @@ class Progress:
 def format_table(result: dict) -> str:
     """A readable table of a campaign result: one row per (method, flips)."""
     task = result["model"]["task"]
-    acc = "success" if task == "control" else "accuracy"
+    acc = {"control": "success", "regression": "within tol"}.get(task, "accuracy")
     w = max([13] + [len(p["method"]) + 2 for p in result["points"]])  # method column width
     head = (f"{'method':<{w}}{'target':<12}{'flips':>7}  {acc + ' mean±std':<19}{'min..max':<13}"
             f"{'SDC rate [95% CI]':<24}{'detected':>9}{'NaN/Inf':>8}{'ms/batch':>10}")
@@ -136,17 +142,22 @@ def run(args: argparse.Namespace) -> int:
                              trials=args.trials, seed=args.seed,
                              methods=args.method,
                              batch=args.batch, episodes=args.episodes, bits=args.bits,
-                             ber=args.ber)
-        result = run_campaign(cfg, progress=None if args.quiet else Progress(),
+                             ber=args.ber, activation_sites=args.activation_sites)
+        setup = model_cli.setup_from_args(args, cfg.batch, cfg.episodes)
+        result = run_campaign(cfg, setup, progress=None if args.quiet else Progress(),
                               command=["save-ros", "campaign", *sys.argv[2:]]
                               if sys.argv[1:2] == ["campaign"] else sys.argv)
-    except (CampaignError, UnknownMethodError, ModelError, EmptyTargetError, NoBitsError) as exc:
+    except (CampaignError, UnknownMethodError, ModelError, EmptyTargetError, NoBitsError,
+            model_cli.ModelArgError, UnknownNameError) as exc:
         print(f"save-ros campaign: {exc}", file=sys.stderr)
         return 2
     methods = ", ".join(f"{k}: clean " + ", ".join(f"{kk}={vv:.4g}" for kk, vv in v.items()
                                                    if kk.startswith("clean_"))
                         for k, v in result["methods"].items())
     print(f"{result['model']['name']} ({result['model']['eval_data']}); {methods}")
+    if result["activation_sites"]["naming"] != "none":
+        sites = result["activation_sites"]
+        print(f"activation sites: {sites['naming']} ({sites['why']})")
     print(format_table(result))
     print(f"wall time {result['wall_s']:.1f} s")
     if args.json:

@@ -17,6 +17,9 @@ Contract:
   a memory fault can reach. A method that keeps tensors in reliable memory leaves them out; an
   ECC oracle returns {}.
 - `activations_injectable`: False when activation memory is protected too (the ECC oracle).
+- `fx_activation_sites` (optional, default True): False when `predict` does not run
+  `self.model(x)` (SAVE's runtime executes its own graph), so fx-node fault taps cannot reach
+  it; a campaign then uses module-path activation sites for every method of the run.
 - `predict(x) -> (outputs, detected)`: outputs as the method publishes them, `detected` a bool
   tensor, one per sample (or a single one for the whole batch).
 - `reset()`: after `log.undo`, clear whatever the trial left in the method (repair state,
@@ -73,6 +76,7 @@ class ForwardMethod:
 
     name = "forward"
     activations_injectable = True
+    fx_activation_sites = True
 
     def __init__(self) -> None:
         self.model: nn.Module = nn.Identity()

@@ -69,7 +69,8 @@ class Proportion:
 class SampleOutcome:
     """Per-sample outcome of one faulty run against its fault-free reference."""
 
-    changed: torch.Tensor  # top-1 (or action) differs from the fault-free run
+    changed: torch.Tensor  # top-1 (or action) differs from the fault-free run (regression:
+    # some output leaves the tolerance around the fault-free one)
     detected: torch.Tensor  # the method flagged the sample
     nonfinite: torch.Tensor  # the output holds NaN or Inf
     correct: torch.Tensor | None  # top-1 equals the label (classification)
@@ -81,12 +82,21 @@ class SampleOutcome:
 
 
 def compare(clean: torch.Tensor, faulty: torch.Tensor, detected: torch.Tensor,
-            labels: torch.Tensor | None = None) -> SampleOutcome:
+            labels: torch.Tensor | None = None,
+            tolerance: tuple[float, float] | None = None) -> SampleOutcome:
     """Compare faulty logits with the fault-free ones, sample by sample.
 
     A sample whose output holds NaN/Inf counts as changed: argmax of NaN logits is meaningless.
+    With `tolerance = (rtol, atol)` the outputs are continuous (a regression): a sample changed
+    when any output differs from the fault-free one by more than atol + rtol * |clean|.
     """
     nonfinite = ~torch.isfinite(faulty).reshape(len(faulty), -1).all(dim=1)
+    if tolerance is not None:
+        rtol, atol = tolerance
+        a, b = faulty.reshape(len(faulty), -1), clean.reshape(len(clean), -1)
+        changed = ~((a - b).abs() <= atol + rtol * b.abs()).all(dim=1) | nonfinite
+        return SampleOutcome(changed, detected.reshape(-1).to(torch.bool).expand(len(faulty)),
+                             nonfinite, None)
     pred = faulty.argmax(dim=1)
     changed = (pred != clean.argmax(dim=1)) | nonfinite
     correct = None if labels is None else (pred == labels) & ~nonfinite

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from save_ros.cli import positive_int
-from save_ros.eval.campaign import EvalSetup, machine_info, registry_setup, write_json
+from save_ros.eval import model_cli
+from save_ros.eval.campaign import EvalSetup, machine_info, write_json
 from save_ros.eval.metrics import Proportion, compare
 from save_ros.faults import RandomFlips, apply_bit_faults, weight_sites
 from save_ros.faults.records import UndoLog
@@ -54,7 +55,8 @@ def layer_pvf(setup: EvalSetup, samples: int = 200, seed: int = 0,
                     out = model(x)
             finally:
                 log.undo(tensors)
-            o = compare(clean, out, torch.zeros(len(x), dtype=torch.bool))
+            o = compare(clean, out, torch.zeros(len(x), dtype=torch.bool),
+                        tolerance=setup.tolerance)
             hits += bool(o.changed.any())
             per_sample += int(o.changed.sum())
             nonfinite += bool(o.nonfinite.any())
@@ -72,7 +74,7 @@ def layer_pvf(setup: EvalSetup, samples: int = 200, seed: int = 0,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `save-ros pvf`."""
-    parser.add_argument("--model", default="digits_cnn", help="bundled model (save_ros.models)")
+    model_cli.add_arguments(parser)
     parser.add_argument("--samples", type=int, default=200, help="single-bit flips per layer")
     parser.add_argument("--batch", type=positive_int, default=128,
                         help="evaluation samples: a fixed strided subset of the test split")
@@ -90,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print("save-ros pvf: --samples must be >= 1", file=sys.stderr)
         return 2
     try:
-        setup = registry_setup(args.model, args.batch, episodes=0)
-    except ModelError as exc:
+        setup = model_cli.setup_from_args(args, args.batch, episodes=0)
+    except (ModelError, model_cli.ModelArgError) as exc:
         print(f"save-ros pvf: {exc}", file=sys.stderr)
         return 2
     started = time.time()

@@ -13,6 +13,7 @@ from save_ros.faults.activations import (
     ActivationFaults,
     activation_faults,
     activation_sites,
+    resolve_sites,
     sample_activation_faults,
 )
 from save_ros.faults.faultlist import (
@@ -36,9 +37,11 @@ from save_ros.faults.faultmodels import (
     RandomFlips,
     StuckAt,
     bit_range,
+    check_bit_position,
     model_from_dict,
     model_to_dict,
 )
+from save_ros.faults.fxsites import UntraceableModelError
 from save_ros.faults.inject import (
     ReplayMismatchError,
     apply_bit_faults,
@@ -54,6 +57,7 @@ from save_ros.faults.targets import (
     Site,
     Target,
     TargetKind,
+    UnknownNameError,
     select_modules,
     select_weights,
     weight_sites,
@@ -64,9 +68,11 @@ __all__ = [
     "EmptyTargetError", "FaultList", "FaultModel", "FaultOp", "FaultPlan", "FlipRecord",
     "MemoryFaultModel", "NoBitsError", "PEFaultSpec", "PEFaults", "PEMode", "PESite",
     "PlanEntry", "ProcessingElementFault", "RandomFlips", "ReplayMismatchError", "Site",
-    "StuckAt", "Target", "TargetKind", "UndoLog", "UndoMismatchError", "UnsupportedLayerError",
+    "StuckAt", "Target", "TargetKind", "UndoLog", "UndoMismatchError", "UnknownNameError",
+    "UnsupportedLayerError", "UntraceableModelError",
     "activation_faults", "activation_sites", "apply_bit_faults", "apply_faults",
-    "apply_weight_faults", "bit_range", "inject_weights", "model_from_dict", "model_to_dict",
-    "replay", "sample_activation_faults", "sample_pe_faults", "sample_weight_faults",
-    "select_modules", "select_weights", "weight_sites",
+    "apply_weight_faults", "bit_range", "check_bit_position", "inject_weights",
+    "model_from_dict", "model_to_dict", "replay", "resolve_sites", "sample_activation_faults",
+    "sample_pe_faults", "sample_weight_faults", "select_modules", "select_weights",
+    "weight_sites",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from save_ros.faults.activations import ActivationFaults, activation_sites
+from save_ros.faults.activations import ActivationFaults, activation_sites, resolve_sites
 from save_ros.faults.faultmodels import (
     BitFault,
     FaultModel,
@@ -94,11 +94,21 @@ class FaultPlan:
                tensors: Mapping[str, torch.Tensor] | None = None) -> FaultList:
         """Draw a FaultList; `example_input` (batch shape as run) is needed for activations.
 
-        Entries draw in order from one generator, so a seed fixes the whole list.
+        Entries draw in order from one generator, so a seed fixes the whole list. The naming of
+        the activation sites (`"fx"` or `"modules"`, from the targets' `sites`) is recorded in
+        `meta["activation_sites"]`; all activation entries of a plan must resolve to one.
         """
         gen = _generator(seed)
         out = FaultList(meta={"seed": seed if isinstance(seed, int) else None,
                               "plan": self.describe()})
+        modes = {resolve_sites(model, e.target.sites) for e in self.entries
+                 if e.target.kind is TargetKind.ACTIVATIONS
+                 and not isinstance(e.model, ProcessingElementFault)}
+        if len(modes) > 1:
+            raise ValueError("a plan's activation entries name sites one way: all fx or all "
+                             f"module paths, not {sorted(modes)}")
+        if modes:
+            out.meta["activation_sites"] = modes.pop()
         for e in self.entries:
             if isinstance(e.model, ProcessingElementFault):
                 out.pe.extend(sample_pe_faults(model, e.model, e.target, gen))
@@ -124,7 +134,8 @@ class AppliedFaults:
         self.model = model
         self.faults = faults
         self._tensors = dict(tensors) if tensors is not None else tensors_of(model)
-        self._act = ActivationFaults(model, faults.activations, once)
+        self._act = ActivationFaults(model, faults.activations, once,
+                                     faults.meta.get("activation_sites", "modules"))
         self._pe = PEFaults(model, faults.pe)
         self.log = UndoLog()
 
@@ -135,8 +146,16 @@ class AppliedFaults:
 
     def __enter__(self) -> AppliedFaults:
         self.log = UndoLog(apply_bit_faults(self._tensors, self.faults.weights))
-        self._act.__enter__()
-        self._pe.__enter__()
+        try:  # all or nothing: if the hooks cannot go in, the weights are restored
+            self._act.__enter__()
+            try:
+                self._pe.__enter__()
+            except BaseException:
+                self._act.__exit__(None, None, None)
+                raise
+        except BaseException:
+            self.log.undo(self._tensors)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,6 +9,7 @@ layers by `save_ros.faults.pe`, not to memory.
 from __future__ import annotations
 
 import enum
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,13 @@ class BitFault:
     bit: int
     op: FaultOp = FaultOp.FLIP
 
+    def __post_init__(self) -> None:
+        # checked here, not when applied: a bad fault must not get into a saved list
+        if self.flat_index < 0:
+            raise ValueError(f"fault on {self.site!r}: flat_index must be >= 0, got "
+                             f"{self.flat_index}")
+        check_bit_position(self.bit)
+
     def to_list(self) -> list:
         """Compact JSON form: [site, flat_index, bit, op]."""
         return [self.site, self.flat_index, self.bit, self.op.value]
@@ -43,6 +51,21 @@ class BitFault:
     def from_list(cls, item: Sequence) -> BitFault:
         """Inverse of `to_list`."""
         return cls(str(item[0]), int(item[1]), int(item[2]), FaultOp(item[3]))
+
+
+MAX_WIDTH = max(layout.width for layout in bits.LAYOUTS.values())  # 32: no dtype has more bits
+
+
+def check_bit_position(bit: int) -> None:
+    """Raise ValueError unless `bit` is an int in 0..31 (0 = least significant).
+
+    A position no supported dtype has is refused when a fault model or fault is made; whether
+    the hit tensor's dtype has it (bit 20 of an fp16) is checked before a fault is applied.
+    """
+    if isinstance(bit, bool) or not isinstance(bit, numbers.Integral) \
+            or not 0 <= bit < MAX_WIDTH:
+        raise ValueError(f"bit positions lie in 0..{MAX_WIDTH - 1} (0 = least significant), "
+                         f"got {bit!r}")
 
 
 def bit_range(low: int, high: int) -> tuple[int, ...]:
@@ -55,8 +78,12 @@ def bit_range(low: int, high: int) -> tuple[int, ...]:
 def _bits_tuple(value: Iterable[int] | int | None) -> tuple[int, ...] | None:
     if value is None:
         return None
-    if isinstance(value, int):
-        return (value,)
+    if isinstance(value, numbers.Integral):
+        check_bit_position(value)
+        return (int(value),)
+    value = tuple(value)
+    for b in value:
+        check_bit_position(b)
     out = tuple(sorted({int(b) for b in value}))
     if not out:
         raise ValueError("an empty bit set selects nothing; pass None for all bits")
@@ -122,8 +149,12 @@ def _locate(draws: torch.Tensor, sites: Sequence[Site], allowed, cum: torch.Tens
 
 
 def _generator(seed: int | torch.Generator) -> torch.Generator:
+    """A generator for `seed`; only an int (or a Generator) is a seed: 1.5 is not truncated to 1."""
     if isinstance(seed, torch.Generator):
         return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"a seed is an int or a torch.Generator, not {type(seed).__name__} "
+                        f"{seed!r}")
     return torch.Generator().manual_seed(int(seed))
 
 
@@ -216,6 +247,7 @@ class StuckAt:
             raise ValueError(f"stuck-at value must be 0 or 1, not {self.value!r}")
         if self.n < 0:
             raise ValueError(f"StuckAt needs n >= 0, got {self.n}")
+        check_bit_position(self.bit)
 
     def sample(self, sites: Sequence[Site], seed: int | torch.Generator) -> list[BitFault]:
         """Draw the elements."""

@@ -34,6 +34,7 @@ class FlipRecord:
     new_bits: int  # unsigned pattern after
     old_value: float | int
     new_value: float | int
+    dtype: str | None = None  # "float32", ...: undo refuses a tensor of another dtype
 
     @property
     def changed(self) -> bool:
@@ -55,7 +56,29 @@ class FlipRecord:
         vals = {k: (float(d[k]) if isinstance(d[k], str) else d[k]) for k in ("old_value",
                                                                            "new_value")}
         return cls(str(d["tensor"]), int(d["flat_index"]), int(d["bit"]), int(d["old_bits"]),
-                   int(d["new_bits"]), vals["old_value"], vals["new_value"])
+                   int(d["new_bits"]), vals["old_value"], vals["new_value"], d.get("dtype"))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.float32` -> "float32" (what a FlipRecord stores)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def check_record(r: FlipRecord, t: torch.Tensor) -> None:
+    """Raise UndoMismatchError unless record `r` fits tensor `t` (dtype, index, bit, pattern)."""
+    layout = bits.layout_of(t.dtype)
+    if r.dtype is not None and r.dtype != dtype_name(t.dtype):
+        raise UndoMismatchError(
+            f"{r.tensor!r} was {r.dtype} when the faults were recorded and is "
+            f"{dtype_name(t.dtype)} now; undo onto the model in the dtype it had")
+    if r.old_bits >= 1 << layout.width or r.new_bits >= 1 << layout.width \
+            or r.bit >= layout.width:
+        raise UndoMismatchError(
+            f"{r.tensor!r} holds {layout.width}-bit {dtype_name(t.dtype)} elements; the record "
+            f"(bit {r.bit}, pattern {r.old_bits:#x}) is of a wider dtype")
+    if not 0 <= r.flat_index < t.numel():
+        raise UndoMismatchError(f"undo log index {r.flat_index} out of range for {r.tensor!r} "
+                                f"({t.numel()} elements)")
 
 
 def tensors_of(target: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,23 +132,23 @@ class UndoLog:
 
         Writes the oldest pattern of each element back (not an XOR), so undo is also right after
         something else (a SAVE repair) already restored the element; it empties the log.
+        Every record is checked against the model first (tensor present, same dtype, index in
+        range): on a mismatch `UndoMismatchError` is raised and nothing is written.
         """
         named = tensors_of(model)
         oldest: dict[str, dict[int, int]] = {}
         for r in reversed(self.records):  # the earliest record of an element wins
+            if r.tensor not in named:
+                raise UndoMismatchError(
+                    f"undo log names tensor {r.tensor!r}, which the model does not have; "
+                    "undo with the model (or tensor mapping) the faults were injected into"
+                )
+            check_record(r, named[r.tensor])
             oldest.setdefault(r.tensor, {})[r.flat_index] = r.old_bits
         with torch.no_grad():
             for name, per_index in oldest.items():
-                if name not in named:
-                    raise UndoMismatchError(
-                        f"undo log names tensor {name!r}, which the model does not have; "
-                        "undo with the model (or tensor mapping) the faults were injected into"
-                    )
-                t = named[name]
                 idx = torch.tensor(list(per_index), dtype=torch.int64)
-                if int(idx.max()) >= t.numel():
-                    raise UndoMismatchError(f"undo log index out of range for {name!r}")
-                write_patterns(t, idx, list(per_index.values()))
+                write_patterns(named[name], idx, list(per_index.values()))
         self.records.clear()
 
     def to_json(self) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import enum
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,13 @@ class TargetKind(enum.Enum):
 
 class EmptyTargetError(ValueError):
     """A target selected nothing that a fault could hit."""
+
+
+class UnknownNameError(ValueError):
+    """An exclude entry that names nothing in the model (a typo must not exclude nothing)."""
+
+
+SITES = ("modules", "fx", "auto")  # how activation sites are found and named
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,17 @@ class Target:
     `layers`: glob patterns on module paths (`conv1`, `layer1.*`; `*` = all); `types`: module
     classes (an empty tuple = any); a tensor is selected when its owning module matches both.
     `tensors`: glob patterns on tensor names (`*.weight` leaves biases alone). `exclude`: tensor
-    names or globs never touched (SAVE's reliable-memory pool). `buffers`: include buffers such as
+    names or globs never touched (SAVE's reliable-memory pool); each entry must name something in
+    the model (`UnknownNameError` lists near matches), and a tied weight excluded under any of
+    its names (as in `state_dict()`) is excluded under all. `buffers`: include buffers such as
     BatchNorm running stats (only those with a bit layout: `num_batches_tracked` is int64).
+
+    `sites` (activations only): `"modules"` (the default, as before): leaf-module outputs named by
+    module path, through forward hooks; `"fx"`: the output of every computing torch.fx node
+    (functional ops included) named by node name (`save_ros.faults.fxsites`); `"auto"`: fx when
+    the model traces, else modules. For fx sites `layers` globs match the node name or the
+    module path of a call_module node, `types` select call_module nodes, and `exclude` takes
+    node names or module paths.
     """
 
     kind: TargetKind = TargetKind.WEIGHTS
@@ -55,6 +72,7 @@ class Target:
     tensors: tuple[str, ...] = ("*",)
     exclude: frozenset[str] = frozenset()
     buffers: bool = False
+    sites: str = "modules"
 
     def __post_init__(self) -> None:
         # Accept a bare string or list where a tuple is meant, a common slip.
@@ -64,6 +82,8 @@ class Target:
         object.__setattr__(self, "types", tuple(self.types))
         object.__setattr__(self, "exclude", frozenset(self.exclude))
         object.__setattr__(self, "kind", TargetKind(self.kind))
+        if self.sites not in SITES:
+            raise ValueError(f"sites must be one of {', '.join(SITES)}, not {self.sites!r}")
 
     def matches_module(self, path: str, module: nn.Module | None) -> bool:
         """True when the module at `path` is selected by `layers` and `types`."""
@@ -81,11 +101,36 @@ class Target:
         """A JSON-safe description (module types by class name)."""
         return {"kind": self.kind.value, "layers": list(self.layers),
                 "types": [t.__name__ for t in self.types], "tensors": list(self.tensors),
-                "exclude": sorted(self.exclude), "buffers": self.buffers}
+                "exclude": sorted(self.exclude), "buffers": self.buffers, "sites": self.sites}
 
 
 def _module_path(tensor_name: str) -> str:
     return tensor_name.rpartition(".")[0]
+
+
+def check_exclude(exclude: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Raise UnknownNameError for an exclude entry (name or glob) that matches no known name."""
+    known = sorted(set(known))
+    known_set = set(known)
+    for entry in sorted(exclude):
+        if entry in known_set:
+            continue
+        if any(c in entry for c in "*?[") and any(fnmatch.fnmatchcase(k, entry) for k in known):
+            continue
+        near = difflib.get_close_matches(entry, known, n=3, cutoff=0.6)
+        hint = (f"did you mean {', '.join(repr(n) for n in near)}?" if near
+                else f"{what}s are named as in the model ({len(known)} of them)")
+        raise UnknownNameError(f"exclude entry {entry!r} matches no {what} of the model; {hint}")
+
+
+def weight_aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Every parameter / buffer name -> all names of the same tensor (tied weights share one)."""
+    groups: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(n)
+    for n, b in model.named_buffers(remove_duplicate=False):
+        groups.setdefault(id(b), []).append(n)
+    return {n: tuple(names) for names in groups.values() for n in names}
 
 
 def select_weights(
@@ -109,9 +154,14 @@ def select_weights(
         pool = dict(tensors)
     if target.types and model is None:
         raise ValueError("a target with module types needs the model to resolve them")
+    aliases = weight_aliases(model) if model is not None else {}
+    known = set(pool) | set(aliases)
+    check_exclude(target.exclude, known, "tensor")
+    excluded = {n for n in known if target.excluded(n)}
+    excluded |= {a for n in excluded for a in aliases.get(n, ())}
     chosen: dict[str, torch.Tensor] = {}
     for name, t in pool.items():
-        if target.excluded(name):
+        if name in excluded:
             continue
         if not any(fnmatch.fnmatchcase(name, p) for p in target.tensors):
             continue

@@ -57,6 +57,7 @@ from save_ros.faults import (
     sample_pe_faults,
     weight_sites,
 )
+from save_ros.faults.faultmodels import _generator
 from save_ros.faults.finetune import (
     SPIKE_WINDOW,
     FineTuneConfig,
@@ -197,7 +198,7 @@ def fine_tune(
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     params = {k: p for k, p in model.named_parameters()}
-    gen = torch.Generator().manual_seed(fault_seed)
+    gen = _generator(fault_seed)  # TypeError for a non-int seed
     faults: list[BitFault] = []
     pe_specs = []
     fault_step = None

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from save_ros.gpu import kernels
-from save_ros.gpu.chunks import ChunkPlan, chunk_pointers
+from save_ros.core.cuda import kernels
+from save_ros.core.cuda.chunks import ChunkPlan, chunk_pointers
 
 
 def _outward_f32(values: np.ndarray, down: bool) -> np.ndarray:

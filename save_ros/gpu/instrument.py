@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from save_ros.core.bits import LAYOUTS
+from save_ros.core.cuda.chunks import CHUNK, ChunkPlan, even_ends, plan_chunks
+from save_ros.core.cuda.reducer import Backend, ChunkReducer, Reduction
 from save_ros.gpu import require_cuda, triton_available
-from save_ros.gpu.chunks import CHUNK, ChunkPlan, even_ends, plan_chunks
 from save_ros.gpu.ranges import (
     DEFAULT_TAPS,
     OUTPUT,
@@ -35,7 +36,6 @@ from save_ros.gpu.ranges import (
     select_taps,
     tapped,
 )
-from save_ros.gpu.reducer import Backend, ChunkReducer, Reduction
 from save_ros.gpu.verdict import RowVerifier
 
 

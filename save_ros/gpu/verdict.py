@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from save_ros.core.cuda.chunks import ChunkPlan
 from save_ros.core.verify import Detection, FaultStatus
-from save_ros.gpu.chunks import ChunkPlan
 
 
 @dataclass

@@ -3,6 +3,13 @@
 Nothing is downloaded: the digits come with scikit-learn, the control task with gymnasium, and
 the trained weights are committed under `save_ros/models/weights/` (`save-ros train` recreates
 them with fixed seeds). Every model is small, fp32, and traceable with `torch.fx.symbolic_trace`.
+
+The registry also resolves the zoo's standard perception models (`resnet18`, `resnet50`,
+`mobilenet_v2`, `vit_b_16`: torchvision's architectures at 1x3x224x224, see
+`save_ros.models.zoo`). They have no committed weights: `load` builds the seeded init and makes
+it input-dependent at load time (cached per process); their data are seeded images whose labels
+are the loaded model's own clean top-1. `available()` lists the bundled models only;
+`available(include_zoo=True)` adds the zoo.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from save_ros.models import cartpole, digits_data
+from save_ros.models import cartpole, digits_data, zoo_data
 from save_ros.models.digits_cnn import DigitsCNN
 from save_ros.models.digits_resnet import DigitsResNet
 from save_ros.models.digits_vit import DigitsViT
@@ -26,10 +33,12 @@ SPLITS = ("train", "calib", "test")
 
 
 class Task(str, enum.Enum):
-    """What a model's output means: class logits, or action logits of a control policy."""
+    """What a model's output means: class logits, action logits of a control policy, or
+    continuous values (a user's model given by import path to the evaluation CLIs)."""
 
     CLASSIFICATION = "classification"
     CONTROL = "control"
+    REGRESSION = "regression"
 
 
 class ModelError(Exception):
@@ -53,7 +62,12 @@ class UnknownSplitError(ModelError, ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a bundled model is: its task, input shape and input box, and where its weights are."""
+    """What a bundled model is: its task, input shape and input box, and where its weights are.
+
+    A zoo model (`loader` set, `weights_path` None) has no committed weights: its "weights" are
+    the seeded torchvision-style init made input-dependent at load time (`loader()`, see
+    `save_ros.models.zoo`); `build()` is the plain seeded init.
+    """
 
     name: str
     task: Task
@@ -61,14 +75,20 @@ class ModelSpec:
     num_outputs: int
     input_low: tuple[float, ...]  # one value per input channel (dim 0 of input_shape)
     input_high: tuple[float, ...]
-    weights_path: Path
+    weights_path: Path | None
     description: str
     build: Callable[[], nn.Module] = field(repr=False, compare=False)
+    loader: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
 
     @property
-    def metrics_path(self) -> Path:
-        """The JSON of training metrics written next to the weights."""
-        return self.weights_path.with_suffix(".json")
+    def is_zoo(self) -> bool:
+        """True for the zoo's models (weights made at load time, not committed)."""
+        return self.name in _ZOO_SPECS and self.loader is not None
+
+    @property
+    def metrics_path(self) -> Path | None:
+        """The JSON of training metrics written next to the weights (None for zoo models)."""
+        return None if self.weights_path is None else self.weights_path.with_suffix(".json")
 
     def input_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The input box as (low, high) tensors shaped like one input, broadcast per channel."""
@@ -117,29 +137,64 @@ _SPECS: dict[str, ModelSpec] = {
 }
 
 
-def available() -> list[str]:
-    """Names of the bundled models, the default first."""
-    return list(_SPECS)
+def _zoo_spec(name: str, description: str) -> ModelSpec:
+    from save_ros.models import zoo
+
+    return ModelSpec(
+        name=name,
+        task=Task.CLASSIFICATION,
+        input_shape=zoo_data.INPUT_SHAPE,
+        num_outputs=zoo_data.NUM_CLASSES,
+        input_low=(0.0, 0.0, 0.0),  # RGB in [0, 1], as the zoo's images
+        input_high=(1.0, 1.0, 1.0),
+        weights_path=None,
+        description=description,
+        build=lambda: zoo.build(name, input_dependent=False),
+        loader=lambda: zoo.build(name),
+    )
+
+
+_ZOO_SPECS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _zoo_spec("resnet18", "torchvision ResNet-18, seeded init + BN/head calibration, 224 px"),
+        _zoo_spec("resnet50", "torchvision ResNet-50, seeded init + BN/head calibration, 224 px"),
+        _zoo_spec("mobilenet_v2",
+                  "torchvision MobileNetV2, seeded init + BN/head calibration, 224 px"),
+        _zoo_spec("vit_b_16", "torchvision ViT-B/16, seeded init + head calibration, 224 px"),
+    )
+}
+
+
+def available(include_zoo: bool = False) -> list[str]:
+    """Names of the bundled models, the default first; with `include_zoo`, then the zoo's."""
+    return list(_SPECS) + (list(_ZOO_SPECS) if include_zoo else [])
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec of a bundled model; `UnknownModelError` (listing the names) for any other."""
-    try:
-        return _SPECS[name]
-    except KeyError:
+    """The spec of a bundled or zoo model; `UnknownModelError` (listing the names) otherwise."""
+    spec = _SPECS.get(name) or _ZOO_SPECS.get(name)
+    if spec is None:
         raise UnknownModelError(
-            f"unknown model {name!r}; bundled models are: {', '.join(_SPECS)}"
-        ) from None
+            f"unknown model {name!r}; bundled models are: {', '.join(_SPECS)}; zoo models: "
+            f"{', '.join(_ZOO_SPECS)}"
+        )
+    return spec
 
 
 def build(name: str) -> nn.Module:
-    """A fresh, untrained instance of a bundled model's architecture (fp32, CPU)."""
+    """A fresh, untrained instance of a model's architecture (fp32, CPU; zoo: seed 0 init)."""
     return get_spec(name).build()
 
 
 def load(name: str, weights_path: Path | str | None = None) -> nn.Module:
-    """A bundled model with its committed (or the given) weights: eval mode, fp32, CPU."""
+    """A model with its committed (or the given) weights: eval mode, fp32, CPU.
+
+    A zoo model without `weights_path` is built and made input-dependent (cached per process).
+    """
     spec = get_spec(name)
+    if weights_path is None and spec.loader is not None:
+        return spec.loader().float().eval()
     path = Path(weights_path) if weights_path is not None else spec.weights_path
     if not path.is_file():
         raise MissingWeightsError(
@@ -156,11 +211,19 @@ def dataset(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets of one split (`train`, `calib` or `test`) for a bundled model.
 
     Digits: images (N, 1, 8, 8) in [0, 1] and labels. Policy: states (N, 4) from seeded expert
-    rollouts (held out from training for calib and test) and the expert's actions.
+    rollouts (held out from training for calib and test) and the expert's actions. Zoo models:
+    seeded images (N, 3, 224, 224) from `zoo.images` (calib 64, test 256; no train split) and,
+    as labels, the loaded model's own clean top-1 (so clean accuracy is 1.0 by construction).
     """
     spec = get_spec(name)
     if split not in SPLITS:
         raise UnknownSplitError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if spec.is_zoo:
+        if split not in zoo_data.SPLITS:
+            raise UnknownSplitError(
+                f"zoo model {name!r} has no {split!r} split (its weights are a seeded init "
+                f"calibrated at load time); use one of {', '.join(zoo_data.SPLITS)}")
+        return zoo_data.split(name, split, lambda: load(name))
     if spec.task is Task.CONTROL:
         return cartpole.policy_split(split)
     return digits_data.digits_split(split)

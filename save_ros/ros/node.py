@@ -32,6 +32,8 @@ class _Signals:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.starting = True
+        self.raising = False  # not while importing: an exception inside an import leaves the
+        # module half-loaded and the next import fails with an unrelated ImportError
         self._old = {sig: signal.signal(sig, self._handle)
                      for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -43,8 +45,14 @@ class _Signals:
     def _handle(self, signum: int, _frame: Any) -> None:
         first = not self.stop.is_set()
         self.stop.set()
-        if self.starting and first:
+        if self.starting and self.raising and first:
             raise StartupInterrupted(signal.Signals(signum).name)
+
+    def imported(self) -> None:
+        """The heavy imports are done: from here a start-up signal interrupts at once."""
+        if self.stop.is_set():
+            raise StartupInterrupted("signal while importing")
+        self.raising = True
 
     def started(self) -> None:
         """From here on a signal only sets `stop` (the main loop shuts down in order)."""
@@ -71,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     signals = _Signals()
     try:
         return _run(sys.argv if argv is None else argv, signals)
-    except StartupInterrupted as exc:
-        _err(f"stopped during start-up ({exc})")
+    except (StartupInterrupted, Exception) as exc:
+        if not signals.stop.is_set():
+            raise
+        # a signal during start-up; it may surface as another error of the code it interrupted
+        _err(f"stopped during start-up ({type(exc).__name__}: {exc})"[:300])
         try:
             import rclpy
 
@@ -104,6 +115,9 @@ def _run(argv: list[str], signals: _Signals) -> int:
     from save_ros.ros.save_node import SaveNode
 
     torch.set_num_threads(1)  # one inference thread; DDS and the verifier need the other cores
+    import save_ros.core.protect  # noqa: F401 (imported here, where a signal is only noted)
+
+    signals.imported()
     try:
         rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     except rclpy_implementation.RCLError as exc:  # unparsable --ros-args or params file
@@ -146,22 +160,55 @@ def _run(argv: list[str], signals: _Signals) -> int:
     return EXIT_OK
 
 
+def _wait_idle(executor, deadline: float) -> None:
+    """Wait until the executor runs no callback (its handler futures are done)."""
+    while time.monotonic() < deadline:
+        if all(f.done() for f in list(getattr(executor, "_futures", []))):
+            return
+        time.sleep(0.01)
+
+
+def _collect_leftover_tasks(node, executor) -> None:
+    """Fetch the errors of handler tasks the executor left behind when it stopped.
+
+    rclpy's Executor.shutdown sets its shutdown flag before it checks it, so it does not wait
+    for outstanding work; handlers that ran into entities being torn down then end in errors
+    nobody fetches, printed at garbage collection as "The following exception was never
+    retrieved: cannot use Destroyable". They are shutdown noise, logged here once.
+    """
+    lost = 0
+    for future in list(getattr(executor, "_futures", [])):
+        if future.done() and future.exception() is not None:
+            lost += 1
+    for task, *_ in list(getattr(executor, "_tasks", [])):
+        if task.done() and task.exception() is not None:
+            lost += 1
+    if lost:
+        node.get_logger().debug(f"{lost} executor tasks ended in errors during shutdown")
+
+
 def _shut_down(node, executor, spinner: threading.Thread) -> None:
-    """Deactivate (answer every input in flight), release the model, stop the executor."""
+    """Answer every input in flight, stop the executor, then release (unsubscribe, publishers,
+    model). Entities are destroyed only once the executor has stopped: destroying them under a
+    spinning executor races its wait set (rclpy: "cannot use Destroyable")."""
     from rclpy.impl.implementation_singleton import rclpy_implementation
 
     node.get_logger().info("shutting down: finishing in-flight verification")
     deadline = time.monotonic() + node.cfg.shutdown_timeout + 10.0
+    node.quiesce()  # the verifier and inference threads still run: in-flight work completes
+    # no new callbacks, and none running, before the executor stops: its shutdown destroys its
+    # guard condition without waiting, and a callback finishing after that raises in rclpy
+    executor.remove_node(node)
+    _wait_idle(executor, deadline)
+    if not executor.shutdown(timeout_sec=max(1.0, deadline - time.monotonic())):
+        node.get_logger().warning("executor did not stop in time")
+    spinner.join(timeout=5.0)
+    _collect_leftover_tasks(node, executor)
     try:
         node.trigger_shutdown()
     except rclpy_implementation.RCLError:  # already finalized (through ~/change_state)
         pass
-    time.sleep(0.1)  # let the last statuses and diagnostics leave before the context goes
-    # stop the executor and wait for its threads before destroying what their callbacks use:
-    # destroying a node under a running callback aborts the process in rcl
-    if not executor.shutdown(timeout_sec=max(1.0, deadline - time.monotonic())):
-        node.get_logger().warning("executor did not stop in time")
-    spinner.join(timeout=5.0)
+    time.sleep(0.2)  # let the last statuses and diagnostics leave before the context goes
     node.destroy_node()
     import rclpy
 

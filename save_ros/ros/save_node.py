@@ -241,6 +241,13 @@ class SaveNode(LifecycleNode):
         self._stop_serving()
         return super().on_deactivate(state)
 
+    def quiesce(self) -> None:
+        """Stop inferring and answer what is in flight, without destroying anything (the
+        process shutdown does this while the executor still runs the verifier)."""
+        self.health.set_active(False)
+        if self.pipeline is not None:
+            self.pipeline.finish(self.cfg.shutdown_timeout)
+
     def _stop_serving(self) -> None:
         """In order: no new inference; the one running and open verdicts finish (or are
         answered unverified); unsubscribe; wait for intake callbacks still running (each input

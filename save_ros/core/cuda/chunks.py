@@ -13,7 +13,7 @@ directions) change `s2` by 2^bit * (i - j) != 0. Neither sum can overflow: |v| <
 i < 2^14, so |s2| < 2^31 * 2^28 = 2^59.
 
 This module holds the plan and the reference implementation in plain torch ops (any device; the
-CPU tests use it); `save_ros.gpu.kernels` holds the fused Triton kernels that compute the same
+CPU tests use it); `save_ros.core.cuda.kernels` holds the fused Triton kernels that compute the same
 rows in one launch per tensor group.
 """
 

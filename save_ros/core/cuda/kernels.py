@@ -3,8 +3,8 @@
 Each program reads a chunk's device address and length from two small tables (filled once
 after a CUDA graph is captured, since addresses inside a graph's pool never move) and writes
 one row of the output: (min, max) for activations, (s1, s2) for weight checksums (the sums are
-defined in `save_ros.gpu.chunks`, whose torch code is the reference these kernels must match).
-Importing this module needs Triton; `save_ros.gpu.reducer` imports it only on CUDA.
+defined in `save_ros.core.cuda.chunks`, whose torch code is the reference these kernels must match).
+Importing this module needs Triton; `save_ros.core.cuda.reducer` imports it only on CUDA.
 """
 
 from __future__ import annotations

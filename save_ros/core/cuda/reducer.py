@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from save_ros.core.bits import layout_of
-from save_ros.gpu.chunks import (
+from save_ros.core.cuda.chunks import (
     ChunkPlan,
     checksum_chunks_torch,
     chunk_pointers,
@@ -67,7 +67,7 @@ class ChunkReducer:
             raise ReducerError(f"out must be {out_dtype} [{plan.n_chunks}, 2]")
         self.out = out
         if backend is Backend.TRITON:
-            from save_ros.gpu import kernels
+            from save_ros.core.cuda import kernels
 
             self._kernels = kernels
             kernels._ref(device, dtype if kind is Reduction.MINMAX else kernels._INT_VIEW[dtype])

@@ -1,0 +1,18 @@
+"""The CUDA backend of `protect()`: the same contract, with the checks captured in a CUDA graph.
+
+`save_ros.core.protect.protect()` returns a `CudaProtectedModel` (`core.cuda.runtime`) when the
+example input is on a CUDA device. It is a `ProtectedModel` whose inference is one replay of a
+CUDA graph holding the forward pass and, on side streams, every planned check (range min/max,
+DMR re-computation or ABFT checksums, weight checksums, the input box) reduced to a few flags
+copied to pinned host memory. Clean flags are a verdict at once; a raised flag hands the saved
+values to the same verifier and Edit code the CPU runtime uses (`core.verify`, `core.protect`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def cuda_available() -> bool:
+    """True when torch sees at least one CUDA device."""
+    return bool(torch.cuda.is_available() and torch.cuda.device_count() > 0)

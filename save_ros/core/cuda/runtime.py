@@ -1,0 +1,332 @@
+"""`CudaProtectedModel`: `ProtectedModel`'s contract, one CUDA-graph replay per inference.
+
+Per input shape, a `CheckProgram` (forward + every planned check + flags) is captured once as a
+CUDA graph, with the forward on a high-priority stream and the checks on side streams, so the
+checks overlap the layers after them. An inference copies the input into the graph's static
+buffer, replays, and waits for the few flag bytes:
+
+- all flags clear (the fast path): the verdict is `verified` at once, no hand-off to a verifier
+  thread, and the output is a copy of the graph's output;
+- any flag raised (the slow path, `_verify`): Edit restores every weight that differs from its
+  golden copy and replays the graph; on golden weights the program is deterministic, so the
+  replay re-computes the whole inference and two runs tell a transient fault (the flag or the
+  output does not come back: detected, the replay's output is the repaired result) from an
+  input-driven range excursion (it comes back with the same output: a note). On a GPU a replay
+  of the whole graph costs less than an eager re-run from the faulty layer, so Edit re-runs from
+  the input (`rerun_from = "input (graph replay)"`); the failing layer is named in the
+  detections. This runs on the calling thread (`wait=True`) or on the verifier (thread or
+  external, `ProtectConfig.verifier`); until its verdict is in, the next inference waits, since
+  it would overwrite the static buffers.
+
+Every `ProtectConfig` field means what it means on the CPU, except `weight_check_budget_s`
+(rotating weight checksums): on the device a full checksum of every weight costs tens of
+microseconds beside the forward, so the CUDA backend refuses the setting instead of ignoring it.
+Without a CUDA device the same class runs the program eagerly (no graph, no streams): that is how
+its logic is tested on CPU machines.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from save_ros.core import bits
+from save_ros.core.analysis import Analysis
+from save_ros.core.checkplan import Runtime
+from save_ros.core.cuda.program import CheckProgram
+from save_ros.core.protect import InferenceResult, ProtectedModel
+from save_ros.core.verify import Detection, FaultStatus, Job, VerifierMode
+
+MAX_SHAPES = 4  # captured programs kept (one per input shape)
+
+
+class CudaConfigError(ValueError):
+    """A ProtectConfig setting the CUDA backend cannot honour (the message says what to use)."""
+
+
+class _Captured:
+    """A CheckProgram for one input shape, with its static buffers and (on CUDA) its graph."""
+
+    def __init__(self, owner: CudaProtectedModel, example: torch.Tensor) -> None:
+        dev = example.device
+        self.cuda = dev.type == "cuda" and owner.use_graph
+        self.static_in = example.detach().clone()
+        self.program = CheckProgram(owner._inst, owner._rt, owner._store, owner._low,
+                                    owner._high, self.static_in, owner.groups,
+                                    owner.fault_sites, streams=self.cuda,
+                                    side_stream=owner.side_streams,
+                                    checksum_stream=owner.side_streams)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: Any = None
+        self.values: list[Any] = []
+        if self.cuda:
+            self._capture(owner)
+
+    def _capture(self, owner: CudaProtectedModel) -> None:
+        """Warm up (kernels compile, cuDNN picks), then capture the forward with its checks and,
+        as a graph of its own, the weight checksums (replayed beside it when due)."""
+        main = torch.cuda.Stream(self.static_in.device, priority=-1)
+        self.cs_stream = torch.cuda.Stream(self.static_in.device)
+        main.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(main), torch.inference_mode():
+            for _ in range(3):
+                self.program.run(self.static_in, None, copy_flags=False)
+                self.program.run_weights()
+        torch.cuda.synchronize()
+        self.stream = main
+        with torch.inference_mode():
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out, self.values = self.program.run(self.static_in, None, copy_flags=False)
+            self.graph_cs = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph_cs):
+                self.program.run_weights()
+        self.program.finish_capture()
+        self.done = torch.cuda.Event()
+        torch.cuda.synchronize()
+
+    def run(self, x: torch.Tensor, check_weights: bool) -> tuple[Any, list[Any]]:
+        """One inference into the static buffers; returns (output, values) once flags landed."""
+        if not self.cuda:
+            with torch.inference_mode():
+                self.static_in.copy_(x)
+                self.out, self.values = self.program.run(self.static_in, check_weights)
+            return self.out, self.values
+        cur = torch.cuda.current_stream()
+        prog = self.program
+        self.stream.wait_stream(cur)
+        if check_weights:  # weights do not change during a forward: check them beside it
+            self.cs_stream.wait_stream(cur)
+            with torch.cuda.stream(self.cs_stream):
+                self.graph_cs.replay()
+        with torch.cuda.stream(self.stream):
+            self.static_in.copy_(x, non_blocking=True)
+            if not check_weights:
+                prog.clear_weight_flags()
+            self.graph.replay()
+            if check_weights:
+                self.stream.wait_stream(self.cs_stream)
+            prog.flags_host.copy_(prog.flags, non_blocking=True)
+            self.done.record()
+        cur.wait_stream(self.stream)
+        self.done.synchronize()
+        return self.out, self.values
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Bit-equal (nested) outputs."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(
+            bits.int_view(a) if a.dtype in bits.LAYOUTS else a,
+            bits.int_view(b) if b.dtype in bits.LAYOUTS else b)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _describe(slot: str, prog: _Captured) -> tuple[str, str]:
+    """(check kind, detail) of a raised flag's name."""
+    if slot.startswith("range@"):
+        return "range", "a layer output left its analysed range (device min/max)"
+    if slot.startswith("weights["):
+        return "weights", "chunk checksum differs from the golden sum"
+    kind = prog.program.kind_of(slot)
+    return kind, "device re-computation differs" if kind == "dmr" else \
+        "checksum exceeds its tolerance"
+
+
+def _clone(out: Any) -> Any:
+    """A copy of a (nested) output, so the next replay cannot change what the caller holds."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone(o) for o in out)
+    return out
+
+
+class CudaProtectedModel(ProtectedModel):
+    """A ProtectedModel whose inference is one CUDA-graph replay (eager on a CPU, for tests)."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, input_range: Any,
+                 config, analysis: Analysis | None, use_graph: bool | None = None,
+                 groups: int = 8, fault_sites: bool = False) -> None:
+        if config.weight_check_budget_s is not None:
+            raise CudaConfigError(
+                "weight_check_budget_s (rotating weight checksums) is not used on CUDA: "
+                "a full checksum of every weight runs beside each forward; leave it None "
+                "(or set weight_check_interval to check every N-th inference)")
+        self.use_graph = example_input.is_cuda if use_graph is None else use_graph
+        self.groups = groups
+        self.fault_sites = fault_sites
+        # checks on side streams overlap the forward; off: everything on one stream (probe)
+        self.side_streams = os.environ.get("SAVE_ROS_SIDE_STREAMS", "1") != "0"
+        self._programs: dict[tuple, _Captured] = {}
+        self._gate = threading.Lock()  # held from a replay until its verdict is in
+        self.device_alarms = 0
+        self.last_raw_output: Any = None  # the graph's output before any Edit (campaigns)
+        super().__init__(model, example_input, input_range, config, analysis)
+        self._program(example_input)
+
+    # ---- programs -------------------------------------------------------------------
+    def _build_runtime(self, analysis: Analysis | None) -> Runtime:
+        rt = super()._build_runtime(analysis)
+        self._programs = {}  # a new plan: capture again (reanalyze)
+        return rt
+
+    def _program(self, x: torch.Tensor) -> _Captured:
+        key = (tuple(x.shape), x.dtype, x.device)
+        prog = self._programs.get(key)
+        if prog is None:
+            if len(self._programs) >= MAX_SHAPES:
+                self._programs.pop(next(iter(self._programs)))
+            with self._lock:
+                prog = _Captured(self, x)
+            self._programs[key] = prog
+        return prog
+
+    # ---- inference --------------------------------------------------------------------
+    def _acquire(self) -> None:
+        """Wait for the previous slow verdict (run it here if nobody else will)."""
+        while not self._gate.acquire(timeout=0.002):
+            if self._verifier.mode is VerifierMode.EXTERNAL:
+                self._verifier.run_pending(None)
+
+    def infer(self, x: torch.Tensor, wait: bool = True):
+        """One protected inference: a graph replay; clean flags are the verdict."""
+        if self._closed:
+            raise RuntimeError("this ProtectedModel is closed; call protect() again")
+        self._acquire()
+        try:
+            prog = self._program(x)
+            rt, seq, i = self._rt, self._seq, next(self._ids)
+            check_w, window = self._weight_schedule(i)
+            t0 = time.perf_counter()
+            out, values = prog.run(x, check_w)
+            t1 = time.perf_counter()
+            if self.fault_sites:
+                prog.program.disarm()  # a transient fault fires once
+            job = Job(i, (prog.static_in,), out, tuple(values), t0, t1, seq, check_w,
+                      window, rt)
+            raised = bool(prog.program.flags_host.any())
+            job.program = prog
+            job.failed = prog.program.failed_slots() if raised else []
+            if not raised and self._stale(seq) == [] and rt is self._rt:
+                st = FaultStatus(i, verified=True, checks_run=prog.program.checks_run,
+                                 weights_checked=check_w, forward_s=t1 - t0)
+                st.verify_s = time.perf_counter() - t1
+                self._count(st)
+                job.future.set_result(st)
+                self._gate.release()
+                result = _clone(out)
+                self.last_raw_output = result
+                return InferenceResult(result, st, job.future)
+            self.device_alarms += raised
+            raw = _clone(out)
+            self.last_raw_output = raw
+            job.output = raw
+            if wait:
+                with torch.inference_mode():
+                    st = self._verify(job)
+                job.future.set_result(st)
+                self._gate.release()
+                return InferenceResult(st.output if st.output is not None else raw, st,
+                                       job.future)
+            fut = self._verifier.submit(job)
+            fut.add_done_callback(lambda _f: self._gate.release())
+            return InferenceResult(raw, None, fut)
+        except BaseException:
+            if self._gate.locked():
+                self._gate.release()
+            raise
+
+    # ---- verdicts on the slow path ------------------------------------------------------
+    def _verify(self, job: Job) -> FaultStatus:
+        """A raised flag: restore the weights, replay, until two runs tell the story.
+
+        With golden weights the program is deterministic, so a replay is a re-computation of
+        the whole inference (model-level DMR): a flag or output that does not come back was a
+        transient fault (detected, the replay's result is the repaired one); a range alarm that
+        comes back with the same output on golden weights is the input's doing
+        (`confirm_range_alarms`: a note, not a fault). Weight flags are repaired from the golden
+        copies first. At most `max_reruns` + 1 replays, else the result is unverified.
+        """
+        prog: _Captured = job.program
+        t_v = time.perf_counter()
+        st = FaultStatus(job.inference_id, forward_s=job.t_end - job.t_start,
+                         queue_s=t_v - job.t_end, checks_run=prog.program.checks_run,
+                         weights_checked=job.check_weights)
+        failed = [f for f in job.failed if f != "input"]
+        st.input_out_of_range = "input" in job.failed
+        prev_out, transient = job.output, False
+        detections: dict[str, tuple[str, str]] = {}
+        with self._lock, torch.inference_mode():
+            for _attempt in range(max(1, self.config.max_reruns) + 1):
+                rep = self._restore(None)
+                for name, n in rep.elements.items():
+                    st.repaired[name] = st.repaired.get(name, 0) + n
+                out, _ = prog.run(prog.static_in, True)
+                again = [f for f in prog.program.failed_slots() if f != "input"]
+                same = again == failed and _equal(out, prev_out)
+                for f in failed:
+                    if not (same and f.startswith("range@") and self.config.confirm_range_alarms):
+                        detections.setdefault(f, _describe(f, prog))
+                if not again or (same and self.config.confirm_range_alarms
+                                 and all(f.startswith("range@") for f in again)):
+                    if again:
+                        st.notes.append(f"{', '.join(again)}: the range alarm recurs with the "
+                                        "same output on golden weights: input-driven, not a "
+                                        "fault")
+                    transient = bool(detections) or bool(st.repaired)
+                    st.verified = not st.input_out_of_range
+                    prev_out = out
+                    break
+                failed, prev_out = again, _clone(out)
+            else:
+                st.error = "faults persist after re-runs; result unverified"
+        st.detections = [Detection(layer, layer, kind, detail)
+                         for layer, (kind, detail) in detections.items()]
+        st.detections += [Detection(prog.program.reader_of(n), n, "weights",
+                                    f"{k} element(s) differ from the golden copy")
+                          for n, k in st.repaired.items()]
+        st.detections = [d for d in st.detections if not d.layer.startswith("weights[")]
+        if st.detections or transient or st.error:
+            st.output = _clone(prev_out)
+            st.rerun_from = "input (graph replay)"
+            st.detection_latency_s = time.perf_counter() - job.t_start
+        st.repair_s = time.perf_counter() - t_v
+        self._count(st)
+        return st
+
+    def reanalyze(self, calibration=None, accept_weights: bool = False) -> Runtime:
+        """As on the CPU; the programs are captured again for the new plan."""
+        self._acquire()
+        try:
+            rt = super().reanalyze(calibration, accept_weights)
+            self._program(self._example)
+            return rt
+        finally:
+            self._gate.release()
+
+    # ---- campaigns ----------------------------------------------------------------------
+    def activation_sites(self) -> dict[str, int]:
+        """Injectable activations of the example shape: node name -> elements."""
+        sites = self._program(self._example).program.sites
+        if sites is None:
+            raise RuntimeError("protect with fault_sites=True to inject activation faults")
+        return dict(zip(sites.names, sites.numel, strict=True))
+
+    def arm_activation_fault(self, name: str, index: int, bit: int) -> None:
+        """Flip `bit` of element `index` of activation `name` in the next inference only
+        (of the example input's shape)."""
+        self._program(self._example).program.arm(name, index, bit)
+
+    def disarm(self) -> None:
+        """Clear armed activation faults (after the inference they were meant for)."""
+        for p in self._programs.values():
+            p.program.disarm()
+

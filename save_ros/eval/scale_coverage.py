@@ -1,0 +1,176 @@
+"""Coverage of SAVE through `protect()` at robot scale: weight flips, activation flips, clean runs.
+
+Each trial runs one inference of the protected model (the same object users get from
+`save_ros.protect()`; on CUDA its graph backend, built with `fault_sites=True` so activation
+flips happen inside the replayed graph) on one of a fixed set of inputs whose fault-free outputs
+were recorded first, and classifies the outcome:
+
+- `raw_changed`: the output before any repair has another top-1 (classification) or an output
+  outside its tolerance (regression) than the fault-free run: what an unprotected model returns
+  under the same fault;
+- `detected`: a check fired (a detection in the status);
+- `sdc`: the result is marked verified but its answer differs from the fault-free one - the
+  silent data corruption SAVE promises never to produce;
+- `not_exact`: verified, same answer, but not bit-equal (a flip Selection classes robust);
+- `unverified`: the status says unverified (a loud failure, not an SDC).
+
+Weight trials flip one bit of one element of a normal-memory weight (the reliable pool is
+never hit); activation trials one bit of one element of a normal-memory activation. Bits are
+drawn uniformly over all bits (`uniform`) or over the sign and exponent bits (`high`, the flips
+that matter). Clean trials count false alarms on varied inputs. A trial budget in seconds stops a
+section early; the report says how many trials ran.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from save_ros.core import bits
+
+
+@dataclass
+class Outcome:
+    """Counts of one section of trials."""
+
+    trials: int = 0
+    raw_changed: int = 0
+    detected: int = 0
+    sdc: int = 0
+    not_exact: int = 0
+    unverified: int = 0
+    notes: int = 0  # benign range alarms (input-driven), clean runs
+    seconds: float = 0.0
+    examples: list[dict] = field(default_factory=list)  # the first few SDCs, for the record
+
+    def to_dict(self) -> dict:
+        """Plain data with the 95 % upper bound of the SDC rate."""
+        d = asdict(self)
+        d["sdc_upper95"] = upper95(self.sdc, self.trials)
+        return d
+
+
+def upper95(k: int, n: int) -> float | None:
+    """One-sided 95 % upper bound of a rate with k events in n trials (exact for k = 0)."""
+    if n == 0:
+        return None
+    if k == 0:
+        return 1.0 - 0.05 ** (1.0 / n)
+    p = k / n  # Wilson score bound otherwise
+    z = 1.645
+    return min(1.0, (p + z * z / (2 * n) + z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)))
+               / (1 + z * z / n))
+
+
+class Answer:
+    """The task's notion of 'the same answer': top-1, or every output within tolerance."""
+
+    def __init__(self, task: str, tolerance: list[float] | None) -> None:
+        self.task = task
+        self.tol = None if tolerance is None else torch.tensor(tolerance)
+
+    def same(self, out: torch.Tensor, ref: torch.Tensor) -> bool:
+        """True when `out` gives the answer `ref` gives."""
+        out, ref = out.float(), ref.float()
+        if self.task == "classification":
+            return torch.equal(out.argmax(1), ref.argmax(1))
+        d = torch.nan_to_num((out - ref).abs().reshape(len(out), -1), nan=float("inf"))
+        return bool((d <= self.tol.to(d.device)).all())
+
+
+def _pick_bit(gen: torch.Generator, width: int, mode: str) -> int:
+    lo = width - 9 if mode == "high" and width == 32 else (width - 6 if mode == "high" else 0)
+    return int(torch.randint(lo, width, (1,), generator=gen))
+
+
+def _score(o: Outcome, st, raw, out, ref, answer: Answer) -> None:
+    """Fold one trial into the counts."""
+    o.trials += 1
+    o.raw_changed += not answer.same(raw, ref)
+    o.detected += bool(st.detections)
+    o.unverified += not st.verified
+    o.notes += bool(st.notes)
+    if st.verified:
+        if not answer.same(out, ref):
+            o.sdc += 1
+            if len(o.examples) < 5:
+                o.examples.append({"detections": [d.to_dict() for d in st.detections],
+                                   "notes": st.notes[:2]})
+        elif not torch.equal(out, ref):
+            o.not_exact += 1
+
+
+def reference_outputs(pm, inputs: torch.Tensor) -> list[torch.Tensor]:
+    """Fault-free outputs of the protected model, one per input (each verified, else error)."""
+    refs = []
+    for i in range(len(inputs)):
+        r = pm.infer(inputs[i : i + 1])
+        if not r.verified or r.status.detections:
+            raise RuntimeError(f"reference input {i} is not verified clean: {r.status}")
+        refs.append(r.output.clone())
+    return refs
+
+
+def weight_trials(pm, inputs, refs, answer: Answer, n: int, seed: int, mode: str,
+                  seconds: float) -> Outcome:
+    """n trials of one weight bit flip each."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = pm.normal_tensors()
+    names = sorted(tensors)
+    sizes = torch.tensor([float(tensors[k].numel()) for k in names])
+    o, t0 = Outcome(), time.perf_counter()
+    while o.trials < n and time.perf_counter() - t0 < seconds:
+        name = names[int(torch.multinomial(sizes, 1, generator=gen))]
+        w = tensors[name]
+        idx = int(torch.randint(w.numel(), (1,), generator=gen))
+        bit = _pick_bit(gen, bits.layout_of(w.dtype).width, mode)
+        j = o.trials % len(inputs)
+        bits.flip_(w, idx, bit)
+        r = pm.infer(inputs[j : j + 1])
+        if not r.status.repaired:  # undetected: put the bit back before the next trial
+            bits.flip_(w, idx, bit)
+        _score(o, r.status, pm.last_raw_output, r.output, refs[j], answer)
+    o.seconds = time.perf_counter() - t0
+    return o
+
+
+def activation_trials(pm, inputs, refs, answer: Answer, n: int, seed: int, mode: str,
+                      seconds: float) -> Outcome:
+    """n trials of one transient activation bit flip each, inside the protected program."""
+    gen = torch.Generator().manual_seed(seed)
+    sites = pm.activation_sites()
+    names = list(sites)
+    sizes = torch.tensor([float(sites[k]) for k in names])
+    width = bits.layout_of(pm._example.dtype).width
+    o, t0 = Outcome(), time.perf_counter()
+    while o.trials < n and time.perf_counter() - t0 < seconds:
+        name = names[int(torch.multinomial(sizes, 1, generator=gen))]
+        idx = int(torch.randint(sites[name], (1,), generator=gen))
+        j = o.trials % len(inputs)
+        pm.arm_activation_fault(name, idx, _pick_bit(gen, width, mode))
+        r = pm.infer(inputs[j : j + 1])
+        _score(o, r.status, pm.last_raw_output, r.output, refs[j], answer)
+    o.seconds = time.perf_counter() - t0
+    return o
+
+
+def clean_trials(pm, inputs: torch.Tensor, n: int, seed: int, seconds: float) -> Outcome:
+    """n fault-free inferences on varied inputs (flips, brightness, noise): false alarms."""
+    gen = torch.Generator(device=inputs.device).manual_seed(seed)
+    o, t0 = Outcome(), time.perf_counter()
+    while o.trials < n and time.perf_counter() - t0 < seconds:
+        x = inputs[o.trials % len(inputs)][None].float()
+        if o.trials // len(inputs) % 2:
+            x = x.flip(-1)
+        gain = 0.8 + 0.4 * torch.rand((), generator=gen, device=x.device)
+        x = (x * gain + 0.01 * torch.randn(x.shape, generator=gen, device=x.device))
+        r = pm.infer(x.clamp(0.0, 1.0).to(inputs.dtype))
+        o.trials += 1
+        o.detected += bool(r.status.detections)  # a false alarm: no fault was injected
+        o.unverified += not r.verified
+        o.notes += bool(r.status.notes)
+    o.seconds = time.perf_counter() - t0
+    return o

@@ -1,0 +1,144 @@
+"""The CUDA backend of protect(): its check program and contract.
+
+On a CPU the same class runs its program eagerly (no graph, no streams), which tests the logic:
+flags, the fast and slow paths, activation fault sites, repair. The `cuda` tests run the graph
+on a real GPU (skipped with the reason elsewhere)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from save_ros import models
+from save_ros.core import bits
+from save_ros.core.cuda import cuda_available
+from save_ros.core.cuda.runtime import CudaConfigError, CudaProtectedModel
+from save_ros.core.protect import ProtectConfig, protect
+from save_ros.core.select import SelectConfig, analyze
+
+needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device (GPU host)")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, _ = models.dataset("digits_resnet", "test")
+    calib, _ = models.dataset("digits_resnet", "calib")
+    calib = torch.cat([calib, x[:8]])  # no benign range excursion on the inputs used here
+    net = models.load("digits_resnet")
+    # a short sensitivity pass: these tests are about the runtime, not the attribution
+    return net, x[:8], calib, analyze(net, x[:8], (0.0, 1.0), calib,
+                                      config=SelectConfig(sens_samples=8))
+
+
+def _eager(digits, **kw):
+    net, x, calib, a = digits
+    net = models.load("digits_resnet")
+    ref = net(x).detach()
+    pm = CudaProtectedModel(net, x, (0.0, 1.0), ProtectConfig(calibration=calib, **kw), a,
+                            use_graph=False, fault_sites=True)
+    return pm, x, ref
+
+
+def test_clean_inference_is_verified_on_the_fast_path_and_bit_exact(digits):
+    pm, x, ref = _eager(digits)
+    r = pm.infer(x)
+    assert r.verified and torch.equal(r.output, ref)
+    assert pm.device_alarms == 0 and r.status.checks_run > 0 and r.status.weights_checked
+    r2 = pm.infer(x, wait=False)
+    assert r2.verdict.result().verified  # the fast path resolves the future at once
+
+
+def test_a_weight_flip_raises_a_flag_and_is_repaired_bit_exact(digits):
+    pm, x, ref = _eager(digits)
+    w = pm.normal_tensors()
+    name = "layer1.conv1.weight" if "layer1.conv1.weight" in w else sorted(w)[0]
+    before = w[name].clone()
+    bits.flip_(w[name], 3, 30)
+    r = pm.infer(x)
+    assert pm.device_alarms == 1
+    assert r.verified and r.status.repaired == {name: 1}
+    assert torch.equal(w[name], before) and torch.equal(r.output, ref)
+    assert not torch.equal(pm.last_raw_output, ref)  # the unprotected output was wrong
+
+
+def test_activation_fault_sites_include_functional_ops_and_fire_once(digits):
+    pm, x, ref = _eager(digits)
+    sites = pm.activation_sites()
+    adds = [s for s in sites if s.startswith("add")]
+    assert adds, sites  # the residual adds of the ResNet are sites, not only modules
+    pm.arm_activation_fault(adds[0], 0, 30)
+    r = pm.infer(x)
+    assert r.status.detections and r.verified and torch.equal(r.output, ref)
+    raw = pm.last_raw_output
+    assert not torch.equal(raw, ref)  # the flip happened inside the program
+    r = pm.infer(x)  # disarmed: clean again, on the fast path
+    assert r.verified and not r.status.detections and torch.equal(r.output, ref)
+
+
+def test_site_flips_of_a_high_exponent_bit_never_give_a_wrong_verified_result(digits):
+    pm, x, ref = _eager(digits)
+    sdc = detected = 0
+    sites = pm.activation_sites()
+    for k, (name, numel) in enumerate(sites.items()):
+        pm.arm_activation_fault(name, (k * 37) % numel, 30)
+        r = pm.infer(x)
+        detected += bool(r.status.detections)
+        changed = not torch.equal(pm.last_raw_output.argmax(1), ref.argmax(1))
+        assert r.status.detections or not changed, name  # undetected only when harmless
+        sdc += r.verified and not torch.equal(r.output.argmax(1), ref.argmax(1))
+    assert sdc == 0 and detected > len(sites) // 2
+
+
+def test_an_input_outside_the_box_is_not_verified(digits):
+    pm, x, _ = _eager(digits)
+    r = pm.infer(x * 3.0)
+    assert r.status.input_out_of_range and not r.verified
+
+
+def test_rotating_weight_checks_are_refused_with_a_reason(digits):
+    with pytest.raises(CudaConfigError, match="weight_check_budget_s"):
+        _eager(digits, weight_check_budget_s=1e-4)
+
+
+def test_weight_check_interval_skips_the_checksum_on_other_inferences(digits):
+    pm, x, _ = _eager(digits, weight_check_interval=2)
+    assert pm.infer(x).status.weights_checked
+    assert not pm.infer(x).status.weights_checked
+
+
+def test_the_model_and_the_input_must_share_a_device():
+    net = models.load("digits_cnn")
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="device"):
+        protect(net, x.to("meta"), (0.0, 1.0))
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_protect_on_cuda_returns_the_graph_backend_with_the_cpu_contract():
+    net = models.load("digits_resnet").cuda()
+    x, _ = models.dataset("digits_resnet", "test")
+    calib, _ = models.dataset("digits_resnet", "calib")
+    x = x[:8].cuda()
+    ref = net(x).detach()
+    pm = protect(net, x, (0.0, 1.0), ProtectConfig(calibration=calib.cuda(),
+                                                   verifier="external"), fault_sites=True)
+    assert isinstance(pm, CudaProtectedModel) and pm.use_graph
+    r = pm.infer(x)
+    assert r.verified and torch.allclose(r.output, ref, rtol=1e-4, atol=1e-5)
+    golden = r.output.clone()
+    for _ in range(20):
+        assert torch.equal(pm.infer(x).output, golden)  # graph replays are deterministic
+    w = pm.normal_tensors()
+    name = sorted(w)[2]
+    bits.flip_(w[name], 1, 30)
+    r = pm.infer(x, wait=False)
+    pm.run_pending_checks(5.0)
+    st = r.verdict.result(10)
+    assert st.verified and name in st.repaired and torch.equal(pm.infer(x).output, golden)
+    for name, numel in pm.activation_sites().items():
+        pm.arm_activation_fault(name, numel // 2, 30)
+        r = pm.infer(x)
+        assert r.status.detections and r.verified and torch.equal(r.output, golden), name
+    assert pm.stats()["unrepaired"] == 0
+    pm.close()

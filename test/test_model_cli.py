@@ -1,0 +1,110 @@
+"""`--model package.module:factory`: a user's model in campaign / pvf / analyze."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from save_ros import cli
+
+HERE = Path(__file__).resolve().parent
+SHAPE = ("--input-shape", "3,8,8", "--input-range", "0,1")
+
+
+@pytest.fixture(autouse=True)
+def importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))  # foreign_nets.py lives beside this file
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_campaign_on_a_classifier_by_import_path(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "campaign", "--model", "foreign_nets:make_classifier",
+                             *SHAPE, "--flips", "0,64", "--trials", "2", "--batch", "16",
+                             "--target", "both", "--bits", "30", "--quiet",
+                             "--json", str(tmp_path / "c.json"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert res["model"]["name"] == "foreign_nets:make_classifier"
+    assert res["model"]["eval_data"]["uniform_box"] == [0.0, 1.0]
+    assert res["methods"]["unprotected"]["clean_accuracy"] == 1.0  # labels = own top-1
+    assert res["activation_sites"]["naming"] == "fx"
+    zero, many = res["points"]
+    assert zero["sdc"]["count"] == 0 and many["changed"]["count"] > 0
+    assert "activation sites: fx" in out
+
+
+def test_regression_model_is_scored_within_a_tolerance(capsys, tmp_path):
+    x = torch.rand(10, 6) * 2 - 1
+    torch.save(x, tmp_path / "x.pt")
+    code, out, err = run_cli(capsys, "campaign", "--model", "foreign_nets:make_regressor",
+                             "--inputs", str(tmp_path / "x.pt"), "--task", "regression",
+                             "--flips", "0,1", "--bits", "30", "--trials", "3", "--quiet",
+                             "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["model"]["task"] == "regression"
+    assert res["model"]["eval_data"]["n"] == 5 and res["model"]["eval_data"]["calib"] == 5
+    zero, one = res["points"]
+    assert zero["accuracy"]["mean"] == 1.0 and zero["changed"]["count"] == 0
+    # an exponent flip of a weight moves some output far beyond 1e-3 relative
+    assert one["changed"]["count"] > 0 and one["accuracy"]["mean"] < 1.0
+    assert "within tol" in out
+
+
+def test_pvf_and_analyze_take_an_import_path(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "pvf", "--model", "foreign_nets:make_classifier", *SHAPE,
+                             "--samples", "4", "--batch", "8")
+    assert code == 0, err
+    assert "3 " in out and out.count("\n") >= 3  # one row per parameterised layer
+    code, out, err = run_cli(capsys, "analyze", "--model", "foreign_nets:make_classifier",
+                             *SHAPE, "--eval-inputs", "8")
+    assert code == 0, err
+    assert "save-ros analyze foreign_nets:make_classifier" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (("--model", "no_such_pkg.nets:make"), "cannot import 'no_such_pkg.nets'"),
+    (("--model", "foreign_nets:nothing", *SHAPE), "has no attribute 'nothing'"),
+    (("--model", "foreign_nets:not_a_model", *SHAPE), "returned int, not a torch.nn.Module"),
+    (("--model", "foreign_nets:LAYERS", *SHAPE), "not a callable"),
+    (("--model", "foreign_nets:broken", *SHAPE), "raised RuntimeError: no GPU here"),
+    (("--model", "foreign_nets:make_classifier"), "needs --input-shape and --input-range"),
+    (("--model", "foreign_nets:make_classifier", "--input-range", "0,1"), "needs --input-shape"),
+    (("--model", "foreign_nets:make_classifier", "--input-shape", "1,8,8", "--input-range",
+      "0,1"), "fails on inputs of shape (N, 1, 8, 8)"),
+    (("--model", "foreign_nets:make_regressor", "--input-shape", "6", "--input-range", "0,1",
+      "--task", "classification", "--inputs", "/nonexistent.pt"), "cannot load a tensor"),
+    (("--model", "digits_cnn", "--input-shape", "3"), "--input-shape is for a model given by"),
+    (("--model", "foreign_nets:make_classifier", "--input-shape", "3,8,8", "--input-range",
+      "1,0"), "LOW must be below HIGH"),
+])
+@pytest.mark.parametrize("command", ["campaign", "pvf"])
+def test_bad_model_arguments_are_one_line_exit_2(capsys, argv, needle, command):
+    code, _, err = run_cli(capsys, command, *argv)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+def test_console_command_exit_code(tmp_path):
+    """The real entry point: a bad import path exits 2 with one line on stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    proc = subprocess.run([sys.executable, "-m", "save_ros.cli", "campaign", "--model",
+                           "foreign_nets:not_a_model", *SHAPE], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not a torch.nn.Module" in proc.stderr

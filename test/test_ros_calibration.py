@@ -1,0 +1,79 @@
+"""Calibration inputs for Selection: a file of samples, a rosbag, the first N live inputs."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from save_ros.preprocess import InputSpec
+from save_ros.ros.calibration import CalibrationError, from_file
+
+DIGITS = InputSpec(shape=(1, 8, 8), low=(0.0,), high=(1.0,))
+
+
+def test_samples_from_pt_and_npy_files_out_of_box_ones_skipped(tmp_path):
+    samples = torch.rand(5, 1, 8, 8)
+    samples[2] += 5.0  # outside [0, 1]: would widen the ranges past what SAVE assumes
+    torch.save(samples, tmp_path / "s.pt")
+    np.save(tmp_path / "s.npy", samples.numpy())
+    for name in ("s.pt", "s.npy"):
+        got = from_file(str(tmp_path / name), DIGITS, limit=100)
+        assert got.shape == (4, 1, 8, 8) and torch.equal(got[2], samples[3])
+    assert from_file(str(tmp_path / "s.pt"), DIGITS, limit=2).shape == (2, 1, 8, 8)
+
+
+def test_bad_calibration_files_say_what_to_fix(tmp_path):
+    with pytest.raises(CalibrationError, match="does not exist"):
+        from_file(str(tmp_path / "none.pt"), DIGITS, 10)
+    torch.save(torch.rand(3, 8, 8), tmp_path / "flat.pt")
+    with pytest.raises(CalibrationError, match=r"the model takes \(N, 1, 8, 8\)"):
+        from_file(str(tmp_path / "flat.pt"), DIGITS, 10)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CalibrationError, match="torch.save"):
+        from_file(str(tmp_path / "junk.pt"), DIGITS, 10)
+
+
+@pytest.mark.ros
+def test_samples_from_a_rosbag_are_decoded_like_live_inputs():
+    pytest.importorskip("rclpy")
+    from save_ros.ros import convert
+    from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
+    from save_ros.ros.calibration import from_bag
+
+    got = from_bag(str(BAGS_DIR / DIGITS_BAG), "", "sensor_msgs/msg/Image",
+                   lambda m: convert.image_to_tensor(m, DIGITS), DIGITS, limit=7)
+    first = next(read_messages(BAGS_DIR / DIGITS_BAG)).msg
+    assert got.shape == (7, 1, 8, 8)
+    assert torch.equal(got[0], convert.image_to_tensor(first, DIGITS)[0])
+    with pytest.raises(CalibrationError, match="no topic '/nope'"):
+        from_bag(str(BAGS_DIR / DIGITS_BAG), "/nope", "sensor_msgs/msg/Image", None, DIGITS, 1)
+
+
+@pytest.mark.ros
+def test_live_samples_redo_selection_in_the_node(tmp_path):
+    pytest.importorskip("rclpy")
+    from rosutil import digits_frames
+
+    from save_ros.ros.client import ReplayClient
+    from save_ros.ros.process import NodeProcess
+
+    config = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn.yaml")
+    proc = NodeProcess(config, namespace=f"calib_{os.getpid()}", overrides={
+        "calibration.live_samples": 4, "diagnostics_period": 0.2,
+        "diagnostics.input_timeout": 0.0,
+        "analysis_cache": str(tmp_path / "a.json")}).start()
+    try:
+        with ReplayClient(node_fqn=proc.fqn) as client:
+            client.wait_for_node(proc, timeout=90.0)
+            result = client.replay(digits_frames(6), pace="lockstep")
+            assert result.summary()["verified"] == 6
+            deadline, calibration = 60.0, ""
+            while deadline > 0 and "redone" not in calibration:
+                calibration = client.latest_diagnostics().get("calibration", "")
+                deadline -= 0.2
+            assert calibration == "Selection redone with 4 live inputs"
+            after = client.replay(digits_frames(3), pace="lockstep")
+            assert after.summary()["verified"] == 3
+    finally:
+        assert proc.stop() == 0
