@@ -14,9 +14,10 @@ import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
+import torch  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 
-from save_ros import cli  # noqa: E402
+from save_ros import cli, models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
 from save_ros.ros.bags import (  # noqa: E402
     BAGS_DIR,
@@ -35,7 +36,8 @@ from save_ros.ros.hostile import (  # noqa: E402
     hostile_cases,
     write_hostile_bag,
 )
-from save_ros.ros.hostile_suite import hostile_node, run_session  # noqa: E402
+from save_ros.ros.hostile_suite import hostile_nodes, run_session  # noqa: E402
+from save_ros.ros.replay import load_inputs  # noqa: E402
 
 FUZZ_SLICE = 30  # the default suite's share of the fuzz (the slow test sends 1,000 per type)
 FUZZ_FULL = 1000
@@ -110,12 +112,23 @@ def _assert_kept_its_promises(session) -> None:
     assert not problems, "\n".join(problems) + f"\nnode output:\n{session.output_tail}"
 
 
+SPECS = [("image", "none"), ("joint_state", "none"), ("float32_multi_array", "none"),
+         ("image", "process")]
+
+
 @pytest.fixture(scope="module")
-def image_node(cache_dir):
-    """digits_cnn in the node; its exit code is checked when the module is done with it."""
-    with hostile_node("image", "none", cache_dir) as node:
-        yield node
-    _assert_kept_its_promises(node.session)
+def nodes(cache_dir):
+    """The nodes under test, started (and stopped) together; their exit codes are checked
+    when the module is done with them."""
+    with hostile_nodes(SPECS, cache_dir) as started:
+        yield started
+    for node in started.values():
+        _assert_kept_its_promises(node.session)
+
+
+@pytest.fixture
+def image_node(nodes):
+    return nodes[("image", "none")]
 
 
 def test_image_node_survives_the_hostile_bag_and_a_fuzz_slice(image_node, hostile_bag):
@@ -172,11 +185,12 @@ def test_replay_delivers_every_bag_frame_by_default(image_node, tmp_path):
     assert replay["losses"]["causes"] == []
 
 
-def test_realtime_replay_counts_losses_and_names_their_cause(image_node, tmp_path):
-    report = _replay_cli(tmp_path, BAGS_DIR / DIGITS_BAG, image_node, "--pace", "realtime",
-                         "--rate", "4")
-    loss = report["replay"]["losses"]
-    assert report["reliability"] == "best_effort"  # a camera's QoS, from the config
+def test_realtime_replay_counts_losses_and_names_their_cause(image_node):
+    """The bag at 4x its rate into the node's best-effort input: every loss counted and named."""
+    inputs = load_inputs(BAGS_DIR / DIGITS_BAG, "image", None)
+    result = image_node.client.replay(inputs, pace="realtime", rate=4.0, settle=1.0)
+    assert result.node_parameters["qos.reliability"] == "best_effort"
+    loss = result.losses()
     assert loss["sent"] == 60 and loss["received"] == loss["answered"] > 0
     lost = loss["sent"] - loss["received"]
     assert loss["lost_before_node"] == lost and loss["stray_statuses"] == 0
@@ -186,46 +200,36 @@ def test_realtime_replay_counts_losses_and_names_their_cause(image_node, tmp_pat
         assert "never reached the node's input callback" in loss["causes"][0]
 
 
-@pytest.fixture(scope="module")
-def joint_state_node(cache_dir):
-    with hostile_node("joint_state", "none", cache_dir) as node:
-        yield node
-    _assert_kept_its_promises(node.session)
-
-
-@pytest.fixture(scope="module")
-def array_node(cache_dir):
-    with hostile_node("float32_multi_array", "none", cache_dir) as node:
-        yield node
-    _assert_kept_its_promises(node.session)
-
-
-@pytest.mark.parametrize("node_fixture", ["joint_state_node", "array_node"])
-def test_policy_node_survives_the_hostile_bag_and_a_fuzz_slice(request, node_fixture,
-                                                               hostile_bag):
-    node = request.getfixturevalue(node_fixture)
+@pytest.mark.parametrize("input_type", ["joint_state", "float32_multi_array"])
+def test_policy_node_survives_the_hostile_bag_and_a_fuzz_slice(nodes, input_type, hostile_bag):
+    node = nodes[(input_type, "none")]
     runs = node.hostile(hostile_bag, burst=False) + [node.fuzz(FUZZ_SLICE, seed=1)]
     problems = [f"{r.run}: {v}" for r in runs for v in r.violations]
     assert not problems, "\n".join(problems)
     assert runs[0].answered == runs[0].sent and runs[1].answered == FUZZ_SLICE
 
 
-def test_replay_plays_a_float32_multi_array_bag(array_node, tmp_path):
+def test_replay_plays_a_float32_multi_array_bag(nodes):
     """A policy bag of Float32MultiArray (no header) replays: inputs kept in bag order."""
-    report = _replay_cli(tmp_path, BAGS_DIR / CARTPOLE_ARRAY_BAG, array_node, "-p",
-                         "input_type:=float32_multi_array", "--limit", "50")
-    replay = report["replay"]
-    assert report["exit_code"] == 0
-    assert replay["inputs"] == replay["statuses"] == replay["outputs"] == 50
-    assert replay["verified"] == 50
+    inputs = load_inputs(BAGS_DIR / CARTPOLE_ARRAY_BAG, "float32_multi_array", None, limit=50)
+    result = nodes[("float32_multi_array", "none")].client.replay(inputs)
+    summary = result.summary()
+    assert summary["inputs"] == summary["statuses"] == summary["outputs"] == 50
+    assert summary["verified"] == 50 and summary["received"] == 50
+    model = models.load("cartpole_policy")
+    with torch.no_grad():  # each output is its own input's, in bag order
+        for record, item in zip(result.records, inputs, strict=True):
+            expected = model(torch.tensor([list(item.msg.data)]))[0]
+            got = torch.tensor(record.output, dtype=torch.float64)
+            assert torch.allclose(got, expected.double(), atol=1e-5)
 
 
-def test_image_worker_process_survives_the_hostile_bag_and_a_fuzz_slice(cache_dir,
-                                                                         hostile_bag):
-    session = run_session("image", "process", hostile_bag, fuzz=FUZZ_SLICE, seed=2,
-                          burst=False, cache_dir=cache_dir)
-    _assert_kept_its_promises(session)
-    assert [r.run for r in session.runs] == ["hostile", f"fuzz {FUZZ_SLICE} (seed 2)"]
+def test_image_worker_process_survives_the_hostile_bag_and_a_fuzz_slice(nodes, hostile_bag):
+    node = nodes[("image", "process")]
+    runs = node.hostile(hostile_bag, burst=False) + [node.fuzz(FUZZ_SLICE, seed=2)]
+    problems = [f"{r.run}: {v}" for r in runs for v in r.violations]
+    assert not problems, "\n".join(problems)
+    assert node.proc.proc.poll() is None  # the node (and its workers) took it all
 
 
 @pytest.mark.slow

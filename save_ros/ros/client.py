@@ -251,6 +251,16 @@ class ReplayClient:
             self._cond.wait_for(lambda: len(self.result.diagnostics) > n, timeout)
             return dict(self.result.diagnostics[-1]) if self.result.diagnostics else {}
 
+    def _next_report(self, record: InputRecord, timeout: float) -> dict[str, str]:
+        """The next /diagnostics values of the node, or {} as soon as `record` is answered."""
+        with self._cond:
+            n = len(self.result.diagnostics)
+            self._cond.wait_for(lambda: record.answered() or len(self.result.diagnostics) > n,
+                                timeout)
+            if record.answered() or len(self.result.diagnostics) <= n:
+                return {}
+            return dict(self.result.diagnostics[-1])
+
     # -- replay ---------------------------------------------------------------------------
     def replay(self, inputs: Sequence, pace: str = "lockstep", rate: float = 1.0,
                inject_every: int = 0, settle: float = 2.0, status_timeout: float = 30.0,
@@ -342,11 +352,13 @@ class ReplayClient:
                 return 0
             counted = None
             for _ in range(2):  # the first report may have been made just before the intake
-                counted = self.latest_diagnostics(timeout=period + 1.0).get("received")
+                counted = self._next_report(record, timeout=period + 1.0).get("received")
                 if (record.answered() or base is None or counted is None
                         or int(counted) > int(base) + reached):
                     break
-            if record.answered():
+            if record.answered():  # late, but here: a slow node, not a lost input
+                self._wait_answered(record, 1.0)  # its outputs may trail
+                self._answer_times.append(record.statuses[0][0] - record.sent_at)
                 return 1
             if base is None or counted is None or int(counted) > int(base) + reached:
                 # the node has it (or cannot say): its status is late, not lost

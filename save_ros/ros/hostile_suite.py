@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -210,7 +211,7 @@ def check(run: Run, result: ReplayResult, labels: list[tuple[str, str]] | None =
 def _node(input_type: str, isolation: str, namespace: str, cache_dir: Path,
           overrides: dict[str, object]) -> NodeProcess:
     config = CONFIG_DIR / CONFIGS[input_type]
-    model = "digits_cnn" if input_type == "image" else "cartpole_policy"
+    model = _model(input_type)
     return NodeProcess(config, namespace=namespace, overrides={
         "input_type": input_type, "isolation": isolation, "diagnostics_period": 0.5,
         "analysis_cache": str(cache_dir / f"{model}.json"), **overrides}).start()
@@ -284,6 +285,58 @@ def hostile_node(input_type: str, isolation: str, cache_dir: Path,
     finally:
         session.exit_code = proc.stop()
         session.output_tail = proc.output()[-3000:]
+
+
+def _model(input_type: str) -> str:
+    return "digits_cnn" if input_type == "image" else "cartpole_policy"
+
+
+@contextmanager
+def hostile_nodes(specs: list[tuple[str, str]], cache_dir: Path,
+                  overrides: dict[str, object] | None = None
+                  ) -> Iterator[dict[tuple[str, str], HostileNode]]:
+    """Several nodes `(input_type, isolation)` started and stopped together (faster than one by
+    one: their start-up and shutdown overlap); yields them by spec.
+
+    Nodes of one model start in turn, so only the first writes the shared analysis cache.
+    """
+    overrides = overrides or {}
+    protect = bool(overrides.get("protect", True))
+    waves: list[list[tuple[str, str]]] = []
+    for spec in specs:
+        wave = next((w for w in waves if all(_model(t) != _model(spec[0]) for t, _ in w)), None)
+        if wave is None:
+            waves.append(wave := [])
+        wave.append(spec)
+    nodes: dict[tuple[str, str], HostileNode] = {}
+    try:
+        for wave in waves:
+            started = {spec: _node(spec[0], spec[1], f"hostile_{spec[0]}_{spec[1]}_{os.getpid()}",
+                                   cache_dir, overrides) for spec in wave}
+            for spec, proc in started.items():
+                nodes[spec] = HostileNode(proc, ReplayClient(node_fqn=proc.fqn,
+                                                             input_type=spec[0]),
+                                          Session(*spec), protect)
+            for spec in wave:
+                node = nodes[spec]
+                node.client.wait_for_node(node.proc, timeout=180.0)
+                node.client.replay(hostile_cases(spec[0])[0].messages * 3)  # warm-up
+        yield nodes
+        for node in nodes.values():
+            node.session.survived = node.proc.proc.poll() is None
+    finally:
+        for node in nodes.values():
+            node.client.close()
+        stoppers = [threading.Thread(target=_stop, args=(node,)) for node in nodes.values()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+
+
+def _stop(node: HostileNode) -> None:
+    node.session.exit_code = node.proc.stop()
+    node.session.output_tail = node.proc.output()[-3000:]
 
 
 def run_session(input_type: str, isolation: str, bag: Path | None, fuzz: int = 0,
