@@ -1,8 +1,8 @@
 """Bring your own model: save_node serves, protected, a network from the user's own module and an
 exported .pt2 program, from an rgb8 stream, as a real process over DDS.
 
-Each result on ~/output must equal the plain model on the same preprocessed input (the
-preprocessing is `save_ros.preprocess`, the same code the node runs).
+Each result on ~/output must equal, bit for bit, the plain model on the same preprocessed input
+(the preprocessing is `save_ros.preprocess`, the same code the node runs).
 """
 
 import os
@@ -77,7 +77,7 @@ def _check(served: dict, module: torch.nn.Module) -> None:
             assert status["verified"] == "true", status
             assert len(result.outputs[key]) == 1  # ~/output carries each result once
             got = torch.tensor(result.final_output(key), dtype=torch.float32)
-            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (got, expected)
+            assert torch.equal(got, expected), (got - expected).abs().max()
 
 
 def test_a_model_from_the_users_own_module_is_served_protected(tmp_path):
@@ -94,3 +94,27 @@ def test_an_exported_pt2_program_is_served_protected(tmp_path):
     served, log = _serve(str(path), {}, tmp_path, "export")
     assert "SAVE-protected on cpu" in log and "export" in log
     _check(served, model)
+
+
+def test_a_non_finite_output_is_a_model_problem_not_a_fault(tmp_path):
+    """log(mean) of a black frame is -inf: not published, ERROR that says so, no fault."""
+    env = {"PYTHONPATH": os.pathsep.join([BYOM, os.environ.get("PYTHONPATH", "")])}
+    proc = NodeProcess(None, namespace=f"byom_nan_{os.getpid()}", env=env, overrides={
+        "model": "robot_nets:LogMeanNet", "input_shape": [3, 16, 16],
+        "diagnostics.input_timeout": 0.0, "qos.reliability": "reliable",
+        "analysis_cache": str(tmp_path / "nan.json")}).start()
+    black, grey = _frames(2)
+    black.data = bytes(len(black.data))
+    try:
+        with ReplayClient(node_fqn=proc.fqn, reliability="reliable") as client:
+            client.wait_for_node(proc, timeout=120.0)
+            result = client.replay([black, grey], pace="lockstep")
+            counters = client.latest_diagnostics()
+    finally:
+        assert proc.stop() == 0
+    status = result.final_status(stamp_key(black.header))
+    assert status["_level"] == "2" and "model/input problem" in status["_message"]
+    assert status["published"] == "false" and stamp_key(black.header) not in result.outputs
+    assert result.final_output(stamp_key(grey.header)) is not None
+    assert counters["faults_detected"] == "0" and counters["unrepaired"] == "0"
+    assert counters["nonfinite_outputs"] == "1"

@@ -77,3 +77,33 @@ def test_live_samples_redo_selection_in_the_node(tmp_path):
             assert after.summary()["verified"] == 3
     finally:
         assert proc.stop() == 0
+
+
+def test_calibration_from_a_file_gets_its_own_analysis_cache(tmp_path):
+    """The analysis key does not cover calibration inputs: other data must not hit the cache."""
+    pytest.importorskip("rclpy")
+    import logging
+
+    from save_ros.ros.model_source import ModelRequest, load
+    from save_ros.ros.params import InputType, NodeConfig, PublishPolicy
+    from save_ros.ros.protected_backend import ProtectedBackend
+
+    samples = torch.rand(16, 1, 8, 8)
+    torch.save(samples, tmp_path / "a.pt")
+    cfg = NodeConfig(model="digits_cnn", model_file="", task="", input_shape=(),
+                     input_low=(), input_high=(), output_names=(), device="cpu", protect=True,
+                     input_topic="~/input", input_type=InputType.IMAGE, joint_names=(),
+                     qos_depth=1, qos_reliability="best_effort", queue_size=1,
+                     publish_policy=PublishPolicy.VERIFIED, reliable_memory_bytes=-1,
+                     checksum_period=1, analysis_cache=str(tmp_path / "cache.json"),
+                     verify_timeout=1.0, shutdown_timeout=1.0, diagnostics_period=1.0,
+                     calibration_file=str(tmp_path / "a.pt"))
+    paths = []
+    for data in (samples, samples * 0.5):
+        loaded = load(ModelRequest("digits_cnn"))
+        loaded.calibration = data
+        backend = ProtectedBackend(cfg, loaded, logging.getLogger("test"))
+        paths.append(backend._cache_path())
+        assert paths[-1].is_file() and not backend.cache_hit
+        backend.close()
+    assert paths[0] != paths[1] and paths[0].name.startswith("cache.calib-")

@@ -7,6 +7,7 @@ Analysis's key (a hash of the weights, architecture, input box and settings) mat
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import Future
 from dataclasses import asdict
 from pathlib import Path
@@ -60,17 +61,28 @@ class ProtectedBackend(Backend):
             key = analysis_key(module, capture(module, example[:1]).architecture(),
                                _box_record(low[0], high[0]),
                                asdict(SelectConfig(margin=config.margin)))
-            config.analysis = self._load_cache(Path(cfg.analysis_cache).expanduser(), key)
+            config.analysis = self._load_cache(self._cache_path(), key)
             self.cache_hit = config.analysis is not None
         try:
             self.pm: ProtectedModel = protect(module, example, (low[0], high[0]), config)
         except (UnsupportedModelError, ValueError, TypeError, RuntimeError) as exc:
             raise BackendError(f"cannot protect {loaded.name}: {exc}") from exc
         if cfg.analysis_cache and not self.cache_hit:
-            self._save_cache(Path(cfg.analysis_cache).expanduser())
+            self._save_cache(self._cache_path())
         logger.info(self.pm.summary())
 
     # -- analysis cache -------------------------------------------------------------------
+    def _cache_path(self) -> Path:
+        """`analysis_cache`, or beside it `<stem>.calib-<digest><suffix>` for calibration from
+        calibration.file/bag: the analysis key covers weights, graph and box but not the
+        calibration inputs, so other calibration data must not load this analysis."""
+        path = Path(self.cfg.analysis_cache).expanduser()
+        calib = self.loaded.calibration
+        if calib is None or not (self.cfg.calibration_file or self.cfg.calibration_bag):
+            return path
+        digest = hashlib.sha256(calib.detach().float().cpu().contiguous().numpy().tobytes())
+        return path.with_name(f"{path.stem}.calib-{digest.hexdigest()[:12]}{path.suffix}")
+
     def _load_cache(self, path: Path, key: str) -> Analysis | None:
         if not path.is_file():
             return None
@@ -130,7 +142,7 @@ class ProtectedBackend(Backend):
         except (UnsupportedModelError, ValueError) as exc:
             raise BackendError(f"reanalyze failed: {exc}") from exc
         if self.cfg.analysis_cache:
-            self._save_cache(Path(self.cfg.analysis_cache).expanduser())
+            self._save_cache(self._cache_path())
         return self.pm.summary().replace("\n", "; ")
 
     def inject(self, count: int, target: str, seed: int, bits: tuple[int, ...]) -> str:

@@ -51,3 +51,17 @@ class SlowNet(nn.Module):
 
         time.sleep(self.delay_s)
         return self.net(x)
+
+
+class LogMeanNet(nn.Module):
+    """log of the mean pixel per channel: -inf for an all-black frame (a model/input problem)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 3)  # (core's Selection needs a weight to attribute)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(3))
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.log(x.mean(dim=(2, 3))))
