@@ -9,6 +9,8 @@ in the way. `rosbags` only supplies the message definitions that rosbag2 metadat
   is an 8x8 block) at 30 Hz on `/camera/image`; the node area-averages them back to 8x8.
 - `bags/cartpole_states`: CartPole-v1 states of held-out rollouts as sensor_msgs/JointState at
   50 Hz on `/cartpole/joint_states` (names = the state components).
+- `bags/cartpole_array`: the same states as std_msgs/Float32MultiArray (4 values, no header) at
+  50 Hz on `/cartpole/state`, for a node with `input_type: float32_multi_array`.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Header
+from std_msgs.msg import Float32MultiArray, Header
 
 from save_ros.ros.share import share_dir
 
 BAGS_DIR = share_dir("bags")
-DIGITS_BAG, CARTPOLE_BAG = "digits_mono8", "cartpole_states"
+DIGITS_BAG, CARTPOLE_BAG, CARTPOLE_ARRAY_BAG = "digits_mono8", "cartpole_states", "cartpole_array"
 DIGITS_TOPIC, CARTPOLE_TOPIC = "/camera/image", "/cartpole/joint_states"
+CARTPOLE_ARRAY_TOPIC = "/cartpole/state"
 CARTPOLE_JOINTS = ("cart_position", "cart_velocity", "pole_angle", "pole_angular_velocity")
 T0_NS = 1_700_000_000 * 10**9  # a fixed start stamp, so the bags are byte-reproducible
 
@@ -164,15 +167,32 @@ def make_cartpole_bag(out: Path, count: int = 200, hz: float = 50.0) -> Path:
     return out
 
 
+def make_cartpole_array_bag(out: Path, count: int = 200, hz: float = 50.0) -> Path:
+    """The states of `make_cartpole_bag` as Float32MultiArray (the header-less policy input)."""
+    from save_ros import models
+
+    x, _ = models.dataset("cartpole_policy", "test")
+    with BagWriter(out) as bag:
+        for i in range(count):
+            msg = Float32MultiArray()
+            msg.data = [float(v) for v in x[i]]
+            bag.write(CARTPOLE_ARRAY_TOPIC, msg, T0_NS + int(i * 1e9 / hz))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the committed bags (replacing them with --force)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=BAGS_DIR)
     parser.add_argument("--force", action="store_true", help="replace existing bags")
     args = parser.parse_args(argv)
-    for name, make in ((DIGITS_BAG, make_digits_bag), (CARTPOLE_BAG, make_cartpole_bag)):
+    for name, make in ((DIGITS_BAG, make_digits_bag), (CARTPOLE_BAG, make_cartpole_bag),
+                       (CARTPOLE_ARRAY_BAG, make_cartpole_array_bag)):
         out = args.out_dir / name
-        if out.exists() and args.force:
+        if out.exists() and not args.force:
+            print(f"{out}: exists (--force replaces it)")
+            continue
+        if out.exists():
             shutil.rmtree(out)
         make(out)
         print(f"{out}: {topics(out)}")

@@ -99,8 +99,8 @@ def _start(model: str, protect: bool, tmp: Path, queue_size: int | None) -> Node
 
 def _capacity(res) -> dict[str, float]:
     """Answered inputs per second while flooded (publisher rate: the bound it can show)."""
-    sent = sorted(res.sent.values())
-    firsts = sorted(v[0][0] for v in res.outputs.values() if v)
+    sent = sorted(r.sent_at for r in res.records)
+    firsts = sorted(r.outputs[0][0] for r in res.records if r.outputs)
     span = (firsts[-1] - sent[0]) if firsts else float("nan")
     return {"answered": len(firsts), "published": len(sent),
             "answered_per_s": len(firsts) / span if firsts else 0.0,

@@ -2,6 +2,13 @@
 
 `ReplayClient` owns its own rclpy context (so it works inside pytest, next to other nodes) and
 spins it on a background thread; the caller's thread publishes and waits on events.
+
+Inputs are kept by their position in the replay (`InputRecord`), never merged by stamp: a bag may
+hold many messages with one stamp, and a Float32MultiArray has no stamp at all (the node stamps it
+on arrival). Each `~/fault_status` is matched to the oldest input still waiting for one whose stamp
+it carries (any waiting input, for header-less inputs); each `~/output` goes to the input whose
+status said it was published. `ReplayResult.outputs` / `.statuses` keep every message by stamp too,
+for callers that key on stamps.
 """
 
 from __future__ import annotations
@@ -10,27 +17,39 @@ import itertools
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.srv import GetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
+
+from save_ros.ros.replay_result import InputRecord, ReplayResult, compare, status_values
+
+__all__ = ["INPUT_MSGTYPES", "PACES", "InputRecord", "NodeUnreachableError", "ReplayClient",
+           "ReplayResult", "compare", "output_values", "stamp_key", "status_values"]
 
 INPUT_MSGTYPES = {"image": "sensor_msgs/msg/Image",
                   "float32_multi_array": "std_msgs/msg/Float32MultiArray",
                   "joint_state": "sensor_msgs/msg/JointState"}
 _INPUT_CLASSES = {"image": Image, "float32_multi_array": Float32MultiArray,
                   "joint_state": JointState}
-
+# lockstep: one input at a time, each waits for its status (every input reaches the node);
+# realtime: the bag's timing times `rate`; afap: no pauses. "rate" is realtime's old name.
+PACES = ("lockstep", "realtime", "afap")
+_PACE_ALIASES = {"rate": "realtime"}
+# node parameters that explain losses, read from the node itself (not from the config file)
+_EVIDENCE_PARAMETERS = ("qos.depth", "qos.reliability", "queue_size", "input_type",
+                        "publish_policy", "isolation", "protect", "diagnostics_period")
 
 _CLIENT_IDS = itertools.count()
 
@@ -44,122 +63,53 @@ def stamp_key(header) -> int:
     return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
 
 
-def status_values(array: DiagnosticArray) -> dict[str, str]:
-    """Key/values of the first status of a DiagnosticArray, plus its level and message."""
-    status = array.status[0]
-    out = {kv.key: kv.value for kv in status.values}
-    out["_level"] = str(status.level[0] if isinstance(status.level, bytes) else status.level)
-    out["_message"] = status.message
-    return out
+def output_values(msg) -> list[float]:
+    """The numbers of one `~/output` message, whatever type the node publishes.
+
+    JointState (today's output): `position`; Float32/64MultiArray: `data`; vision_msgs
+    Classification: the hypotheses' scores.
+    """
+    if hasattr(msg, "position"):
+        return [float(v) for v in msg.position]
+    if hasattr(msg, "data"):
+        return [float(v) for v in msg.data]
+    if hasattr(msg, "results"):
+        return [float(getattr(getattr(r, "hypothesis", r), "score", 0.0)) for r in msg.results]
+    return []
 
 
-@dataclass
-class ReplayResult:
-    """What one replay saw, keyed by input stamp (ns)."""
+def _message_class(msgtype: str) -> type:
+    from save_ros.ros.bags import message_class
 
-    sent: dict[int, float] = field(default_factory=dict)  # stamp -> publish time (monotonic)
-    outputs: dict[int, list[tuple[float, list[float]]]] = field(
-        default_factory=lambda: defaultdict(list))
-    statuses: dict[int, list[tuple[float, dict[str, str]]]] = field(
-        default_factory=lambda: defaultdict(list))
-    diagnostics: list[dict[str, str]] = field(default_factory=list)
-    injections: list[str] = field(default_factory=list)
-    recorded: list[tuple[str, int, object]] = field(default_factory=list)
-    counters_before: dict[str, str] = field(default_factory=dict)
-
-    def final_output(self, stamp: int) -> list[float] | None:
-        """The last output received for a stamp (a repair re-publishes the corrected one)."""
-        got = self.outputs.get(stamp)
-        return got[-1][1] if got else None
-
-    def final_status(self, stamp: int) -> dict[str, str] | None:
-        """The fault status received for a stamp."""
-        got = self.statuses.get(stamp)
-        return got[-1][1] if got else None
-
-    def latencies_ms(self) -> np.ndarray:
-        """Input published -> first output received, per input that got an output."""
-        return np.array([(self.outputs[s][0][0] - t) * 1e3 for s, t in self.sent.items()
-                         if self.outputs.get(s)], dtype=np.float64)
-
-    def verdict_latencies_ms(self) -> np.ndarray:
-        """Input published -> its fault status received (the verdict), per answered input."""
-        return np.array([(self.statuses[s][0][0] - t) * 1e3 for s, t in self.sent.items()
-                         if self.statuses.get(s)], dtype=np.float64)
-
-    def summary(self) -> dict[str, object]:
-        """Counts and latency percentiles (JSON-ready)."""
-        statuses = [self.final_status(s) for s in self.sent]
-        statuses = [s for s in statuses if s is not None]
-        detected = sum(int(s.get("detected", "0")) for s in statuses)
-        last = self.diagnostics[-1] if self.diagnostics else {}
-
-        def delta(key: str) -> int:
-            return int(last.get(key, 0)) - int(self.counters_before.get(key, 0))
-
-        lat = self.latencies_ms()
-        out: dict[str, object] = {
-            "inputs": len(self.sent),
-            "outputs": sum(1 for s in self.sent if self.outputs.get(s)),
-            "statuses": len(statuses),
-            "received": delta("received"),  # inputs that reached the node
-            "dropped": delta("dropped"),
-            "rejected": sum(1 for s in statuses if s.get("rejected") == "true"),
-            "verified": sum(1 for s in statuses if s.get("verified") == "true"),
-            "unverified": sum(1 for s in statuses if s.get("verified") != "true"),
-            "detected": detected,
-            "inferences_with_detection": sum(1 for s in statuses
-                                             if int(s.get("detected", "0")) > 0),
-            "repaired": sum(int(s.get("repaired", "0")) for s in statuses),
-            "faults_injected": delta("faults_injected"),
-            "latency_ms": {},
-        }
-        if len(lat):
-            p50, p90, p99 = np.percentile(lat, [50, 90, 99])
-            out["latency_ms"] = {"p50": p50, "p90": p90, "p99": p99, "max": float(lat.max()),
-                                 "mean": float(lat.mean()), "n": len(lat)}
-        verdict = self.verdict_latencies_ms()
-        if len(verdict):
-            p50, p90, p99 = np.percentile(verdict, [50, 90, 99])
-            out["verdict_latency_ms"] = {"p50": p50, "p90": p90, "p99": p99,
-                                         "n": len(verdict)}
-        return out
+    return message_class(msgtype)
 
 
-def compare(clean: ReplayResult, faulty: ReplayResult) -> dict[str, object]:
-    """Compare outputs stamp by stamp: every verified faulty-run output vs the clean run's."""
-    verified_compared = verified_equal = all_compared = all_equal = first_equal = 0
-    mismatched: list[int] = []
-    for stamp in faulty.sent:
-        ref, got = clean.final_output(stamp), faulty.final_output(stamp)
-        status = faulty.final_status(stamp) or {}
-        if ref is None or got is None:
-            continue
-        same = ref == got  # exact float equality: a verified result is the fault-free one
-        all_compared += 1
-        all_equal += int(same)
-        # what a subscriber that ignores corrections saw (under publish_policy immediate)
-        first_equal += int(faulty.outputs[stamp][0][1] == ref)
-        if status.get("verified") == "true":
-            verified_compared += 1
-            verified_equal += int(same)
-            if not same:
-                mismatched.append(stamp)
-    return {"verified_compared": verified_compared, "verified_equal": verified_equal,
-            "all_compared": all_compared, "all_equal": all_equal,
-            "first_output_equal": first_equal,
-            "verified_mismatches": mismatched[:20]}
+def _parameter_value(value) -> object:
+    """The Python value of an rcl_interfaces ParameterValue (None if not set)."""
+    from rcl_interfaces.msg import ParameterType as T
+
+    return {T.PARAMETER_BOOL: lambda v: v.bool_value,
+            T.PARAMETER_INTEGER: lambda v: v.integer_value,
+            T.PARAMETER_DOUBLE: lambda v: v.double_value,
+            T.PARAMETER_STRING: lambda v: v.string_value}.get(value.type, lambda v: None)(value)
 
 
 class ReplayClient:
-    """Publishes inputs to one `save_node`, records its results; a context manager."""
+    """Publishes inputs to one `save_node`, records its results; a context manager.
+
+    `reliability` is the QoS of the input publisher: "reliable" (the default) matches a
+    best-effort or a reliable node subscription and, with a reliable one, is delivered;
+    "best_effort" is what a camera driver would do.
+    """
 
     def __init__(self, node_fqn: str = "/save_node", input_topic: str = "~/input",
-                 input_type: str = "image", reliability: str = "best_effort") -> None:
+                 input_type: str = "image", reliability: str = "reliable") -> None:
         self.fqn = node_fqn
         resolved = (node_fqn + input_topic[1:] if input_topic.startswith("~")
                     else input_topic)
         self.input_topic = resolved
+        self.input_type = input_type
+        self.reliability = reliability
         self.context = Context()
         # not sys.argv: rcl would read `save-ros replay -p name:=value` as a remap rule for
         # this client (and warn "Found remap rule ... deprecated"); the node gets the -p values
@@ -169,16 +119,21 @@ class ReplayClient:
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE
                          if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT)
         self.pub = self.node.create_publisher(_INPUT_CLASSES[input_type], resolved, qos)
-        reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        self.out_sub = self.node.create_subscription(JointState, f"{node_fqn}/output",
-                                                     self._on_output, reliable)
+        self._reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        self.output_type = ""  # learnt from the graph in wait_for_node
+        self.out_sub = None
         self.status_sub = self.node.create_subscription(
-            DiagnosticArray, f"{node_fqn}/fault_status", self._on_status, reliable)
+            DiagnosticArray, f"{node_fqn}/fault_status", self._on_status, self._reliable)
         self.diag_sub = self.node.create_subscription(DiagnosticArray, "/diagnostics",
-                                                      self._on_diag, reliable)
+                                                      self._on_diag, self._reliable)
         self.services = {name: self.node.create_client(Trigger, f"{node_fqn}/{name}")
                          for name in ("recover", "reanalyze", "inject_faults",
                                       "inject_crash")}
+        self._get_params = self.node.create_client(GetParameters, f"{node_fqn}/get_parameters")
+        self.node_parameters: dict[str, object] = {}
+        self.process = None
+        self._settled = None  # (final counters, result, its message count) of the last replay
+        self._answer_times: deque[float] = deque(maxlen=50)  # s, publish -> status (lockstep)
         self.result = ReplayResult()
         self._cond = threading.Condition()
         self._executor = SingleThreadedExecutor(context=self.context)
@@ -188,73 +143,93 @@ class ReplayClient:
 
     # -- callbacks (executor thread) ------------------------------------------------------
     def _on_output(self, msg) -> None:
-        from save_ros.ros.outputs import output_values
-
-        # Float64MultiArray has no header: it is keyed by arrival order
-        key = stamp_key(msg.header) if hasattr(msg, "header") else len(self.result.outputs)
+        header = getattr(msg, "header", None)
         with self._cond:
-            self.result.outputs[key].append((time.monotonic(), output_values(msg)))
+            self.result.add_output(stamp_key(header) if header is not None else None,
+                                   time.monotonic(), output_values(msg))
             self.result.recorded.append((f"{self.fqn}/output", time.time_ns(), msg))
             self._cond.notify_all()
 
     def _on_status(self, msg: DiagnosticArray) -> None:
         with self._cond:
-            self.result.statuses[stamp_key(msg.header)].append((time.monotonic(),
-                                                                status_values(msg)))
+            self.result.add_status(stamp_key(msg.header), time.monotonic(), status_values(msg))
+            self.result.status_bytes_max = max(self.result.status_bytes_max,
+                                               _status_bytes(msg.status[0]))
             self.result.recorded.append((f"{self.fqn}/fault_status", time.time_ns(), msg))
             self._cond.notify_all()
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
+        # a node may report several statuses (e.g. "<fqn>: <model>: input" and "...: inference")
         mine = [s for s in msg.status if s.name.startswith(self.fqn.lstrip("/"))
                 or s.name.startswith(self.fqn)]
         if mine:
             with self._cond:
-                # the node reports several statuses (input, inference): one dict of all values
                 values = {kv.key: kv.value for s in mine for kv in s.values}
                 worst = max(mine, key=lambda s: s.level)
                 values["_level"] = str(worst.level[0])
                 values["_message"] = "; ".join(s.message for s in mine)
                 self.result.diagnostics.append(values)
+                self.result.diagnostics_bytes = max(self.result.diagnostics_bytes,
+                                                    sum(_status_bytes(s) for s in mine))
+                self.result.diagnostics_keys = max(self.result.diagnostics_keys,
+                                                   sum(len(s.values) for s in mine))
                 self._cond.notify_all()
 
     # -- node handling --------------------------------------------------------------------
+    def _subscribe_output(self) -> bool:
+        """Subscribe to `~/output` with the type the node advertises (once it is on the graph)."""
+        if self.out_sub is not None:
+            return True
+        topic = f"{self.fqn}/output"
+        types = dict(self.node.get_topic_names_and_types()).get(topic)
+        if not types:
+            return False
+        self.output_type = types[0]
+        self.out_sub = self.node.create_subscription(_message_class(types[0]), topic,
+                                                     self._on_output, self._reliable)
+        return True
+
     def wait_for_node(self, process=None, timeout: float = 60.0) -> None:
-        """Wait until the node's services answer and both topic directions are matched."""
+        """Wait until the node answers a service call and every topic is matched both ways.
+
+        The round trip of `get_parameters` shows that the node has discovered this client too
+        (a matched publisher only shows that this client has discovered the node), so the first
+        input is not published into a subscription that does not know it yet.
+        """
+        self.process = process
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process is not None:
                 process.check_alive()
-            self._match_output_type()
             if (self.services["recover"].service_is_ready()
+                    and self._get_params.service_is_ready()
                     and self.pub.get_subscription_count() > 0
+                    and self._subscribe_output()
                     and self.out_sub.get_publisher_count() > 0
-                    and self.status_sub.get_publisher_count() > 0):
+                    and self.status_sub.get_publisher_count() > 0
+                    and self._read_node_parameters(max(0.1, deadline - time.monotonic()))):
                 return
             time.sleep(0.1)
         seen = (f" (services ready {self.services['recover'].service_is_ready()}, input "
                 f"subscribers {self.pub.get_subscription_count()}, output publishers "
-                f"{self.out_sub.get_publisher_count()})")
+                f"{self.out_sub.get_publisher_count() if self.out_sub else 0})")
         log = f"\nnode output:\n{process.output()[-2000:]}" if process is not None else ""
         raise NodeUnreachableError(f"{self.fqn} did not appear within {timeout:.0f} s{seen}; "
                                    f"is it running in this shell's ROS_DOMAIN_ID?{log}")
 
-    def _match_output_type(self) -> None:
-        """Subscribe to ~/output with the type the node publishes (JointState, Classification,
-        Float64MultiArray: its output_type parameter decides)."""
-        import importlib
-
-        topic = f"{self.fqn}/output"
-        types = dict(self.node.get_topic_names_and_types()).get(topic, [])
-        if not types or types[0] == "sensor_msgs/msg/JointState" or \
-                getattr(self, "_output_type", None) == types[0]:
-            return
-        package, _, name = types[0].split("/")
-        cls = getattr(importlib.import_module(f"{package}.msg"), name)
-        self.node.destroy_subscription(self.out_sub)
-        self.out_sub = self.node.create_subscription(
-            cls, topic, self._on_output,
-            QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
-        self._output_type = types[0]
+    def _read_node_parameters(self, timeout: float) -> bool:
+        """Read the parameters that explain losses from the node; False if it did not answer."""
+        request = GetParameters.Request(names=list(_EVIDENCE_PARAMETERS))
+        future = self._get_params.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(min(timeout, 5.0)) or future.result() is None:
+            return False
+        values = [_parameter_value(v) for v in future.result().values]
+        self.node_parameters = {name: value for name, value
+                                in zip(_EVIDENCE_PARAMETERS, values, strict=False)
+                                if value is not None}
+        return True
 
     def call(self, service: str, timeout: float = 60.0) -> Trigger.Response:
         """Call a Trigger service of the node and wait for the answer."""
@@ -276,44 +251,155 @@ class ReplayClient:
             self._cond.wait_for(lambda: len(self.result.diagnostics) > n, timeout)
             return dict(self.result.diagnostics[-1]) if self.result.diagnostics else {}
 
-    # -- replay ---------------------------------------------------------------------------
-    def replay(self, inputs: Sequence, pace: str = "rate", rate: float = 1.0,
-               inject_every: int = 0, settle: float = 2.0, status_timeout: float = 30.0
-               ) -> ReplayResult:
-        """Publish bag messages (`BagMessage`s or bare messages); return what came back."""
+    def _next_report(self, record: InputRecord, timeout: float) -> dict[str, str]:
+        """The next /diagnostics values of the node, or {} as soon as `record` is answered."""
         with self._cond:
-            self.result = ReplayResult()
-        self.result.counters_before = self.latest_diagnostics()
-        t_bag0 = _time_ns(inputs[0]) if inputs else 0
+            n = len(self.result.diagnostics)
+            self._cond.wait_for(lambda: record.answered() or len(self.result.diagnostics) > n,
+                                timeout)
+            if record.answered() or len(self.result.diagnostics) <= n:
+                return {}
+            return dict(self.result.diagnostics[-1])
+
+    # -- replay ---------------------------------------------------------------------------
+    def replay(self, inputs: Sequence, pace: str = "lockstep", rate: float = 1.0,
+               inject_every: int = 0, settle: float = 2.0, status_timeout: float = 30.0,
+               retries: int = 1, probe: float = 1.0) -> ReplayResult:
+        """Publish bag messages (`BagMessage`s or bare messages); return what came back.
+
+        `lockstep` (the default) publishes the next input only once the last one has its fault
+        status, so every input reaches the node and is answered: an input without a status after
+        `probe` seconds that the node's `received` counter did not count either never reached it
+        (the node is idle in lockstep) and is published again, up to `retries` times. `realtime`
+        keeps the bag's timing (times `rate`); `afap` publishes without pauses. A node process
+        that exits stops the replay (`ReplayResult.node_exit_code`).
+        """
+        pace = _PACE_ALIASES.get(pace, pace)
+        if pace not in PACES:
+            raise ValueError(f"pace {pace!r}: use one of {', '.join(PACES)}")
+        with self._cond:
+            self.result = ReplayResult(pace=pace, rate=rate,
+                                       node_parameters=dict(self.node_parameters),
+                                       publisher_reliability=self.reliability)
+        result = self.result
+        result.counters_before = self._counters_now()
+        reached = 0  # inputs the node has taken so far (lockstep)
+        t_bag0 = _time_ns(inputs[0]) if len(inputs) else 0
         t0 = time.monotonic()
         for i, item in enumerate(inputs):
+            if self._node_exited(result):
+                break
             msg = getattr(item, "msg", item)
             if inject_every and i and i % inject_every == 0:
                 resp = self.call("inject_faults")
-                self.result.injections.append(resp.message)
-            if pace == "rate":
+                result.injections.append(resp.message)
+            if pace == "realtime":
                 due = t0 + (_time_ns(item) - t_bag0) / 1e9 / rate
                 time.sleep(max(0.0, due - time.monotonic()))
-            stamp = stamp_key(msg.header) if hasattr(msg, "header") else i
+            header = getattr(msg, "header", None)
+            record = InputRecord(i, stamp_key(header) if header is not None else None,
+                                 matched=self.pub.get_subscription_count(),
+                                 size=len(serialize_message(msg)))
             with self._cond:
-                self.result.sent[stamp] = time.monotonic()
-            self.pub.publish(msg)
+                record.sent_at = time.monotonic()
+                result.add_input(record)  # before publishing: the status may come at once
             if pace == "lockstep":
-                with self._cond:
-                    self._cond.wait_for(lambda s=stamp: s in self.result.statuses,
-                                        status_timeout)
+                reached += self._lockstep(record, msg, reached, status_timeout, retries, probe)
+            else:
+                record.attempts = 1
+                self.pub.publish(msg)
         self._settle(settle, status_timeout)
-        self.latest_diagnostics()  # the counters after the run
-        return self.result
+        after = self.latest_diagnostics()  # the counters after the run
+        self._settled = (after, result, len(result.recorded)) if after else None
+        self._node_exited(result)
+        return result
 
-    def _settle(self, idle: float, limit: float) -> None:
-        """Wait until every input has a status, or no result arrived for `idle` seconds."""
+    def _counters_now(self) -> dict[str, str]:
+        """The node's counters: the last replay's final ones while nothing happened since."""
+        if self._settled is not None:
+            values, last, recorded = self._settled
+            self._settled = None
+            with self._cond:
+                if len(last.recorded) == recorded:  # no status or output arrived since
+                    self.result.diagnostics.append(values)
+                    return dict(values)
+        return self.latest_diagnostics()
+
+    def _lockstep(self, record: InputRecord, msg, reached: int, status_timeout: float,
+                  retries: int, probe: float) -> int:
+        """Publish one input, wait for its status, publish again what never reached the node.
+
+        An input is published again only when two /diagnostics reports, a diagnostics period
+        apart, both show that the node did not take it: a node whose executor stalls (the
+        intake callback and the diagnostics timer share it) may take an input late, and a copy
+        published then would be answered too (counted as `republished_duplicates`).
+        Returns 1 if the input reached the node (answered, or counted by it), else 0.
+        """
+        base = self.result.counters_before.get("received")
+        period = float(self.node_parameters.get("diagnostics_period", 1.0) or 1.0)
+        if len(self._answer_times) >= 5:  # 20 times the usual answer time: a loss costs little
+            probe = min(probe, max(0.25, 20 * float(np.median(self._answer_times))))
+        while True:
+            with self._cond:
+                record.sent_at = time.monotonic()  # latency counts from the attempt that arrived
+            self.pub.publish(msg)
+            record.attempts += 1
+            self._wait_answered(record, min(probe, status_timeout))
+            if record.answered():
+                self._answer_times.append(record.statuses[0][0] - record.sent_at)
+                return 1
+            if self._node_exited(self.result):
+                return 0
+            counted = None
+            for _ in range(2):  # the first report may have been made just before the intake
+                counted = self._next_report(record, timeout=period + 1.0).get("received")
+                if (record.answered() or base is None or counted is None
+                        or int(counted) > int(base) + reached):
+                    break
+            if record.answered():  # late, but here: a slow node, not a lost input
+                self._wait_answered(record, 1.0)  # its outputs may trail
+                self._answer_times.append(record.statuses[0][0] - record.sent_at)
+                return 1
+            if base is None or counted is None or int(counted) > int(base) + reached:
+                # the node has it (or cannot say): its status is late, not lost
+                self._wait_answered(record, max(0.0, status_timeout - probe))
+                return 1 if counted is not None and base is not None else int(
+                    record.answered())
+            if record.attempts > retries:
+                return 0
+
+    def _node_exited(self, result: ReplayResult) -> bool:
+        code = self.process.proc.poll() if self.process is not None and getattr(
+            self.process, "proc", None) is not None else None
+        if code is not None:
+            result.node_exit_code = code
+        return code is not None
+
+    def _wait_answered(self, record: InputRecord, timeout: float,
+                       output_grace: float = 1.0) -> None:
+        """Wait for the record's status, then briefly for the outputs it announces.
+
+        Returns early when the node process exited.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not record.answered() and time.monotonic() < deadline:
+                self._cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                if self.process is not None and self.process.proc.poll() is not None:
+                    return
+            # an output and its status travel on two topics: either may arrive first
+            self._cond.wait_for(record.complete, min(output_grace,
+                                                     max(0.0, deadline - time.monotonic())))
+
+    def _settle(self, idle: float, limit: float, output_grace: float = 0.5) -> None:
+        """Wait until every input has its status, or no result arrived for `idle` seconds."""
         deadline = time.monotonic() + limit
+        records = self.result.records
         with self._cond:
             while time.monotonic() < deadline:
-                if all(s in self.result.statuses for s in self.result.sent):
-                    # a repaired result's corrected output may trail its status: wait briefly
-                    self._cond.wait(0.2)
+                if all(r.answered() for r in records):
+                    self._cond.wait_for(lambda: all(r.complete() for r in records),
+                                        output_grace)
                     return
                 seen = len(self.result.recorded)  # /diagnostics does not count as progress
                 if not self._cond.wait_for(lambda n=seen: len(self.result.recorded) > n, idle):
@@ -335,8 +421,16 @@ class ReplayClient:
         self.close()
 
 
+def _status_bytes(status) -> int:
+    """Text size of a DiagnosticStatus (what a /diagnostics message grows with)."""
+    return (len(status.name) + len(status.message) + len(status.hardware_id)
+            + sum(len(kv.key) + len(kv.value) for kv in status.values))
+
+
 def _time_ns(item) -> int:
-    """Bag time of a BagMessage, else its header stamp."""
+    """Bag time of a BagMessage, else its header stamp (0 for a header-less message)."""
     if hasattr(item, "time_ns"):
         return int(item.time_ns)
-    return stamp_key(item.header)
+    header = getattr(item, "header", None)
+    return stamp_key(header) if header is not None else 0
+

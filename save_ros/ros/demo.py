@@ -2,8 +2,9 @@
 
 1. start `save_node` (digits_cnn, SAVE on, `~/inject_faults` offered) as its own process;
 2. replay the bundled digits bag once without faults (lockstep): the reference outputs;
-3. replay it again at the bag's rate, flipping `--flips` random bits in normal-memory weights
-   every `--every` frames, and compare every verified output with the reference;
+3. replay it again (lockstep, or `--pace realtime` at the bag's rate times `--rate`), flipping
+   `--flips` random bits in normal-memory weights every `--every` frames, and compare every
+   verified output with the reference;
 4. (unless `--no-baseline`) do the same to a bare node (`protect:=false`): what the flips do
    without SAVE.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from save_ros.cli import positive_float, positive_int
 from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
-from save_ros.ros.client import ReplayClient, ReplayResult, compare, stamp_key
+from save_ros.ros.client import ReplayClient, ReplayResult, compare
 from save_ros.ros.process import NodeProcess
 from save_ros.ros.replay import print_summary
 from save_ros.ros.share import share_dir
@@ -34,7 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=positive_int, default=10,
                         help="inject before every N-th frame")
     parser.add_argument("--seed", type=int, default=1, help="seed of the first injection")
-    parser.add_argument("--rate", type=positive_float, default=1.0, help="speed factor on the bag")
+    parser.add_argument("--pace", choices=("lockstep", "realtime"), default="lockstep",
+                        help="lockstep: every frame reaches the node, one at a time; realtime: "
+                        "the bag's timing times --rate (frames the node cannot take are lost "
+                        "and counted)")
+    parser.add_argument("--rate", type=positive_float, default=1.0,
+                        help="speed factor on the bag (--pace realtime)")
     parser.add_argument("--publish-policy", choices=("immediate", "verified"),
                         default="immediate", help="immediate: results before their verdict "
                         "(repairs re-published); verified: only checked results")
@@ -46,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _accuracy(result: ReplayResult, frames: list, labels: list[int]) -> tuple[int, int]:
     """Correct decisions among the frames that got an output."""
     correct = total = 0
-    for frame, label in zip(frames, labels, strict=True):
-        out = result.final_output(stamp_key(frame.header))
+    for record, label in zip(result.records, labels, strict=False):
+        out = record.output
         if out is not None:
             total += 1
             correct += int(max(range(len(out)), key=out.__getitem__) == label)
@@ -70,7 +76,7 @@ def _session(label: str, args: argparse.Namespace, frames: list, labels: list[in
         with ReplayClient(node_fqn=proc.fqn) as client:
             client.wait_for_node(proc, timeout=120.0)
             clean = client.replay(frames, pace="lockstep")
-            faulty = client.replay(frames, pace="rate", rate=args.rate,
+            faulty = client.replay(frames, pace=args.pace, rate=args.rate,
                                    inject_every=args.every)
             cmp = compare(clean, faulty)
             print_summary(label, faulty)
@@ -109,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"bag {BAGS_DIR / DIGITS_BAG}: {len(frames)} mono8 64x64 frames; {args.flips} bit "
           f"flips before every {args.every}th frame, seeds from {args.seed}", flush=True)
     report = {"model": args.model, "flips": args.flips, "every": args.every,
-              "seed": args.seed, "publish_policy": args.publish_policy,
+              "seed": args.seed, "publish_policy": args.publish_policy, "pace": args.pace,
               "save": _session("SAVE", args, frames, labels, True)}
     if not args.no_baseline:
         report["unprotected"] = _session("unprotected", args, frames, labels, False)

@@ -33,7 +33,7 @@ import torch
 
 from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
 from save_ros.ros.bench import _restamped
-from save_ros.ros.client import ReplayClient, ReplayResult, stamp_key
+from save_ros.ros.client import InputRecord, ReplayClient, ReplayResult, stamp_key
 from save_ros.ros.process import NodeProcess
 from save_ros.ros.share import share_dir
 
@@ -45,7 +45,7 @@ def _publish_and_wait(client: ReplayClient, msg, timeout: float) -> tuple[float,
     stamp = stamp_key(msg.header)
     with client._cond:
         client.result = ReplayResult()
-        client.result.sent[stamp] = t = time.monotonic()
+        client.result.add_input(InputRecord(0, stamp, sent_at=(t := time.monotonic())))
     client.pub.publish(msg)
     with client._cond:
         client._cond.wait_for(lambda: stamp in client.result.outputs, timeout)

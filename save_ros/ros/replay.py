@@ -1,11 +1,18 @@
 """`save-ros replay`: play a bag's input topic into `save_node`, record its outputs, summarise.
 
 The node runs as its own process (started here from `--config`, or already running with
-`--attach`); this tool talks to it only over DDS. Inputs are published at the bag's timing times
-`--rate`, as fast as possible (`--as-fast-as-possible`: a flood, drops are expected and counted),
-or one at a time (`--lockstep`: each input waits for its fault status, so none is dropped).
-`~/output` and `~/fault_status` go into `--out` (a new rosbag2), and a summary is printed: inputs
-and outputs, dropped, verified, detected, repaired, end-to-end latency percentiles.
+`--attach`); this tool talks to it only over DDS, and publishes only once the node has matched
+its input subscription and answered a service call (so it has discovered this client too).
+Pacing (`--pace`):
+- `lockstep` (the default, deterministic): one input at a time over a reliable publisher, each
+  waits for its fault status, so every bag message reaches the node and is answered once;
+- `realtime`: the bag's timing times `--rate`, with the node's input QoS (best effort for a
+  camera): what a robot sees; inputs the node cannot take in time are lost and counted;
+- `afap`: no pauses (a flood).
+Inputs are kept by their position in the bag (duplicate stamps stay separate inputs).
+`~/output` and `~/fault_status` go into `--out` (a new rosbag2), and a summary is printed: sent,
+received by the node, answered, lost (with the cause of each loss, from the node's /diagnostics
+counters and QoS), verified, detected, repaired, end-to-end latency percentiles.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from pathlib import Path
 
 from save_ros.cli import nonnegative_int, positive_float, positive_int
 from save_ros.ros.bags import BagError, BagWriter, read_messages, topics
-from save_ros.ros.client import INPUT_MSGTYPES, ReplayClient, ReplayResult, compare
+from save_ros.ros.client import INPUT_MSGTYPES, PACES, ReplayClient, ReplayResult, compare
 from save_ros.ros.params import ParameterError
 from save_ros.ros.process import NodeProcess, config_parameters
 
@@ -28,12 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True,
                         help="node parameters YAML (config/<model>.yaml)")
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=positive_float, default=1.0,
-                      help="speed factor on the bag's timing")
+    pace.add_argument("--pace", choices=PACES,
+                      help="lockstep (default): every input reaches the node, one at a time; "
+                      "realtime: the bag's timing times --rate, losses counted; afap: a flood")
     pace.add_argument("--as-fast-as-possible", action="store_true",
-                      help="publish without pauses (drops are expected and counted)")
-    pace.add_argument("--lockstep", action="store_true",
-                      help="publish the next input only after the last one's fault status")
+                      help="same as --pace afap")
+    pace.add_argument("--lockstep", action="store_true", help="same as --pace lockstep")
+    parser.add_argument("--rate", type=positive_float,
+                        help="speed factor on the bag's timing (implies --pace realtime)")
+    parser.add_argument("--reliability", choices=("reliable", "best_effort"),
+                        help="QoS of the input publisher (default: reliable in lockstep, the "
+                        "node's qos.reliability otherwise)")
     parser.add_argument("--out", type=Path, help="new rosbag2 for ~/output and ~/fault_status")
     parser.add_argument("--topic", help="input topic in the bag (default: the one whose type "
                         "matches the node's input_type)")
@@ -56,9 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_inputs(bag: Path, input_type: str, topic: str | None, limit: int = 0) -> list:
     """The input messages of a bag: on `topic`, or the only topic of the node's input type."""
-    if input_type == "float32_multi_array":
-        raise BagError("replay matches results to inputs by header stamp, and "
-                       "Float32MultiArray has none; record the policy input as JointState")
+    if input_type not in INPUT_MSGTYPES:
+        raise BagError(f"input_type {input_type!r}: use one of {', '.join(INPUT_MSGTYPES)}")
     want = INPUT_MSGTYPES[input_type]
     available = topics(bag)
     if topic is None:
@@ -101,14 +112,17 @@ def print_summary(label: str, result: ReplayResult, file=None) -> None:
     """The human-readable summary of one replay (to stdout unless `file` is given)."""
     file = file or sys.stdout  # looked up per call: a default bound at import goes stale
     s = result.summary()
+    loss = s["losses"]
     lat = s["latency_ms"]
-    print(f"[{label}] inputs {s['inputs']}  outputs {s['outputs']}  dropped {s['dropped']}  "
-          f"rejected {s['rejected']}  verified {s['verified']}  unverified {s['unverified']}",
+    received = "?" if loss["received"] is None else loss["received"]
+    lost = loss.get("lost_before_node", 0) + loss["published_unmatched"]
+    print(f"[{label}] inputs {s['inputs']} sent ({result.pace}), {received} received by the "
+          f"node, {loss['answered']} answered, {lost} lost", file=file)
+    print(f"[{label}] outputs {s['outputs']}  rejected {s['rejected']}  dropped by the node "
+          f"{loss['dropped_by_node']}  verified {s['verified']}  unverified {s['unverified']}",
           file=file)
-    lost = s["inputs"] - s["received"]
-    if lost > 0 and s.get("received", 0) > 0:
-        print(f"[{label}] {lost} inputs never reached the node (DDS dropped them before its "
-              f"queue: best-effort input QoS while the node was busy)", file=file)
+    for cause in loss["causes"]:
+        print(f"[{label}] {cause}", file=file)
     print(f"[{label}] faults injected {s['faults_injected']}  detected {s['detected']} "
           f"(in {s['inferences_with_detection']} inferences)  tensors repaired {s['repaired']}",
           file=file)
@@ -118,29 +132,47 @@ def print_summary(label: str, result: ReplayResult, file=None) -> None:
               f"max {lat['max']:.2f}", file=file)
 
 
+def pace_of(args: argparse.Namespace) -> str:
+    """The pace the arguments ask for (lockstep unless told otherwise)."""
+    if args.lockstep:
+        pace = "lockstep"
+    elif args.as_fast_as_possible:
+        pace = "afap"
+    else:
+        pace = args.pace or ("realtime" if args.rate is not None else "lockstep")
+    if args.rate is not None and pace != "realtime":
+        raise ParameterError(f"--rate applies to --pace realtime, not {pace}")
+    return pace
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run `save-ros replay`."""
+    """Run `save-ros replay`: 0 done, 1 the node failed or lockstep lost an input, 2 bad input."""
     params = config_parameters(args.config)
     overrides = _overrides(args)
     params.update(overrides)
     inputs = load_inputs(args.bag, str(params.get("input_type", "image")), args.topic, args.limit)
+    if not inputs:
+        raise BagError(f"{args.bag} has no messages to replay on that topic")
+    pace = pace_of(args)
+    rate = args.rate or 1.0
+    input_type = str(params.get("input_type", "image"))
+    reliability = args.reliability or ("reliable" if pace == "lockstep" else
+                                       str(params.get("qos.reliability", "best_effort")))
     node = None if args.attach else NodeProcess(args.config, args.namespace, overrides).start()
-    pace = ("lockstep" if args.lockstep else "afap" if args.as_fast_as_possible else "rate")
     report: dict[str, object] = {"bag": str(args.bag), "config": str(args.config),
-                                 "pace": pace, "rate": args.rate}
+                                 "pace": pace, "rate": rate, "reliability": reliability}
     try:
         with ReplayClient(node_fqn=(node.fqn if node else NodeProcess(
                 namespace=args.namespace).fqn),
                 input_topic=str(params.get("input_topic", "~/input")),
-                input_type=str(params.get("input_type", "image")),
-                reliability=str(params.get("qos.reliability", "best_effort"))) as client:
+                input_type=input_type, reliability=reliability) as client:
             client.wait_for_node(node, timeout=60.0)
             clean = None
             if args.compare_clean:
                 clean = client.replay(inputs, pace="lockstep")
                 print_summary("clean", clean)
                 report["clean"] = clean.summary()
-            result = client.replay(inputs, pace=pace, rate=args.rate,
+            result = client.replay(inputs, pace=pace, rate=rate,
                                    inject_every=args.inject_every)
             print_summary("replay", result)
             report["replay"] = result.summary()
@@ -161,4 +193,19 @@ def run(args: argparse.Namespace) -> int:
             report["node_exit_code"] = code
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    return _exit_code(pace, result, report.get("node_exit_code"))
+
+
+def _exit_code(pace: str, result: ReplayResult, node_exit_code: object) -> int:
+    """1 when the node failed (exited early or non-zero) or lockstep left an input unanswered."""
+    losses = result.losses()
+    if result.node_exit_code is not None or node_exit_code not in (None, 0):
+        print(f"save-ros replay: save_node exited with code "
+              f"{result.node_exit_code if result.node_exit_code is not None else node_exit_code}",
+              file=sys.stderr)
+        return 1
+    if pace == "lockstep" and losses["unanswered"]:
+        print(f"save-ros replay: {losses['unanswered']} of {losses['sent']} inputs got no fault "
+              "status in lockstep", file=sys.stderr)
+        return 1
     return 0
