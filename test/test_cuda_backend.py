@@ -142,3 +142,43 @@ def test_protect_on_cuda_returns_the_graph_backend_with_the_cpu_contract():
         assert r.status.detections and r.verified and torch.equal(r.output, golden), name
     assert pm.stats()["unrepaired"] == 0
     pm.close()
+
+
+_ARMED: list[torch.Tensor] = []  # a weight to flip mid-forward, once
+
+
+def _upset(x: torch.Tensor) -> torch.Tensor:
+    """Identity that flips bit 30 of an armed weight (a leaf of the fx graph: fx.wrap)."""
+    if _ARMED:
+        bits.flip_(_ARMED.pop(), 0, 30)
+    return x
+
+
+torch.fx.wrap("_upset")
+
+
+class _UpsetNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(_upset(self.a(x))))
+
+
+def test_a_weight_flip_during_the_forward_is_caught_by_the_checksum_after_it():
+    """The checksum ran beside the forward from its start: a flip landing after it read the
+    chunk, but before the layer read the weight, gave a wrong result marked verified."""
+    torch.manual_seed(0)
+    net = _UpsetNet().eval()
+    x = torch.rand(64, 4)
+    ref = net(x[:1]).detach()
+    a = analyze(net, x[:1], (0.0, 1.0), x, config=SelectConfig(sens_samples=4))
+    pm = CudaProtectedModel(net, x[:1], (0.0, 1.0), ProtectConfig(calibration=x), a,
+                            use_graph=False)
+    assert torch.equal(pm.infer(x[:1]).output, ref)
+    _ARMED.append(net.b.weight)
+    r = pm.infer(x[:1])
+    assert not _ARMED  # the flip happened inside the protected forward
+    assert r.status.repaired == {"b.weight": 1}
+    assert r.verified and torch.equal(r.output, ref)

@@ -8,8 +8,9 @@ check group, enqueues that group's checks on a side stream while the forward goe
   analysed bounds, one flag per group;
 - redundancy: DMR (re-compute the layer from its saved inputs, compare) or ABFT (golden column
   sums), one flag per check;
-- the weights: the 64-bit chunk sums of the flat weight store against the golden sums, on a
-  third stream from the start (weights do not change during a forward), one flag per dtype group;
+- the weights: the 64-bit chunk sums of the flat weight store against the golden sums, once the
+  forward is done (a flip that lands during the forward is then seen by the checksum whenever
+  the forward could have read it), one flag per dtype group;
 - the input against the declared input box, one flag.
 
 Every flag is written into one small device tensor, copied to pinned host memory at the end.
@@ -267,9 +268,7 @@ class CheckProgram:
         """
         main = torch.cuda.current_stream(self.device) if self._streams else None
         self._keep = []
-        if check_weights:
-            self._launch_weights(main)
-        elif check_weights is False:
+        if check_weights is False:
             for s in self.weight_slots:
                 self.flags[s] = False
         ok = (x >= self.low) & (x <= self.high)  # NaN compares False: out of range
@@ -289,6 +288,10 @@ class CheckProgram:
             if g is not None:
                 self._launch_group(g, vals, main)
         out = fx.node.map_arg(inst._out_template, lambda n: vals[inst.index[n.name]])
+        if check_weights:
+            # after the forward, never beside it: a flip that lands while the forward runs
+            # has then either been read by the checksum or not been read by the forward
+            self._launch_weights(main)
         if self._side is not None:
             main.wait_stream(self._side)
         if check_weights and self._cs is not None:

@@ -69,7 +69,7 @@ class _Captured:
 
     def _capture(self, owner: CudaProtectedModel) -> None:
         """Warm up (kernels compile, cuDNN picks), then capture the forward with its checks and,
-        as a graph of its own, the weight checksums (replayed beside it when due)."""
+        as a graph of its own, the weight checksums (replayed after it when due)."""
         main = torch.cuda.Stream(self.static_in.device, priority=-1)
         self.cs_stream = torch.cuda.Stream(self.static_in.device)
         main.wait_stream(torch.cuda.current_stream())
@@ -100,17 +100,13 @@ class _Captured:
         cur = torch.cuda.current_stream()
         prog = self.program
         self.stream.wait_stream(cur)
-        if check_weights:  # weights do not change during a forward: check them beside it
-            self.cs_stream.wait_stream(cur)
-            with torch.cuda.stream(self.cs_stream):
-                self.graph_cs.replay()
         with torch.cuda.stream(self.stream):
             self.static_in.copy_(x, non_blocking=True)
             if not check_weights:
                 prog.clear_weight_flags()
             self.graph.replay()
-            if check_weights:
-                self.stream.wait_stream(self.cs_stream)
+            if check_weights:  # after the forward: see CheckProgram.run
+                self.graph_cs.replay()
             prog.flags_host.copy_(prog.flags, non_blocking=True)
             self.done.record()
         cur.wait_stream(self.stream)
