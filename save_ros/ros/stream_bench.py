@@ -5,12 +5,13 @@ run at once on the same device (`protect:=false` and the SAVE node) with the nod
 (newest input first, queue 1, input QoS depth 1, `publish_policy: verified`), except a reliable
 input QoS: a 150 KB frame over best-effort DDS was lost more often than not on the GPU host.
 A client publishes a seeded stream of rgb8 images (`--size` x `--size`) at `--rate` Hz; passes
-alternate between the two nodes so both see the same machine. Reported per node: publish -> `~/output` latency
-p50 / p99 (end to end, over DDS), frames answered, frames dropped as superseded (the newest-first
-queue serving the freshest frame), and stale frames served: an output for a frame older than one
-whose output was already published (must be 0). Then the SAVE node replays the stream once clean
-and once with `~/inject_faults` (weight bit flips) every `--inject-every` frames; every output of
-the faulty pass must equal the clean pass's output for the same frame.
+alternate between the two nodes so both see the same machine. Reported per node: publish ->
+`~/output` latency p50 / p99 (end to end, over DDS), frames answered, frames dropped as
+superseded (the newest-first queue serving the freshest frame), and stale frames served: an
+output for a frame older than one whose output was already published (must be 0). Then the SAVE
+node replays the stream once clean and once with `~/inject_faults` (weight bit flips) every
+`--inject-every` frames; every output of the faulty pass must equal the clean pass's output for
+the same frame.
 
 `python -m save_ros.ros.stream_bench --models resnet50 --device cuda --out stream.json`
 """
