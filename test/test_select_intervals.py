@@ -265,3 +265,32 @@ def test_an_unbounded_box_through_an_affine_layer_stays_unbounded_not_nan():
     for b in boxes.values():
         assert not torch.isnan(b.lo).any() and not torch.isnan(b.hi).any()
     assert torch.isinf(boxes["_0"].lo).all() and torch.isinf(boxes["_0"].hi).all()
+
+
+def test_a_torch_export_program_is_analysed_with_rules_for_its_aten_ops():
+    """A .pt2 program's graph is ATen ops (aten.conv2d, aten.batch_norm, in-place aten.relu_ and
+    aten.add_): every one has a rule, and the in-place ones run out of place, so the saved
+    value a DMR compares against is not overwritten (a false alarm on every inference)."""
+    import warnings
+
+    from save_ros.core.protect import ProtectConfig, protect
+    from save_ros.core.select import SelectConfig
+    from save_ros.models import zoo
+
+    model = zoo.build("resnet18", image_size=32, input_dependent=False)
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ref = model(x[:1]).detach()
+    gm = torch.export.export(model, (x[:1],)).module()
+    assert any("relu_" in str(n.target) for n in gm.graph.nodes)
+    gm.eval = lambda: gm  # an exported module refuses eval(); its mode was fixed at export
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no UnsupportedOpWarning
+        pm = protect(gm, x[:1], (0.0, 1.0),
+                     ProtectConfig(calibration=x, reliable_budget_bytes=0,
+                                   selection=SelectConfig(sens_samples=1)))
+    assert pm.analysis.unsupported == [] and pm.analysis.unsound == []
+    assert pm._rt.by_kind().get("dmr", 0) + pm._rt.by_kind().get("range", 0) > 10
+    r = pm.infer(x[:1])
+    assert r.verified and not r.status.detections and torch.equal(r.output, ref)
+    for i in range(1, 4):
+        assert not pm.infer(x[i : i + 1]).status.detections

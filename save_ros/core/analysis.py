@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,10 @@ class Analysis:
         else:
             raise AnalysisFormatError(f"{path}: use a .json, .yaml or .yml file name")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        # write beside it, then rename: two processes sharing a cache never read half a file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
         return path
 
     @classmethod

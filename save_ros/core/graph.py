@@ -275,6 +275,15 @@ INPLACE_FUNCS = {operator.iadd: operator.add, operator.isub: operator.sub,
                  operator.imul: operator.mul, operator.itruediv: operator.truediv}
 
 
+def aten_out_of_place(op: torch._ops.OpOverload) -> torch._ops.OpOverload | None:
+    """`aten.relu_.default` -> `aten.relu.default` (same overload); None if not in place."""
+    packet = op.name().split("::")[-1].split(".")[0]
+    if not packet.endswith("_") or packet.endswith("__"):
+        return None
+    base = getattr(torch.ops.aten, packet[:-1], None)
+    return getattr(base, op._overloadname, None) if base is not None else None
+
+
 def inplace_free(model: nn.Module, gm: fx.GraphModule) -> fx.GraphModule:
     """The traced module with every in-place op made out-of-place; the model is left as it is.
 
@@ -303,6 +312,10 @@ def inplace_free(model: nn.Module, gm: fx.GraphModule) -> fx.GraphModule:
                 node.kwargs = {**node.kwargs, "inplace": False}
             elif node.op == "call_function" and node.target in INPLACE_FUNCS:
                 node.target = INPLACE_FUNCS[node.target]
+            elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+                twin = aten_out_of_place(node.target)
+                if twin is not None:
+                    node.target = twin
     out = fx.GraphModule(root, graph, class_name=type(model).__name__)
     out.training = model.training
     return out

@@ -85,6 +85,15 @@ def _unbounded_like(example: Any) -> Any:
     return example
 
 
+def _has_float(v: Any) -> bool:
+    """True when a value holds a floating-point tensor (nested in tuples / lists)."""
+    if isinstance(v, torch.Tensor):
+        return v.is_floating_point()
+    if isinstance(v, (tuple, list)):
+        return any(_has_float(e) for e in v)
+    return False
+
+
 def _no_nan(v: Any) -> Any:
     """A box whose bound is NaN (inf - inf deep in a loose chain) bounds nothing: widen it."""
     if is_interval(v):
@@ -95,6 +104,28 @@ def _no_nan(v: Any) -> Any:
     if isinstance(v, (tuple, list)):
         return type(v)(_no_nan(e) for e in v)
     return v
+
+
+# ATen op names (overload and trailing "_" of in-place twins stripped) -> the torch function
+# whose rule applies with the same positional arguments
+_ATEN: dict[str, Callable] = {
+    "conv2d": F.conv2d, "conv1d": F.conv1d, "linear": F.linear, "relu": torch.relu,
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+    "matmul": torch.matmul, "mm": torch.matmul, "bmm": torch.matmul, "neg": torch.neg,
+    "max_pool2d": F.max_pool2d, "avg_pool2d": F.avg_pool2d,
+    "adaptive_avg_pool2d": F.adaptive_avg_pool2d, "flatten": torch.flatten,
+    "view": torch.reshape, "reshape": torch.reshape, "_unsafe_view": torch.reshape,
+    "permute": torch.permute, "transpose": torch.transpose, "unsqueeze": torch.unsqueeze,
+    "squeeze": torch.squeeze, "cat": torch.cat, "mean": torch.mean, "sum": torch.sum,
+    "hardtanh": F.hardtanh, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+    "hardsigmoid": F.hardsigmoid, "gelu": F.gelu, "silu": F.silu, "hardswish": F.hardswish,
+    "softmax": torch.softmax, "_softmax": torch.softmax, "layer_norm": F.layer_norm,
+    "scaled_dot_product_attention": F.scaled_dot_product_attention, "exp": torch.exp,
+    "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "leaky_relu": F.leaky_relu, "elu": F.elu,
+    "select": lambda x, d, i: x.select(d, i), "slice": lambda x, d=0, a=None, b=None, s=1:
+    x[(slice(None),) * d + (slice(a, b, s),)], "expand": lambda x, size, **_: x.expand(size),
+    "t": torch.t, "contiguous": lambda x, *a, **k: x, "alias": lambda x: x,
+}
 
 
 class IntervalInterpreter(fx.Interpreter):
@@ -138,7 +169,14 @@ class IntervalInterpreter(fx.Interpreter):
         return out
 
     def _fall_back(self, n: fx.Node, why: str) -> Any:
-        """The node's calibration box, else (-inf, inf) of its shape."""
+        """The node's calibration box, else (-inf, inf) of its shape.
+
+        A node whose value holds no float tensor (a torch.export guard returning None) bounds
+        nothing: it is passed through without counting as unsupported.
+        """
+        if n.name not in self.fallback and n.name in self.shapes \
+                and not _has_float(self.shapes[n.name]):
+            return self.shapes[n.name]
         self.unsupported.append(f"{n.name}: {why}")
         self.calibrated.add(n.name)
         if n.name in self.fallback:
@@ -187,6 +225,8 @@ class IntervalInterpreter(fx.Interpreter):
         raise NoRuleError(f"no interval rule for module {type(m).__name__}")
 
     def _function_rule(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        if isinstance(fn, torch._ops.OpOverload):  # a torch.export program's ATen graph
+            return self._aten_rule(fn, args, kwargs)
         if fn in _MONOTONE_FUNCS:
             if fn is F.dropout:
                 return args[0]
@@ -237,6 +277,24 @@ class IntervalInterpreter(fx.Interpreter):
         if fn is F.embedding:
             return embedding(args[1], args[0].shape if is_interval(args[0]) else args[0].shape)
         raise NoRuleError(f"no interval rule for function {getattr(fn, '__name__', fn)}")
+
+    def _aten_rule(self, op: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+        """ATen ops as torch.export writes them, mapped onto the torch-level rules."""
+        name = op.name().split("::")[-1].split(".")[0].rstrip("_")
+        if name == "batch_norm" and not args[5]:  # (x, w, b, mean, var, training, mom, eps, cudnn)
+            return batch_norm(args[0], args[3], args[4], args[1], args[2], args[7])
+        if name == "_native_batch_norm_legit_no_training":  # (x, w, b, mean, var, mom, eps)
+            out = batch_norm(args[0], args[3], args[4], args[1], args[2], args[6])
+            return (out, None, None)
+        if name == "dropout" or (name == "clone"):
+            return args[0]
+        if name in ("conv1d", "conv2d"):  # (x, w, b, stride, padding, dilation, groups)
+            kw = dict(zip(("stride", "padding", "dilation", "groups"), args[3:], strict=False))
+            return self._function_rule(_ATEN[name], args[:3], {**kw, **kwargs})
+        fn = _ATEN.get(name)
+        if fn is None:
+            raise NoRuleError(f"no interval rule for {op.name()}")
+        return self._function_rule(fn, args, kwargs)
 
     def _method_rule(self, name: str, args: tuple, kwargs: dict) -> Any:
         fn = getattr(torch.Tensor, name)

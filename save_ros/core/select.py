@@ -338,6 +338,19 @@ def _model_outputs(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tenso
         return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
+def _runnable_batch(graph: ModelGraph, calib: torch.Tensor, batch: int) -> int:
+    """`batch`, or 1 for a model that takes only one input at a time (a torch.export program
+    exported with batch 1 guards its batch size)."""
+    if batch <= 1 or len(calib) < 2:
+        return batch
+    try:
+        with torch.no_grad():
+            graph.run(calib[:2])
+    except Exception:  # a guard, a reshape to batch 1: calibrate one input at a time
+        return 1
+    return batch
+
+
 def _forward_bytes(model: nn.Module, graph: ModelGraph, x: torch.Tensor) -> tuple[int, int]:
     """(weights + one sample's activations, one sample's activations) in bytes."""
     with torch.no_grad():
@@ -438,6 +451,7 @@ def _analyze(
     t = time.perf_counter()
     fwd_bytes, act_bytes = _forward_bytes(model, graph, example_input[:1])
     batch = max(1, min(cfg.calib_batch, int(cfg.memory_factor * fwd_bytes // act_bytes)))
+    batch = _runnable_batch(graph, calib, batch)
     pools = {layer.name: k for layer in graph.layers
              if (k := _pool_kernel(graph, layer)) is not None}
     outs: list[torch.Tensor] = []

@@ -149,6 +149,10 @@ def _sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[str],
                 if track_gaps:
                     gaps[b] = gap
                 inputs = list(leaves.values()) + list(acts.values())
+                if not inputs or not z.requires_grad:  # nothing to differentiate
+                    res.notes.append("no parameter or activation takes a gradient: nothing "
+                                     "is numerically robust")
+                    break
                 if chunk is None:
                     per = sum(t.numel() * 4 for t in inputs) or 1
                     chunk = max(1, min(len(go), int(grad_budget) // per))
