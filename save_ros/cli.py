@@ -24,7 +24,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pvf": ("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
     "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
     "bench": ("save_ros.eval.bench", "protected vs unprotected latency, side by side"),
-    "bench-gpu": ("save_ros.eval.bench_gpu", "CUDA path: latency, repair, coverage on a GPU"),
     "scale": ("save_ros.eval.scale", "robot-scale models through protect(): analysis, speed, "
               "coverage"),
     "replay": ("save_ros.ros.replay", "replay a rosbag through the node and record its outputs"),

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from save_ros import cli, models
@@ -56,8 +55,6 @@ def assert_one_line(err: str, *needles: str) -> None:
     (("bench", "--sweep", "abc"), ("--sweep", "fraction")),
     (("train-campaign", "--stuck-bit", "40"), ("--stuck-bit", "0..31")),
     (("train-campaign", "--spike-factor", "0"), ("--spike-factor", "> 1")),
-    (("bench-gpu", "--dtype", "fp8"), ("'fp8'", "fp32, fp16, bf16")),
-    (("bench-gpu", "--batch", "1,0"), ("--batch", ">= 1")),
     (("nosuch",), ("save-ros: error:", "invalid choice: 'nosuch'", "failover-bench")),
 ])
 def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
@@ -140,14 +137,6 @@ def test_replay_exits_cleanly_when_the_node_refuses_its_parameters() -> None:
     assert "publish_policy='sometimes' is not allowed" in done.stderr
     assert "terminate called" not in done.stderr and "Traceback" not in done.stderr
     assert "remap rule" not in done.stderr  # -p is for the node, not the replay client
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this would run the benchmark")
-def test_bench_gpu_without_cuda(capsys) -> None:
-    """No CUDA: one line that points to the CPU benchmark."""
-    code, err = run_cli(capsys, "bench-gpu")
-    assert code == 2
-    assert_one_line(err, "no CUDA device", "save-ros bench")
 
 
 def test_user_errors_and_bugs_are_told_apart() -> None:

@@ -16,3 +16,14 @@ import torch
 def cuda_available() -> bool:
     """True when torch sees at least one CUDA device."""
     return bool(torch.cuda.is_available() and torch.cuda.device_count() > 0)
+
+
+def triton_available() -> bool:
+    """True when Triton imports and CUDA is usable (the multi-tensor kernels need both)."""
+    if not cuda_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -36,6 +36,7 @@ from torch import fx
 from save_ros.core import bits
 from save_ros.core.checkplan import Runtime
 from save_ros.core.checks import CheckKind, LayerCheck, dmr_differs
+from save_ros.core.cuda import triton_available
 from save_ros.core.cuda.chunks import chunk_pointers, plan_chunks
 from save_ros.core.cuda.reducer import Backend, ChunkReducer, Reduction
 from save_ros.core.edit import WeightStore
@@ -73,14 +74,6 @@ class FaultSites:
     index: torch.Tensor  # int64 [rows]: flat element to flip
     mask: torch.Tensor  # int view dtype [rows]: XOR mask (0: nothing)
     dtype: torch.dtype  # the activations' dtype
-
-
-def _triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _row_bounds(c: LayerCheck, shape: tuple[int, ...], chunk: int
@@ -138,7 +131,8 @@ class CheckProgram:
         checked = sorted(set(checks) | set(red))
         with torch.inference_mode():
             _, values = inst.forward(example)
-        backend = Backend.TRITON if self.device.type == "cuda" and _triton() else Backend.TORCH
+        backend = Backend.TRITON if self.device.type == "cuda" and triton_available() \
+            else Backend.TORCH
         self.groups: list[_Group] = []
         slot = 0
         ends = _split(checked, groups)
