@@ -61,10 +61,6 @@ class Placement:
         """Reliable tensor names of one kind (`weight` or `activation`)."""
         return [n for n in self.reliable if self.kinds.get(n) == kind]
 
-    def normal_of(self, kind: str) -> list[str]:
-        """Normal-memory tensor names of one kind."""
-        return [n for n in self.normal if self.kinds.get(n) == kind]
-
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         d = asdict(self)

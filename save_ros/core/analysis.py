@@ -172,10 +172,6 @@ class Analysis:
         """Activations whose range rests on an op without an interval rule (calibrated)."""
         return [t.name for t in self.tensors.values() if not t.sound]
 
-    def by_score(self) -> list[TensorAnalysis]:
-        """Tensors with the most vulnerable bits per byte first (Allocation's order)."""
-        return sorted(self.tensors.values(), key=lambda t: -t.score)
-
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON / YAML."""
         return {

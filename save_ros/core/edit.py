@@ -20,7 +20,6 @@ Repair copies the golden bits back (`copy_` of the integer view: bit-for-bit, Na
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 
 import torch
@@ -124,14 +123,6 @@ class _Group:
         for slot_i, n in zip(*torch.unique(k, return_counts=True), strict=True):
             counts[self.slots[int(slot_i)].name] = int(n)
         return counts
-
-    def slot_at(self, j: int) -> Slot | None:
-        """The tensor that owns flat element j (None for alignment padding)."""
-        k = bisect.bisect_right(self.starts, j) - 1
-        if k < 0:
-            return None
-        s = self.slots[k]
-        return s if j < s.offset + s.numel else None
 
 
 class WeightStore:
