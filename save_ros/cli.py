@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
+
+from save_ros.errors import UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,55 +40,22 @@ class SubcommandParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _bounded(text, int, "an integer >= 1", lambda v: v >= 1)
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _bounded(text, int, "an integer >= 0", lambda v: v >= 0)
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    return _bounded(text, float, "a finite number > 0", lambda v: 0 < v < math.inf)
-
-
-def _bounded(text: str, kind: type, want: str, ok: Callable[[Any], bool]) -> Any:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
-    if not ok(value):  # NaN fails every comparison, so it lands here too
-        raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
-    return value
-
-
-# A user mistake (bad value, missing file, unknown name) surfacing from a subcommand's run() is
-# reported in one line; anything else is a bug and keeps its traceback. The project's own error
-# classes that subclass ValueError/LookupError report bad input with a message that says what to
-# do (CONVENTIONS.md); these RuntimeError ones do too: a bad bag, model file, node config, no GPU.
-# A bare ValueError/ZeroDivisionError from deeper down is NOT caught: that is a bug to fix.
-_USER_RUNTIME_ERRORS = {"BagError", "ModelLoadError", "NodeStartError", "CudaUnavailableError",
-                        "BackendError", "CrashUnavailableError"}
-
-
 def user_error_message(exc: BaseException) -> str | None:
-    """The one-line message for an exception caused by the user's input, None for a bug."""
-    cls = type(exc)
-    own = cls.__module__.startswith("save_ros.")
+    """The one-line message for an exception caused by the user's input, None for a bug.
+
+    The user's: a `UserError` (the project's errors whose message says what to do), a path that
+    cannot be read or written, a config file that is not YAML, a folder that is no rosbag2. Any
+    other exception, a bare ValueError from deep down included, is a bug and keeps its traceback.
+    """
+    root = type(exc).__module__.split(".")[0]
     path = isinstance(exc, OSError) and exc.filename is not None
     if path or isinstance(exc, FileNotFoundError):
-        # a path the user gave that cannot be read or written
         msg = f"{exc.filename}: {exc.strerror}" if path and exc.strerror else str(exc)
-    elif cls.__module__.split(".")[0] == "yaml":  # a config file that is not valid YAML
-        msg = f"not valid YAML: {' '.join(str(exc).split())}"
-    elif cls.__module__.split(".")[0] == "rosbags":  # a bag path that is no (readable) rosbag2
+    elif root == "yaml":
+        msg = f"not valid YAML: {exc}"
+    elif root == "rosbags":
         msg = f"cannot read the bag: {exc}"
-    elif own and (isinstance(exc, (ValueError, LookupError))
-                  or any(c.__name__ in _USER_RUNTIME_ERRORS for c in cls.__mro__)
-                  or cls.__module__ == "save_ros.models"):
+    elif isinstance(exc, UserError):
         msg = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
     else:
         return None

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from save_ros.errors import UserError
+
 # encoding -> (numpy dtype, channels, channel order); 8UC3 is OpenCV's BGR (what cv_bridge sends
 # for a CV_8UC3 Mat), the other generic encodings are single-channel
 ENCODINGS: dict[str, tuple[str, int, str]] = {
@@ -48,7 +50,7 @@ MAX_REASON = 160  # characters of a value list quoted in an error message
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input cannot become a valid model input; the message says why, `kind` names the class.
 
     Kinds are a small closed set (encoding, size, data, nonfinite, shape, names, out_of_range),

@@ -18,10 +18,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from save_ros.errors import UserError
+
 DEFAULT_BUDGET_FRACTION = 0.10
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError, ValueError):
     """A negative or otherwise unusable reliable-memory budget."""
 
 

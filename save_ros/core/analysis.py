@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
+
 SCHEMA_VERSION = 2
 
 
@@ -46,7 +48,7 @@ class BitClass(enum.IntEnum):
     VULNERABLE = 2  # neither
 
 
-class AnalysisFormatError(ValueError):
+class AnalysisFormatError(UserError, ValueError):
     """A saved analysis file that cannot be read back."""
 
 

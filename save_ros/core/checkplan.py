@@ -24,12 +24,13 @@ from save_ros.core.checks import AbftCheck, CheckKind, LayerCheck, RangeBatch, a
 from save_ros.core.edit import WeightStore
 from save_ros.core.graph import node_params
 from save_ros.core.instrument import Instrumented
+from save_ros.errors import UserError
 
 ABFT_GAIN = 0.8  # ABFT must cost < 80 % of DMR to be picked (DMR is exact, ABFT has a tolerance)
 FORCE_KINDS = ("auto", "dmr", "abft", "range", "none")
 
 
-class CheckPlanError(ValueError):
+class CheckPlanError(UserError, ValueError):
     """A check setting that cannot be applied (the message says which values exist)."""
 
 

@@ -27,9 +27,10 @@ import torch
 from save_ros.core.graph import ModelGraph
 from save_ros.core.intervals import Interval
 from save_ros.core.propagate import IntervalInterpreter
+from save_ros.errors import UserError
 
 
-class InputRangeError(ValueError):
+class InputRangeError(UserError, ValueError):
     """An input box that does not fit the model input."""
 
 

@@ -55,6 +55,7 @@ from save_ros.core.sensitivity import (
     output_sensitivity,
     top1_gaps,
 )
+from save_ros.errors import UserError
 
 VIEW_KINDS = {
     "view", "reshape", "flatten", "Flatten", "permute", "transpose", "contiguous", "unsqueeze",
@@ -99,7 +100,7 @@ class SelectConfig:
 TASKS = ("auto", "classification", "regression")
 
 
-class SelectConfigError(ValueError):
+class SelectConfigError(UserError, ValueError):
     """A Selection setting that cannot work (the message names the valid values)."""
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from save_ros.cli import positive_int
+from save_ros.argtypes import positive_int
 from save_ros.core.analysis import Analysis, TensorKind
 from save_ros.core.select import SelectConfig, analyze
 

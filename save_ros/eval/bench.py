@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import time
@@ -34,39 +33,20 @@ from typing import Any
 
 import torch
 
-from save_ros.cli import nonnegative_int, positive_int
+from save_ros.argtypes import fraction, fraction_list, nonnegative_int, positive_int
 
 RESULTS = Path("docs/results")
-
-
-def budget_fraction(text: str) -> float:
-    """argparse type: a reliable-pool budget, a finite fraction >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a fraction >= 0 like 0.05, got {text!r}")
-    return value
-
-
-def budget_fractions(text: str) -> tuple[float, ...]:
-    """argparse type: comma-separated budgets, e.g. 0,0.05,0.1."""
-    values = tuple(budget_fraction(v) for v in text.split(",") if v.strip())
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected budgets like 0,0.05,0.1, got {text!r}")
-    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `save-ros bench`."""
     parser.add_argument("--model", default="digits_cnn", help="bundled model (save_ros.models)")
-    parser.add_argument("--budget", type=budget_fraction, default=None,
+    parser.add_argument("--budget", type=fraction, default=None,
                         help="reliable pool as a fraction of weight bytes (default: the "
                              "runtime's default)")
     parser.add_argument("--n", type=positive_int, default=50, help="inputs per round (batch 1)")
     parser.add_argument("--rounds", type=positive_int, default=25, help="interleaved rounds")
-    parser.add_argument("--sweep", type=budget_fractions, default=(),
+    parser.add_argument("--sweep", type=fraction_list, default=(),
                         help="budgets to sweep, comma-separated fractions (e.g. 0,0.05,0.1,0.3)")
     parser.add_argument("--trials", type=positive_int, default=20,
                         help="fault trials per sweep point")

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
 from save_ros.eval.methods import Method, get_method
 from save_ros.eval.metrics import Proportion, Spread, accurate_latency, compare
 from save_ros.faults import (
@@ -60,7 +61,7 @@ TARGETS = ("weights", "activations", "both")
 ACTIVATION_SITES = ("auto", "fx", "modules")
 
 
-class CampaignError(ValueError):
+class CampaignError(UserError, ValueError):
     """A campaign that cannot run as configured (the message says what to change)."""
 
 

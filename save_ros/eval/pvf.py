@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from save_ros.cli import positive_int
+from save_ros.argtypes import positive_int
 from save_ros.eval import model_cli
 from save_ros.eval.campaign import EvalSetup, machine_info, write_json
 from save_ros.eval.metrics import Proportion, compare

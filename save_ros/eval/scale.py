@@ -35,7 +35,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `save-ros scale`."""
-    from save_ros.cli import positive_int
+    from save_ros.argtypes import positive_int
 
     parser.add_argument("--models", default="resnet50,vit_b_16,mobilenet_v2",
                         help="zoo names or package.module:factory, comma-separated")

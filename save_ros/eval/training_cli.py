@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from save_ros.argtypes import int_list
 from save_ros.eval.campaign import machine_info, write_json
-from save_ros.eval.campaign_cli import int_list
 from save_ros.faults import ProcessingElementFault, RandomFlips, StuckAt
 from save_ros.faults.training import (
     FaultTarget,

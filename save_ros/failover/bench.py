@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from save_ros import models
-from save_ros.cli import nonnegative_int, positive_float, positive_int
+from save_ros.argtypes import nonnegative_int, positive_float, positive_int
 from save_ros.failover.config import FailoverConfig
 from save_ros.failover.crash import CrashKind
 from save_ros.failover.events import EventKind, FailoverEvent

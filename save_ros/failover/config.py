@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, fields
 from typing import Any
 
+from save_ros.errors import UserError
+
 
 class Backend(enum.Enum):
     """What runs inside a worker: the plain model, or the SAVE-protected model."""
@@ -29,7 +31,7 @@ class StartMethod(enum.Enum):
     FORKSERVER = "forkserver"  # fork from a server that imported torch once (tens of ms)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A failover setting is out of range or unknown."""
 
 

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
 from save_ros.failover.config import Backend, FailoverConfig, WeightSharing
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(UserError, ValueError):
     """The model source does not name an importable factory."""
 
 

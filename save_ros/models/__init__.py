@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
 from save_ros.models import cartpole, digits_data, zoo_data
 from save_ros.models.digits_cnn import DigitsCNN
 from save_ros.models.digits_resnet import DigitsResNet
@@ -41,7 +42,7 @@ class Task(str, enum.Enum):
     REGRESSION = "regression"
 
 
-class ModelError(Exception):
+class ModelError(UserError):
     """Base class of the errors of `save_ros.models`."""
 
 

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 
+from save_ros.errors import UserError
 from save_ros.ros.model_source import LoadedModel
 from save_ros.ros.params import Isolation, NodeConfig
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """The model cannot be protected, or a service request cannot be done; says why."""
 
 

@@ -29,6 +29,7 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Header
 
+from save_ros.errors import UserError
 from save_ros.ros.share import share_dir
 
 BAGS_DIR = share_dir("bags")
@@ -39,7 +40,7 @@ CARTPOLE_JOINTS = ("cart_position", "cart_velocity", "pole_angle", "pole_angular
 T0_NS = 1_700_000_000 * 10**9  # a fixed start stamp, so the bags are byte-reproducible
 
 
-class BagError(RuntimeError):
+class BagError(UserError, RuntimeError):
     """A bag cannot be read or written as asked; the message says why."""
 
 

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from save_ros.cli import positive_float, positive_int
+from save_ros.argtypes import positive_float, positive_int
 from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
 from save_ros.ros.client import ReplayClient, ReplayResult, compare
 from save_ros.ros.process import NodeProcess

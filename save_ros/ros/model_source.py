@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from save_ros import models
+from save_ros.errors import UserError
 from save_ros.preprocess import InputSpec, short_list
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The configured model cannot be loaded; the message says what to fix."""
 
 

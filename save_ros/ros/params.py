@@ -20,11 +20,12 @@ from rcl_interfaces.msg import ParameterType as T
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from save_ros.errors import UserError
 from save_ros.preprocess import ImageOptions, Resize
 from save_ros.ros.model_source import ModelRequest
 
 
-class ParameterError(ValueError):
+class ParameterError(UserError, ValueError):
     """A parameter value is invalid; the message names the parameter and what is allowed."""
 
 

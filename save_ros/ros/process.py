@@ -16,10 +16,11 @@ from pathlib import Path
 
 import yaml
 
+from save_ros.errors import UserError
 from save_ros.ros.params import ParameterError
 
 
-class NodeStartError(RuntimeError):
+class NodeStartError(UserError, RuntimeError):
     """The node process exited before it was ready; the message holds its output."""
 
 

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from save_ros.cli import nonnegative_int, positive_float, positive_int
+from save_ros.argtypes import nonnegative_int, positive_float, positive_int
 from save_ros.ros.bags import BagError, BagWriter, read_messages, topics
 from save_ros.ros.client import INPUT_MSGTYPES, PACES, ReplayClient, ReplayResult, compare
 from save_ros.ros.params import ParameterError

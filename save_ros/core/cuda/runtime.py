@@ -41,11 +41,12 @@ from save_ros.core.checkplan import Runtime
 from save_ros.core.cuda.program import CheckProgram
 from save_ros.core.protect import InferenceResult, ProtectedModel
 from save_ros.core.verify import Detection, FaultStatus, Job, VerifierMode
+from save_ros.errors import UserError
 
 MAX_SHAPES = 4  # captured programs kept (one per input shape)
 
 
-class CudaConfigError(ValueError):
+class CudaConfigError(UserError, ValueError):
     """A ProtectConfig setting the CUDA backend cannot honour (the message says what to use)."""
 
 
