@@ -10,9 +10,9 @@ from torch import fx, nn
 
 from save_ros import models
 from save_ros.core.graph import capture
-from save_ros.core.intervals import Interval
-from save_ros.core.propagate import IntervalInterpreter
-from save_ros.core.ranges import InputRangeError, input_box, node_ranges
+from save_ros.core.select.intervals import Interval
+from save_ros.core.select.propagate import IntervalInterpreter
+from save_ros.core.select.ranges import InputRangeError, input_box, node_ranges
 
 TOL = 1e-4  # the rules widen by 2^-16 relative for float rounding
 
@@ -255,8 +255,8 @@ def test_an_unbounded_box_through_an_affine_layer_stays_unbounded_not_nan():
 
     from torch import fx
 
-    from save_ros.core.intervals import Interval
-    from save_ros.core.propagate import IntervalInterpreter
+    from save_ros.core.select.intervals import Interval
+    from save_ros.core.select.propagate import IntervalInterpreter
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()).eval()
     gm = fx.symbolic_trace(model)

@@ -102,7 +102,7 @@ def warn_unsupported(analysis: Analysis) -> None:
         f"{len(analysis.unsupported)} op(s) have no interval rule: {ops}{more}. Their ranges "
         f"and the {len(analysis.unsound)} activation range(s) computed from them are calibrated "
         "(observed on calibration inputs), not sound: pass calibration inputs that cover real "
-        "use, or add a rule in save_ros/core/propagate.py"), stacklevel=3)
+        "use, or add a rule in save_ros/core/select/propagate.py"), stacklevel=3)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from save_ros.core.intervals import (
+from save_ros.core.select.intervals import (
     Interval,
     NoRuleError,
     affine,

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from save_ros.core.graph import ModelGraph
-from save_ros.core.intervals import Interval
-from save_ros.core.propagate import IntervalInterpreter
+from save_ros.core.select.intervals import Interval
+from save_ros.core.select.propagate import IntervalInterpreter
 from save_ros.errors import UserError
 
 
@@ -145,7 +145,7 @@ def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_siz
     `pools`: nodes whose every consumer is a non-overlapping k x k max pool; for those the max of
     the other elements of each kept element's window is kept too (exact max-pool masking).
     """
-    from save_ros.core.attribution import pool_other_max
+    from save_ros.core.select.attribution import pool_other_max
 
     pools = pools or {}
     one_out, one = graph.record(calibration[:1])
