@@ -35,6 +35,7 @@ from save_ros.core.allocate import (
     plan,
 )
 from save_ros.core.analysis import Analysis, TensorKind
+from save_ros.core.box import InputBox
 from save_ros.core.checkplan import Runtime, fit_ranges, plan_checks
 from save_ros.core.checks import CheckKind, dmr_mismatch
 from save_ros.core.edit import Repair, WeightStore
@@ -123,20 +124,6 @@ _NOTHING: frozenset[str] = frozenset()
 REWRITE_SETTLE_S = 0.05  # Edit keeps re-running this long while only the weights keep changing
 
 
-def _input_bounds(input_range: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The input box as two float tensors (broadcast against one input or a batch)."""
-    try:
-        lo, hi = input_range
-    except (TypeError, ValueError):
-        raise ValueError("input_range must be a (low, high) pair of numbers or tensors shaped "
-                         "like one input (e.g. models.get_spec(name).input_range())") from None
-    lo_t = torch.as_tensor(lo, dtype=torch.float32)
-    hi_t = torch.as_tensor(hi, dtype=torch.float32)
-    if bool((lo_t > hi_t).any()):
-        raise ValueError("input_range has low > high somewhere; pass (low, high)")
-    return lo_t, hi_t
-
-
 def _candidates(analysis: Analysis | None, store: WeightStore,
                 weights_covered: bool = False) -> list[Candidate]:
     """Allocation candidates: every analysed weight and activation.
@@ -168,8 +155,7 @@ class ProtectedModel:
         self.model = model.eval()
         self.config = config
         self._example = example_input
-        self._input_range = input_range
-        self._low, self._high = _input_bounds(input_range)
+        self._box = InputBox.of(input_range, example_input.shape[1:])
         graph = getattr(analysis, "graph", None)
         if graph is None or graph.model is not model:  # a loaded or shared analysis
             graph = capture(model, example_input[:1])
@@ -312,7 +298,7 @@ class ProtectedModel:
             # analyse a copy: tracing reads the live Parameters through fx proxies otherwise,
             # and inferences keep running on the live model meanwhile
             shadow = copy.deepcopy(self.model)
-            analysis = analyze(shadow, self._example, self._input_range, calib,
+            analysis = analyze(shadow, self._example, self._box, calib,
                                config=self.config.select_config())
             rt = self._build_runtime(analysis)
             self._rt = rt  # one reference swap: inferences pick up the new plan whole
@@ -386,10 +372,8 @@ class ProtectedModel:
             return names
 
     def _in_range(self, x: torch.Tensor) -> bool:
-        if self._low.device != x.device:
-            self._low, self._high = self._low.to(x.device), self._high.to(x.device)
-        # clamp leaves an in-range input unchanged; NaN stays NaN and never compares equal
-        return torch.equal(x.clamp(self._low, self._high), x)
+        self._box = self._box.to(x.device)  # once: the inputs stay on one device
+        return self._box.contains(x)
 
     def _run_checks(self, rt: Runtime, values, start: int, in_range: bool,
                     st: FaultStatus, restored: frozenset[str] = frozenset()
@@ -564,9 +548,9 @@ def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
     VerifierMode(config.verifier)  # fail early on a typo
     if config.cuda_backend not in ("graph", "generic"):
         raise ValueError(f"cuda_backend={config.cuda_backend!r}; use 'graph' or 'generic'")
-    _input_bounds(input_range)
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor shaped like one batch of real input")
+    box = InputBox.of(input_range, example_input.shape[1:])
     devices = {p.device for p in model.parameters()}
     if devices and devices != {example_input.device}:
         raise ValueError(f"the model is on {', '.join(sorted(map(str, devices)))} but "
@@ -580,7 +564,7 @@ def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
         calib = config.calibration
         if calib is not None:
             calib = calib.to(example_input.device)
-        analysis = analyze(model, example_input, input_range, calib,
+        analysis = analyze(model, example_input, box, calib,
                            config=config.select_config())
     warn_unsupported(analysis)
     if example_input.is_cuda and config.cuda_backend == "graph":
@@ -588,9 +572,9 @@ def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
         # the same contract as the CPU runtime (core/cuda/runtime.py)
         from save_ros.core.cuda.runtime import CudaProtectedModel
 
-        return CudaProtectedModel(model, example_input, input_range, config, analysis,
+        return CudaProtectedModel(model, example_input, box, config, analysis,
                                   fault_sites=fault_sites)
     if fault_sites:
         raise ValueError("fault_sites=True compiles activation fault sites into the CUDA "
                          "program; on the CPU, inject with save_ros.faults (hooks)")
-    return ProtectedModel(model, example_input, input_range, config, analysis)
+    return ProtectedModel(model, example_input, box, config, analysis)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -48,9 +47,9 @@ class FailoverBackend(Backend):
         self._on_event = on_event
         self.cache_hit = False
         scripted = isinstance(loaded.module, torch.jit.ScriptModule)
-        low, high = loaded.input_range()
+        box = loaded.input_box()
         example = loaded.example_input()
-        protect_config = self._protect_config(low, high, example) if cfg.protect else None
+        protect_config = self._protect_config(box, example) if cfg.protect else None
         if scripted:  # a ScriptModule does not pickle: each worker loads the file itself
             source = ModelSource("torch.jit:load", (str(Path(cfg.model_file).expanduser()),))
             sharing = WeightSharing.NONE
@@ -64,7 +63,7 @@ class FailoverBackend(Backend):
         self._infer_timeout = (config.hang_timeout_s + config.startup_timeout_s) * \
             config.max_attempts
         try:
-            self.pm = FailoverModel(source, example, (low[0], high[0]), config,
+            self.pm = FailoverModel(source, example, box, config,
                                     on_event=self._event, protect_config=protect_config)
         except (FailoverError, ValueError, TypeError, RuntimeError) as exc:
             raise BackendError(f"cannot start the inference worker for {loaded.name}: "
@@ -73,12 +72,11 @@ class FailoverBackend(Backend):
         logger.info(f"inference worker {self.pm.active_pid} ready in "
                     f"{info.get('ready_s', float('nan')):.2f} s; standby starting")
 
-    def _protect_config(self, low: torch.Tensor, high: torch.Tensor, example: torch.Tensor):
+    def _protect_config(self, box, example: torch.Tensor):
         """ProtectConfig as `ProtectedBackend` builds it; its Analysis done once here or cached."""
-        from save_ros.core.analysis import Analysis, AnalysisFormatError, analysis_key
-        from save_ros.core.graph import capture
+        from save_ros.core.analysis import Analysis, AnalysisFormatError
         from save_ros.core.protect import ProtectConfig
-        from save_ros.core.select import SelectConfig, analyze
+        from save_ros.core.select import analyze, key_for
 
         cfg = self.cfg
         config = ProtectConfig(
@@ -88,13 +86,10 @@ class FailoverBackend(Backend):
             calibration=self.loaded.calibration,
         )
         module = self.loaded.module
-        box = (low[0], high[0])
         path = Path(cfg.analysis_cache).expanduser() if cfg.analysis_cache else None
         analysis = None
         if path is not None and path.is_file():
-            key = analysis_key(module, capture(module, example[:1]).architecture(),
-                               {"low": box[0].tolist(), "high": box[1].tolist()},
-                               asdict(SelectConfig(margin=config.margin)))
+            key = key_for(module, example, box, config.select_config())
             try:
                 analysis = Analysis.load(path, expect_key=key)
                 self.cache_hit = True

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import Future
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from save_ros.core.analysis import Analysis, AnalysisFormatError, analysis_key
-from save_ros.core.graph import capture
+from save_ros.core.analysis import Analysis, AnalysisFormatError
 from save_ros.core.protect import ProtectConfig, ProtectedModel, UnsupportedModelError, protect
-from save_ros.core.select import SelectConfig
+from save_ros.core.select import key_for
 from save_ros.core.verify import FaultStatus
 from save_ros.faults.faultmodels import NoBitsError, RandomFlips
 from save_ros.faults.inject import inject_weights
@@ -30,11 +28,6 @@ from save_ros.ros.params import NodeConfig
 MAX_LISTED = 4  # detections / repaired tensors listed by name in one status
 
 
-def _box_record(low: torch.Tensor, high: torch.Tensor) -> dict:
-    """The input box as Selection records it in the analysis key."""
-    return {"low": low.tolist(), "high": high.tolist()}
-
-
 class ProtectedBackend(Backend):
     """Serves a `ProtectedModel`; every inference gets a verdict from the SAVE checks."""
 
@@ -45,7 +38,7 @@ class ProtectedBackend(Backend):
         self.device = torch.device(cfg.device)
         module = loaded.module.to(self.device)
         example = loaded.example_input().to(self.device)
-        low, high = (t.to(self.device) for t in loaded.input_range())
+        box = loaded.input_box().to(self.device)
         calibration = (loaded.calibration.to(self.device)
                        if loaded.calibration is not None else None)
         config = ProtectConfig(
@@ -58,13 +51,11 @@ class ProtectedBackend(Backend):
         self.cache_hit = False
         key = None
         if cfg.analysis_cache:
-            key = analysis_key(module, capture(module, example[:1]).architecture(),
-                               _box_record(low[0], high[0]),
-                               asdict(SelectConfig(margin=config.margin)))
+            key = key_for(module, example, box, config.select_config())
             config.analysis = self._load_cache(self._cache_path(), key)
             self.cache_hit = config.analysis is not None
         try:
-            self.pm: ProtectedModel = protect(module, example, (low[0], high[0]), config)
+            self.pm: ProtectedModel = protect(module, example, box, config)
         except (UnsupportedModelError, ValueError, TypeError, RuntimeError) as exc:
             raise BackendError(f"cannot protect {loaded.name}: {exc}") from exc
         if cfg.analysis_cache and not self.cache_hit:

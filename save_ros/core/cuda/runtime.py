@@ -57,8 +57,8 @@ class _Captured:
         dev = example.device
         self.cuda = dev.type == "cuda" and owner.use_graph
         self.static_in = example.detach().clone()
-        self.program = CheckProgram(owner._inst, owner._rt, owner._store, owner._low,
-                                    owner._high, self.static_in, owner.groups,
+        self.program = CheckProgram(owner._inst, owner._rt, owner._store, owner._box.low,
+                                    owner._box.high, self.static_in, owner.groups,
                                     owner.fault_sites, streams=self.cuda,
                                     side_stream=owner.side_streams,
                                     checksum_stream=owner.side_streams)

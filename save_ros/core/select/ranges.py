@@ -1,6 +1,6 @@
 """Value ranges of every activation: sound boxes from the input box, and calibration ranges.
 
-`node_ranges(graph, example_input, input_range, calibration, ...)` returns one `NodeRange` per
+`node_ranges(graph, example_input, box, calibration, ...)` returns one `NodeRange` per
 fx node with a float tensor value: the elementwise box from interval propagation (batch 1), the
 calibration elementwise min / max (and a sample of calibration values for bit attribution), and
 per-channel interval and calibration ranges. Calibration ranges are widened by `margin` x their
@@ -24,14 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
+from save_ros.core.box import InputBox
 from save_ros.core.graph import ModelGraph
 from save_ros.core.select.intervals import Interval
 from save_ros.core.select.propagate import IntervalInterpreter
-from save_ros.errors import UserError
-
-
-class InputRangeError(UserError, ValueError):
-    """An input box that does not fit the model input."""
 
 
 @dataclass
@@ -53,43 +49,6 @@ class NodeRange:
     positions: torch.Tensor | None = None  # flat element positions (in one sample) kept
     other_max: torch.Tensor | None = None  # max-pool masking: the window max of the others
     is_sound: bool = True  # False: an op on the way has no interval rule (calibrated box)
-
-
-def input_box(input_range, example_input: torch.Tensor) -> Interval:
-    """The input box as an Interval shaped like one batched input (batch 1).
-
-    `input_range` is (low, high): scalars, one value per input channel (dim 1 of a batched
-    input), or tensors shaped like one input.
-    """
-    try:
-        low, high = input_range
-    except (TypeError, ValueError):
-        raise InputRangeError(
-            "input_range must be a (low, high) pair of scalars, per-channel lists or tensors"
-        ) from None
-    shape = (1, *example_input.shape[1:])
-    bounds = []
-    for b in (low, high):
-        t = torch.as_tensor(b, dtype=torch.float32).to(example_input.device)
-        if t.dim() == 1 and t.numel() > 1 and (len(shape) < 2 or t.numel() != shape[1]):
-            raise InputRangeError(
-                f"input_range has {t.numel()} values per bound but inputs have "
-                f"{shape[1] if len(shape) > 1 else 1} channels: give one per-channel value each"
-            )
-        if t.dim() == 1 and len(shape) > 1 and t.numel() == shape[1]:
-            t = t.reshape((1, -1) + (1,) * (len(shape) - 2))  # one value per channel
-        elif t.dim() > 1 and t.shape == shape[1:]:
-            t = t.unsqueeze(0)
-        try:
-            bounds.append(t.expand(shape).clone())
-        except RuntimeError:
-            raise InputRangeError(
-                f"input_range bound of shape {tuple(t.shape)} does not fit inputs of shape "
-                f"{tuple(shape[1:])}: give scalars, {shape[1]} per-channel values or a full tensor"
-            ) from None
-    if bool((bounds[0] > bounds[1]).any()) or not bool(torch.isfinite(bounds[0]).all()):
-        raise InputRangeError("input_range needs finite low <= high for every channel")
-    return Interval(bounds[0], bounds[1])
 
 
 def channel_dim_of(shape: tuple[int, ...], kind: str) -> int | None:
@@ -187,7 +146,7 @@ def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_siz
 def node_ranges(
     graph: ModelGraph,
     example_input: torch.Tensor,
-    input_range,
+    box: InputBox,
     calibration: torch.Tensor | None,
     margin: float = 0.1,
     keep: int = 64,
@@ -211,7 +170,8 @@ def node_ranges(
             w = s.hi - s.lo
             fallback[n] = (s.lo - margin * w, s.hi + margin * w)
         interp = IntervalInterpreter(graph.gm, fallback, shapes)
-        boxes = interp.propagate(input_box(input_range, example_input))
+        lo, hi = box.to(example_input.device).expand((1, *example_input.shape[1:]))
+        boxes = interp.propagate(Interval(lo, hi))
         del one, shapes
     kinds = {layer.name: layer.kind for layer in graph.layers}
     out: dict[str, NodeRange] = {}

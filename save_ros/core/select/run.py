@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from save_ros.core.analysis import Analysis, TensorAnalysis, analysis_key
+from save_ros.core.box import InputBox
 from save_ros.core.graph import ModelGraph, capture
 from save_ros.core.select.attribution import FlipRule
 from save_ros.core.select.config import (
@@ -75,18 +76,12 @@ def _covered_samples(calib: torch.Tensor, outputs: torch.Tensor, cfg: SelectConf
     return calib[pick.sort().values.to(calib.device)]
 
 
-def _range_record(input_range) -> dict:
-    """The input box as plain data for the key and the report."""
-    lo, hi = input_range
-    as_list = [torch.as_tensor(b, dtype=torch.float32).tolist() for b in (lo, hi)]
-    return {"low": as_list[0], "high": as_list[1]}
-
-
 def key_for(model: nn.Module, example_input: torch.Tensor, input_range,
             config: SelectConfig | None = None) -> str:
     """The key `analyze` would give: compare with a saved Analysis before re-running it."""
     graph = capture(model.eval(), example_input[:1])
-    return analysis_key(model, graph.architecture(), _range_record(input_range),
+    box = InputBox.of(input_range, example_input.shape[1:])
+    return analysis_key(model, graph.architecture(), box.as_record(),
                         asdict(config or SelectConfig()))
 
 
@@ -197,14 +192,15 @@ def _analyze(
     model = _float_model(model)
     example_input = example_input.float()
     graph = capture(model, example_input[:1])
-    box = _range_record(input_range)
-    key = analysis_key(model, graph.architecture(), box, asdict(cfg))
+    box = InputBox.of(input_range, example_input.shape[1:])
+    record = box.as_record()
+    key = analysis_key(model, graph.architecture(), record, asdict(cfg))
     timings["capture"] = time.perf_counter() - t0
     calib = calibration if calibration is not None else example_input
     calib = calib.to(example_input.device, torch.float32)
     weights = weights_of(model, graph)
     if graph.capture != "fx":
-        return _hooks_analysis(model, graph, key, box, cfg, weights, timings)
+        return _hooks_analysis(model, graph, key, record, cfg, weights, timings)
 
     t = time.perf_counter()
     fwd_bytes, act_bytes = _forward_bytes(model, graph, example_input[:1])
@@ -213,7 +209,7 @@ def _analyze(
     pools = {layer.name: k for layer in graph.layers
              if (k := pool_kernel(graph, layer)) is not None}
     outs: list[torch.Tensor] = []
-    ranges, unsupported = node_ranges(graph, example_input[:1], input_range, calib, cfg.margin,
+    ranges, unsupported = node_ranges(graph, example_input[:1], box, calib, cfg.margin,
                                       cfg.calib_keep, cfg.attr_elements, pools, batch, outs)
     outputs = torch.cat(outs) if outs else _model_outputs(model, calib, batch).float()
     timings["ranges"] = time.perf_counter() - t
@@ -251,7 +247,7 @@ def _analyze(
         "min_gap": float(gaps.min()) if len(gaps) else None}
     analysis = Analysis(key=key, capture=graph.capture,
                         layers=[asdict(layer) for layer in graph.layers], tensors=tensors,
-                        unsupported=unsupported, input_range=box,
+                        unsupported=unsupported, input_range=record,
                         settings=settings | {"notes": sens.notes},
                         timings=timings, task=task)
     analysis.rules = rules
@@ -259,7 +255,7 @@ def _analyze(
     return analysis
 
 
-def _hooks_analysis(model, graph, key, box, cfg, weights, timings) -> Analysis:
+def _hooks_analysis(model, graph, key, record, cfg, weights, timings) -> Analysis:
     """Without fx: weights against their golden ranges, nothing numerically robust."""
     tensors, rules = {}, {}
     for name, (w, layer) in weights.items():
@@ -268,7 +264,7 @@ def _hooks_analysis(model, graph, key, box, cfg, weights, timings) -> Analysis:
                         layers=[asdict(layer) for layer in graph.layers], tensors=tensors,
                         unsupported=["(whole model): torch.fx could not trace it; activations "
                                      "are not analysed and no flip is classed robust"],
-                        input_range=box, settings=asdict(cfg), timings=timings)
+                        input_range=record, settings=asdict(cfg), timings=timings)
     analysis.rules = rules
     analysis.graph = graph
     return analysis
