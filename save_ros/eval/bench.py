@@ -193,19 +193,20 @@ def where_time_goes(pm, plain, x: torch.Tensor) -> dict[str, float]:
     """Each part of a verified inference timed alone on this thread (thread CPU time)."""
     from save_ros.core.verify import FaultStatus, Job
 
-    rt = pm._rt
+    plan = pm._plan
     with torch.inference_mode():
         out, values = pm._inst.forward(x)
 
         def job() -> Job:
-            return Job(0, (x,), out, values, 0.0, 0.0, pm._seq, True, (0, None), rt)
+            return Job(0, (x,), out, values, 0.0, 0.0, pm._editor.epoch, True, (0, None), plan)
 
         parts = {
             "plain_forward": _cpu_us(lambda: plain(x)),
             "instrumented_forward": _cpu_us(lambda: pm._inst.forward(x)),
-            "input_range_check": _cpu_us(lambda: pm._in_range(x)),
+            "input_range_check": _cpu_us(lambda: pm._checker.in_box(x)),
             "weight_checksum": _cpu_us(lambda: pm._store.check()),
-            "layer_checks": _cpu_us(lambda: pm._run_checks(rt, values, 0, True, FaultStatus(0))),
+            "layer_checks": _cpu_us(lambda: pm._checker.run(plan, values, 0, True,
+                                                             FaultStatus(0))),
             "verify_total": _cpu_us(lambda: pm._verify(job())),
             "infer_wait_true": _cpu_us(lambda: pm.infer(x, wait=True)),
             "infer_wait_false_inference_thread": _cpu_us(lambda: pm.infer(x, wait=False)),

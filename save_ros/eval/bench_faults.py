@@ -206,10 +206,10 @@ def sweep(name: str, fractions: list[float], trials: int, flips: int,
             log.undo(pm.normal_tensors())
             pm.recover()
             acc_w.append(float((out.argmax(1) == yb).float().mean()))
-        rows.append({"budget_fraction": frac, "budget_bytes": pm.placement.budget_bytes,
+        rows.append({"budget_fraction": frac, "budget_bytes": pm.placement.reliable_budget_bytes,
                      "used_bytes": pm.placement.used_bytes,
                      "reliable": pm.placement.reliable,
-                     "checks": pm._rt.by_kind(),
+                     "checks": pm._plan.by_kind(),
                      "ratio_immediate": lat["i"] / lat["u"], "ratio_verified": lat["v"] / lat["u"],
                      "accuracy_activation_flips": statistics.mean(acc_a),
                      "accuracy_weight_flips_4096": statistics.mean(acc_w),

@@ -181,7 +181,7 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
     pa, pb = statistics.median(a), statistics.median(b)
     st = pm.stats()
     row = {"dtype": str(dtype).removeprefix("torch."), "batch": batch,
-           "redundancy_budget": budget, "coverage": pm._rt.coverage,
+           "redundancy_budget": budget, "coverage": pm._plan.coverage,
            "plain_ms": pa, "protected_ms": pb, "ratio": pb / pa, "setup_s": setup,
            "checks": pm._rt.by_kind(), "verified": st["verified"],
            "inferences": st["inferences"], "faulty": st["faulty"],
@@ -207,7 +207,7 @@ def coverage_section(base, analysis, calib, args, device, budget: float | None) 
     refs = cov.reference_outputs(pm, inputs)
     answer = cov.Answer(analysis.task, analysis.settings.get("tolerance"),
                         analysis.settings.get("min_gap"))
-    out: dict = {"redundancy_budget": budget, "coverage": pm._rt.coverage,
+    out: dict = {"redundancy_budget": budget, "coverage": pm._plan.coverage,
                  "checks": pm._rt.by_kind()}
     half = args.trials // 2
     for mode in ("uniform", "high"):

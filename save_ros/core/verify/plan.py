@@ -20,10 +20,10 @@ import torch
 
 from save_ros.core.allocate import Placement
 from save_ros.core.analysis import Analysis
-from save_ros.core.checks import AbftCheck, CheckKind, LayerCheck, RangeBatch, abft_for
-from save_ros.core.edit import WeightStore
 from save_ros.core.graph import node_params
 from save_ros.core.instrument import Instrumented
+from save_ros.core.verify.checks import AbftCheck, CheckKind, LayerCheck, RangeBatch, abft_for
+from save_ros.core.weights import WeightStore
 from save_ros.errors import UserError
 
 ABFT_GAIN = 0.8  # ABFT must cost < 80 % of DMR to be picked (DMR is exact, ABFT has a tolerance)
@@ -35,8 +35,8 @@ class CheckPlanError(UserError, ValueError):
 
 
 @dataclass
-class Runtime:
-    """Everything a verdict needs, swapped as a whole by `reanalyze`."""
+class CheckPlan:
+    """Every layer's check and everything a verdict needs; `reanalyze` swaps it as a whole."""
 
     analysis: Analysis | None
     placement: Placement
@@ -110,13 +110,13 @@ def _range_check(c: LayerCheck, ta: Any, value: torch.Tensor) -> LayerCheck:
 def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placement,
                 store: WeightStore, values: Sequence[Any], force: str = "auto",
                 robust_allowance: bool = True, min_vulnerable_share: float = 0.0,
-                chain_dmr: bool = False, redundancy_budget: float | None = None) -> Runtime:
+                chain_dmr: bool = False, redundancy_budget: float | None = None) -> CheckPlan:
     """The check of every layer, decided on the example run's `values`.
 
     `redundancy_budget`: at most this share of one forward pass's time is spent on redundancy
     (DMR / ABFT); the layers with the most vulnerable bits per second of check keep it, the
     others fall back to a range check and their vulnerable bits are left unchecked (counted in
-    `Runtime.coverage`). None (the default) checks every vulnerable bit.
+    `CheckPlan.coverage`). None (the default) checks every vulnerable bit.
     `min_vulnerable_share`: a layer whose output has at most this share of vulnerable bits (of
     all its bits) gets a range check instead of redundancy; its few vulnerable bits are then left
     unchecked (counted in the reason). 0 (the default) checks every vulnerable bit.
@@ -176,7 +176,7 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
     if chain_dmr:
         redundant = _chain(inst, redundant)
     batch = RangeBatch([c for c in checks if c.kind is CheckKind.RANGE])
-    return Runtime(analysis, placement, checks, batch, redundant, param_readers, layer_params,
+    return CheckPlan(analysis, placement, checks, batch, redundant, param_readers, layer_params,
                    reliable_sites, coverage)
 
 
@@ -185,7 +185,7 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
 _SLACK = {torch.float32: 2.0**-10, torch.float16: 2.0**-6, torch.bfloat16: 2.0**-4}
 
 
-def fit_ranges(rt: Runtime, inst: Instrumented, calibration: torch.Tensor | None,
+def fit_ranges(plan: CheckPlan, inst: Instrumented, calibration: torch.Tensor | None,
                example: torch.Tensor) -> None:
     """Widen every range check to what this runtime computes: its dtype and math mode.
 
@@ -195,7 +195,7 @@ def fit_ranges(rt: Runtime, inst: Instrumented, calibration: torch.Tensor | None
     calibration input never raises a range alarm. A flip that scales a value by a power of two
     still leaves the widened range.
     """
-    checks = rt.range_batch.checks
+    checks = plan.range_batch.checks
     if not checks:
         return
     seen_lo = [None] * len(checks)
@@ -205,11 +205,11 @@ def fit_ranges(rt: Runtime, inst: Instrumented, calibration: torch.Tensor | None
         calib = calibration.to(example.device, example.dtype)
         batches = [calib[i : i + n] for i in range(0, min(len(calib), 256), n)
                    if len(calib[i : i + n]) == n]
-        slices = _owner_slices(rt.range_batch)
+        slices = _owner_slices(plan.range_batch)
         with torch.inference_mode():
             for xb in batches:
                 _, values = inst.forward(xb)
-                mn, mx = rt.range_batch.reduce(values)
+                mn, mx = plan.range_batch.reduce(values)
                 mn, mx = mn.cpu(), mx.cpu()
                 for k, (a, b) in enumerate(slices):
                     lo, hi = mn[a:b], mx[a:b]
@@ -222,7 +222,7 @@ def fit_ranges(rt: Runtime, inst: Instrumented, calibration: torch.Tensor | None
         slack = _SLACK.get(example.dtype, 2.0**-10) * float(torch.maximum(lo.abs(), hi.abs())
                                                             .max())
         c.range_low, c.range_high = lo - slack, hi + slack
-    rt.range_batch = RangeBatch(checks)
+    plan.range_batch = RangeBatch(checks)
 
 
 def _owner_slices(batch: RangeBatch) -> list[tuple[int, int]]:
