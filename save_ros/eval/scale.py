@@ -183,7 +183,7 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
     row = {"dtype": str(dtype).removeprefix("torch."), "batch": batch,
            "redundancy_budget": budget, "coverage": pm._plan.coverage,
            "plain_ms": pa, "protected_ms": pb, "ratio": pb / pa, "setup_s": setup,
-           "checks": pm._rt.by_kind(), "verified": st["verified"],
+           "checks": pm._plan.by_kind(), "verified": st["verified"],
            "inferences": st["inferences"], "faulty": st["faulty"],
            "device_alarms": getattr(pm, "device_alarms", None),
            "placement": pm.placement.summary()}
@@ -208,7 +208,7 @@ def coverage_section(base, analysis, calib, args, device, budget: float | None) 
     answer = cov.Answer(analysis.task, analysis.settings.get("tolerance"),
                         analysis.settings.get("min_gap"))
     out: dict = {"redundancy_budget": budget, "coverage": pm._plan.coverage,
-                 "checks": pm._rt.by_kind()}
+                 "checks": pm._plan.by_kind()}
     half = args.trials // 2
     for mode in ("uniform", "high"):
         out[f"weights_{mode}"] = cov.weight_trials(pm, inputs, refs, answer, half, args.seed,
