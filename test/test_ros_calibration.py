@@ -84,9 +84,9 @@ def test_calibration_from_a_file_gets_its_own_analysis_cache(tmp_path):
     pytest.importorskip("rclpy")
     import logging
 
+    from save_ros.ros.backend import ProtectedBackend
     from save_ros.ros.model_source import ModelRequest, load
     from save_ros.ros.params import InputType, NodeConfig, PublishPolicy
-    from save_ros.ros.protected_backend import ProtectedBackend
 
     samples = torch.rand(16, 1, 8, 8)
     torch.save(samples, tmp_path / "a.pt")
@@ -94,7 +94,7 @@ def test_calibration_from_a_file_gets_its_own_analysis_cache(tmp_path):
                      input_low=(), input_high=(), output_names=(), device="cpu", protect=True,
                      input_topic="~/input", input_type=InputType.IMAGE, joint_names=(),
                      qos_depth=1, qos_reliability="best_effort", queue_size=1,
-                     publish_policy=PublishPolicy.VERIFIED, reliable_memory_bytes=-1,
+                     publish_policy=PublishPolicy.VERIFIED, reliable_budget_bytes=None,
                      checksum_period=1, analysis_cache=str(tmp_path / "cache.json"),
                      verify_timeout=1.0, shutdown_timeout=1.0, diagnostics_period=1.0,
                      calibration_file=str(tmp_path / "a.pt"))
@@ -103,7 +103,7 @@ def test_calibration_from_a_file_gets_its_own_analysis_cache(tmp_path):
         loaded = load(ModelRequest("digits_cnn"))
         loaded.calibration = data
         backend = ProtectedBackend(cfg, loaded, logging.getLogger("test"))
-        paths.append(backend._cache_path())
+        paths.append(backend._cache)
         assert paths[-1].is_file() and not backend.cache_hit
         backend.close()
     assert paths[0] != paths[1] and paths[0].name.startswith("cache.calib-")

@@ -1,26 +1,25 @@
-"""What the node runs inputs through: a SAVE `ProtectedModel`, or the bare model as a baseline.
+"""The interface the node runs inputs through (`Backend`), and the verdict it reports (`Verdict`).
 
-The node sees one small interface (`Backend`): infer an input, get the output at once and a
-future of its `Verdict`; run the pending checks; recover, reanalyze, inject faults. The verdict
-is the node's view of a `FaultStatus`: the level, message and key/values `~/fault_status` shows.
+The node sees one small interface: infer an input, get the output at once and a future of its
+`Verdict`; run the pending checks; recover, reanalyze, inject faults. The verdict is the node's
+view of a core `FaultStatus` (`to_verdict`): the level, message and key/values `~/fault_status`
+shows.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 
+from save_ros.core.verify import FaultStatus
 from save_ros.errors import UserError
-from save_ros.ros.model_source import LoadedModel
-from save_ros.ros.params import Isolation, NodeConfig
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+MAX_LISTED = 4  # detections / repaired tensors listed by name in one status
 
 
 class BackendError(UserError, RuntimeError):
@@ -46,6 +45,12 @@ class Verdict:
         """An inference whose verification did not complete."""
         return cls(verified=False, level=ERROR, message=reason, values={"verified": False})
 
+    @classmethod
+    def unprotected(cls) -> Verdict:
+        """An inference of the bare model (protect=false): nothing verifies it."""
+        return cls(verified=False, level=OK, message="unprotected (protect=false)",
+                   values={"verified": False, "protected": False})
+
 
 def resolve(future: Future, value: Verdict | None = None,
             error: BaseException | None = None) -> None:
@@ -60,7 +65,7 @@ def resolve(future: Future, value: Verdict | None = None,
 
 
 class Backend:
-    """Interface the node uses; see `BareBackend` and `ProtectedBackend`."""
+    """Interface the node uses: `BareBackend`, `ProtectedBackend`, `FailoverBackend`."""
 
     def describe(self) -> str:
         """One line for the start-up log."""
@@ -103,70 +108,6 @@ def hardware_id(device: str) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
-class BareBackend(Backend):
-    """The model without SAVE: the latency baseline; every result is reported unverified."""
-
-    def __init__(self, loaded: LoadedModel, device: str) -> None:
-        self.device = torch.device(device)
-        self.module = loaded.module.to(self.device)
-        self._lock = threading.Lock()
-        self._logs: list = []  # undo logs of injected faults, newest last
-
-    def describe(self) -> str:
-        """One line for the start-up log."""
-        return f"UNPROTECTED bare model on {self.device}"
-
-    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, Future]:
-        """Run the model; the verdict is ready at once and says 'not verified'."""
-        with self._lock, torch.no_grad():
-            output = self.module(x.to(self.device)).cpu()
-        future: Future = Future()
-        resolve(future, Verdict(verified=False, level=OK, message="unprotected (protect=false)",
-                                values={"verified": False, "protected": False}))
-        return output, future
-
-    def inject(self, count: int, target: str, seed: int, bits: tuple[int, ...]) -> str:
-        """Flip bits in any weight (nothing is reliable here): the unprotected baseline."""
-        from save_ros.faults.faultmodels import RandomFlips
-        from save_ros.faults.inject import inject_weights
-        from save_ros.faults.targets import Target
-
-        pattern = ("*",) if target == "weights" else (target,)
-        with self._lock:
-            try:
-                log = inject_weights(self.module, RandomFlips(count, bits or None),
-                                     Target(tensors=pattern), seed)
-            except ValueError as exc:
-                raise BackendError(f"cannot inject into {target!r}: {exc}") from exc
-            self._logs.append(log)
-        return flips_report(log)
-
-    def recover(self) -> str:
-        """Undo every injected flip (the bare model has no golden copies, only undo logs)."""
-        with self._lock:
-            flips = sum(len(log) for log in self._logs)
-            while self._logs:
-                self._logs.pop().undo(self.module)
-        return f"undid {flips} injected flips"
-
-
-def make_backend(cfg: NodeConfig, loaded: LoadedModel, logger,
-                 on_event: Callable[[object], None] | None = None) -> Backend:
-    """The backend the parameters ask for; `on_event` gets worker events (isolation=process)."""
-    if cfg.protect and loaded.why_unprotectable:
-        raise BackendError(f"{loaded.name} cannot be protected: {loaded.why_unprotectable}; "
-                           "or serve it unprotected with protect:=false")
-    if cfg.isolation is Isolation.PROCESS:
-        from save_ros.ros.failover_backend import FailoverBackend
-
-        return FailoverBackend(cfg, loaded, logger, on_event)
-    if not cfg.protect:
-        return BareBackend(loaded, cfg.device)
-    from save_ros.ros.protected_backend import ProtectedBackend
-
-    return ProtectedBackend(cfg, loaded, logger)
-
-
 def flips_report(log) -> str:
     """JSON summary of an UndoLog: how many flips, which tensors, the first few records."""
     records = list(log)
@@ -176,3 +117,54 @@ def flips_report(log) -> str:
         "first": [{"tensor": r.tensor, "index": r.flat_index, "bit": r.bit}
                   for r in records[:8]],
     })
+
+
+def to_verdict(st: FaultStatus) -> Verdict:
+    """The node's report of one FaultStatus: level, message and key/values."""
+    detected = len(st.detections)
+    if st.verified:
+        level = WARN if detected else OK
+        message = (f"fault detected and repaired ({detected} failed checks)" if detected
+                   else "verified")
+    elif st.error:
+        level, message = ERROR, f"verifier failed: {st.error}"
+    elif detected:
+        level, message = ERROR, f"fault detected, NOT repaired ({detected} failed checks)"
+    elif st.input_out_of_range:
+        level, message = ERROR, "input outside the declared range: result not verified"
+    else:
+        level, message = ERROR, "not verified"
+    values: dict[str, object] = {
+        "verified": st.verified,
+        "inference_id": st.inference_id,
+        "detected": detected,
+        "repaired": len(st.repaired),
+        "checks_run": st.checks_run,
+        "weights_checked": st.weights_checked,
+        "input_out_of_range": st.input_out_of_range,
+        "forward_ms": st.forward_s * 1e3,
+        "queue_ms": st.queue_s * 1e3,
+        "verify_ms": st.verify_s * 1e3,
+        "repair_ms": st.repair_s * 1e3,
+    }
+    if detected:
+        first = st.detections[0]
+        values["detected_layer"] = first.layer
+        values["detected_tensor"] = first.tensor
+        values["detected_check"] = first.check
+        values["detail"] = first.detail
+        values["detections"] = [f"{d.layer}/{d.tensor}/{d.check}"
+                                for d in st.detections[:MAX_LISTED]]
+    if st.repaired:
+        values["repaired_tensors"] = [f"{n}({k})" for n, k in
+                                      list(st.repaired.items())[:MAX_LISTED]]
+        values["rerun_from"] = st.rerun_from or ""
+    if st.detection_latency_s is not None:
+        values["detection_latency_ms"] = st.detection_latency_s * 1e3
+    if st.error:
+        values["error"] = st.error
+    return Verdict(verified=st.verified, level=level, message=message, detected=detected,
+                   repaired=len(st.repaired), unrepaired=int(detected > 0 and not st.verified),
+                   publishable=st.verified, output=(st.output.detach().cpu()
+                                                    if st.output is not None else None),
+                   values=values)

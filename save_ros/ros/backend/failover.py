@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from save_ros.core.box import InputBox
+from save_ros.core.protect import ProtectConfig
 from save_ros.failover import (
     CrashKind,
     FailoverConfig,
@@ -28,8 +30,8 @@ from save_ros.failover import (
     WeightSharing,
     remote,
 )
-from save_ros.ros.backend import OK, WARN, Backend, BackendError, Verdict
-from save_ros.ros.backend import resolve as resolve_future
+from save_ros.ros.backend.base import WARN, Backend, BackendError, Verdict, resolve, to_verdict
+from save_ros.ros.backend.prepare import protect_config, starting_analysis
 from save_ros.ros.model_source import LoadedModel
 from save_ros.ros.params import NodeConfig
 
@@ -72,41 +74,12 @@ class FailoverBackend(Backend):
         logger.info(f"inference worker {self.pm.active_pid} ready in "
                     f"{info.get('ready_s', float('nan')):.2f} s; standby starting")
 
-    def _protect_config(self, box, example: torch.Tensor):
-        """ProtectConfig as `ProtectedBackend` builds it; its Analysis done once here or cached."""
-        from save_ros.core.analysis import Analysis, AnalysisFormatError
-        from save_ros.core.protect import ProtectConfig
-        from save_ros.core.select import analyze, key_for
-
-        cfg = self.cfg
-        config = ProtectConfig(
-            reliable_budget_bytes=(cfg.reliable_memory_bytes
-                                   if cfg.reliable_memory_bytes >= 0 else None),
-            weight_check_interval=cfg.checksum_period,
-            calibration=self.loaded.calibration,
-        )
-        module = self.loaded.module
-        path = Path(cfg.analysis_cache).expanduser() if cfg.analysis_cache else None
-        analysis = None
-        if path is not None and path.is_file():
-            key = key_for(module, example, box, config.select_config())
-            try:
-                analysis = Analysis.load(path, expect_key=key)
-                self.cache_hit = True
-                self.logger.info(f"analysis loaded from {path} (key {key[:12]})")
-            except AnalysisFormatError as exc:
-                self.logger.warning(f"analysis cache not used: {exc}")
-        if analysis is None:
-            # once, here; the workers (and every standby) get it as a dict
-            analysis = analyze(module, example, box, config.calibration, config.margin)
-            if path is not None:
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    analysis.save(path)
-                    self.logger.info(f"analysis saved to {path}")
-                except OSError as exc:  # a read-only cache path must not stop the node
-                    self.logger.warning(f"cannot write analysis cache {path}: {exc}")
-        config.analysis = analysis
+    def _protect_config(self, box: InputBox, example: torch.Tensor) -> ProtectConfig:
+        """ProtectConfig as the node's parameters ask; its Analysis done once here, or cached:
+        the workers (and every standby) get it as a dict."""
+        config = protect_config(self.cfg, self.loaded.calibration)
+        config.analysis, self.cache_hit = starting_analysis(
+            self.cfg, self.loaded, self.loaded.module, example, box, config, self.logger)
         return config
 
     def _event(self, event: FailoverEvent) -> None:
@@ -143,13 +116,8 @@ class FailoverBackend(Backend):
         def done(f: Future) -> None:
             try:
                 status = f.result()
-                if status is None:  # plain backend: nothing verifies it
-                    value = Verdict(verified=False, level=OK, message="unprotected (protect=false)",
-                                    values={"verified": False, "protected": False})
-                else:
-                    from save_ros.ros.protected_backend import to_verdict
-
-                    value = to_verdict(status)
+                # plain backend: nothing verifies it
+                value = Verdict.unprotected() if status is None else to_verdict(status)
             except Exception as exc:  # the verifier (or its worker) failed: unverified
                 value = Verdict.failed(f"verification failed: {exc!r}")
             value.values["worker_pid"] = pid
@@ -159,10 +127,10 @@ class FailoverBackend(Backend):
                 value.level = max(value.level, WARN)
                 value.message += (f"; re-run on worker {pid} after the worker holding it failed "
                                   f"(attempt {attempts})")
-            resolve_future(verdict, value)
+            resolve(verdict, value)
 
         if result.verdict is None:
-            resolve_future(verdict, Verdict.failed("the worker sent no verdict"))
+            resolve(verdict, Verdict.failed("the worker sent no verdict"))
         else:
             result.verdict.add_done_callback(done)
         return result.output.detach().cpu(), verdict
