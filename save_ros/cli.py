@@ -17,7 +17,7 @@ from save_ros.errors import UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("save_ros.ros.demo", "main job: protected node, bundled bag, faults on"),
+    "demo": ("save_ros.ros.tools.demo", "main job: protected node, bundled bag, faults on"),
     "campaign-demo": ("save_ros.eval.demo", "a short campaign on the default model"),
     "campaign": ("save_ros.eval.campaign_cli", "seeded fault-injection campaign on a model"),
     "train-campaign": ("save_ros.eval.training_cli", "faults during a fine-tune, with rollback"),
@@ -26,7 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("save_ros.eval.bench", "protected vs unprotected latency, side by side"),
     "scale": ("save_ros.eval.scale", "robot-scale models through protect(): analysis, speed, "
               "coverage"),
-    "replay": ("save_ros.ros.replay", "replay a rosbag through the node and record its outputs"),
+    "replay": ("save_ros.ros.tools.replay",
+               "replay a rosbag through the node and record its outputs"),
     "train": ("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
     "failover-bench": ("save_ros.failover.bench", "worker crash to next result: warm vs cold"),
 }

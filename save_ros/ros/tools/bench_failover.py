@@ -13,7 +13,7 @@ Every crashed input's output is compared bit for bit with the fault-free output 
 Between crashes the bench waits `--gap` seconds so the next standby is warm; the node's
 `cold_failovers` counter says whether any failover had to start a worker instead.
 
-`python -m save_ros.ros.failover_bench --crashes 12 --out docs/results/failover_ros.json`
+`python -m save_ros.ros.tools.bench_failover --crashes 12 --out docs/results/failover_ros.json`
 """
 
 from __future__ import annotations
@@ -31,13 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
-from save_ros.ros.bench import _restamped
-from save_ros.ros.client import InputRecord, ReplayClient, ReplayResult, stamp_key
-from save_ros.ros.process import NodeProcess
-from save_ros.ros.share import share_dir
-
-CONFIG_DIR = share_dir("config")
+from save_ros.ros.bags import read_messages
+from save_ros.ros.tools.bench_node import _restamped
+from save_ros.ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
+from save_ros.ros.tools.client import InputRecord, ReplayClient, ReplayResult, stamp_key
+from save_ros.ros.tools.process import NodeProcess
 
 
 def _publish_and_wait(client: ReplayClient, msg, timeout: float) -> tuple[float, list | None]:
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.crashes < 1:
         parser.error("--crashes must be >= 1")
     result: dict[str, object] = {
-        "command": "python -m save_ros.ros.failover_bench " + " ".join(sys.argv[1:]
+        "command": "python -m save_ros.ros.tools.bench_failover " + " ".join(sys.argv[1:]
                                                                        if argv is None else argv),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
                    f"torch {torch.__version__}",

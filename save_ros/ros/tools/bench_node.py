@@ -8,7 +8,7 @@ each node answered every input with none dropped (with the config's queue_size, 
 stalls of the host count as drops). Both nodes run at once and the
 measurements alternate between them, so the two see the same machine load.
 
-`python -m save_ros.ros.bench --out docs/results/ros_bench.json`
+`python -m save_ros.ros.tools.bench_node --out docs/results/ros_bench.json`
 """
 
 from __future__ import annotations
@@ -25,19 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from save_ros.ros.bags import (
+from save_ros.ros.bags import read_messages
+from save_ros.ros.tools.bundled import (
     BAGS_DIR,
     CARTPOLE_BAG,
     CARTPOLE_TOPIC,
+    CONFIG_DIR,
     DIGITS_BAG,
     DIGITS_TOPIC,
-    read_messages,
 )
-from save_ros.ros.client import ReplayClient
-from save_ros.ros.process import NodeProcess, config_parameters
-from save_ros.ros.share import share_dir
+from save_ros.ros.tools.client import ReplayClient
+from save_ros.ros.tools.process import NodeProcess, config_parameters
 
-CONFIG_DIR = share_dir("config")
 MODELS = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole_policy")
 RATES_HZ = (50, 100, 200, 400, 800)
 

@@ -13,7 +13,7 @@ node replays the stream once clean and once with `~/inject_faults` (weight bit f
 `--inject-every` frames; every output of the faulty pass must equal the clean pass's output for
 the same frame.
 
-`python -m save_ros.ros.stream_bench --models resnet50 --device cuda --out stream.json`
+`python -m save_ros.ros.tools.bench_stream --models resnet50 --device cuda --out stream.json`
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from save_ros.ros.client import ReplayClient, stamp_key
-from save_ros.ros.process import NodeProcess
+from save_ros.ros.tools.client import ReplayClient, stamp_key
+from save_ros.ros.tools.process import NodeProcess
 
 
 def frames(n: int, size: int, seed: int) -> list[Image]:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    result: dict = {"command": "python -m save_ros.ros.stream_bench " + " ".join(
+    result: dict = {"command": "python -m save_ros.ros.tools.bench_stream " + " ".join(
         sys.argv[1:] if argv is None else argv), "machine": f"{platform.node()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",

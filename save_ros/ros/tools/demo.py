@@ -18,13 +18,11 @@ import sys
 from pathlib import Path
 
 from save_ros.argtypes import positive_float, positive_int
-from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
-from save_ros.ros.client import ReplayClient, ReplayResult, compare
-from save_ros.ros.process import NodeProcess
-from save_ros.ros.replay import print_summary
-from save_ros.ros.share import share_dir
-
-CONFIG_DIR = share_dir("config")
+from save_ros.ros.bags import read_messages
+from save_ros.ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
+from save_ros.ros.tools.client import ReplayClient, ReplayResult, compare
+from save_ros.ros.tools.process import NodeProcess
+from save_ros.ros.tools.replay import print_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m save_ros.ros.demo`."""
+    """`python -m save_ros.ros.tools.demo`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -10,7 +10,7 @@ either (`any`: a choice of the node, e.g. 8UC1 images or duplicated joint names)
 The messages target the bundled models: images for `digits_cnn` (1x8x8, values in [0, 1]),
 JointState / Float32MultiArray for `cartpole_policy` (4 values; joints `CARTPOLE_JOINTS`).
 
-`python -m save_ros.ros.hostile OUT` writes them as a rosbag2: one topic per input type,
+`python -m save_ros.ros.tools.hostile OUT` writes them as a rosbag2: one topic per input type,
 `/hostile/image`, `/hostile/joint_state`, `/hostile/float32_multi_array`; bursts are 1 ns apart in
 bag time (a flood under `--pace realtime`), the rest 10 ms apart.
 """
@@ -28,14 +28,8 @@ import numpy as np
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension
 
-from save_ros.ros.bags import (
-    BAGS_DIR,
-    CARTPOLE_JOINTS,
-    DIGITS_BAG,
-    T0_NS,
-    BagWriter,
-    read_messages,
-)
+from save_ros.ros.bags import BagWriter, read_messages
+from save_ros.ros.tools.bundled import BAGS_DIR, CARTPOLE_JOINTS, DIGITS_BAG, T0_NS
 
 INPUT_TYPES = ("image", "joint_state", "float32_multi_array")
 TOPICS = {t: f"/hostile/{t}" for t in INPUT_TYPES}

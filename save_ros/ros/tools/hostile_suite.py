@@ -16,7 +16,7 @@ must be accepted must also be verified), that the node's
 /diagnostics and fault statuses stay bounded in size, and that its memory does not grow (RSS of
 the node and its workers before and after). The node is then stopped with SIGINT: exit code 0.
 
-`python -m save_ros.ros.hostile_suite --fuzz 1000 --json docs/results/hostile.json`
+`python -m save_ros.ros.tools.hostile_suite --fuzz 1000 --json docs/results/hostile.json`
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from save_ros.ros.bags import read_messages
-from save_ros.ros.client import ReplayClient
-from save_ros.ros.hostile import (
+from save_ros.ros.tools.bundled import CONFIG_DIR
+from save_ros.ros.tools.client import ReplayClient
+from save_ros.ros.tools.hostile import (
     ACCEPT,
     INPUT_TYPES,
     REJECT,
@@ -46,11 +47,9 @@ from save_ros.ros.hostile import (
     hostile_cases,
     write_hostile_bag,
 )
-from save_ros.ros.process import NodeProcess
-from save_ros.ros.replay_result import FAULT_COUNTERS, LARGE_SAMPLE_BYTES, ReplayResult
-from save_ros.ros.share import share_dir
+from save_ros.ros.tools.process import NodeProcess
+from save_ros.ros.tools.replay_result import FAULT_COUNTERS, LARGE_SAMPLE_BYTES, ReplayResult
 
-CONFIG_DIR = share_dir("config")
 CONFIGS = {"image": "digits_cnn.yaml", "joint_state": "cartpole_policy.yaml",
            "float32_multi_array": "cartpole_policy.yaml"}
 # bounds a node that does not grow must stay within
@@ -440,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"VIOLATION {p}")
     if args.json:
         args.json.write_text(json.dumps({
-            "command": "python -m save_ros.ros.hostile_suite " + " ".join(argv or sys.argv[1:]),
+            "command": "python -m save_ros.ros.tools.hostile_suite "
+                       + " ".join(argv or sys.argv[1:]),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
                        f"{_rmw()}",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
