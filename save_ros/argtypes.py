@@ -37,6 +37,11 @@ def positive_float(text: str) -> float:
     return _bounded(text, float, "a finite number > 0", lambda v: 0 < v < math.inf)
 
 
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _bounded(text, float, "a finite number >= 0", lambda v: 0 <= v < math.inf)
+
+
 def fraction(text: str) -> float:
     """A finite number >= 0, e.g. a share of the weight bytes (0.05)."""
     return _bounded(text, float, "a fraction >= 0 like 0.05", lambda v: 0 <= v < math.inf)

@@ -1,7 +1,10 @@
-"""The `save-ros` command: one subcommand per job, each in the module that owns the job.
+"""The `save-ros` command: one verb per job, each in the module that owns the job.
 
-A subcommand module provides `add_arguments(parser)` and `run(args) -> int`. Modules are imported
-only when their subcommand runs, so `save-ros --help` stays fast and works without torch or ROS.
+A verb's module provides `add_arguments(parser)` and `run(args) -> int`; `bench` takes one more
+word, the measurement (`save-ros bench cpu ...`). Modules are imported only when their verb runs,
+so `save-ros --help` stays fast and works without torch or ROS. A `UserError` (or a path, YAML
+or bag the user gave that cannot be read) is one line on stderr and exit 2; anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,22 +18,33 @@ from typing import NoReturn
 
 from save_ros.errors import UserError
 
-# name -> (module, one-line help)
+# verb -> (module, one-line help); `bench` has one sub-verb per measurement
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("save_ros.ros.tools.demo", "main job: protected node, bundled bag, faults on"),
-    "campaign-demo": ("save_ros.eval.demo", "a short campaign on the default model"),
-    "campaign": ("save_ros.eval.campaign_cli", "seeded fault-injection campaign on a model"),
-    "train-campaign": ("save_ros.eval.training_cli", "faults during a fine-tune, with rollback"),
-    "pvf": ("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
-    "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
-    "bench": ("save_ros.eval.bench", "protected vs unprotected latency, side by side"),
-    "scale": ("save_ros.eval.scale", "robot-scale models through protect(): analysis, speed, "
-              "coverage"),
     "replay": ("save_ros.ros.tools.replay",
                "replay a rosbag through the node and record its outputs"),
+    "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
+    "campaign": ("save_ros.eval.campaign_cli", "seeded fault-injection campaign on a model"),
+    "campaign-demo": ("save_ros.eval.demo", "a one-minute campaign on the default model"),
+    "train-campaign": ("save_ros.eval.training_cli", "faults during a fine-tune, with rollback"),
+    "pvf": ("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
     "train": ("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
-    "failover-bench": ("save_ros.failover.bench", "worker crash to next result: warm vs cold"),
 }
+BENCH: dict[str, tuple[str, str]] = {
+    "cpu": ("save_ros.eval.bench.cpu",
+            "SAVE vs unprotected vs baselines at batch 1, side by side (bundled models)"),
+    "scale": ("save_ros.eval.bench.scale",
+              "robot-scale models through protect(): analysis, speed, coverage (GPU or CPU)"),
+    "failover": ("save_ros.eval.bench.failover",
+                 "worker crash to next result: warm vs cold standby (no ROS)"),
+    "ros": ("save_ros.ros.tools.bench_node",
+            "save_node over DDS: latency, capacity, rate ladder, bare vs SAVE"),
+    "ros-stream": ("save_ros.ros.tools.bench_stream",
+                   "a camera stream through save_node: latency, freshness, faults"),
+    "ros-failover": ("save_ros.ros.tools.bench_failover",
+                     "worker crash to next output through save_node (isolation=process)"),
+}
+BENCH_HELP = "measure: " + ", ".join(BENCH)
 
 
 class SubcommandParser(argparse.ArgumentParser):
@@ -84,26 +98,52 @@ def unwritable_output(args: argparse.Namespace) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per command (arguments added lazily)."""
+    """The top-level parser with one sub-parser per verb (arguments added lazily)."""
     parser = SubcommandParser(
         prog="save-ros",
         description="SAVE fault tolerance for neural-network inference: tools and evaluation.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_) in COMMANDS.items():
+    for name, (_, help_) in (COMMANDS | {"bench": ("", BENCH_HELP)}).items():
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 
 
+def _bench_parser() -> argparse.ArgumentParser:
+    parser = SubcommandParser(prog="save-ros bench", description=BENCH_HELP)
+    sub = parser.add_subparsers(dest="measurement", metavar="MEASUREMENT")
+    for name, (_, help_) in BENCH.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    return parser
+
+
+def _resolve(argv: list[str]) -> tuple[str, str, str, list[str]] | int:
+    """(verb as typed, module, help, its arguments), or the exit code of a help / usage error."""
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    if argv[0] == "bench":
+        bench = _bench_parser()
+        if len(argv) < 2 or argv[1] in ("-h", "--help"):
+            bench.print_help()
+            return 0 if len(argv) > 1 else 2
+        if argv[1] not in BENCH:
+            bench.parse_args(argv[1:])  # the usage error: invalid choice, exit 2
+        module_name, help_ = BENCH[argv[1]]
+        return f"bench {argv[1]}", module_name, help_, argv[2:]
+    if argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # the usage error: invalid choice, exit 2
+    module_name, help_ = COMMANDS[argv[0]]
+    return argv[0], module_name, help_, argv[1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `save-ros`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if not argv or argv[0] not in COMMANDS:
-        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    name = argv[0]
-    module_name, help_ = COMMANDS[name]
+    resolved = _resolve(list(sys.argv[1:] if argv is None else argv))
+    if isinstance(resolved, int):
+        return resolved
+    name, module_name, help_, rest = resolved
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -114,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     sub = SubcommandParser(prog=f"save-ros {name}", description=help_)
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
+    args = sub.parse_args(rest)
     bad_output = unwritable_output(args)
     if bad_output:  # fail now, not after an hour-long campaign whose figures would be lost
         sub.error(bad_output)

@@ -17,9 +17,9 @@ from save_ros.eval.campaign import (
     CampaignConfig,
     CampaignError,
     run_campaign,
-    write_json,
 )
 from save_ros.eval.methods import UnknownMethodError
+from save_ros.eval.record import write_json
 from save_ros.faults import EmptyTargetError, NoBitsError, UnknownNameError
 from save_ros.models import ModelError
 

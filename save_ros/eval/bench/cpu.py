@@ -1,4 +1,4 @@
-"""`save-ros bench`: SAVE vs unprotected vs baselines at batch 1, side by side in one run.
+"""`save-ros bench cpu`: SAVE vs unprotected vs baselines at batch 1, side by side in one run.
 
 Latency: every method gets its own copy of the model; in each of `--rounds` rounds every method
 runs the same `--n` test inputs one at a time, in turn, so load drifts hit all methods alike.
@@ -8,8 +8,8 @@ measures the neighbours) and the wall time (best round and median). SAVE is time
 `save_immediate` (infer(wait=False): the output at once, the verifier thread checks in parallel,
 on the other core; the block's wall time runs until its last verdict is in) and `save_verified`
 (infer(wait=True): the output after its checks, on the calling thread, repaired if needed).
-`where_time_goes` times each part of a verified inference alone; `bench_faults` measures
-under faults (every inference faulty, detection latency, budget sweep); `bench_report` turns the
+`where_time_goes` times each part of a verified inference alone; `cpu_faults` measures
+under faults (every inference faulty, detection latency, budget sweep); `report` turns the
 JSONs into the tables of `docs/results/runtime.md`.
 AccurateLatency = latency x (1 + error rate), with the error rate (share of published results
 whose top-1 differs from the fault-free one, flagged or not) taken from the campaign JSONs
@@ -23,9 +23,7 @@ measures, per budget, the latency ratio and the accuracy under activation and we
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,12 +32,22 @@ from typing import Any
 import torch
 
 from save_ros.argtypes import fraction, fraction_list, nonnegative_int, positive_int
+from save_ros.eval.bench.cpu_faults import (
+    detection_latency,
+    faulty_latency,
+    plot,
+    protected_model,
+    sweep,
+)
+from save_ros.eval.bench.report import accurate_latency
+from save_ros.eval.record import run_record, write_json
+from save_ros.eval.timing import interleaved, thread_cpu_us
 
 RESULTS = Path("docs/results")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `save-ros bench`."""
+    """Options of `save-ros bench cpu`."""
     parser.add_argument("--model", default="digits_cnn", help="bundled model (save_ros.models)")
     parser.add_argument("--budget", type=fraction, default=None,
                         help="reliable pool as a fraction of weight bytes (default: the "
@@ -59,44 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure detection latency under one flip per inference")
 
 
-def _timed_rounds(fns: dict[str, Callable[[], None]], rounds: int, n: int,
-                  spread: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
-    """Best round's mean seconds per inference per method, methods interleaved round by round.
-
-    The best (least disturbed) round estimates what the method costs; on a shared machine the
-    median mostly measures the neighbours. Both go into `spread` (min, median) when given.
-    """
-    per: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    for f in fns.values():  # warm-up
-        f()
-    for _ in range(rounds):
-        for k, f in fns.items():
-            c = time.thread_time()
-            t = time.perf_counter()
-            f()
-            per[k].append((time.perf_counter() - t) / n)
-            cpu[k].append((time.thread_time() - c) / n)
+def timed_rounds(fns: dict[str, Callable[[], None]], rounds: int, n: int,
+                 spread: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """Best round's mean seconds per inference per method, methods interleaved round by round
+    (`timing.interleaved`); the spread of every method goes into `spread` when given."""
+    per = interleaved(fns, rounds, n)
     if spread is not None:
-        spread.update({k: {"min_us": min(v) * 1e6, "median_us": statistics.median(v) * 1e6,
-                           "thread_cpu_us": min(cpu[k]) * 1e6,
-                           "thread_cpu_median_us": statistics.median(cpu[k]) * 1e6}
-                       for k, v in per.items()})
-    return {k: min(v) for k, v in per.items()}
-
-
-def _protected(name: str, fraction: float | None, analysis=None, chain_dmr: bool = False):
-    """A freshly loaded model protected at a budget fraction (sharing `analysis` if given)."""
-    from save_ros import models
-    from save_ros.core.allocate import DEFAULT_BUDGET_FRACTION
-    from save_ros.core.protect import ProtectConfig, protect
-
-    spec = models.get_spec(name)
-    xc, _ = models.dataset(name, "calib")
-    cfg = ProtectConfig(calibration=xc, analysis=analysis,
-                        reliable_budget_fraction=DEFAULT_BUDGET_FRACTION if fraction is None
-                        else fraction, chain_dmr=chain_dmr)
-    return protect(models.load(name), xc[:1], spec.input_range(), cfg)
+        spread.update({k: r.spread_us() for k, r in per.items()})
+    return {k: min(r.wall) for k, r in per.items()}
 
 
 def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str, Any]:
@@ -108,9 +86,9 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
     calib = models.dataset(name, "calib")
     xs = [xt[i : i + 1] for i in range(min(n, len(xt)))]
     plain = models.load(name)
-    pm = _protected(name, fraction)
+    pm = protected_model(name, fraction)
     # the opt-in chained DMR (ProtectConfig.chain_dmr), timed beside the default
-    pmc = _protected(name, fraction, pm.analysis, chain_dmr=True)
+    pmc = protected_model(name, fraction, pm.analysis, chain_dmr=True)
     rr, dmr = RangeRestriction(), FullDmr()
     rr.prepare(models.load(name), None, calib)
     dmr.prepare(models.load(name), None, calib)
@@ -145,15 +123,13 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
            "full_dmr": full_dmr}
     load_before = os.getloadavg()
     spread: dict[str, dict[str, float]] = {}
-    lat = _timed_rounds(fns, rounds, len(xs), spread)
+    lat = timed_rounds(fns, rounds, len(xs), spread)
     load_after = os.getloadavg()
     lat["ecc_oracle"] = lat["unprotected"]  # ECC is the memory's job: no software time
     base = lat["unprotected"]
     false_alarms = sum(s.faulty for s in statuses)
     unverified = sum(not s.verified for s in statuses)
     breakdown = where_time_goes(pm, plain, xs[0])
-    from save_ros.eval.bench_faults import faulty_latency
-
     faulty = faulty_latency(pm, plain, xs, max(5, rounds // 3))
     out = {
         "faulty_every_inference": faulty,
@@ -177,18 +153,6 @@ def latency(name: str, fraction: float | None, n: int, rounds: int) -> dict[str,
     return out
 
 
-def _cpu_us(fn: Callable[[], Any], reps: int = 300) -> float:
-    """Median thread-CPU microseconds of one call, in blocks of 20 calls."""
-    fn()
-    blocks = []
-    for _ in range(max(1, reps // 20)):
-        c = time.thread_time()
-        for _ in range(20):
-            fn()
-        blocks.append((time.thread_time() - c) / 20 * 1e6)
-    return statistics.median(blocks)
-
-
 def where_time_goes(pm, plain, x: torch.Tensor) -> dict[str, float]:
     """Each part of a verified inference timed alone on this thread (thread CPU time)."""
     from save_ros.core.verify import FaultStatus, Job
@@ -201,15 +165,15 @@ def where_time_goes(pm, plain, x: torch.Tensor) -> dict[str, float]:
             return Job(0, (x,), out, values, 0.0, 0.0, pm._editor.epoch, True, (0, None), plan)
 
         parts = {
-            "plain_forward": _cpu_us(lambda: plain(x)),
-            "instrumented_forward": _cpu_us(lambda: pm._inst.forward(x)),
-            "input_range_check": _cpu_us(lambda: pm._checker.in_box(x)),
-            "weight_checksum": _cpu_us(lambda: pm._store.check()),
-            "layer_checks": _cpu_us(lambda: pm._checker.run(plan, values, 0, True,
+            "plain_forward": thread_cpu_us(lambda: plain(x)),
+            "instrumented_forward": thread_cpu_us(lambda: pm._inst.forward(x)),
+            "input_range_check": thread_cpu_us(lambda: pm._checker.in_box(x)),
+            "weight_checksum": thread_cpu_us(lambda: pm._store.check()),
+            "layer_checks": thread_cpu_us(lambda: pm._checker.run(plan, values, 0, True,
                                                              FaultStatus(0))),
-            "verify_total": _cpu_us(lambda: pm._verify(job())),
-            "infer_wait_true": _cpu_us(lambda: pm.infer(x, wait=True)),
-            "infer_wait_false_inference_thread": _cpu_us(lambda: pm.infer(x, wait=False)),
+            "verify_total": thread_cpu_us(lambda: pm._verify(job())),
+            "infer_wait_true": thread_cpu_us(lambda: pm.infer(x, wait=True)),
+            "infer_wait_false_inference_thread": thread_cpu_us(lambda: pm.infer(x, wait=False)),
         }
     parts["verify_bookkeeping"] = parts["verify_total"] - parts["input_range_check"] - \
         parts["weight_checksum"] - parts["layer_checks"]
@@ -218,12 +182,10 @@ def where_time_goes(pm, plain, x: torch.Tensor) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the ratios, optionally write JSON and the plot."""
-    from save_ros.eval.bench_faults import detection_latency, plot, sweep
-    from save_ros.eval.bench_report import accurate_latency
-    from save_ros.eval.campaign import machine_info
+
 
     torch.set_num_threads(args.threads)
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started = time.time()
     lat = latency(args.model, args.budget, args.n, args.rounds)
     print(f"{args.model}, batch 1, {lat['n']} inputs x {args.rounds} rounds, side by side")
     print(lat["summary"])
@@ -251,9 +213,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"AccurateLatency {r['target']:11s} flips={r['flips']:5d} {r['method']:18s} "
                   f"error {r['error_rate']:.4f}  {r['accurate_latency_us']:9.1f} us  "
                   f"x{r['ratio_to_unprotected']:.2f} of unprotected")
-    result = {"kind": "save_ros.bench", "date_utc": started, "machine": machine_info(),
-              "command": ["save-ros", "bench", *vars_to_argv(args)], "latency": lat,
-              "accurate_latency": al}
+    result = run_record("save_ros.bench", started,
+                        ["save-ros", "bench", "cpu", *vars_to_argv(args)])
+    result |= {"latency": lat, "accurate_latency": al}
     if args.detection:
         result["detection_latency"] = detection_latency(args.model)
         for mode, d in result["detection_latency"].items():
@@ -272,8 +234,7 @@ def run(args: argparse.Namespace) -> int:
         if args.plot:
             plot(rows, args.model, args.plot)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=str))
+        write_json(args.json, result)
     return 0
 
 

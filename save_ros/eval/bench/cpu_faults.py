@@ -1,4 +1,4 @@
-"""Measurements of SAVE under faults for `save-ros bench`: latency when every inference is
+"""Measurements of SAVE under faults for `save-ros bench cpu`: latency when every inference is
 faulty, detection latency, and the reliable-memory budget sweep with its plot."""
 
 from __future__ import annotations
@@ -10,7 +10,21 @@ from typing import Any
 
 import torch
 
-from save_ros.eval.bench import _protected, _timed_rounds
+from save_ros.core.allocate import DEFAULT_BUDGET_FRACTION
+from save_ros.eval.timing import interleaved
+
+
+def protected_model(name: str, fraction: float | None, analysis=None, chain_dmr: bool = False):
+    """A freshly loaded model protected at a budget fraction (sharing `analysis` if given)."""
+    from save_ros import models
+    from save_ros.core.protect import ProtectConfig, protect
+
+    spec = models.get_spec(name)
+    xc, _ = models.dataset(name, "calib")
+    cfg = ProtectConfig(calibration=xc, analysis=analysis,
+                        reliable_budget_fraction=DEFAULT_BUDGET_FRACTION if fraction is None
+                        else fraction, chain_dmr=chain_dmr)
+    return protect(models.load(name), xc[:1], spec.input_range(), cfg)
 
 
 def faulty_latency(pm, plain, xs: list[torch.Tensor], rounds: int) -> dict[str, Any]:
@@ -80,14 +94,14 @@ def faulty_latency(pm, plain, xs: list[torch.Tensor], rounds: int) -> dict[str, 
         fns["save_verified_weight_fault"] = save_weight
     if not fns:
         return {}
-    sp: dict[str, dict[str, float]] = {}
 
     def unprot() -> None:
         with torch.inference_mode():
             for x in xs:
                 plain(x)
 
-    _timed_rounds({"unprotected": unprot, **fns}, rounds, len(xs), sp)
+    sp = {k: r.spread_us() for k, r in
+          interleaved({"unprotected": unprot, **fns}, rounds, len(xs)).items()}
     out: dict[str, Any] = {k: v["thread_cpu_us"] for k, v in sp.items()}
     if "save_verified_act_fault" in sp:
         out["ratio_act"] = sp["save_verified_act_fault"]["thread_cpu_us"] / \
@@ -170,7 +184,7 @@ def sweep(name: str, fractions: list[float], trials: int, flips: int,
     xs = [xt[i : i + 1] for i in range(min(n, len(xt)))]
     rows = []
     for frac in fractions:
-        pm = _protected(name, frac, analysis)
+        pm = protected_model(name, frac, analysis)
 
         def unprotected() -> None:
             with torch.inference_mode():
@@ -185,9 +199,8 @@ def sweep(name: str, fractions: list[float], trials: int, flips: int,
             for x in xs:
                 pm.infer(x, wait=True)
 
-        sp: dict[str, dict[str, float]] = {}
-        _timed_rounds({"u": unprotected, "i": immediate, "v": verified}, rounds, len(xs), sp)
-        lat = {k: v["thread_cpu_us"] for k, v in sp.items()}  # see the module docstring
+        per = interleaved({"u": unprotected, "i": immediate, "v": verified}, rounds, len(xs))
+        lat = {k: r.spread_us()["thread_cpu_us"] for k, r in per.items()}  # module docstring
         excl = frozenset(pm.reliable_activation_sites())
         try:
             sites = activation_sites(pm.model, xb, Target(TargetKind.ACTIVATIONS, exclude=excl))

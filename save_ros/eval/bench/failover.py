@@ -10,26 +10,24 @@ Each repetition arms a crash in the active worker, then submits a burst of reque
 request meets the crash. Reported: crash-to-result time of that request, and messages lost (any
 answer that is missing or differs from the fault-free output).
 
-`python -m save_ros.failover.bench` or `save-ros failover-bench`.
+`save-ros bench failover` or `python -m save_ros.eval.bench.failover`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from save_ros import models
 from save_ros.argtypes import nonnegative_int, positive_float, positive_int
+from save_ros.eval.record import run_record
+from save_ros.eval.timing import summary
 from save_ros.failover.config import FailoverConfig
 from save_ros.failover.crash import CrashKind
 from save_ros.failover.events import EventKind, FailoverEvent
@@ -53,11 +51,9 @@ def mode_config(mode: str, base: dict[str, Any]) -> FailoverConfig:
 
 def _quantiles(values: list[float]) -> dict[str, float]:
     """Median, p95, min, max (seconds)."""
-    if not values:
-        return {}
-    array = np.asarray(values)
-    return {"median_s": float(np.median(array)), "p95_s": float(np.percentile(array, 95)),
-            "min_s": float(array.min()), "max_s": float(array.max()), "n": len(values)}
+    s = summary(values, (50, 95))
+    return {"median_s": s["p50"], "p95_s": s["p95"], "min_s": s["min"], "max_s": s["max"],
+            "n": s["n"]} if s else {}
 
 
 def in_process_latency(name: str, backend: str, x: torch.Tensor, repeats: int) -> list[float]:
@@ -154,7 +150,7 @@ def bench_mode(mode: str, name: str, base: dict[str, Any], crash: CrashKind, rep
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `save-ros failover-bench`."""
+    """Options of `save-ros bench failover`."""
     parser.add_argument("--model", default=models.DEFAULT_MODEL, choices=models.available())
     parser.add_argument("--backend", default="protect", choices=("plain", "protect"))
     parser.add_argument("--device", default="cpu", help="cpu or cuda (skips without CUDA)")
@@ -174,12 +170,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print a table; 0 on success (also when CUDA is absent: skipped)."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("failover-bench: skipped: --device cuda but this torch sees no CUDA device")
+        print("bench failover: skipped: --device cuda but this torch sees no CUDA device")
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
-        print(f"failover-bench: unknown mode(s) {unknown}; choose from {MODES}", file=sys.stderr)
+        print(f"bench failover: unknown mode(s) {unknown}; choose from {MODES}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     crash = CrashKind(args.crash)
@@ -193,16 +189,11 @@ def run(args: argparse.Namespace) -> int:
                                                samples[:1].to(args.device), args.steady))
     results = []
     for mode in modes:
-        print(f"failover-bench: {mode} ({args.reps} x {crash.value}) ...", flush=True)
+        print(f"bench failover: {mode} ({args.reps} x {crash.value}) ...", flush=True)
         results.append(bench_mode(mode, args.model, base, crash, args.reps, args.burst, samples,
                                   references, args.steady))
     report = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu": _cpu_name(),
-                    "cores": os.cpu_count(), "torch": torch.__version__,
-                    "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda")
-                    else None, "load_avg_at_end": os.getloadavg()},
+        **run_record("save_ros.bench_failover", device=args.device),
         "model": args.model, "backend": args.backend, "device": args.device,
         "crash": crash.value, "reps": args.reps, "burst": args.burst,
         "in_process_latency": in_process, "modes": results,
@@ -211,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"failover-bench: wrote {args.json}")
+        print(f"bench failover: wrote {args.json}")
     return 0
 
 
@@ -243,21 +234,9 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python -m save_ros.failover.bench`."""
-    parser = argparse.ArgumentParser(prog="python -m save_ros.failover.bench",
+    """`python -m save_ros.eval.bench.failover`."""
+    parser = argparse.ArgumentParser(prog="python -m save_ros.eval.bench.failover",
                                      description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

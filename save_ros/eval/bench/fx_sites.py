@@ -1,6 +1,6 @@
 """What fx-node activation sites cost a campaign: forward passes side by side, as ratios.
 
-    python -m save_ros.eval.bench_fx_sites [--reps 200] [--json FILE]
+    python -m save_ros.eval.bench.fx_sites [--reps 200] [--json FILE]
 
 Per model, interleaved in one run (CPU latencies only as ratios): the plain model; the model
 inside an fx-site fault context with no fault due (taps fire and return their input); with one
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from save_ros.eval.campaign import machine_info, write_json
+from save_ros.eval.record import run_record, write_json
 from save_ros.faults import ActivationFaults, BitFault, Target, TargetKind, activation_sites
 
 
@@ -94,11 +94,9 @@ def main(argv: list[str] | None = None) -> int:
              "resnet18@64px": (zoo.build("resnet18", image_size=64), torch.rand(1, 3, 64, 64))}
     started = time.time()
     rows = measure(cases, args.reps)
-    result = {"kind": "save_ros.bench_fx_sites", "reps": args.reps, "rows": rows,
-              "command": ["python", "-m", "save_ros.eval.bench_fx_sites",
-                          *(argv or sys.argv[1:])],
-              "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-              "machine": machine_info()}
+    result = run_record("save_ros.bench_fx_sites", started,
+                        ["python", "-m", "save_ros.eval.bench.fx_sites", *(argv or sys.argv[1:])])
+    result |= {"reps": args.reps, "rows": rows}
     if args.json:
         write_json(args.json, result)
     return 0

@@ -1,4 +1,4 @@
-"""`save-ros scale`: SAVE at robot scale, through `protect()` as users call it.
+"""`save-ros bench scale`: SAVE at robot scale, through `protect()` as users call it.
 
 Per model (the zoo's torchvision-faithful ResNet-18/50, MobileNetV2, ViT-B/16, input-dependent;
 or any `package.module:factory`), on the chosen device:
@@ -28,23 +28,37 @@ from pathlib import Path
 
 import torch
 
-from save_ros.eval import scale_coverage as cov
+from save_ros.argtypes import comma_list, positive_int, positive_int_list
+from save_ros.errors import UserError
+from save_ros.eval.bench import scale_coverage as cov
+from save_ros.eval.record import run_record
+from save_ros.eval.timing import median_ms
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `save-ros scale`."""
-    from save_ros.argtypes import positive_int
+class NoDeviceError(UserError, RuntimeError):
+    """The device asked for is not there (the message says what to use)."""
 
+
+def _dtype(text: str) -> str:
+    if text not in DTYPES:
+        raise ValueError(text)
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `save-ros bench scale`."""
     parser.add_argument("--models", default="resnet50,vit_b_16,mobilenet_v2",
                         help="zoo names or package.module:factory, comma-separated")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=positive_int, default=224, help="image side (pixels)")
     parser.add_argument("--what", default="analysis,speed,coverage",
                         help="sections to run: analysis, speed, coverage")
-    parser.add_argument("--dtypes", default="fp32,fp16", help="speed: fp32, fp16")
-    parser.add_argument("--batches", default="1,8", help="speed: batch sizes")
+    parser.add_argument("--dtypes", type=comma_list(_dtype, "dtypes among fp32,fp16"),
+                        default=("fp32", "fp16"), help="speed: fp32, fp16")
+    parser.add_argument("--batches", type=positive_int_list, default=(1, 8),
+                        help="speed: batch sizes")
     parser.add_argument("--iters", type=positive_int, default=200, help="speed: timed calls")
     parser.add_argument("--redundancy", default="full",
                         help="ProtectConfig.redundancy_budget settings to run, comma-separated: "
@@ -115,15 +129,6 @@ def analysis_section(model, x, calib, device) -> tuple[object, dict]:
     return a, row
 
 
-def _median_ms(fn, iters: int) -> float:
-    ts = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
-
-
 def _plain_best(model, x):
     """The unprotected model's best configuration: a CUDA graph on a GPU, else eager."""
     if x.device.type != "cuda":
@@ -176,8 +181,8 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
         prot()
     a, b = [], []
     for _ in range(max(1, iters // 20)):  # interleaved blocks: drift hits both alike
-        a.append(_median_ms(plain_fn, 20))
-        b.append(_median_ms(prot, 20))
+        a.append(median_ms(plain_fn, 20))
+        b.append(median_ms(prot, 20))
     pa, pb = statistics.median(a), statistics.median(b)
     st = pm.stats()
     row = {"dtype": str(dtype).removeprefix("torch."), "batch": batch,
@@ -228,10 +233,14 @@ def run(args: argparse.Namespace) -> int:
     from save_ros.models import zoo
 
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NoDeviceError(f"--device {args.device}: no CUDA device is visible to torch "
+                            f"{torch.__version__}; measure on the CPU with --device cpu (CPU "
+                            "latencies count only as ratios) or run on a GPU host")
     what = set(args.what.split(","))
-    results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                     else "cpu", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                     "command": " ".join(sys.argv), "models": {}}
+    results: dict = run_record("save_ros.bench_scale", device=device) | {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "models": {}}
     for name in [m for m in args.models.split(",") if m]:
         base = _model(name, args.size).to(device)
         calib = zoo.images(args.calibration, args.size, seed=args.seed + 1).to(device)
@@ -243,8 +252,8 @@ def run(args: argparse.Namespace) -> int:
         if "speed" in what:
             row["speed"] = []
             for red in args.redundancy.split(","):
-                for dt in args.dtypes.split(","):
-                    for b in (int(v) for v in args.batches.split(",")):
+                for dt in args.dtypes:
+                    for b in args.batches:
                         r = speed_section(base, analysis, calib, DTYPES[dt], b, args.iters,
                                           args.size, device, _budget(red))
                         row["speed"].append(r)
@@ -277,8 +286,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for `python -m save_ros.eval.scale`."""
-    parser = argparse.ArgumentParser(prog="save-ros scale", description=__doc__)
+    """Entry point for `python -m save_ros.eval.bench.scale`."""
+    parser = argparse.ArgumentParser(prog="python -m save_ros.eval.bench.scale",
+                                     description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

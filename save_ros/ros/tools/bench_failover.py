@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from save_ros.argtypes import nonnegative_float, nonnegative_int, positive_int
+from save_ros.eval.record import run_record
+from save_ros.eval.timing import summary
 from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bench_node import _restamped
 from save_ros.ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
@@ -52,9 +51,8 @@ def _publish_and_wait(client: ReplayClient, msg, timeout: float) -> tuple[float,
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    a = np.array(values, dtype=np.float64)
-    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
-            "min": float(a.min()), "max": float(a.max()), "n": len(a)}
+    s = summary(values, (50, 90))
+    return {"median": s["p50"], "p90": s["p90"], "min": s["min"], "max": s["max"], "n": s["n"]}
 
 
 def measure(crashes: int, kind: str, gap: float, clean_per_gap: int,
@@ -138,26 +136,21 @@ def measure(crashes: int, kind: str, gap: float, clean_per_gap: int,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Measure; print a summary line; write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--crashes", type=int, default=12, help="crashes to inject (>= 1)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `save-ros bench ros-failover`."""
+    parser.add_argument("--crashes", type=positive_int, default=12, help="crashes to inject")
     parser.add_argument("--kind", default="segfault", choices=("segfault", "exit", "hang"))
-    parser.add_argument("--gap", type=float, default=2.0,
+    parser.add_argument("--gap", type=nonnegative_float, default=2.0,
                         help="seconds between crashes (lets the next standby get warm)")
-    parser.add_argument("--clean", type=int, default=3, help="fault-free inputs between crashes")
+    parser.add_argument("--clean", type=nonnegative_int, default=3,
+                        help="fault-free inputs between crashes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both nodes)")
     parser.add_argument("--out", type=Path, help="JSON results")
-    args = parser.parse_args(argv)
-    if args.crashes < 1:
-        parser.error("--crashes must be >= 1")
-    result: dict[str, object] = {
-        "command": "python -m save_ros.ros.tools.bench_failover " + " ".join(sys.argv[1:]
-                                                                       if argv is None else argv),
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"torch {torch.__version__}",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "loadavg_start": os.getloadavg()}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure; print a summary line; write JSON."""
+    result: dict[str, object] = run_record("save_ros.bench_ros_failover", device=args.device)
     result.update(measure(args.crashes, args.kind, args.gap, args.clean, args.device))
     result["loadavg_end"] = os.getloadavg()
     c, i, n = (result["crash_to_output_ms"], result["input_to_output_ms"],
@@ -172,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m` entry point: the same as `save-ros bench ros-failover`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

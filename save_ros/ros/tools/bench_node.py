@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from save_ros.argtypes import positive_int
+from save_ros.eval.record import run_record
+from save_ros.eval.timing import summary
 from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bundled import (
     BAGS_DIR,
@@ -78,7 +78,8 @@ def bare_call_ms(model: str, repeats: int = 300) -> dict[str, float]:
             t = time.perf_counter()
             module(x)
             times.append((time.perf_counter() - t) * 1e3)
-    return {"p50": statistics.median(times), "p90": float(np.percentile(times, 90))}
+    s = summary(times, (50, 90))
+    return {"p50": s["p50"], "p90": s["p90"]}
 
 
 def _start(model: str, protect: bool, tmp: Path, queue_size: int | None) -> NodeProcess:
@@ -141,10 +142,8 @@ def node_figures(model: str, lockstep_n: int, ladder_n: int, tmp: Path,
         for key in clients:
             for name, values in (("lockstep_latency_ms", lat[key]),
                                  ("verdict_latency_ms", verdict[key])):
-                a = np.array(values)
-                out[key][name] = {
-                    "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-                    "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": len(a)}
+                s = summary(values)
+                out[key][name] = {k: s[k] for k in ("p50", "p90", "p99", "mean", "n")}
         for _ in range(2):  # capacity: a flood keeps each node saturated; alternate twice
             for key, client in clients.items():
                 res = client.replay(_restamped(msgs, capacity_n, 1000, 9), pace="afap",
@@ -176,22 +175,22 @@ def node_figures(model: str, lockstep_n: int, ladder_n: int, tmp: Path,
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Measure every model; print a table; write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `save-ros bench ros`."""
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--lockstep", type=int, default=200, help="inputs for latency")
-    parser.add_argument("--ladder", type=int, default=300, help="inputs per rate step")
-    parser.add_argument("--queue-size", type=int, help="node queue_size (default: config's)")
+    parser.add_argument("--lockstep", type=positive_int, default=200, help="inputs for latency")
+    parser.add_argument("--ladder", type=positive_int, default=300, help="inputs per rate step")
+    parser.add_argument("--queue-size", type=positive_int,
+                        help="node queue_size (default: config's)")
     parser.add_argument("--out", type=Path, help="JSON results")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure every model; print a table; write JSON."""
     import tempfile
 
-    results: dict[str, object] = {
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"torch {torch.__version__}, rmw {os.environ.get('RMW_IMPLEMENTATION', '')}",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "loadavg_start": os.getloadavg(), "rates_hz": RATES_HZ, "models": {}}
+    results: dict[str, object] = run_record("save_ros.bench_ros") | {
+        "rates_hz": RATES_HZ, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             entry: dict[str, object] = {"bare_call_ms": bare_call_ms(model)}
@@ -212,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=float))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m` entry point: the same as `save-ros bench ros`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,9 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from save_ros.argtypes import nonnegative_int, positive_float, positive_int
+from save_ros.eval.record import run_record
+from save_ros.eval.timing import summary
 from save_ros.ros.tools.client import ReplayClient, stamp_key
 from save_ros.ros.tools.process import NodeProcess
 
@@ -102,11 +104,8 @@ def _pass(client: ReplayClient, msgs: list[Image], rate: float, inject_every: in
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    a = np.array(values)
-    return {"p50": float(np.median(a)), "p99": float(np.percentile(a, 99)),
-            "mean": float(a.mean()), "n": len(a)}
+    s = summary(values, (50, 99))
+    return {k: s[k] for k in ("p50", "p99", "mean", "n")} if s else {}
 
 
 def measure(model: str, device: str, size: int, n: int, rate: float, passes: int,
@@ -157,24 +156,22 @@ def measure(model: str, device: str, size: int, n: int, rate: float, passes: int
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Measure every model; print one line each; write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `save-ros bench ros-stream`."""
     parser.add_argument("--models", default="resnet50")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--rate", type=float, default=30.0)
-    parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--inject-every", type=int, default=10)
+    parser.add_argument("--size", type=positive_int, default=224)
+    parser.add_argument("--frames", type=positive_int, default=300)
+    parser.add_argument("--rate", type=positive_float, default=30.0)
+    parser.add_argument("--passes", type=positive_int, default=2)
+    parser.add_argument("--inject-every", type=nonnegative_int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    result: dict = {"command": "python -m save_ros.ros.tools.bench_stream " + " ".join(
-        sys.argv[1:] if argv is None else argv), "machine": f"{platform.node()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": []}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure every model; print one line each; write JSON."""
+    result: dict = run_record("save_ros.bench_ros_stream", device=args.device) | {"models": []}
     for model in args.models.split(","):
         row = measure(model, args.device, args.size, args.frames, args.rate, args.passes,
                       args.inject_every, args.seed)
@@ -191,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             args.out.write_text(json.dumps(result, indent=1, default=str))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m` entry point: the same as `save-ros bench ros-stream`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

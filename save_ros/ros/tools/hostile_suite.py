@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -34,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from save_ros.eval.record import run_record
 from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bundled import CONFIG_DIR
 from save_ros.ros.tools.client import ReplayClient
@@ -438,12 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in problems:
         print(f"VIOLATION {p}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "command": "python -m save_ros.ros.tools.hostile_suite "
-                       + " ".join(argv or sys.argv[1:]),
-            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                       f"{_rmw()}",
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        record = run_record("save_ros.hostile_suite", started)
+        record["machine"]["rmw"] = _rmw()
+        args.json.write_text(json.dumps(record | {
             "seconds": round(time.time() - started, 1),
             "sessions": [asdict(s) for s in sessions], "violations": problems}, indent=2))
     return 1 if problems else 0
