@@ -18,7 +18,7 @@ from save_ros.core.cuda.chunks import (
     minmax_chunks_torch,
     plan_chunks,
 )
-from save_ros.core.cuda.reducer import Backend, ChunkReducer, Reduction
+from save_ros.core.cuda.reducer import ChunkReducer, Kernels, Reduction
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="needs Triton with CUDA")
 
@@ -91,7 +91,7 @@ def test_triton_rows_equal_the_torch_reference(dtype):
     plan = plan_chunks([str(i) for i in range(len(ts))], sizes)
     for kind, ref_fn in ((Reduction.MINMAX, minmax_chunks_torch),
                          (Reduction.CHECKSUM, checksum_chunks_torch)):
-        red = ChunkReducer(plan, dtype, kind, torch.device("cuda"), Backend.TRITON)
+        red = ChunkReducer(plan, dtype, kind, torch.device("cuda"), Kernels.TRITON)
         red.out.fill_(-7)  # poison: every row must be written
         red.bind(ts)
         red.launch(ts)

@@ -9,7 +9,7 @@ from typing import Any
 from save_ros.errors import UserError
 
 
-class Backend(enum.Enum):
+class WorkerModel(enum.Enum):
     """What runs inside a worker: the plain model, or the SAVE-protected model."""
 
     PLAIN = "plain"  # model(x); the status is None
@@ -39,7 +39,7 @@ class ConfigError(UserError, ValueError):
 class FailoverConfig:
     """Settings of a `FailoverModel`; every time is in seconds."""
 
-    backend: Backend = Backend.PLAIN
+    backend: WorkerModel = WorkerModel.PLAIN
     weight_sharing: WeightSharing = WeightSharing.SHARED_MEMORY
     device: str = "cpu"
     share_analysis: bool = True  # protect: analyse once in the parent, not in every worker
@@ -54,7 +54,7 @@ class FailoverConfig:
 
     def __post_init__(self) -> None:
         for name, enum_type in (
-            ("backend", Backend),
+            ("backend", WorkerModel),
             ("weight_sharing", WeightSharing),
             ("start_method", StartMethod),
         ):

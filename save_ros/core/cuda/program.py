@@ -36,7 +36,7 @@ from torch import fx
 from save_ros.core import bits
 from save_ros.core.cuda import triton_available
 from save_ros.core.cuda.chunks import chunk_pointers, plan_chunks
-from save_ros.core.cuda.reducer import Backend, ChunkReducer, Reduction
+from save_ros.core.cuda.reducer import ChunkReducer, Kernels, Reduction
 from save_ros.core.instrument import Instrumented
 from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_differs
 from save_ros.core.verify.plan import CheckPlan
@@ -131,8 +131,8 @@ class CheckProgram:
         checked = sorted(set(checks) | set(red))
         with torch.inference_mode():
             _, values = inst.forward(example)
-        backend = Backend.TRITON if self.device.type == "cuda" and triton_available() \
-            else Backend.TORCH
+        backend = Kernels.TRITON if self.device.type == "cuda" and triton_available() \
+            else Kernels.TORCH
         self.groups: list[_Group] = []
         slot = 0
         ends = _split(checked, groups)
@@ -333,7 +333,7 @@ class CheckProgram:
             if g.chunked:
                 tensors = [vals[c.index] for c in g.chunked]
                 red = g.reducer
-                if red.backend is Backend.TRITON and torch.cuda.is_current_stream_capturing():
+                if red.backend is Kernels.TRITON and torch.cuda.is_current_stream_capturing():
                     self._pending_binds.append((red, chunk_pointers(red.plan, tensors)))
                 else:
                     red.bind(tensors)
