@@ -26,11 +26,10 @@ from save_ros.ros.tools.bundled import (  # noqa: E402
     DIGITS_BAG,
     DIGITS_TOPIC,
 )
+from save_ros.ros.tools.fuzz import INPUT_TYPES, fuzz_messages  # noqa: E402
 from save_ros.ros.tools.hostile import (  # noqa: E402
-    INPUT_TYPES,
     TOPICS,
     case_labels,
-    fuzz_messages,
     hostile_cases,
     write_hostile_bag,
 )

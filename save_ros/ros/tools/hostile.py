@@ -7,8 +7,9 @@ bursts; each case says whether the node must take it (`accept`), refuse it (`rej
 either (`any`: a choice of the node, e.g. 8UC1 images or duplicated joint names). The fuzz
 (`fuzz_messages`) mutates every field of a valid message with a seeded generator.
 
-The messages target the bundled models: images for `digits_cnn` (1x8x8, values in [0, 1]),
-JointState / Float32MultiArray for `cartpole_policy` (4 values; joints `CARTPOLE_JOINTS`).
+The raw message builders and the fuzz are in `fuzz`. The messages target the bundled models:
+images for `digits_cnn` (1x8x8, values in [0, 1]), JointState / Float32MultiArray for
+`cartpole_policy` (4 values; joints `CARTPOLE_JOINTS`).
 
 `python -m save_ros.ros.tools.hostile OUT` writes them as a rosbag2: one topic per input type,
 `/hostile/image`, `/hostile/joint_state`, `/hostile/float32_multi_array`; bursts are 1 ns apart in
@@ -26,16 +27,23 @@ from pathlib import Path
 
 import numpy as np
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension
+from std_msgs.msg import Header
 
 from save_ros.ros.bags import BagWriter, read_messages
 from save_ros.ros.tools.bundled import BAGS_DIR, CARTPOLE_JOINTS, DIGITS_BAG, T0_NS
+from save_ros.ros.tools.fuzz import (
+    HUGE,
+    INPUT_TYPES,
+    U32_MAX,
+    fuzz_messages,
+    make_array,
+    make_header,
+    make_image,
+    make_joint_state,
+)
 
-INPUT_TYPES = ("image", "joint_state", "float32_multi_array")
 TOPICS = {t: f"/hostile/{t}" for t in INPUT_TYPES}
 ACCEPT, REJECT, ANY = "accept", "reject", "any"
-U32_MAX = 2**32 - 1
-HUGE = 3.0e38  # finite in float32 (max 3.4028235e38), but overflows any sum of a few of them
 # valid cartpole state (inside the joint box)
 STATE = (0.01, -0.02, 0.03, 0.04)
 
@@ -50,12 +58,6 @@ class Case:
     burst: bool = False  # published back to back (1 ns apart in bag time)
 
 
-def _header(stamp_ns: int = T0_NS, frame_id: str = "hostile") -> Header:
-    header = Header(frame_id=frame_id)
-    header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 10**9)
-    return header
-
-
 class _Stamps:
     """Distinct, increasing stamps (so only the cases that mean to share one do)."""
 
@@ -64,23 +66,14 @@ class _Stamps:
 
     def __call__(self, frame_id: str = "hostile") -> Header:
         self.next += 1_000_000
-        return _header(self.next, frame_id)
-
-
-def _image(header: Header, encoding: str, height: int, width: int, data: bytes,
-           step: int | None = None, bigendian: bool = False) -> Image:
-    msg = Image(header=header, height=height, width=width, encoding=encoding,
-                is_bigendian=int(bigendian))
-    msg.step = step if step is not None else (len(data) // height if height else 0)
-    msg.data = data
-    return msg
+        return make_header(self.next, frame_id)
 
 
 def _float_image(header: Header, values: np.ndarray, bigendian: bool = False) -> Image:
     dtype = ">f4" if bigendian else "<f4"
     pixels = np.asarray(values, dtype=np.float32).astype(dtype)
     h, w = pixels.shape
-    return _image(header, "32FC1", h, w, pixels.tobytes(), step=w * 4, bigendian=bigendian)
+    return make_image(header, "32FC1", h, w, pixels.tobytes(), step=w * 4, bigendian=bigendian)
 
 
 def _digit_frames(count: int = 3) -> list[Image]:
@@ -95,7 +88,7 @@ def _image_cases() -> list[Case]:
     mono8 = bytes(frames[0].data)
 
     def mono(header: Header, **kw) -> Image:
-        return _image(header, "mono8", 64, 64, mono8, **kw)
+        return make_image(header, "mono8", 64, 64, mono8, **kw)
 
     def filled(value: float) -> np.ndarray:
         return np.full((8, 8), value, dtype=np.float32)
@@ -111,46 +104,48 @@ def _image_cases() -> list[Case]:
     cases = [
         Case("valid mono8 64x64", ACCEPT, [_with_header(f, h()) for f in frames]),
         Case("valid rgb8 / bgr8 8x8", ACCEPT,
-             [_image(h(), e, 8, 8, rgb.tobytes()) for e in ("rgb8", "bgr8")]),
+             [make_image(h(), e, 8, 8, rgb.tobytes()) for e in ("rgb8", "bgr8")]),
         Case("valid rgba8 / bgra8 8x8", ACCEPT,
-             [_image(h(), e, 8, 8, rgba.tobytes()) for e in ("rgba8", "bgra8")]),
-        Case("valid mono16 8x8", ACCEPT, [_image(h(), "mono16", 8, 8, mono16.tobytes())]),
+             [make_image(h(), e, 8, 8, rgba.tobytes()) for e in ("rgba8", "bgra8")]),
+        Case("valid mono16 8x8", ACCEPT, [make_image(h(), "mono16", 8, 8, mono16.tobytes())]),
         Case("valid 32FC1 8x8", ACCEPT, [_float_image(h(), grey)]),
         Case("valid padded step", ACCEPT,
-             [_image(h(), "mono8", 8, 8, b"".join(bytes(row) + b"\0" * 4 for row in
+             [make_image(h(), "mono8", 8, 8, b"".join(bytes(row) + b"\0" * 4 for row in
                                                    (rgb[..., 0]).tolist()), step=12)]),
-        Case("valid 9x9 (area-resampled)", ACCEPT, [_image(h(), "mono8", 9, 9, bytes(81))]),
+        Case("valid 9x9 (area-resampled)", ACCEPT, [make_image(h(), "mono8", 9, 9, bytes(81))]),
         Case("valid big-endian mono16", ACCEPT,
-             [_image(h(), "mono16", 8, 8, mono16.astype(">u2").tobytes(), bigendian=True)]),
+             [make_image(h(), "mono16", 8, 8, mono16.astype(">u2").tobytes(), bigendian=True)]),
         Case("valid big-endian 32FC1", ACCEPT, [_float_image(h(), grey, bigendian=True)]),
         Case("unknown encodings", REJECT,
-             [_image(h(), e, 8, 8, bytes(64 * n), step=8 * n) for e, n in
+             [make_image(h(), e, 8, 8, bytes(64 * n), step=8 * n) for e, n in
               (("yuv422", 2), ("bayer_rggb8", 1), ("32FC3", 12), ("64FC1", 8),
                ("", 1), ("MONO8", 1), ("mono8\u00e9", 1), ("x" * 1000, 1))]),
         Case("8UC1 / 16UC1 (mono8 / mono16 aliases)", ANY,
-             [_image(h(), "8UC1", 8, 8, bytes(64)), _image(h(), "16UC1", 8, 8, bytes(128))]),
+             [make_image(h(), "8UC1", 8, 8, bytes(64)),
+              make_image(h(), "16UC1", 8, 8, bytes(128))]),
         # strings end at their first NUL on the wire: the node receives plain mono8
-        Case("encoding with an embedded NUL", ANY, [_image(h(), "mono8\x00x", 8, 8, bytes(64))]),
+        Case("encoding with an embedded NUL", ANY,
+             [make_image(h(), "mono8\x00x", 8, 8, bytes(64))]),
         Case("empty sizes", REJECT,
-             [_image(h(), "mono8", 0, 0, b"", step=0), _image(h(), "mono8", 0, 64, b""),
-              _image(h(), "mono8", 64, 0, b"", step=0)]),
+             [make_image(h(), "mono8", 0, 0, b"", step=0), make_image(h(), "mono8", 0, 64, b""),
+              make_image(h(), "mono8", 64, 0, b"", step=0)]),
         # up-scaling is the node's choice (preprocess.resize), refusing them is too
         Case("smaller than the model input", ANY,
-             [_image(h(), "mono8", 1, 1, b"\x80"), _image(h(), "mono8", 7, 8, bytes(56)),
-              _image(h(), "mono8", 1, 4096, bytes(4096))]),
+             [make_image(h(), "mono8", 1, 1, b"\x80"), make_image(h(), "mono8", 7, 8, bytes(56)),
+              make_image(h(), "mono8", 1, 4096, bytes(4096))]),
         Case("absurd sizes without data", REJECT,
-             [_image(h(), "mono8", 65535, 65535, b"", step=65535),
-              _image(h(), "mono8", U32_MAX, U32_MAX, b"", step=U32_MAX),
-              _image(h(), "mono8", 4097, 4096, b"", step=4096),
-              _image(h(), "32FC1", 2**20, 2**20, bytes(64), step=2**22)]),
+             [make_image(h(), "mono8", 65535, 65535, b"", step=65535),
+              make_image(h(), "mono8", U32_MAX, U32_MAX, b"", step=U32_MAX),
+              make_image(h(), "mono8", 4097, 4096, b"", step=4096),
+              make_image(h(), "32FC1", 2**20, 2**20, bytes(64), step=2**22)]),
         Case("steps that disagree with the data", REJECT,
              [mono(h(), step=0), mono(h(), step=63), mono(h(), step=65),
-              mono(h(), step=U32_MAX), _image(h(), "rgb8", 8, 8, rgb.tobytes(), step=8)]),
+              mono(h(), step=U32_MAX), make_image(h(), "rgb8", 8, 8, rgb.tobytes(), step=8)]),
         Case("data length off", REJECT,
-             [_image(h(), "mono8", 64, 64, mono8[:-1], step=64),
-              _image(h(), "mono8", 64, 64, mono8 + b"\0", step=64),
-              _image(h(), "mono8", 64, 64, b"", step=64),
-              _image(h(), "mono8", 8, 8, bytes(1 << 20), step=8)]),
+             [make_image(h(), "mono8", 64, 64, mono8[:-1], step=64),
+              make_image(h(), "mono8", 64, 64, mono8 + b"\0", step=64),
+              make_image(h(), "mono8", 64, 64, b"", step=64),
+              make_image(h(), "mono8", 8, 8, bytes(1 << 20), step=8)]),
         Case("NaN / Inf pixels", REJECT,
              [_float_image(h(), some(v)) for v in (np.nan, np.inf, -np.inf)]
              + [_float_image(h(), filled(np.nan)),
@@ -161,11 +156,11 @@ def _image_cases() -> list[Case]:
              + [_float_image(h(), some(HUGE))]),
         Case("out-of-range finite pixels", ANY,
              [_float_image(h(), filled(v)) for v in (1e6, -1e6, 1e30, 1e-45, -0.0)]),
-        Case("duplicate stamps", ACCEPT, [_with_header(frames[i % 3], _header(T0_NS))
+        Case("duplicate stamps", ACCEPT, [_with_header(frames[i % 3], make_header(T0_NS))
                                           for i in range(10)]),
         Case("odd stamps", ACCEPT,
-             [_with_header(frames[0], _header(0)),
-              _with_header(frames[1], _header(-(2**31) * 10**9)),
+             [_with_header(frames[0], make_header(0)),
+              _with_header(frames[1], make_header(-(2**31) * 10**9)),
               _with_header(frames[2], _odd_nanosec())]),
         Case("odd frame_ids", ACCEPT,
              [_with_header(frames[0], h("f" * 65536)),
@@ -179,7 +174,7 @@ def _image_cases() -> list[Case]:
 
 
 def _odd_nanosec() -> Header:
-    header = _header(T0_NS)
+    header = make_header(T0_NS)
     header.stamp.nanosec = U32_MAX  # more than 1e9 ns: not a valid time, still a stamp
     return header
 
@@ -191,17 +186,12 @@ def _with_header(frame: Image, header: Header) -> Image:
     return msg
 
 
-def _joint_state(header: Header, names, positions, velocity=(), effort=()) -> JointState:
-    return JointState(header=header, name=list(names), position=[float(v) for v in positions],
-                      velocity=[float(v) for v in velocity], effort=[float(v) for v in effort])
-
-
 def _joint_state_cases() -> list[Case]:
     h = _Stamps()
     names, state = list(CARTPOLE_JOINTS), list(STATE)
 
     def js(positions=state, names=names, **kw) -> JointState:
-        return _joint_state(h(), names, positions, **kw)
+        return make_joint_state(h(), names, positions, **kw)
 
     def with_value(v: float, k: int = 2) -> list[float]:
         out = list(state)
@@ -238,24 +228,17 @@ def _joint_state_cases() -> list[Case]:
         Case("tiny and signed-zero positions", ACCEPT,
              [js(with_value(5e-324)), js(with_value(-0.0)), js(with_value(1e-45))]),
         Case("duplicate stamps", ACCEPT,
-             [_joint_state(_header(T0_NS), names, with_value(0.01 * i)) for i in range(10)]),
+             [make_joint_state(make_header(T0_NS), names, with_value(0.01 * i))
+              for i in range(10)]),
         Case("odd stamps", ACCEPT,
-             [_joint_state(_header(0), names, state), _joint_state(_odd_nanosec(), names, state),
-              _joint_state(_header(-(2**31) * 10**9), names, state)]),
+             [make_joint_state(make_header(0), names, state),
+              make_joint_state(_odd_nanosec(), names, state),
+              make_joint_state(make_header(-(2**31) * 10**9), names, state)]),
         Case("burst of valid states", ACCEPT, [js(with_value(0.001 * i)) for i in range(40)],
              burst=True),
         Case("burst of bad states", REJECT, [js(state[:3], names[:3]) for _ in range(20)],
              burst=True),
     ]
-
-
-def _array(values, offset: int = 0, dims: list[tuple[str, int, int]] = ()) -> Float32MultiArray:
-    msg = Float32MultiArray()
-    msg.data = np.asarray(values, dtype=np.float64).astype(np.float32)
-    msg.layout.data_offset = offset
-    msg.layout.dim = [MultiArrayDimension(label=label, size=size, stride=stride)
-                      for label, size, stride in dims]
-    return msg
 
 
 def _float32_multi_array_cases() -> list[Case]:
@@ -268,27 +251,28 @@ def _float32_multi_array_cases() -> list[Case]:
 
     with np.errstate(over="ignore"):
         return [
-            Case("valid 4 values", ACCEPT, [_array(state)]),
-            Case("valid with data_offset", ACCEPT, [_array([7.0, 7.0] + state, offset=2)]),
+            Case("valid 4 values", ACCEPT, [make_array(state)]),
+            Case("valid with data_offset", ACCEPT, [make_array([7.0, 7.0] + state, offset=2)]),
             Case("valid with a 2x2 layout", ACCEPT,
-                 [_array(state, dims=[("rows", 2, 4), ("cols", 2, 2)])]),
+                 [make_array(state, dims=[("rows", 2, 4), ("cols", 2, 2)])]),
             Case("nonsense layout", ANY,
-                 [_array(state, dims=[("x" * 10000, U32_MAX, U32_MAX)] * 3)]),
+                 [make_array(state, dims=[("x" * 10000, U32_MAX, U32_MAX)] * 3)]),
             Case("wrong lengths", REJECT,
-                 [_array([]), _array(state[:3]), _array(state + [0.0]), _array([0.0] * 100000)]),
+                 [make_array([]), make_array(state[:3]), make_array(state + [0.0]),
+                  make_array([0.0] * 100000)]),
             Case("data_offset past the data", REJECT,
-                 [_array(state, offset=10), _array(state, offset=U32_MAX),
-                  _array(state, offset=1)]),
+                 [make_array(state, offset=10), make_array(state, offset=U32_MAX),
+                  make_array(state, offset=1)]),
             Case("NaN / Inf values", REJECT,
-                 [_array(with_value(v)) for v in (np.nan, np.inf, -np.inf, 1e39)]),
+                 [make_array(with_value(v)) for v in (np.nan, np.inf, -np.inf, 1e39)]),
             Case("finite huge values (3e38, float32 max)", ANY,
-                 [_array(with_value(v)) for v in (HUGE, -HUGE, 3.4028235e38)]
-                 + [_array([HUGE] * 4)]),
+                 [make_array(with_value(v)) for v in (HUGE, -HUGE, 3.4028235e38)]
+                 + [make_array([HUGE] * 4)]),
             Case("tiny and signed-zero values", ACCEPT,
-                 [_array(with_value(v)) for v in (1e-45, -0.0, 1e-38)]),
+                 [make_array(with_value(v)) for v in (1e-45, -0.0, 1e-38)]),
             Case("burst of valid arrays", ACCEPT,
-                 [_array(with_value(0.001 * i)) for i in range(40)], burst=True),
-            Case("burst of bad arrays", REJECT, [_array(state[:3]) for _ in range(20)],
+                 [make_array(with_value(0.001 * i)) for i in range(40)], burst=True),
+            Case("burst of bad arrays", REJECT, [make_array(state[:3]) for _ in range(20)],
                  burst=True),
         ]
 
@@ -308,129 +292,6 @@ def hostile_cases(input_type: str) -> list[Case]:
 def case_labels(input_type: str) -> list[tuple[str, str]]:
     """(case name, expectation) of every message of `hostile_cases`, in bag order."""
     return [(c.name, c.expect) for c in hostile_cases(input_type) for _ in c.messages]
-
-
-# -- seeded fuzz ----------------------------------------------------------------------------
-_F32_SPECIALS = (np.nan, np.inf, -np.inf, HUGE, -HUGE, 3.4028235e38, 1e-45, -0.0, 1e20, 1e30)
-_F64_SPECIALS = _F32_SPECIALS + (1e39, 1e308, -1e308, 5e-324)
-_GOOD_ENCODINGS = {"mono8": (1, 1), "mono16": (1, 2), "rgb8": (3, 1), "bgr8": (3, 1),
-                   "rgba8": (4, 1), "bgra8": (4, 1), "32FC1": (1, 4)}
-_BAD_ENCODINGS = ("8UC1", "16UC1", "32FC3", "yuv422", "bayer_rggb8", "", "MONO8", "jpeg")
-MAX_FUZZ_DATA = 1 << 18  # bytes of one fuzzed image at most (absurd sizes come without data)
-
-
-def _values(rng: np.random.Generator, n: int, specials: tuple[float, ...],
-            p_special: float) -> np.ndarray:
-    """n values around 0, each replaced by a special one with probability p_special."""
-    out = rng.normal(0.0, 0.05, n)
-    mask = rng.random(n) < p_special
-    if mask.any():
-        out[mask] = rng.choice(np.array(specials), mask.sum())
-    return out
-
-
-class _Fuzzer:
-    """Seeded generator of mutated messages of one input type."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.stamps: list[int] = [T0_NS]
-
-    def header(self) -> Header:
-        rng = self.rng
-        r = rng.random()
-        if r < 0.15:  # a stamp seen before
-            stamp = int(rng.choice(self.stamps))
-        elif r < 0.2:
-            stamp = int(rng.integers(-(2**31), 2**31 - 1)) * 10**9
-        else:
-            stamp = self.stamps[-1] + int(rng.integers(1, 50_000_000))
-        self.stamps.append(stamp)
-        frame = "fuzz" if rng.random() < 0.9 else "".join(
-            chr(int(c)) for c in rng.integers(1, 0x2FFF, int(rng.integers(0, 300))))
-        header = _header(stamp, frame)
-        if rng.random() < 0.03:
-            header.stamp.nanosec = int(rng.integers(10**9, U32_MAX, endpoint=True))
-        return header
-
-    def image(self) -> Image:
-        rng = self.rng
-        if rng.random() < 0.75:
-            encoding = str(rng.choice(list(_GOOD_ENCODINGS)))
-        elif rng.random() < 0.7:
-            encoding = str(rng.choice(_BAD_ENCODINGS))
-        else:
-            encoding = "".join(chr(int(c)) for c in rng.integers(32, 127, rng.integers(0, 40)))
-        channels, itemsize = _GOOD_ENCODINGS.get(encoding, (1, 1))
-        sizes = (0, 1, 7, 8, 8, 8, 9, 16, 64, 64, 65, int(rng.integers(1, 300)), 65535,
-                 2**31 - 1, U32_MAX)
-        height, width = (int(rng.choice(sizes)) for _ in range(2))
-        row = width * channels * itemsize
-        step = min(U32_MAX, int(rng.choice([row, row, row, row + int(rng.integers(1, 9)),
-                                            max(row - 1, 0), 0, int(rng.integers(0, 4096)),
-                                            U32_MAX])))
-        size = step * height
-        if size > MAX_FUZZ_DATA or rng.random() < 0.15:
-            size = int(rng.choice([0, 1, 63, 64, 4096, int(rng.integers(0, 5000))]))
-        elif rng.random() < 0.1:
-            size += int(rng.choice([-1, 1]))
-        size = max(size, 0)
-        if encoding == "32FC1" and rng.random() < 0.7:
-            values = _values(rng, size // 4, _F32_SPECIALS, float(rng.choice([0.0, 0.01, 0.5])))
-            values = np.abs(values) if rng.random() < 0.5 else values
-            with np.errstate(over="ignore"):
-                data = values.astype(np.float32).tobytes() + bytes(size % 4)
-        else:
-            data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
-        return _image(self.header(), encoding, height, width, data, step=step,
-                      bigendian=bool(rng.random() < 0.1))
-
-    def names(self) -> list[str]:
-        rng = self.rng
-        names = list(CARTPOLE_JOINTS)
-        r = rng.random()
-        if r < 0.2:
-            names = [str(n) for n in rng.permutation(names)]
-        elif r < 0.3:
-            names = names[: int(rng.integers(0, 4))]
-        elif r < 0.4:
-            names = names + [str(rng.choice(names))]  # a duplicate
-        elif r < 0.45:
-            names = names + [f"extra_{i}" for i in range(int(rng.choice([1, 5, 2000])))]
-        elif r < 0.5:
-            names = ["".join(chr(int(c)) for c in rng.integers(1, 0x2FFF, rng.integers(0, 50)))
-                     for _ in range(4)]
-        return names
-
-    def joint_state(self) -> JointState:
-        rng = self.rng
-        names = self.names()
-        n = len(names) if rng.random() < 0.8 else int(rng.integers(0, 10))
-        p = float(rng.choice([0.0, 0.0, 0.02, 0.3]))
-        return _joint_state(self.header(), names, _values(rng, n, _F64_SPECIALS, p),
-                            velocity=_values(rng, int(rng.integers(0, 6)), _F64_SPECIALS, 0.3),
-                            effort=_values(rng, int(rng.integers(0, 6)), _F64_SPECIALS, 0.3))
-
-    def float32_multi_array(self) -> Float32MultiArray:
-        rng = self.rng
-        offset = int(rng.choice([0, 0, 0, 0, 1, 2, int(rng.integers(0, 20)), U32_MAX]))
-        n = 4 + min(offset, 16) if rng.random() < 0.75 else int(
-            rng.choice([0, 1, 3, 5, int(rng.integers(0, 64)), 20000]))
-        p = float(rng.choice([0.0, 0.0, 0.02, 0.3]))
-        dims = [("".join(chr(int(c)) for c in rng.integers(32, 127, rng.integers(0, 20))),
-                 int(rng.integers(0, U32_MAX, endpoint=True)),
-                 int(rng.integers(0, U32_MAX, endpoint=True)))
-                for _ in range(int(rng.integers(0, 4)))]
-        with np.errstate(over="ignore"):
-            return _array(_values(rng, n, _F32_SPECIALS, p), offset=offset, dims=dims)
-
-
-def fuzz_messages(input_type: str, count: int, seed: int = 0) -> list:
-    """`count` seeded mutations of valid messages of `input_type` (same seed, same messages)."""
-    if input_type not in _CASES:
-        raise ValueError(f"input type {input_type!r}: use one of {', '.join(INPUT_TYPES)}")
-    make = getattr(_Fuzzer(seed), input_type)
-    return [make() for _ in range(count)]
 
 
 # -- the bag --------------------------------------------------------------------------------

@@ -37,13 +37,12 @@ from save_ros.eval.record import run_record
 from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bundled import CONFIG_DIR
 from save_ros.ros.tools.client import ReplayClient
+from save_ros.ros.tools.fuzz import INPUT_TYPES, fuzz_messages
 from save_ros.ros.tools.hostile import (
     ACCEPT,
-    INPUT_TYPES,
     REJECT,
     TOPICS,
     case_labels,
-    fuzz_messages,
     hostile_cases,
     write_hostile_bag,
 )
