@@ -16,27 +16,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from save_ros.core.box import InputBox
-from save_ros.core.edit import Editor
 from save_ros.core.instrument import Instrumented
 from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_mismatch
 from save_ros.core.verify.plan import CheckPlan
 from save_ros.core.verify.status import Detection, FaultStatus
 from save_ros.core.verify.verifier import Job
-from save_ros.core.weights import WeightStore
+from save_ros.core.weights import Repair, WeightStore
 
 _NOTHING: frozenset[str] = frozenset()
 Failures = list[tuple[int, Detection]]
 
 
+class Repairs(Protocol):
+    """What the checker asks of Edit (`core.edit.Editor`): repair, and what was repaired."""
+
+    def restore(self, chunks: list[tuple[int, int]] | None = None) -> Repair:
+        """Restore weights from their golden copies (all if None)."""
+
+    def stale(self, epoch: int) -> list[str] | None:
+        """Weights restored since repair epoch `epoch` (None: all)."""
+
+    def first_reader(self, plan: CheckPlan, names: list[str]) -> int:
+        """Position of the first layer that reads any of the named weights."""
+
+
 class LayerChecker:
     """Runs the planned checks of one inference and says which failed."""
 
-    def __init__(self, inst: Instrumented, store: WeightStore, editor: Editor, box: InputBox,
+    def __init__(self, inst: Instrumented, store: WeightStore, editor: Repairs, box: InputBox,
                  confirm_range_alarms: bool = True) -> None:
         self.inst = inst
         self.store = store
