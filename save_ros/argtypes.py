@@ -1,14 +1,15 @@
-"""argparse value types of the `save-ros` verbs: bounded numbers and comma-separated lists.
+"""argparse for the `save-ros` verbs: bounded numbers, comma-separated lists, `python -m` mains.
 
-Each raises `argparse.ArgumentTypeError` saying what it expected, so a bad value is one line of
-`save-ros VERB: error: ...` before anything runs. Imports nothing of save_ros.
+Each type raises `argparse.ArgumentTypeError` saying what it expected, so a bad value is one line
+of `save-ros VERB: error: ...` before anything runs. `standalone` gives a verb's module its
+`python -m` entry point. Imports nothing of save_ros.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -80,3 +81,14 @@ def bit_list(text: str) -> tuple[int, ...]:
         msg = f"expected bits like 30,31 or 23-30 (low-high), got {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
     return tuple(out)
+
+
+def standalone(add_arguments: Callable[[argparse.ArgumentParser], None],
+               run: Callable[[argparse.Namespace], int], doc: str | None,
+               prog: str | None = None) -> Callable[[Sequence[str] | None], int]:
+    """`main(argv)` for `python -m` of a verb's module: its options, then `run(args)`."""
+    def main(argv: Sequence[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(prog=prog, description=(doc or "").splitlines()[0])
+        add_arguments(parser)
+        return int(run(parser.parse_args(argv)) or 0)
+    return main

@@ -183,3 +183,10 @@ def test_no_module_past_the_size_limit():
     long = {m: n for m, p in MODULES.items()
             if (n := len(p.read_text().splitlines())) > MAX_LINES and m not in LONG_MODULES}
     assert long == {}
+
+
+def test_every_folder_of_modules_is_a_package():
+    """setup.py's find_packages installs only folders with an __init__.py."""
+    bare = sorted(str(d.relative_to(PACKAGE.parent)) for d in PACKAGE.rglob("*")
+                  if d.is_dir() and any(d.glob("*.py")) and not (d / "__init__.py").is_file())
+    assert bare == []

@@ -69,9 +69,14 @@ def run_record(kind: str, started: float | None = None, command: list[str] | Non
             "machine": machine_info(device)}
 
 
+def _plain(value: Any) -> Any:
+    """numpy and torch scalars and arrays as plain numbers and lists; anything else as text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 def write_json(path: Path, result: dict) -> None:
     """Write a result record as indented JSON (creating its folder) and say where on stdout."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    path.write_text(json.dumps(result, indent=1, default=_plain) + "\n")
     print(f"wrote {path}")

@@ -16,7 +16,6 @@ answer that is missing or differs from the fault-free output).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any
 import torch
 
 from save_ros import models
-from save_ros.argtypes import nonnegative_int, positive_float, positive_int
-from save_ros.eval.record import run_record
+from save_ros.argtypes import nonnegative_int, positive_float, positive_int, standalone
+from save_ros.eval.record import run_record, write_json
 from save_ros.eval.timing import summary
 from save_ros.failover.config import FailoverConfig
 from save_ros.failover.crash import CrashKind
@@ -201,8 +200,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"bench failover: wrote {args.json}")
+        write_json(args.json, report)
     return 0
 
 
@@ -234,12 +232,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m save_ros.eval.bench.failover`."""
-    parser = argparse.ArgumentParser(prog="python -m save_ros.eval.bench.failover",
-                                     description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.eval.bench.failover")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import resource
 import statistics
 import sys
@@ -28,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from save_ros.argtypes import comma_list, positive_int, positive_int_list
+from save_ros.argtypes import comma_list, positive_int, positive_int_list, standalone
 from save_ros.errors import UserError
 from save_ros.eval.bench import scale_coverage as cov
-from save_ros.eval.record import run_record
+from save_ros.eval.record import run_record, write_json
 from save_ros.eval.timing import median_ms
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -279,18 +278,13 @@ def run(args: argparse.Namespace) -> int:
                               f"{v['unverified']}, {v['seconds']:.0f} s", flush=True)
         results["models"][name] = row
         if args.out:
-            Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+            write_json(Path(args.out), results)
         del base
         gc.collect()
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for `python -m save_ros.eval.bench.scale`."""
-    parser = argparse.ArgumentParser(prog="python -m save_ros.eval.bench.scale",
-                                     description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.eval.bench.scale")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Between crashes the bench waits `--gap` seconds so the next standby is warm; the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from save_ros.argtypes import nonnegative_float, nonnegative_int, positive_int
-from save_ros.eval.record import run_record
+from save_ros.argtypes import nonnegative_float, nonnegative_int, positive_int, standalone
+from save_ros.eval.record import run_record, write_json
 from save_ros.eval.timing import summary
 from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bench_node import _restamped
@@ -163,15 +162,11 @@ def run(args: argparse.Namespace) -> int:
           f"{result['outputs_not_bit_equal']}, cold failovers {result['cold_failovers']}/"
           f"{result['failovers']}", flush=True)
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m` entry point: the same as `save-ros bench ros-failover`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.ros.tools.bench_failover")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ measurements alternate between them, so the two see the same machine load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from save_ros.argtypes import positive_int
-from save_ros.eval.record import run_record
+from save_ros.argtypes import positive_int, standalone
+from save_ros.eval.record import run_record, write_json
 from save_ros.eval.timing import summary
 from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bundled import (
@@ -209,15 +208,11 @@ def run(args: argparse.Namespace) -> int:
                   f"{entry['save_node']['max_rate_without_drops_hz']} Hz", flush=True)
     results["loadavg_end"] = os.getloadavg()
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2, default=float))
+        write_json(args.out, results)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m` entry point: the same as `save-ros bench ros`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.ros.tools.bench_node")
 
 
 if __name__ == "__main__":

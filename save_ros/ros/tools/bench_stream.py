@@ -19,7 +19,6 @@ the same frame.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -32,8 +31,8 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from save_ros.argtypes import nonnegative_int, positive_float, positive_int
-from save_ros.eval.record import run_record
+from save_ros.argtypes import nonnegative_int, positive_float, positive_int, standalone
+from save_ros.eval.record import run_record, write_json
 from save_ros.eval.timing import summary
 from save_ros.ros.tools.client import ReplayClient, stamp_key
 from save_ros.ros.tools.process import NodeProcess
@@ -186,15 +185,11 @@ def run(args: argparse.Namespace) -> int:
               f" of {row['faults']['compared_frames']} outputs differ from the clean pass",
               flush=True)
         if args.out:
-            args.out.write_text(json.dumps(result, indent=1, default=str))
+            write_json(args.out, result)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m` entry point: the same as `save-ros bench ros-stream`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.ros.tools.bench_stream")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from save_ros.argtypes import positive_float, positive_int
+from save_ros.argtypes import positive_float, positive_int, standalone
 from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
 from save_ros.ros.tools.client import ReplayClient, ReplayResult, compare
@@ -126,11 +126,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m save_ros.ros.tools.demo`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.ros.tools.demo")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ the node and its workers before and after). The node is then stopped with SIGINT
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from save_ros.eval.record import run_record
+from save_ros.eval.record import run_record, write_json
 from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bundled import CONFIG_DIR
 from save_ros.ros.tools.client import ReplayClient
@@ -439,9 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         record = run_record("save_ros.hostile_suite", started)
         record["machine"]["rmw"] = _rmw()
-        args.json.write_text(json.dumps(record | {
+        write_json(args.json, record | {
             "seconds": round(time.time() - started, 1),
-            "sessions": [asdict(s) for s in sessions], "violations": problems}, indent=2))
+            "sessions": [asdict(s) for s in sessions], "violations": problems})
     return 1 if problems else 0
 
 
