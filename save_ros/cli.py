@@ -1,36 +1,50 @@
-"""The `save-ros` command: one subcommand per job, each in the module that owns the job.
+"""The `save-ros` command: one verb per job, each in the module that owns the job.
 
-A subcommand module provides `add_arguments(parser)` and `run(args) -> int`. Modules are imported
-only when their subcommand runs, so `save-ros --help` stays fast and works without torch or ROS.
+A verb's module provides `add_arguments(parser)` and `run(args) -> int`; `bench` takes one more
+word, the measurement (`save-ros bench cpu ...`). Modules are imported only when their verb runs,
+so `save-ros --help` stays fast and works without torch or ROS. A `UserError` (or a path, YAML
+or bag the user gave that cannot be read) is one line on stderr and exit 2; anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-# name -> (module, one-line help)
+from save_ros.errors import UserError
+
+# verb -> (module, one-line help); `bench` has one sub-verb per measurement
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("save_ros.ros.demo", "main job: protected node, bundled bag, faults on"),
-    "campaign-demo": ("save_ros.eval.demo", "a short campaign on the default model"),
+    "demo": ("save_ros.ros.tools.demo", "main job: protected node, bundled bag, faults on"),
+    "replay": ("save_ros.ros.tools.replay",
+               "replay a rosbag through the node and record its outputs"),
+    "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
     "campaign": ("save_ros.eval.campaign_cli", "seeded fault-injection campaign on a model"),
+    "campaign-demo": ("save_ros.eval.demo", "a one-minute campaign on the default model"),
     "train-campaign": ("save_ros.eval.training_cli", "faults during a fine-tune, with rollback"),
     "pvf": ("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
-    "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
-    "bench": ("save_ros.eval.bench", "protected vs unprotected latency, side by side"),
-    "bench-gpu": ("save_ros.eval.bench_gpu", "CUDA path: latency, repair, coverage on a GPU"),
-    "scale": ("save_ros.eval.scale", "robot-scale models through protect(): analysis, speed, "
-              "coverage"),
-    "replay": ("save_ros.ros.replay", "replay a rosbag through the node and record its outputs"),
     "train": ("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
-    "failover-bench": ("save_ros.failover.bench", "worker crash to next result: warm vs cold"),
 }
+BENCH: dict[str, tuple[str, str]] = {
+    "cpu": ("save_ros.eval.bench.cpu",
+            "SAVE vs unprotected vs baselines at batch 1, side by side (bundled models)"),
+    "scale": ("save_ros.eval.bench.scale",
+              "robot-scale models through protect(): analysis, speed, coverage (GPU or CPU)"),
+    "failover": ("save_ros.eval.bench.failover",
+                 "worker crash to next result: warm vs cold standby (no ROS)"),
+    "ros": ("save_ros.ros.tools.bench_node",
+            "save_node over DDS: latency, capacity, rate ladder, bare vs SAVE"),
+    "ros-stream": ("save_ros.ros.tools.bench_stream",
+                   "a camera stream through save_node: latency, freshness, faults"),
+    "ros-failover": ("save_ros.ros.tools.bench_failover",
+                     "worker crash to next output through save_node (isolation=process)"),
+}
+BENCH_HELP = "measure: " + ", ".join(BENCH)
 
 
 class SubcommandParser(argparse.ArgumentParser):
@@ -41,55 +55,22 @@ class SubcommandParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _bounded(text, int, "an integer >= 1", lambda v: v >= 1)
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _bounded(text, int, "an integer >= 0", lambda v: v >= 0)
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    return _bounded(text, float, "a finite number > 0", lambda v: 0 < v < math.inf)
-
-
-def _bounded(text: str, kind: type, want: str, ok: Callable[[Any], bool]) -> Any:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
-    if not ok(value):  # NaN fails every comparison, so it lands here too
-        raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
-    return value
-
-
-# A user mistake (bad value, missing file, unknown name) surfacing from a subcommand's run() is
-# reported in one line; anything else is a bug and keeps its traceback. The project's own error
-# classes that subclass ValueError/LookupError report bad input with a message that says what to
-# do (CONVENTIONS.md); these RuntimeError ones do too: a bad bag, model file, node config, no GPU.
-# A bare ValueError/ZeroDivisionError from deeper down is NOT caught: that is a bug to fix.
-_USER_RUNTIME_ERRORS = {"BagError", "ModelLoadError", "NodeStartError", "CudaUnavailableError",
-                        "BackendError", "CrashUnavailableError"}
-
-
 def user_error_message(exc: BaseException) -> str | None:
-    """The one-line message for an exception caused by the user's input, None for a bug."""
-    cls = type(exc)
-    own = cls.__module__.startswith("save_ros.")
+    """The one-line message for an exception caused by the user's input, None for a bug.
+
+    The user's: a `UserError` (the project's errors whose message says what to do), a path that
+    cannot be read or written, a config file that is not YAML, a folder that is no rosbag2. Any
+    other exception, a bare ValueError from deep down included, is a bug and keeps its traceback.
+    """
+    root = type(exc).__module__.split(".")[0]
     path = isinstance(exc, OSError) and exc.filename is not None
     if path or isinstance(exc, FileNotFoundError):
-        # a path the user gave that cannot be read or written
         msg = f"{exc.filename}: {exc.strerror}" if path and exc.strerror else str(exc)
-    elif cls.__module__.split(".")[0] == "yaml":  # a config file that is not valid YAML
-        msg = f"not valid YAML: {' '.join(str(exc).split())}"
-    elif cls.__module__.split(".")[0] == "rosbags":  # a bag path that is no (readable) rosbag2
+    elif root == "yaml":
+        msg = f"not valid YAML: {exc}"
+    elif root == "rosbags":
         msg = f"cannot read the bag: {exc}"
-    elif own and (isinstance(exc, (ValueError, LookupError))
-                  or any(c.__name__ in _USER_RUNTIME_ERRORS for c in cls.__mro__)
-                  or cls.__module__ == "save_ros.models"):
+    elif isinstance(exc, UserError):
         msg = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
     else:
         return None
@@ -117,26 +98,52 @@ def unwritable_output(args: argparse.Namespace) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per command (arguments added lazily)."""
+    """The top-level parser with one sub-parser per verb (arguments added lazily)."""
     parser = SubcommandParser(
         prog="save-ros",
         description="SAVE fault tolerance for neural-network inference: tools and evaluation.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_) in COMMANDS.items():
+    for name, (_, help_) in (COMMANDS | {"bench": ("", BENCH_HELP)}).items():
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 
 
+def _bench_parser() -> argparse.ArgumentParser:
+    parser = SubcommandParser(prog="save-ros bench", description=BENCH_HELP)
+    sub = parser.add_subparsers(dest="measurement", metavar="MEASUREMENT")
+    for name, (_, help_) in BENCH.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    return parser
+
+
+def _resolve(argv: list[str]) -> tuple[str, str, str, list[str]] | int:
+    """(verb as typed, module, help, its arguments), or the exit code of a help / usage error."""
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    if argv[0] == "bench":
+        bench = _bench_parser()
+        if len(argv) < 2 or argv[1] in ("-h", "--help"):
+            bench.print_help()
+            return 0 if len(argv) > 1 else 2
+        if argv[1] not in BENCH:
+            bench.parse_args(argv[1:])  # the usage error: invalid choice, exit 2
+        module_name, help_ = BENCH[argv[1]]
+        return f"bench {argv[1]}", module_name, help_, argv[2:]
+    if argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # the usage error: invalid choice, exit 2
+    module_name, help_ = COMMANDS[argv[0]]
+    return argv[0], module_name, help_, argv[1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `save-ros`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if not argv or argv[0] not in COMMANDS:
-        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    name = argv[0]
-    module_name, help_ = COMMANDS[name]
+    resolved = _resolve(list(sys.argv[1:] if argv is None else argv))
+    if isinstance(resolved, int):
+        return resolved
+    name, module_name, help_, rest = resolved
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     sub = SubcommandParser(prog=f"save-ros {name}", description=help_)
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
+    args = sub.parse_args(rest)
     bad_output = unwritable_output(args)
     if bad_output:  # fail now, not after an hour-long campaign whose figures would be lost
         sub.error(bad_output)

@@ -28,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from save_ros.core.box import InputBox
+from save_ros.errors import UserError
+
 # encoding -> (numpy dtype, channels, channel order); 8UC3 is OpenCV's BGR (what cv_bridge sends
 # for a CV_8UC3 Mat), the other generic encodings are single-channel
 ENCODINGS: dict[str, tuple[str, int, str]] = {
@@ -48,7 +51,7 @@ MAX_REASON = 160  # characters of a value list quoted in an error message
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input cannot become a valid model input; the message says why, `kind` names the class.
 
     Kinds are a small closed set (encoding, size, data, nonfinite, shape, names, out_of_range),
@@ -79,6 +82,10 @@ class InputSpec:
     def numel(self) -> int:
         """Number of elements of one input."""
         return int(np.prod(self.shape))
+
+    def box(self) -> InputBox:
+        """The declared box as SAVE analyses and checks it."""
+        return InputBox.of((self.low, self.high), self.shape)
 
 
 @dataclass(frozen=True)
@@ -249,9 +256,7 @@ def check_in_box(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     input error (a sensor glitch, wrong units or encoding), not a hardware fault. Rounding of the
     preprocessing (up to 1e-6 of the box width) is clamped back into the box.
     """
-    shape = (1, len(spec.low)) + (1,) * (len(spec.shape) - 1)
-    low = torch.tensor(spec.low, dtype=torch.float32, device=x.device).view(shape)
-    high = torch.tensor(spec.high, dtype=torch.float32, device=x.device).view(shape)
+    low, high = spec.box().to(x.device)
     slack = (high - low) * 1e-6
     xf = x.float()
     outside = (xf < low - slack) | (xf > high + slack)

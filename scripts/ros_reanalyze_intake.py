@@ -13,10 +13,11 @@ import os
 import threading
 import time
 
-from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
-from save_ros.ros.bench import _restamped
-from save_ros.ros.client import ReplayClient
-from save_ros.ros.process import NodeProcess
+from save_ros.ros.bags import read_messages
+from save_ros.ros.tools.bench_node import _restamped
+from save_ros.ros.tools.bundled import BAGS_DIR, DIGITS_BAG
+from save_ros.ros.tools.client import ReplayClient
+from save_ros.ros.tools.process import NodeProcess
 
 
 def main() -> None:

@@ -10,9 +10,10 @@ from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue, SetParametersResult
 from rcl_interfaces.srv import SetParameters
 
-from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
-from save_ros.ros.client import ReplayClient
-from save_ros.ros.process import NodeProcess
+from save_ros.ros.bags import read_messages
+from save_ros.ros.tools.bundled import BAGS_DIR, DIGITS_BAG
+from save_ros.ros.tools.client import ReplayClient
+from save_ros.ros.tools.process import NodeProcess
 
 
 @contextmanager

@@ -18,7 +18,7 @@ def _cands() -> list[Candidate]:
 
 
 def test_highest_score_first_and_skips_what_does_not_fit():
-    p = plan(_cands(), budget_bytes=600)
+    p = plan(_cands(), reliable_budget_bytes=600)
     # relu1 (3.0, 100 B), a.weight (2.0, 400 B); fc (300 B) no longer fits; b too big
     assert p.reliable == ["relu1", "a.weight"]
     assert p.used_bytes == 500
@@ -30,31 +30,31 @@ def test_highest_score_first_and_skips_what_does_not_fit():
 
 
 def test_a_smaller_tensor_after_a_skipped_one_still_fits():
-    p = plan(_cands(), budget_bytes=850)
+    p = plan(_cands(), reliable_budget_bytes=850)
     assert p.reliable == ["relu1", "a.weight", "fc"]
     assert p.used_bytes == 800
 
 
 def test_zero_vulnerability_is_never_placed():
-    p = plan(_cands(), budget_bytes=10**9)
+    p = plan(_cands(), reliable_budget_bytes=10**9)
     assert "c.bias" not in p.reliable
     assert p.vulnerable_bits_normal == 0.0
 
 
 def test_zero_budget_places_nothing():
-    p = plan(_cands(), budget_bytes=0)
+    p = plan(_cands(), reliable_budget_bytes=0)
     assert p.reliable == [] and p.used_bytes == 0
     assert "0 / 0 B" in p.summary()
 
 
 def test_bad_budgets_raise():
     with pytest.raises(BudgetError):
-        plan(_cands(), budget_bytes=-1)
+        plan(_cands(), reliable_budget_bytes=-1)
     with pytest.raises(BudgetError):
         default_budget(1000, -0.1)
     assert default_budget(1000) == 100
 
 
 def test_to_dict_lists_kinds_of_reliable_tensors():
-    d = plan(_cands(), budget_bytes=600).to_dict()
+    d = plan(_cands(), reliable_budget_bytes=600).to_dict()
     assert d["reliable_kinds"] == {"relu1": "activation", "a.weight": "weight"}

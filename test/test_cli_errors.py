@@ -44,21 +44,23 @@ def assert_one_line(err: str, *needles: str) -> None:
     (("replay", BAG, "--config", CONFIG, "--rate", "nan"), ("--rate", "finite")),
     (("replay", BAG, "--config", CONFIG, "--limit", "-1"), ("--limit", ">= 0")),
     (("pvf", "--batch", "0"), ("--batch", ">= 1")),
-    (("failover-bench", "--reps", "0"), ("--reps", ">= 1")),
-    (("failover-bench", "--burst", "-1"), ("--burst", ">= 0")),
-    (("failover-bench", "--hang-timeout", "0"), ("--hang-timeout",)),
+    (("bench", "failover", "--reps", "0"), ("--reps", ">= 1")),
+    (("bench", "failover", "--burst", "-1"), ("--burst", ">= 0")),
+    (("bench", "failover", "--hang-timeout", "0"), ("--hang-timeout",)),
     (("train", "--threads", "0"), ("--threads", ">= 1")),
     (("analyze", "--per-class", "0"), ("--per-class", ">= 1")),
     (("campaign", "--flips", "abc"), ("save-ros campaign: error:", "--flips", "--help")),
     (("campaign", "--bits", "31-23"), ("--bits", "low-high")),
     (("campaign", "--method", ","), ("--method",)),
-    (("bench", "--n", "0"), ("--n", ">= 1")),
-    (("bench", "--sweep", "abc"), ("--sweep", "fraction")),
+    (("bench", "cpu", "--n", "0"), ("--n", ">= 1")),
+    (("bench", "cpu", "--sweep", "abc"), ("--sweep", "fraction")),
+    (("bench", "scale", "--dtypes", "fp8"), ("'fp8'", "fp32,fp16")),
+    (("bench", "scale", "--batches", "1,0"), ("--batches", ">= 1")),
+    (("bench", "ros-failover", "--crashes", "0"), ("--crashes", ">= 1")),
+    (("bench", "nosuch"), ("save-ros bench: error:", "invalid choice: 'nosuch'", "ros-failover")),
     (("train-campaign", "--stuck-bit", "40"), ("--stuck-bit", "0..31")),
     (("train-campaign", "--spike-factor", "0"), ("--spike-factor", "> 1")),
-    (("bench-gpu", "--dtype", "fp8"), ("'fp8'", "fp32, fp16, bf16")),
-    (("bench-gpu", "--batch", "1,0"), ("--batch", ">= 1")),
-    (("nosuch",), ("save-ros: error:", "invalid choice: 'nosuch'", "failover-bench")),
+    (("nosuch",), ("save-ros: error:", "invalid choice: 'nosuch'", "bench")),
 ])
 def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
     """Values that used to divide by zero, hang, or print a table of NaN are refused up front."""
@@ -69,7 +71,8 @@ def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
 
 @pytest.mark.parametrize("argv, needles", [
     (("campaign-demo", "--model", "nosuch"), ("unknown model 'nosuch'", "digits_cnn")),
-    (("bench", "--model", "nosuch"), ("save-ros bench: error:", "unknown model 'nosuch'")),
+    (("bench", "cpu", "--model", "nosuch"), ("save-ros bench cpu: error:",
+                                              "unknown model 'nosuch'")),
     (("demo", "--model", "nosuch"), ("unknown model 'nosuch'",)),
     (("demo", "--model", "cartpole_policy"), ("control model", "digits_cnn")),
     (("campaign-demo", "--trials", "0"), ("trials",)),
@@ -143,11 +146,11 @@ def test_replay_exits_cleanly_when_the_node_refuses_its_parameters() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this would run the benchmark")
-def test_bench_gpu_without_cuda(capsys) -> None:
-    """No CUDA: one line that points to the CPU benchmark."""
-    code, err = run_cli(capsys, "bench-gpu")
+def test_bench_scale_on_cuda_without_cuda(capsys) -> None:
+    """No CUDA: one line that points to the CPU."""
+    code, err = run_cli(capsys, "bench", "scale", "--device", "cuda")
     assert code == 2
-    assert_one_line(err, "no CUDA device", "save-ros bench")
+    assert_one_line(err, "no CUDA device", "--device cpu")
 
 
 def test_user_errors_and_bugs_are_told_apart() -> None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from save_ros.core import bits
-from save_ros.core.edit import WeightStore
+from save_ros.core.weights import WeightStore
 
 
 def _model() -> nn.Module:

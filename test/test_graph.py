@@ -1,10 +1,12 @@
-"""Graph capture: fx layers with inputs and parameters, re-run from any layer, hooks fallback."""
+"""Graph capture (fx layers with inputs and parameters, hooks fallback) and the runtime's re-run
+from any node (`Instrumented`, what Edit uses)."""
 
 import pytest
 import torch
 from torch import nn
 
 from save_ros.core.graph import ModelGraph, capture
+from save_ros.core.instrument import Instrumented
 
 
 class Residual(nn.Module):
@@ -63,41 +65,40 @@ def test_fx_layers_have_ops_inputs_and_params():
     assert g.layers[0].inputs == ["x"]
 
 
-@pytest.mark.parametrize("k", range(8))
-def test_run_from_any_layer_equals_the_full_run(k):
+@pytest.mark.parametrize("k", range(12))
+def test_rerun_from_any_node_equals_the_full_run(k):
     m = _model()
     x = torch.rand(5, 1, 6, 6)
-    g = capture(m, x[:1])
-    if k >= len(g.layers):
-        pytest.skip("fewer layers")
+    inst = Instrumented(capture(m, x[:1]))
+    if k >= len(inst.nodes):
+        pytest.skip("fewer nodes")
     with torch.no_grad():
-        out, values = g.record(x)
-        needed = g.needed_by(k)
-        assert set(needed) <= set(values)
-        again = g.run_from(k, {n: values[n] for n in needed})
+        out, values = inst.forward(x)
+        again, _ = inst.run_from(k, values)
     assert torch.equal(out, m(x))
     assert torch.equal(again, out)
 
 
-def test_run_from_uses_live_weights_and_a_changed_input():
+def test_rerun_uses_live_weights():
     m = _model()
     x = torch.rand(2, 1, 6, 6)
-    g = capture(m, x[:1])
-    k = next(layer.index for layer in g.layers if layer.kind == "add")
+    inst = Instrumented(capture(m, x[:1]))
+    k = inst.index[next(n.name for n in inst.nodes if n.name.startswith("add"))]
     with torch.no_grad():
-        _, values = g.record(x)
-        saved = {n: values[n] for n in g.needed_by(k)}
+        _, values = inst.forward(x)
         m.fc.weight.mul_(2.0)  # a repair or a fault changes a later layer's weight
-        assert torch.allclose(g.run_from(k, saved), m(x))
+        again, _ = inst.run_from(k, values)
+        assert torch.allclose(again, m(x))
 
 
-def test_run_layer_computes_one_layer():
+def test_recompute_gives_one_node_again():
     m = _model()
     x = torch.rand(2, 1, 6, 6)
-    g = capture(m, x[:1])
+    inst = Instrumented(capture(m, x[:1]))
     with torch.no_grad():
-        _, values = g.record(x)
-        assert torch.equal(g.run_layer(1, values), values[g.layers[1].name])
+        _, values = inst.forward(x)
+        for i in inst.layer_indices:
+            assert torch.equal(inst.recompute(i, values), values[i]), inst.names[i]
 
 
 def test_hooks_fallback_when_fx_fails():
@@ -113,12 +114,10 @@ def test_hooks_fallback_when_fx_fails():
         out, values = g.record(x)
         assert set(values) == {"input", "a", "b"}
         assert torch.equal(values["b"], out)
-        assert g.needed_by(1) == ["input"]
-        assert torch.equal(g.run_from(1, {"input": x}), out)
 
 
 @pytest.mark.parametrize("name", ["digits_resnet", "digits_vit"])
-def test_run_from_every_layer_of_a_reference_model(name):
+def test_rerun_from_every_layer_of_a_reference_model(name):
     from save_ros import models
 
     model = models.load(name)
@@ -126,9 +125,10 @@ def test_run_from_every_layer_of_a_reference_model(name):
     x = x[:4]
     g = capture(model, x[:1])
     assert g.capture == "fx"
+    inst = Instrumented(g)
     with torch.no_grad():
-        out, values = g.record(x)
+        out, values = inst.forward(x)
         assert torch.equal(out, model(x))
-        for k in range(len(g.layers)):
-            again = g.run_from(k, {n: values[n] for n in g.needed_by(k)})
-            assert torch.equal(again, out), f"layer {k} ({g.layers[k].name})"
+        for k in inst.layer_indices:
+            again, _ = inst.run_from(k, values)
+            assert torch.equal(again, out), f"node {k} ({inst.names[k]})"

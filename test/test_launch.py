@@ -19,8 +19,9 @@ launch_pytest = pytest.importorskip(
 launch = pytest.importorskip("launch")
 launch_actions = pytest.importorskip("launch.actions")
 launch_sources = pytest.importorskip("launch.launch_description_sources")
-from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages  # noqa: E402
-from save_ros.ros.client import ReplayClient, stamp_key  # noqa: E402
+from save_ros.ros.bags import read_messages  # noqa: E402
+from save_ros.ros.tools.bundled import BAGS_DIR, DIGITS_BAG  # noqa: E402
+from save_ros.ros.tools.client import ReplayClient, stamp_key  # noqa: E402
 
 pytestmark = pytest.mark.ros
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from save_ros import ProtectConfig, models, protect
-from save_ros.core.checks import CheckKind
+from save_ros.core.verify.checks import CheckKind
 from save_ros.faults import ActivationFaults, BitFault, RandomFlips, activation_sites
 
 MODEL = "digits_cnn"
@@ -28,7 +28,7 @@ def chained():
 
 def test_chain_merges_single_reader_dmr_layers_and_keeps_every_layer_planned(chained):
     pm, _, _ = chained
-    rt = pm._rt
+    rt = pm._plan
     tails = [c for c in rt.redundant if c.head is not None]
     assert tails, pm.summary()
     for t in tails:
@@ -40,8 +40,8 @@ def test_chain_merges_single_reader_dmr_layers_and_keeps_every_layer_planned(cha
                     models.get_spec(MODEL).input_range(),
                     ProtectConfig(calibration=models.dataset(MODEL, "calib")[0]))
     try:
-        assert plain._rt.by_kind() == rt.by_kind()
-        assert len(rt.redundant) < len(plain._rt.redundant)
+        assert plain._plan.by_kind() == rt.by_kind()
+        assert len(rt.redundant) < len(plain._plan.redundant)
     finally:
         plain.close()
 
@@ -55,7 +55,7 @@ def test_chain_fault_free_verified_bit_exact(chained):
 
 def test_chain_flip_in_inner_layer_detected_and_rerun_from_segment_start(chained):
     pm, xt, clean = chained
-    tail = next(c for c in pm._rt.redundant if c.head is not None)
+    tail = next(c for c in pm._plan.redundant if c.head is not None)
     inner = pm._inst.node_of(tail.head)
     assert inner.op == "call_module"
     x = xt[:16]
@@ -106,7 +106,7 @@ def test_direct_op_recompute_is_bit_exact_for_every_layer(name):
 def test_edit_gives_up_on_weights_that_keep_changing_within_the_settle_time():
     import time
 
-    from save_ros.core import protect as protect_mod
+    from save_ros.core import edit as edit_mod
 
     spec = models.get_spec("cartpole_policy")
     xc, _ = models.dataset("cartpole_policy", "calib")
@@ -114,7 +114,8 @@ def test_edit_gives_up_on_weights_that_keep_changing_within_the_settle_time():
                  ProtectConfig(calibration=xc))
     name = next(iter(pm.normal_tensors()))
     w = pm.normal_tensors()[name]
-    real_restore = pm._restore
+    editor = pm._editor
+    real_restore = editor.restore
 
     def rewrite_then_restore(chunks):
         # a writer that never stops: every check after a restore finds the weight changed
@@ -122,7 +123,7 @@ def test_edit_gives_up_on_weights_that_keep_changing_within_the_settle_time():
         w.view(torch.int32).view(-1)[0] ^= 1 << 30
         return rep
 
-    pm._restore = rewrite_then_restore
+    editor.restore = rewrite_then_restore
     w.view(torch.int32).view(-1)[0] ^= 1 << 30
     try:
         t = time.perf_counter()
@@ -130,9 +131,9 @@ def test_edit_gives_up_on_weights_that_keep_changing_within_the_settle_time():
         took = time.perf_counter() - t
         assert r.status.faulty and not r.status.verified
         assert r.status.error and "persist" in r.status.error
-        assert took < protect_mod.REWRITE_SETTLE_S + 1.0
+        assert took < edit_mod.REWRITE_SETTLE_S + 1.0
         assert len(r.status.notes) >= pm.config.max_reruns
     finally:
-        pm._restore = real_restore
+        editor.restore = real_restore
         pm.recover()
         pm.close()

@@ -38,8 +38,9 @@ def test_bad_calibration_files_say_what_to_fix(tmp_path):
 def test_samples_from_a_rosbag_are_decoded_like_live_inputs():
     pytest.importorskip("rclpy")
     from save_ros.ros import convert
-    from save_ros.ros.bags import BAGS_DIR, DIGITS_BAG, read_messages
+    from save_ros.ros.bags import read_messages
     from save_ros.ros.calibration import from_bag
+    from save_ros.ros.tools.bundled import BAGS_DIR, DIGITS_BAG
 
     got = from_bag(str(BAGS_DIR / DIGITS_BAG), "", "sensor_msgs/msg/Image",
                    lambda m: convert.image_to_tensor(m, DIGITS), DIGITS, limit=7)
@@ -55,8 +56,8 @@ def test_live_samples_redo_selection_in_the_node(tmp_path):
     pytest.importorskip("rclpy")
     from rosutil import digits_frames
 
-    from save_ros.ros.client import ReplayClient
-    from save_ros.ros.process import NodeProcess
+    from save_ros.ros.tools.client import ReplayClient
+    from save_ros.ros.tools.process import NodeProcess
 
     config = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn.yaml")
     proc = NodeProcess(config, namespace=f"calib_{os.getpid()}", overrides={
@@ -84,9 +85,9 @@ def test_calibration_from_a_file_gets_its_own_analysis_cache(tmp_path):
     pytest.importorskip("rclpy")
     import logging
 
+    from save_ros.ros.backend import ProtectedBackend
     from save_ros.ros.model_source import ModelRequest, load
     from save_ros.ros.params import InputType, NodeConfig, PublishPolicy
-    from save_ros.ros.protected_backend import ProtectedBackend
 
     samples = torch.rand(16, 1, 8, 8)
     torch.save(samples, tmp_path / "a.pt")
@@ -94,7 +95,7 @@ def test_calibration_from_a_file_gets_its_own_analysis_cache(tmp_path):
                      input_low=(), input_high=(), output_names=(), device="cpu", protect=True,
                      input_topic="~/input", input_type=InputType.IMAGE, joint_names=(),
                      qos_depth=1, qos_reliability="best_effort", queue_size=1,
-                     publish_policy=PublishPolicy.VERIFIED, reliable_memory_bytes=-1,
+                     publish_policy=PublishPolicy.VERIFIED, reliable_budget_bytes=None,
                      checksum_period=1, analysis_cache=str(tmp_path / "cache.json"),
                      verify_timeout=1.0, shutdown_timeout=1.0, diagnostics_period=1.0,
                      calibration_file=str(tmp_path / "a.pt"))
@@ -103,7 +104,7 @@ def test_calibration_from_a_file_gets_its_own_analysis_cache(tmp_path):
         loaded = load(ModelRequest("digits_cnn"))
         loaded.calibration = data
         backend = ProtectedBackend(cfg, loaded, logging.getLogger("test"))
-        paths.append(backend._cache_path())
+        paths.append(backend._cache)
         assert paths[-1].is_file() and not backend.cache_hit
         backend.close()
     assert paths[0] != paths[1] and paths[0].name.startswith("cache.calib-")

@@ -23,10 +23,10 @@ from rosutil import digits_frames, running_node, set_parameter, string_value  # 
 from save_ros import models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
 from save_ros.ros.backend import BackendError  # noqa: E402
-from save_ros.ros.bench import _restamped  # noqa: E402
-from save_ros.ros.client import ReplayClient, stamp_key  # noqa: E402
 from save_ros.ros.node import SaveNode  # noqa: E402
 from save_ros.ros.params import ParameterError  # noqa: E402
+from save_ros.ros.tools.bench_node import _restamped  # noqa: E402
+from save_ros.ros.tools.client import ReplayClient, stamp_key  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn_isolated.yaml")

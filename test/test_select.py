@@ -8,8 +8,8 @@ from test_select_intervals import _Block  # pytest puts test/ on sys.path
 
 from save_ros.core import bits
 from save_ros.core.analysis import BitClass, TensorKind
-from save_ros.core.attribution import FlipRule, classify
 from save_ros.core.select import SelectConfig, analyze
+from save_ros.core.select.attribution import FlipRule, classify
 from save_ros.eval.validate import ValidationError, validate
 
 R, G, V = int(BitClass.ROBUST), int(BitClass.RANGING), int(BitClass.VULNERABLE)
@@ -185,7 +185,7 @@ def test_multihead_attention_outputs_are_analysed_activations():
 
 
 def test_max_pool_masks_flips_that_stay_below_the_window_max():
-    from save_ros.core.attribution import pool_other_max
+    from save_ros.core.select.attribution import pool_other_max
 
     v = torch.tensor([[[[1.0, 3.0, 5.0], [2.0, 0.5, 5.0], [9.0, 9.0, 9.0]]]])  # 3x3, k = 2
     other = pool_other_max(v, 2)

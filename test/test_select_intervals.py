@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from save_ros import models
+from save_ros.core.box import InputBox, InputRangeError
 from save_ros.core.graph import capture
-from save_ros.core.intervals import Interval
-from save_ros.core.propagate import IntervalInterpreter
-from save_ros.core.ranges import InputRangeError, input_box, node_ranges
+from save_ros.core.select.intervals import Interval
+from save_ros.core.select.propagate import IntervalInterpreter
+from save_ros.core.select.ranges import node_ranges
 
 TOL = 1e-4  # the rules widen by 2^-16 relative for float rounding
 
@@ -98,14 +99,24 @@ def test_interval_products_contain_every_sample():
 
 
 def test_input_box_forms_and_errors():
-    x = torch.zeros(1, 2, 3, 3)
-    b = input_box(([0.0, -1.0], [1.0, 1.0]), x)
-    assert b.lo[0, 1].unique().tolist() == [-1.0] and b.hi.shape == x.shape
-    assert input_box((0.0, 1.0), x).lo.shape == x.shape
+    shape = (2, 3, 3)
+    b = InputBox.of(([0.0, -1.0], [1.0, 1.0]), shape)
+    lo, hi = b.expand((1, *shape))
+    assert lo[0, 1].unique().tolist() == [-1.0] and hi.shape == (1, *shape)
+    assert b.contains(torch.zeros(4, *shape)) and not b.contains(torch.full((1, *shape), -0.5))
+    assert not b.contains(torch.full((1, *shape), float("nan")))
+    assert InputBox.of((0.0, 1.0), shape).expand((1, *shape))[0].shape == (1, *shape)
+    # one box, one record, whichever form it was given in (the analysis key depends on it)
+    full = (torch.zeros(1, *shape), torch.ones(1, *shape))
+    assert InputBox.of(full, shape).as_record() == InputBox.of((0, 1), shape).as_record() \
+        == {"low": 0.0, "high": 1.0}
+    assert b.as_record() == {"low": [0.0, -1.0], "high": 1.0}
     with pytest.raises(InputRangeError, match="low <= high"):
-        input_box((1.0, 0.0), x)
+        InputBox.of((1.0, 0.0), shape)
     with pytest.raises(InputRangeError, match="per-channel"):
-        input_box(([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]), x)
+        InputBox.of(([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]), shape)
+    with pytest.raises(InputRangeError, match="pair"):
+        InputBox.of(0.5, shape)
 
 
 class _Block(nn.Module):
@@ -148,9 +159,10 @@ def _random_inputs(box: Interval, n: int, seed: int) -> torch.Tensor:
 
 def _assert_sound(model: nn.Module, example: torch.Tensor, input_range, seed: int) -> None:
     g = capture(model, example)
-    ranges, unsupported = node_ranges(g, example, input_range, None)
+    ranges, unsupported = node_ranges(g, example, InputBox.of(input_range, example.shape[1:]), None)
     assert unsupported == []
-    x = _random_inputs(input_box(input_range, example), 400, seed)
+    x = _random_inputs(Interval(*InputBox.of(input_range, example.shape[1:])
+                                .expand(example[:1].shape)), 400, seed)
     with torch.no_grad():
         _, values = g.record(x)
     checked = 0
@@ -192,7 +204,8 @@ def test_an_op_without_rule_falls_back_to_calibration_and_is_named():
     model = _Erf().eval()
     g = capture(model, torch.zeros(1, 3))
     calib = torch.rand(64, 3)
-    ranges, unsupported = node_ranges(g, calib[:1], (0.0, 1.0), calib, margin=0.1)
+    ranges, unsupported = node_ranges(g, calib[:1], InputBox.of((0.0, 1.0), calib.shape[1:]), calib,
+                                      margin=0.1)
     assert len(unsupported) == 1 and unsupported[0].startswith("erf: no interval rule")
     e = torch.erf(calib)
     lo, hi = e.amin(0), e.amax(0)
@@ -242,7 +255,7 @@ def test_a_tuple_op_without_rule_falls_back_without_crashing():
     model = _TupleFallback().eval()
     g = capture(model, torch.zeros(1, 3))
     calib = torch.rand(32, 3)
-    ranges, unsupported = node_ranges(g, calib[:1], (0.0, 1.0), calib)
+    ranges, unsupported = node_ranges(g, calib[:1], InputBox.of((0.0, 1.0), calib.shape[1:]), calib)
     assert any(u.startswith("sort") for u in unsupported)
     assert torch.isinf(ranges["getitem"].sound.hi).all()  # unbounded, checked by calibration
     assert "fc" in ranges
@@ -255,8 +268,8 @@ def test_an_unbounded_box_through_an_affine_layer_stays_unbounded_not_nan():
 
     from torch import fx
 
-    from save_ros.core.intervals import Interval
-    from save_ros.core.propagate import IntervalInterpreter
+    from save_ros.core.select.intervals import Interval
+    from save_ros.core.select.propagate import IntervalInterpreter
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()).eval()
     gm = fx.symbolic_trace(model)
@@ -289,7 +302,7 @@ def test_a_torch_export_program_is_analysed_with_rules_for_its_aten_ops():
                      ProtectConfig(calibration=x, reliable_budget_bytes=0,
                                    selection=SelectConfig(sens_samples=1)))
     assert pm.analysis.unsupported == [] and pm.analysis.unsound == []
-    assert pm._rt.by_kind().get("dmr", 0) + pm._rt.by_kind().get("range", 0) > 10
+    assert pm._plan.by_kind().get("dmr", 0) + pm._plan.by_kind().get("range", 0) > 10
     r = pm.infer(x[:1])
     assert r.verified and not r.status.detections and torch.equal(r.output, ref)
     for i in range(1, 4):

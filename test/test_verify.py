@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from save_ros.core import bits
-from save_ros.core.checks import CheckKind, LayerCheck, RangeBatch, abft_for, dmr_mismatch
 from save_ros.core.verify import FaultStatus, Job, Verifier
+from save_ros.core.verify.checks import CheckKind, LayerCheck, RangeBatch, abft_for, dmr_mismatch
 
 
 def _abft(m: nn.Module):

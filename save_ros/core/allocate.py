@@ -18,10 +18,15 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
+from save_ros.core.analysis import Analysis, TensorKind
+from save_ros.errors import UserError
+
 DEFAULT_BUDGET_FRACTION = 0.10
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError, ValueError):
     """A negative or otherwise unusable reliable-memory budget."""
 
 
@@ -40,7 +45,7 @@ class Candidate:
 class Placement:
     """Where every tensor lives, and what the reliable pool buys."""
 
-    budget_bytes: int
+    reliable_budget_bytes: int
     used_bytes: int
     reliable: list[str]  # tensor names in the reliable pool, in placement order
     normal: list[str]
@@ -61,10 +66,6 @@ class Placement:
         """Reliable tensor names of one kind (`weight` or `activation`)."""
         return [n for n in self.reliable if self.kinds.get(n) == kind]
 
-    def normal_of(self, kind: str) -> list[str]:
-        """Normal-memory tensor names of one kind."""
-        return [n for n in self.normal if self.kinds.get(n) == kind]
-
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         d = asdict(self)
@@ -77,7 +78,7 @@ class Placement:
         total = self.vulnerable_bits_reliable + self.vulnerable_bits_normal
         share = self.vulnerable_bits_reliable / total if total else 1.0
         return (
-            f"reliable pool: {self.used_bytes} / {self.budget_bytes} B, "
+            f"reliable pool: {self.used_bytes} / {self.reliable_budget_bytes} B, "
             f"{len(self.reliable)} tensors ({len(self.reliable_of('weight'))} weights, "
             f"{len(self.reliable_of('activation'))} activations); "
             f"{share:.1%} of the expected vulnerable bits protected, "
@@ -93,10 +94,11 @@ def default_budget(weight_bytes: int, fraction: float = DEFAULT_BUDGET_FRACTION)
     return int(weight_bytes * fraction)
 
 
-def plan(candidates: Iterable[Candidate], budget_bytes: int, weight_bytes: int = 0) -> Placement:
+def plan(candidates: Iterable[Candidate], reliable_budget_bytes: int,
+         weight_bytes: int = 0) -> Placement:
     """Greedy placement by score (vulnerable bits per byte), largest first, within the budget."""
-    if budget_bytes < 0:
-        raise BudgetError(f"reliable budget must be >= 0 bytes, got {budget_bytes}")
+    if reliable_budget_bytes < 0:
+        raise BudgetError(f"reliable budget must be >= 0 bytes, got {reliable_budget_bytes}")
     cands = list(candidates)
     kinds = {c.name: c.kind for c in cands}
     # ties broken by name so a plan is reproducible
@@ -107,7 +109,7 @@ def plan(candidates: Iterable[Candidate], budget_bytes: int, weight_bytes: int =
     for c in order:
         if c.vulnerable_bits <= 0 or c.score <= 0:
             continue  # nothing to protect: leave the room to others
-        if used + c.nbytes <= budget_bytes:
+        if used + c.nbytes <= reliable_budget_bytes:
             reliable.append(c.name)
             used += c.nbytes
             v_rel += c.vulnerable_bits
@@ -115,5 +117,28 @@ def plan(candidates: Iterable[Candidate], budget_bytes: int, weight_bytes: int =
     normal = [c.name for c in cands if c.name not in rel_set]
     v_norm = sum(c.vulnerable_bits for c in cands if c.name not in rel_set)
     golden = sum(c.nbytes for c in cands if c.kind == "weight" and c.name not in rel_set)
-    return Placement(budget_bytes, used, reliable, normal, v_rel, v_norm, weight_bytes, golden,
-                     kinds)
+    return Placement(reliable_budget_bytes, used, reliable, normal, v_rel, v_norm, weight_bytes,
+                     golden, kinds)
+
+
+def candidates(analysis: Analysis | None, weights: dict[str, torch.Tensor],
+               weights_covered: bool = False) -> list[Candidate]:
+    """Every analysed weight and activation as a candidate (every weight, unscored, without one).
+
+    `weights_covered`: every weight is checksummed before every verdict, so a weight flip in
+    normal memory is always caught and repaired before a result is released; its vulnerable
+    bits then buy nothing in the reliable pool, which goes to activations (whose only other
+    protection is re-computation).
+    """
+    if analysis is None:
+        return [Candidate(n, "weight", t.numel() * t.element_size(), 0.0, 0.0)
+                for n, t in weights.items()]
+    out = []
+    for t in analysis.tensors.values():
+        weight = t.kind is TensorKind.WEIGHT
+        if weight and weights_covered:
+            out.append(Candidate(t.name, "weight", int(t.nbytes), 0.0, 0.0))
+        else:
+            out.append(Candidate(t.name, "weight" if weight else "activation", int(t.nbytes),
+                                 float(t.vulnerable_bits), float(t.score)))
+    return out

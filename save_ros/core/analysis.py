@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
+
 SCHEMA_VERSION = 2
 
 
@@ -46,7 +48,7 @@ class BitClass(enum.IntEnum):
     VULNERABLE = 2  # neither
 
 
-class AnalysisFormatError(ValueError):
+class AnalysisFormatError(UserError, ValueError):
     """A saved analysis file that cannot be read back."""
 
 
@@ -171,10 +173,6 @@ class Analysis:
     def unsound(self) -> list[str]:
         """Activations whose range rests on an op without an interval rule (calibrated)."""
         return [t.name for t in self.tensors.values() if not t.sound]
-
-    def by_score(self) -> list[TensorAnalysis]:
-        """Tensors with the most vulnerable bits per byte first (Allocation's order)."""
-        return sorted(self.tensors.values(), key=lambda t: -t.score)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON / YAML."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from save_ros.errors import UserError
+
 
 class BitField(enum.Enum):
     """Which part of a number a bit belongs to."""
@@ -65,11 +67,11 @@ LAYOUTS: dict[torch.dtype, BitLayout] = {
 }
 
 
-class UnsupportedDtypeError(TypeError):
+class UnsupportedDtypeError(UserError, TypeError):
     """The tensor's dtype has no bit layout here."""
 
 
-class BitIndexError(IndexError):
+class BitIndexError(UserError, IndexError):
     """A bit position outside the dtype's width."""
 
 

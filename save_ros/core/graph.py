@@ -7,16 +7,13 @@ reads (module parameters for `call_module`, `get_attr` targets for functions and
 
 Running:
 - `ModelGraph.run(x)` runs the whole model; `ModelGraph.record(x)` also returns every node's value
-  keyed by node name.
-- `ModelGraph.needed_by(k)` names the values that a re-run from layer k needs (nodes computed
-  before layer k, inputs included, that layer k or a later one reads), and
-  `ModelGraph.run_from(k, values)` re-runs layers k.. given those values and returns the output.
-  Parameters are read live from the model, so a repaired weight is used at once.
+  keyed by node name (Selection's calibration and validation read them).
+- The runtime's forward, and its re-run from node k for Edit, are `core.instrument.Instrumented`.
 
 With the hooks fallback (`capture == "hooks"`, when symbolic tracing fails, e.g. data-dependent
 control flow) the layers are the leaf modules in their first-call order, recorded with forward
-hooks on the example input. Their data flow is unknown, so `needed_by(k)` is the model input and
-`run_from(k, values)` re-runs the whole model from `values["input"]`: correct, not incremental.
+hooks on the example input. Their data flow is unknown: Selection analyses only their weights, and
+the runtime refuses such a model.
 """
 
 from __future__ import annotations
@@ -145,55 +142,6 @@ class ModelGraph:
             for h in handles:
                 h.remove()
         return out, values
-
-    def needed_by(self, k: int) -> list[str]:
-        """Names of the values computed before layer k that layers k.. (or the output) read."""
-        if self.gm is None:
-            return [INPUT]
-        start = self._pos[self.layers[k].name]
-        needed: list[str] = []
-        for node in self._nodes[start:]:
-            for inp in node.all_input_nodes:
-                if self._pos[inp.name] < start and inp.op != "get_attr" and inp.name not in needed:
-                    needed.append(inp.name)
-        return needed
-
-    def run_from(self, k: int, values: dict[str, Any]) -> Any:
-        """Re-run layers k.. given the values that `needed_by(k)` names; return the output."""
-        if self.gm is None:
-            if INPUT not in values:
-                raise KeyError("hooks capture re-runs the whole model: pass values['input']")
-            x = values[INPUT]
-            return self.model(*x) if isinstance(x, tuple) else self.model(x)
-        missing = [n for n in self.needed_by(k) if n not in values]
-        if missing:
-            raise KeyError(f"run_from({k}) needs the values of {missing}")
-        start = self._pos[self.layers[k].name]
-        interp = fx.Interpreter(self.gm, garbage_collect_values=False)
-        interp.env = {}
-        for node in self._nodes[:start]:
-            if node.name in values:
-                interp.env[node] = values[node.name]
-            elif node.op == "get_attr":
-                interp.env[node] = interp.run_node(node)
-        for node in self._nodes[start:]:
-            interp.env[node] = interp.run_node(node)
-            if node.op == "output":
-                return interp.env[node]
-        raise GraphCaptureError("graph has no output node")
-
-    def run_layer(self, k: int, values: dict[str, Any]) -> Any:
-        """Compute layer k alone from the values of its input nodes (fx capture only)."""
-        if self.gm is None:
-            raise GraphCaptureError("run_layer needs an fx capture; hooks know no data flow")
-        node = self._nodes[self._pos[self.layers[k].name]]
-        interp = fx.Interpreter(self.gm, garbage_collect_values=False)
-        interp.env = {}
-        for inp in node.all_input_nodes:
-            interp.env[inp] = (
-                interp.run_node(inp) if inp.op == "get_attr" else values[inp.name]
-            )
-        return interp.run_node(node)
 
     def architecture(self) -> str:
         """A text form of the architecture (fx code, or the module repr): part of hash keys."""

@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 
 from save_ros.core.graph import INPLACE_FUNCS, ModelGraph
+from save_ros.errors import UserError
 
 LAYER_OPS = ("call_module", "call_function", "call_method")
 
@@ -74,7 +75,7 @@ def _direct(mod: nn.Module) -> Callable[..., Any] | None:
     return None
 
 
-class UnsupportedModelError(RuntimeError):
+class UnsupportedModelError(UserError, RuntimeError):
     """The runtime cannot protect this model (the message names the op and what to do)."""
 
 

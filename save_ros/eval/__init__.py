@@ -1,5 +1,4 @@
-"""Evaluation: campaign metrics, the `Method` protocol, campaigns, PVF and the demo.
-
-`save_ros.eval.methods` defines how a model runs under faults (unprotected, ECC oracle; SAVE and
-the other baselines register there); `campaign.run_campaign` drives seeded trials over methods.
+"""Evaluation: campaigns (the `Method` protocol, seeded trials, PVF, faults during training),
+Selection's validation, and the measurements (`bench/`), with one timing helper (`timing`) and
+one run record (`record`).
 """

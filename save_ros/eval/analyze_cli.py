@@ -16,18 +16,16 @@ weights and activations (see `save_ros.eval.validate`) on the model's test split
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from save_ros.cli import positive_int
+from save_ros.argtypes import positive_int
 from save_ros.core.analysis import Analysis, TensorKind
 from save_ros.core.select import SelectConfig, analyze
+from save_ros.eval.record import run_record, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,9 +168,8 @@ def run(args: argparse.Namespace) -> int:
         rows = scaling(widths, args.calibration, SelectConfig(margin=args.margin,
                                                               fraction=args.fraction))
         if args.report:
-            args.report.parent.mkdir(parents=True, exist_ok=True)
-            args.report.write_text(json.dumps({"scaling": rows, "threads": args.threads,
-                                               "torch": torch.__version__}, indent=1))
+            write_json(args.report, run_record("save_ros.analyze_scaling")
+                       | {"scaling": rows, "threads": args.threads})
         return 0
     if not 0.0 <= args.gap_quantile < 1.0:
         print("save-ros analyze: --gap-quantile must lie in [0, 1)", file=sys.stderr)
@@ -198,10 +195,9 @@ def run(args: argparse.Namespace) -> int:
     print(table(analysis))
     if args.out:
         print(f"analysis saved to {analysis.save(args.out)}")
-    report = {"model": args.model, "params": sum(p.numel() for p in model.parameters()),
-              "machine": platform.machine(), "threads": args.threads,
-              "torch": torch.__version__,
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    report = run_record("save_ros.analyze") | {
+        "model": args.model, "params": sum(p.numel() for p in model.parameters()),
+        "threads": args.threads}
     report |= summary(analysis, seconds)
     if args.validate:
         xt = setup.x if setup is not None else models.dataset(args.model, "test")[0]
@@ -217,7 +213,5 @@ def run(args: argparse.Namespace) -> int:
                       f"({r.changed_rate:.2%}; any input {r.changed_any}, per inference "
                       f"{r.changed_inferences}/{r.inferences})  inside range {r.inside_range}")
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=1))
-        print(f"report saved to {args.report}")
+        write_json(args.report, report)
     return 0

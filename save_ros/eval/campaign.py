@@ -25,21 +25,18 @@ methods of one run always meet the same kind of sites. The result records which 
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
 from save_ros.eval.methods import Method, get_method
 from save_ros.eval.metrics import Proportion, Spread, accurate_latency, compare
+from save_ros.eval.record import run_record
 from save_ros.faults import (
     ActivationFaults,
     BitErrorRate,
@@ -60,7 +57,7 @@ TARGETS = ("weights", "activations", "both")
 ACTIVATION_SITES = ("auto", "fx", "modules")
 
 
-class CampaignError(ValueError):
+class CampaignError(UserError, ValueError):
     """A campaign that cannot run as configured (the message says what to change)."""
 
 
@@ -143,30 +140,6 @@ def registry_setup(name: str, batch: int, episodes: int) -> EvalSetup:
 def trial_seed(seed: int, flips: int, trial: int) -> int:
     """The seed of trial `trial` at `flips` flips (same for every method)."""
     return (seed * 1_000_003 + flips) * 10_007 + trial
-
-
-def machine_info() -> dict:
-    """Machine, versions and thread settings, for the record."""
-    import numpy
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       cpu)
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
-
-
-def write_json(path: Path, result: dict) -> None:
-    """Write a result record as indented JSON (creating its folder) and say where on stdout."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
 
 
 def _split(faults: Sequence[BitFault], weight_names: set[str]):
@@ -356,10 +329,9 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
                                      naming=naming))
     cfg_d = asdict(cfg)
     return {
-        "kind": "save_ros.campaign", "version": 1,
-        "command": list(command) if command is not None else list(sys.argv),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "wall_s": time.time() - started, "machine": machine_info(), "config": cfg_d,
+        **run_record("save_ros.campaign", started,
+                     list(command) if command is not None else None),
+        "version": 1, "wall_s": time.time() - started, "config": cfg_d,
         "model": {"name": setup.name, "task": setup.task, "eval_data": setup.data},
         "activation_sites": {"naming": "none" if cfg.target == "weights" else naming,
                              "why": why},

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from save_ros.argtypes import bit_list, float_list, int_list, name_list
 from save_ros.eval import model_cli
 from save_ros.eval.campaign import (
     ACTIVATION_SITES,
@@ -16,52 +17,11 @@ from save_ros.eval.campaign import (
     CampaignConfig,
     CampaignError,
     run_campaign,
-    write_json,
 )
 from save_ros.eval.methods import UnknownMethodError
+from save_ros.eval.record import write_json
 from save_ros.faults import EmptyTargetError, NoBitsError, UnknownNameError
 from save_ros.models import ModelError
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """Parse "1,16,256" (an argparse type)."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        msg = f"expected comma-separated integers, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    """Parse "1e-7,1e-6" (an argparse type)."""
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        msg = f"expected comma-separated numbers, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-
-
-def bit_list(text: str) -> tuple[int, ...]:
-    """Parse bit positions: "30,31" or a range "23-30" (0 = least significant)."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            if int(hi or lo) < int(lo):  # "30-23" would select no bit at all
-                raise ValueError(part)
-            out.extend(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        msg = f"expected bits like 30,31 or 23-30 (low-high), got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    return tuple(out)
-
-
-def method_list(text: str) -> tuple[str, ...]:
-    """Parse comma-separated method names; at least one (names are checked by the campaign)."""
-    methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    if not methods:
-        raise argparse.ArgumentTypeError(f"expected methods like save,unprotected, got {text!r}")
-    return methods
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "count per trial is binomial)")
     parser.add_argument("--trials", type=int, default=100, help="trials per flip count")
     parser.add_argument("--seed", type=int, default=0, help="campaign seed")
-    parser.add_argument("--method", type=method_list, default=("unprotected",),
+    parser.add_argument("--method", type=name_list, default=("unprotected",),
                         help="comma-separated methods (see save_ros.eval.methods.METHODS)")
     parser.add_argument("--batch", type=int, default=256,
                         help="evaluation samples: a fixed strided subset of the test split "

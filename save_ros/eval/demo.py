@@ -1,4 +1,4 @@
-"""`save-ros demo`: the main job, for now a short campaign on the default model with a summary.
+"""`save-ros campaign-demo`: a one-minute campaign on the default model, with a summary.
 
 Unprotected, SAVE (when its method is registered) and the ECC oracle on `digits_cnn`, weight
 flips 1..4,096 and one activation row, 10 trials per point on 256 test samples; under a minute
@@ -19,7 +19,7 @@ from save_ros.eval.campaign_cli import Progress, format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `save-ros demo`."""
+    """Options of `save-ros campaign-demo`."""
     parser.add_argument("--model", default=None, help="bundled model (default: digits_cnn)")
     parser.add_argument("--trials", type=int, default=10, help="trials per point")
     parser.add_argument("--seed", type=int, default=0)

@@ -37,8 +37,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
 
-class UnknownMethodError(KeyError):
+
+class UnknownMethodError(UserError, KeyError):
     """A method name that is not in the registry."""
 
     def __str__(self) -> str:

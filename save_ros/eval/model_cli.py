@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
 from save_ros.eval.campaign import EvalSetup, registry_setup, strided
 
 DATA_SEED = 0
@@ -38,7 +39,7 @@ TASKS = ("classification", "regression")
 DEFAULT_TOLERANCE = (1e-3, 1e-5)
 
 
-class ModelArgError(ValueError):
+class ModelArgError(UserError, ValueError):
     """A --model (or its input options) that cannot be used; the message says what to fix."""
 
 

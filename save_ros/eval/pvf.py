@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from save_ros.cli import positive_int
+from save_ros.argtypes import positive_int
 from save_ros.eval import model_cli
-from save_ros.eval.campaign import EvalSetup, machine_info, write_json
+from save_ros.eval.campaign import EvalSetup
 from save_ros.eval.metrics import Proportion, compare
+from save_ros.eval.record import run_record, write_json
 from save_ros.faults import RandomFlips, apply_bit_faults, weight_sites
 from save_ros.faults.records import UndoLog
 
@@ -99,12 +100,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     result = layer_pvf(setup, args.samples, args.seed,
                        progress=lambda m: print(m, file=sys.stderr, flush=True))
-    result.update({
-        "kind": "save_ros.pvf", "model": args.model, "eval_data": setup.data,
-        "samples": args.samples, "seed": args.seed, "command": ["save-ros", *sys.argv[1:]],
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "wall_s": time.time() - started, "machine": machine_info(),
-    })
+    result.update(run_record("save_ros.pvf", started))
+    result.update({"model": args.model, "eval_data": setup.data, "samples": args.samples,
+                   "seed": args.seed, "wall_s": time.time() - started})
     print(f"{'layer':<28}{'params':>8}{'flips':>7}  {'PVF [95% CI]':<24}{'per-sample':>11}")
     for r in result["layers"]:
         p = r["pvf"]

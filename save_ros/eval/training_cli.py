@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from save_ros.eval.campaign import machine_info, write_json
-from save_ros.eval.campaign_cli import int_list
+from save_ros.argtypes import int_list
+from save_ros.eval.record import run_record, write_json
 from save_ros.faults import ProcessingElementFault, RandomFlips, StuckAt
 from save_ros.faults.training import (
     FaultTarget,
@@ -173,11 +173,8 @@ def run_campaign(args: argparse.Namespace) -> dict:
         rows.append(row)
         print(format_row(row), file=sys.stderr)
     return {
-        "kind": "save_ros.train_campaign", "version": 1,
-        "command": ["save-ros", "train-campaign", *sys.argv[2:]]
-        if sys.argv[1:2] == ["train-campaign"] else list(sys.argv),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "wall_s": time.time() - started, "machine": machine_info(),
+        **run_record("save_ros.train_campaign", started),
+        "version": 1, "wall_s": time.time() - started,
         "model": args.model, "fine_tune": asdict(cfg) | {"optimizer": "SGD"},
         "threshold": args.threshold,
         "reference": {"accuracy": ref.accuracy, "final_loss": ref.losses[-1],

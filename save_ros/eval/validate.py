@@ -38,11 +38,12 @@ from torch import fx
 
 from save_ros.core import bits
 from save_ros.core.analysis import Analysis, BitClass, TensorAnalysis, TensorKind
-from save_ros.core.attribution import FlipRule, classify, pool_other_max
-from save_ros.core.sensitivity import top1_gaps
+from save_ros.core.select.attribution import FlipRule, classify, pool_other_max
+from save_ros.core.select.sensitivity import top1_gaps
+from save_ros.errors import UserError
 
 
-class ValidationError(ValueError):
+class ValidationError(UserError, ValueError):
     """An analysis that cannot be validated (no in-memory rules or graph)."""
 
 

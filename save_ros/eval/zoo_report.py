@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from save_ros.eval.campaign import machine_info, write_json
+from save_ros.eval.record import run_record, write_json
 
 
 def measure(names: list[str], n_images: int, device: str = "cpu") -> dict:
@@ -71,11 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     result = measure([m for m in args.models.split(",") if m], args.images, args.device)
-    result.update({"kind": "save_ros.zoo_report", "command": ["python", "-m",
-                                                              "save_ros.eval.zoo_report",
-                                                              *(argv or sys.argv[1:])],
-                   "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                   "wall_s": time.time() - started, "machine": machine_info()})
+    result.update(run_record("save_ros.zoo_report", started,
+                             ["python", "-m", "save_ros.eval.zoo_report", *(argv or sys.argv[1:])]))
+    result["wall_s"] = time.time() - started
     print(table(result))
     if args.json:
         write_json(args.json, result)

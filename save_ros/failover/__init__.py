@@ -6,11 +6,11 @@ request is answered by the standby. No ROS imports here.
 """
 
 from save_ros.failover.config import (
-    Backend,
     ConfigError,
     FailoverConfig,
     StartMethod,
     WeightSharing,
+    WorkerModel,
 )
 from save_ros.failover.crash import CrashKind, CrashUnavailableError
 from save_ros.failover.events import (
@@ -29,7 +29,7 @@ from save_ros.failover.supervisor import FailoverModel, FailoverResult
 from save_ros.failover.weights import ModelSource
 
 __all__ = [
-    "Backend", "ClosedError", "ConfigError", "CrashKind", "CrashUnavailableError", "EventKind",
+    "WorkerModel", "ClosedError", "ConfigError", "CrashKind", "CrashUnavailableError", "EventKind",
     "FailoverConfig", "FailoverError", "FailoverEvent", "FailoverModel", "FailoverResult",
     "FailoverStateError", "ModelSource", "QueueFullError", "RemoteError", "RemoteOperationError",
     "RequestDroppedError", "StartMethod", "WeightSharing", "WorkerStartError",

@@ -6,8 +6,10 @@ import enum
 from dataclasses import dataclass, fields
 from typing import Any
 
+from save_ros.errors import UserError
 
-class Backend(enum.Enum):
+
+class WorkerModel(enum.Enum):
     """What runs inside a worker: the plain model, or the SAVE-protected model."""
 
     PLAIN = "plain"  # model(x); the status is None
@@ -29,7 +31,7 @@ class StartMethod(enum.Enum):
     FORKSERVER = "forkserver"  # fork from a server that imported torch once (tens of ms)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A failover setting is out of range or unknown."""
 
 
@@ -37,7 +39,7 @@ class ConfigError(ValueError):
 class FailoverConfig:
     """Settings of a `FailoverModel`; every time is in seconds."""
 
-    backend: Backend = Backend.PLAIN
+    backend: WorkerModel = WorkerModel.PLAIN
     weight_sharing: WeightSharing = WeightSharing.SHARED_MEMORY
     device: str = "cpu"
     share_analysis: bool = True  # protect: analyse once in the parent, not in every worker
@@ -52,7 +54,7 @@ class FailoverConfig:
 
     def __post_init__(self) -> None:
         for name, enum_type in (
-            ("backend", Backend),
+            ("backend", WorkerModel),
             ("weight_sharing", WeightSharing),
             ("start_method", StartMethod),
         ):

@@ -13,6 +13,8 @@ import os
 import signal
 import time
 
+from save_ros.errors import UserError
+
 
 class CrashKind(enum.Enum):
     """How an injected fault ends (or stalls) a worker."""
@@ -25,7 +27,7 @@ class CrashKind(enum.Enum):
     CUDA_ASSERT = "cuda_assert"  # device-side assert: the CUDA context is dead (CUDA only)
 
 
-class CrashUnavailableError(RuntimeError):
+class CrashUnavailableError(UserError, RuntimeError):
     """The crash kind needs something this process lacks (CUDA_ASSERT without CUDA)."""
 
 

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from save_ros.failover.config import Backend, FailoverConfig, WeightSharing
+from save_ros.errors import UserError
+from save_ros.failover.config import FailoverConfig, WeightSharing, WorkerModel
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(UserError, ValueError):
     """The model source does not name an importable factory."""
 
 
@@ -89,7 +90,7 @@ def protect_parts(config: FailoverConfig, model: nn.Module | None, source: Model
                    example: np.ndarray, input_range: Any,
                    protect_config: Any) -> tuple[Any, dict[str, Any] | None]:
     """The ProtectConfig a worker gets (its Analysis taken out) and the Analysis as a dict."""
-    if config.backend is not Backend.PROTECT:
+    if config.backend is not WorkerModel.PROTECT:
         return protect_config, None
     from save_ros.core.protect import ProtectConfig
     from save_ros.core.select import analyze

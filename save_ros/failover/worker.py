@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from save_ros.failover import crash
-from save_ros.failover.config import Backend, FailoverConfig
+from save_ros.failover.config import FailoverConfig, WorkerModel
 from save_ros.failover.events import RemoteError
 from save_ros.failover.weights import ModelSource, shared_bytes, storage_pointers
 
@@ -59,7 +59,7 @@ class _Runner:
         self.device = device
         self.model = model
         self.protected = None
-        if spec.config.backend is Backend.PROTECT:
+        if spec.config.backend is WorkerModel.PROTECT:
             from save_ros.core.analysis import Analysis
             from save_ros.core.protect import ProtectConfig, protect
 

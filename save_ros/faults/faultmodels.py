@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from save_ros.core import bits
+from save_ros.errors import UserError
 from save_ros.faults.targets import Site
 
 
@@ -90,7 +91,7 @@ def _bits_tuple(value: Iterable[int] | int | None) -> tuple[int, ...] | None:
     return out
 
 
-class NoBitsError(ValueError):
+class NoBitsError(UserError, ValueError):
     """The chosen bit positions exist in none of the selected tensors."""
 
 

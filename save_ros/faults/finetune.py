@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
 
-class TrainingFaultError(ValueError):
+
+class TrainingFaultError(UserError, ValueError):
     """A training-fault request that cannot run (the message says what to change)."""
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from save_ros.core import bits
+from save_ros.errors import UserError
 
 LAYER_OPS = ("call_module", "call_function", "call_method")
 _NO_TAP = (builtins.getattr, torch._assert)  # shape reads and asserts: never a tensor
@@ -45,7 +46,7 @@ _INPLACE_FUNCS = {operator.iadd, operator.isub, operator.imul, operator.itruediv
                   operator.ixor, operator.ilshift, operator.irshift, operator.imatmul}
 
 
-class UntraceableModelError(ValueError):
+class UntraceableModelError(UserError, ValueError):
     """fx activation sites were asked for a model that torch.fx cannot trace."""
 
 

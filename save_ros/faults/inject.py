@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from save_ros.core import bits
+from save_ros.errors import UserError
 from save_ros.faults.faultmodels import BitFault, FaultOp, MemoryFaultModel
 from save_ros.faults.records import (
     FlipRecord,
@@ -21,7 +22,7 @@ from save_ros.faults.records import (
 from save_ros.faults.targets import Target, TargetKind, select_weights, weight_sites
 
 
-class ReplayMismatchError(RuntimeError):
+class ReplayMismatchError(UserError, RuntimeError):
     """A replayed record met other bits than it recorded: not the model it was made on."""
 
 

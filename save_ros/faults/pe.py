@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from save_ros.core import bits
+from save_ros.errors import UserError
 from save_ros.faults.faultmodels import PEMode, PESite, ProcessingElementFault, _generator
 from save_ros.faults.targets import EmptyTargetError, Target, select_modules
 
 
-class UnsupportedLayerError(TypeError):
+class UnsupportedLayerError(UserError, TypeError):
     """The PE model is defined for nn.Linear and nn.Conv2d only."""
 
 

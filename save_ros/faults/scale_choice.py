@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from save_ros.core.bits import int_view, layout_of, mask_value
+from save_ros.errors import UserError
 
 FP32_MAX = float(torch.finfo(torch.float32).max)
 NONFINITE_PENALTY = FP32_MAX**2
@@ -56,7 +57,7 @@ class StorageFormat(enum.Enum):
         return {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}[self.value]
 
 
-class ScalingError(ValueError):
+class ScalingError(UserError, ValueError):
     """A weight-scaling request that cannot be met (bad format, no admissible scale, ...)."""
 
 

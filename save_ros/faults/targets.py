@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from save_ros.core import bits
+from save_ros.errors import UserError
 
 
 class TargetKind(enum.Enum):
@@ -21,11 +22,11 @@ class TargetKind(enum.Enum):
     ACTIVATIONS = "activations"
 
 
-class EmptyTargetError(ValueError):
+class EmptyTargetError(UserError, ValueError):
     """A target selected nothing that a fault could hit."""
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UserError, ValueError):
     """An exclude entry that names nothing in the model (a typo must not exclude nothing)."""
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from save_ros.core.box import InputBox
+from save_ros.errors import UserError
 from save_ros.models import cartpole, digits_data, zoo_data
 from save_ros.models.digits_cnn import DigitsCNN
 from save_ros.models.digits_resnet import DigitsResNet
@@ -41,7 +43,7 @@ class Task(str, enum.Enum):
     REGRESSION = "regression"
 
 
-class ModelError(Exception):
+class ModelError(UserError):
     """Base class of the errors of `save_ros.models`."""
 
 
@@ -90,12 +92,10 @@ class ModelSpec:
         """The JSON of training metrics written next to the weights (None for zoo models)."""
         return None if self.weights_path is None else self.weights_path.with_suffix(".json")
 
-    def input_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input box as (low, high) tensors shaped like one input, broadcast per channel."""
-        shape = (len(self.input_low),) + (1,) * (len(self.input_shape) - 1)
-        low = torch.tensor(self.input_low, dtype=torch.float32).reshape(shape)
-        high = torch.tensor(self.input_high, dtype=torch.float32).reshape(shape)
-        return low.expand(self.input_shape).clone(), high.expand(self.input_shape).clone()
+    def input_range(self) -> InputBox:
+        """The input box, its (low, high) tensors shaped like one input."""
+        return InputBox(*InputBox.of((self.input_low, self.input_high),
+                                     self.input_shape).expand(self.input_shape))
 
 
 def _digits_spec(name: str, build: Callable[[], nn.Module], description: str) -> ModelSpec:

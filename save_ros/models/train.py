@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from save_ros import models
-from save_ros.cli import positive_int
+from save_ros.argtypes import positive_int
 from save_ros.models import cartpole, digits_data
 
 

@@ -1,12 +1,13 @@
-"""The ROS 2 side of save_ros (the only package that imports rclpy).
+"""The ROS 2 side of save_ros (the only package that imports rclpy): the node and its parts.
 
 `node` (the save_node entry point: signals, executor, shutdown), `save_node` (the managed
-lifecycle node), `pipeline` (intake -> inference -> publish), `intake` (the input queue),
-`convert` (messages <-> tensors; the maths is in `save_ros.preprocess`), `outputs` (~/output
-message choice), `params` (declared parameters), `paramfile` (params-file checks), `health`
-(/diagnostics), `model_source` (bundled, package.module:factory, .pt2, TorchScript, state dict),
-`calibration`, `backend`/`protected_backend` (bare or SAVE inference), `failover_backend`
-(isolation=process), `bags`/`replay`/`client`/`process` (rosbag2 replay against a node
-process), `demo`, `bench` and `failover_bench`. Some of these modules (intake, paramfile,
-model_source, calibration) import no ROS and are tested without it.
+lifecycle node: transitions, services, runtime parameters), `pipeline` (intake -> inference ->
+publish), `intake` (the input queue), `convert` (messages <-> tensors; the maths is in
+`save_ros.preprocess`), `outputs` (~/output message choice), `params` (declared parameters),
+`paramfile` (params-file checks), `health` (/diagnostics), `model_source` (bundled,
+package.module:factory, .pt2, TorchScript, state dict), `calibration`, `bags` (rosbag2 reading
+and writing), `backend/` (what inputs run through: bare, SAVE, SAVE in worker processes).
+`tools/` holds the users' tools around a node process: replay, bench, demo, hostile inputs.
+Some of these modules (intake, paramfile, model_source, calibration) import no ROS and are
+tested without it.
 """

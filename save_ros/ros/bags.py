@@ -1,45 +1,26 @@
-"""Small rosbag2 bags from the bundled data, and reading/writing rclpy messages with `rosbags`.
+"""Reading and writing rclpy messages in rosbag2 folders with `rosbags`.
 
 rosbag2 stores messages as CDR, which is exactly what `rclpy.serialization` produces, so a bag
 message becomes an rclpy message with `deserialize_message` and back, with no second type system
-in the way. `rosbags` only supplies the message definitions that rosbag2 metadata records.
-
-`python -m save_ros.ros.bags` writes the committed bags under `bags/`:
-- `bags/digits_mono8`: digits test images as 64x64 mono8 sensor_msgs/Image (each 8x8 pixel
-  is an 8x8 block) at 30 Hz on `/camera/image`; the node area-averages them back to 8x8.
-- `bags/cartpole_states`: CartPole-v1 states of held-out rollouts as sensor_msgs/JointState at
-  50 Hz on `/cartpole/joint_states` (names = the state components).
-- `bags/cartpole_array`: the same states as std_msgs/Float32MultiArray (4 values, no header) at
-  50 Hz on `/cartpole/state`, for a node with `input_type: float32_multi_array`.
+in the way. `rosbags` only supplies the message definitions that rosbag2 metadata records. The
+node reads calibration inputs with it; the tools (`ros.tools`) replay and record bags with it.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32MultiArray, Header
 
-from save_ros.ros.share import share_dir
-
-BAGS_DIR = share_dir("bags")
-DIGITS_BAG, CARTPOLE_BAG, CARTPOLE_ARRAY_BAG = "digits_mono8", "cartpole_states", "cartpole_array"
-DIGITS_TOPIC, CARTPOLE_TOPIC = "/camera/image", "/cartpole/joint_states"
-CARTPOLE_ARRAY_TOPIC = "/cartpole/state"
-CARTPOLE_JOINTS = ("cart_position", "cart_velocity", "pole_angle", "pole_angular_velocity")
-T0_NS = 1_700_000_000 * 10**9  # a fixed start stamp, so the bags are byte-reproducible
+from save_ros.errors import UserError
 
 
-class BagError(RuntimeError):
+class BagError(UserError, RuntimeError):
     """A bag cannot be read or written as asked; the message says why."""
 
 
@@ -121,83 +102,3 @@ def topics(path: str | Path) -> dict[str, tuple[str, int]]:
     """topic -> (message type, message count) of a bag."""
     with Reader(Path(path)) as reader:
         return {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
-
-
-def digits_image(pixels: np.ndarray, scale: int, stamp_ns: int, frame_id: str) -> Image:
-    """One 8x8 digit (values in [0, 1]) as a (8*scale)^2 mono8 Image; each pixel a block."""
-    mono = np.rint(np.kron(pixels, np.ones((scale, scale))) * 255).astype(np.uint8)
-    msg = Image()
-    msg.header = _header(stamp_ns, frame_id)
-    msg.height, msg.width = mono.shape
-    msg.encoding = "mono8"
-    msg.step = mono.shape[1]
-    msg.data = mono.tobytes()
-    return msg
-
-
-def _header(stamp_ns: int, frame_id: str) -> Header:
-    header = Header(frame_id=frame_id)
-    header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 10**9)
-    return header
-
-
-def make_digits_bag(out: Path, count: int = 60, scale: int = 8, hz: float = 30.0) -> Path:
-    """The first `count` digits test images as mono8 frames at `hz`."""
-    from save_ros import models
-
-    x, _ = models.dataset("digits_cnn", "test")
-    with BagWriter(out) as bag:
-        for i in range(count):
-            t = T0_NS + int(i * 1e9 / hz)
-            bag.write(DIGITS_TOPIC, digits_image(x[i, 0].numpy(), scale, t, "camera"), t)
-    return out
-
-
-def make_cartpole_bag(out: Path, count: int = 200, hz: float = 50.0) -> Path:
-    """The first `count` held-out rollout states as JointState at `hz` (CartPole's 50 Hz)."""
-    from save_ros import models
-
-    x, _ = models.dataset("cartpole_policy", "test")
-    with BagWriter(out) as bag:
-        for i in range(count):
-            t = T0_NS + int(i * 1e9 / hz)
-            msg = JointState(header=_header(t, "cart"), name=list(CARTPOLE_JOINTS),
-                             position=[float(v) for v in x[i]])
-            bag.write(CARTPOLE_TOPIC, msg, t)
-    return out
-
-
-def make_cartpole_array_bag(out: Path, count: int = 200, hz: float = 50.0) -> Path:
-    """The states of `make_cartpole_bag` as Float32MultiArray (the header-less policy input)."""
-    from save_ros import models
-
-    x, _ = models.dataset("cartpole_policy", "test")
-    with BagWriter(out) as bag:
-        for i in range(count):
-            msg = Float32MultiArray()
-            msg.data = [float(v) for v in x[i]]
-            bag.write(CARTPOLE_ARRAY_TOPIC, msg, T0_NS + int(i * 1e9 / hz))
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write the committed bags (replacing them with --force)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=BAGS_DIR)
-    parser.add_argument("--force", action="store_true", help="replace existing bags")
-    args = parser.parse_args(argv)
-    for name, make in ((DIGITS_BAG, make_digits_bag), (CARTPOLE_BAG, make_cartpole_bag),
-                       (CARTPOLE_ARRAY_BAG, make_cartpole_array_bag)):
-        out = args.out_dir / name
-        if out.exists() and not args.force:
-            print(f"{out}: exists (--force replaces it)")
-            continue
-        if out.exists():
-            shutil.rmtree(out)
-        make(out)
-        print(f"{out}: {topics(out)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from save_ros.errors import UserError
 from save_ros.preprocess import InputError, InputSpec, check_in_box
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """The calibration source cannot be used; says what to fix."""
 
 

@@ -26,10 +26,12 @@ import torch
 from torch import nn
 
 from save_ros import models
+from save_ros.core.box import InputBox
+from save_ros.errors import UserError
 from save_ros.preprocess import InputSpec, short_list
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The configured model cannot be loaded; the message says what to fix."""
 
 
@@ -69,20 +71,16 @@ class LoadedModel:
                 self.calibration = self.calibration.to(dtype)
             self.dtype = dtype
 
-    def input_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input box as (low, high) tensors shaped like one input (batch dim of 1)."""
-        shape = (len(self.input.low),) + (1,) * (len(self.input.shape) - 1)
-        low = torch.tensor(self.input.low, dtype=self.dtype).reshape(shape)
-        high = torch.tensor(self.input.high, dtype=self.dtype).reshape(shape)
-        return (low.expand(self.input.shape).unsqueeze(0).clone(),
-                high.expand(self.input.shape).unsqueeze(0).clone())
+    def input_box(self) -> InputBox:
+        """The input box SAVE analyses and checks (`input_low`/`input_high`, or the model's)."""
+        return self.input.box()
 
     def example_input(self) -> torch.Tensor:
         """One input in the box: a calibration sample, or the box's centre."""
         if self.calibration is not None and len(self.calibration):
             return self.calibration[:1].clone()
-        low, high = self.input_range()
-        return (low + high) / 2
+        low, high = self.input_box().expand((1, *self.input.shape))
+        return ((low + high) / 2).to(self.dtype)
 
 
 def is_import_path(model: str) -> bool:

@@ -23,6 +23,7 @@ import torch
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 
+from save_ros.errors import UserError
 from save_ros.ros.convert import result_message
 
 TASKS = ("classification", "control", "discrete_control")
@@ -36,7 +37,7 @@ class OutputKind(enum.Enum):
     FLOAT64_MULTI_ARRAY = "float64_multi_array"
 
 
-class OutputTypeError(ValueError):
+class OutputTypeError(UserError, ValueError):
     """The requested output type cannot be served here (or does not fit the task)."""
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from save_ros.errors import UserError
 
-class ParamsFileError(ValueError):
+
+class ParamsFileError(UserError, ValueError):
     """A params file cannot be used; one line that says what to fix."""
 
 

@@ -20,11 +20,12 @@ from rcl_interfaces.msg import ParameterType as T
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from save_ros.errors import UserError
 from save_ros.preprocess import ImageOptions, Resize
 from save_ros.ros.model_source import ModelRequest
 
 
-class ParameterError(ValueError):
+class ParameterError(UserError, ValueError):
     """A parameter value is invalid; the message names the parameter and what is allowed."""
 
 
@@ -248,7 +249,7 @@ class NodeConfig:
     qos_reliability: str
     queue_size: int
     publish_policy: PublishPolicy
-    reliable_memory_bytes: int
+    reliable_budget_bytes: int | None  # parameter reliable_memory_bytes; None: the default
     checksum_period: int
     analysis_cache: str
     verify_timeout: float
@@ -387,7 +388,11 @@ def read(node: Node) -> NodeConfig:
         input_type=InputType(p["input_type"]), joint_names=_strings(p["joint_names"]),
         qos_depth=p["qos.depth"], qos_reliability=p["qos.reliability"],
         queue_size=p["queue_size"], publish_policy=PublishPolicy(p["publish_policy"]),
-        reliable_memory_bytes=p["reliable_memory_bytes"], checksum_period=p["checksum_period"],
+        # the ROS parameter keeps its published name (users' configs); here, and only here, it
+        # becomes ProtectConfig.reliable_budget_bytes (-1: the runtime's default share)
+        reliable_budget_bytes=(p["reliable_memory_bytes"] if p["reliable_memory_bytes"] >= 0
+                               else None),
+        checksum_period=p["checksum_period"],
         analysis_cache=p["analysis_cache"], verify_timeout=p["verify_timeout"],
         shutdown_timeout=p["shutdown_timeout"], diagnostics_period=p["diagnostics_period"],
         fault_injection=FaultInjection(

@@ -17,7 +17,7 @@ for i in range(2):
     fs = prog.failed_slots()
     bad = prog.localize(fs, vals)
     print(i, "flags", fs, "layers", bad[:8], "notes", r.status.notes[:1], flush=True)
-    checks = {c.name: c for c in pm._rt.range_batch.checks}
+    checks = {c.name: c for c in pm._plan.range_batch.checks}
     for b in bad[:4]:
         c = checks.get(b)
         if c is None:
@@ -32,4 +32,4 @@ for i in range(2):
               [(float(mn.reshape(-1)[k]), float(mx.reshape(-1)[k]), float(lo.reshape(-1)[k]),
                 float(hi.reshape(-1)[k])) for k in over[:2]])
 # the same check, eager, on the saved values
-print("eager failures", [c.name for c, _ in pm._rt.range_batch.failures(vals)][:8])
+print("eager failures", [c.name for c, _ in pm._plan.range_batch.failures(vals)][:8])

@@ -8,9 +8,9 @@ set -u
 M=$1; OUT=${2:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader
-python3 -m save_ros.eval.scale --models "$M" --what analysis,speed,coverage --redundancy full \
+python3 -m save_ros.eval.bench.scale --models "$M" --what analysis,speed,coverage --redundancy full \
   --dtypes fp32,fp16 --batches 1,8 --iters 200 --trials 10000 --clean 10000 --seconds 150 \
   --out "$OUT/scale_$M.json" 2>&1 | grep -v -e Warning -e run_backward
-python3 -m save_ros.eval.scale --models "$M" --what speed,coverage --redundancy 0 \
+python3 -m save_ros.eval.bench.scale --models "$M" --what speed,coverage --redundancy 0 \
   --dtypes fp32,fp16 --batches 1,8 --iters 200 --trials 2000 --clean 1000 --seconds 30 \
   --out "$OUT/scale_${M}_range.json" 2>&1 | grep -v -e Warning -e run_backward

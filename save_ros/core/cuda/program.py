@@ -1,6 +1,6 @@
 """One inference as a fixed sequence of device work: forward, checks, flags. Graph-capturable.
 
-`CheckProgram(inst, runtime, store, ...)` runs the model's fx nodes one by one (the same
+`CheckProgram(inst, plan, store, ...)` runs the model's fx nodes one by one (the same
 callables `Instrumented` uses, so the same kernels and bits) and, after the last layer of each
 check group, enqueues that group's checks on a side stream while the forward goes on:
 
@@ -34,12 +34,13 @@ import torch
 from torch import fx
 
 from save_ros.core import bits
-from save_ros.core.checkplan import Runtime
-from save_ros.core.checks import CheckKind, LayerCheck, dmr_differs
+from save_ros.core.cuda import triton_available
 from save_ros.core.cuda.chunks import chunk_pointers, plan_chunks
-from save_ros.core.cuda.reducer import Backend, ChunkReducer, Reduction
-from save_ros.core.edit import WeightStore
+from save_ros.core.cuda.reducer import ChunkReducer, Kernels, Reduction
 from save_ros.core.instrument import Instrumented
+from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_differs
+from save_ros.core.verify.plan import CheckPlan
+from save_ros.core.weights import WeightStore
 
 
 @dataclass
@@ -73,14 +74,6 @@ class FaultSites:
     index: torch.Tensor  # int64 [rows]: flat element to flip
     mask: torch.Tensor  # int view dtype [rows]: XOR mask (0: nothing)
     dtype: torch.dtype  # the activations' dtype
-
-
-def _triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _row_bounds(c: LayerCheck, shape: tuple[int, ...], chunk: int
@@ -126,19 +119,20 @@ def _split(checked: list[int], groups: int) -> list[int]:
 class CheckProgram:
     """The device work of one inference; `run(x)` is capturable, `flags` says what failed."""
 
-    def __init__(self, inst: Instrumented, rt: Runtime, store: WeightStore,
+    def __init__(self, inst: Instrumented, plan: CheckPlan, store: WeightStore,
                  low: torch.Tensor, high: torch.Tensor, example: torch.Tensor,
                  groups: int = 8, fault_sites: bool = False, streams: bool = False,
                  side_stream: bool = True, checksum_stream: bool = True) -> None:
-        self.inst, self.rt, self.store = inst, rt, store
+        self.inst, self.plan, self.store = inst, plan, store
         self.device = example.device
         self.low, self.high = low.to(self.device), high.to(self.device)
-        checks = {c.index: c for c in rt.range_batch.checks}
-        red = {c.index: c for c in rt.redundant}
+        checks = {c.index: c for c in plan.range_batch.checks}
+        red = {c.index: c for c in plan.redundant}
         checked = sorted(set(checks) | set(red))
         with torch.inference_mode():
             _, values = inst.forward(example)
-        backend = Backend.TRITON if self.device.type == "cuda" and _triton() else Backend.TORCH
+        backend = Kernels.TRITON if self.device.type == "cuda" and triton_available() \
+            else Kernels.TORCH
         self.groups: list[_Group] = []
         slot = 0
         ends = _split(checked, groups)
@@ -172,7 +166,7 @@ class CheckProgram:
         self._keep: list[Any] = []  # temporaries of the side streams, alive until the join
         self._false = torch.zeros((), dtype=torch.bool, device=self.device)
         self.sites = self._fault_sites(example) if fault_sites else None
-        self.checks_run = len(rt.range_batch.checks) + len(rt.redundant)
+        self.checks_run = len(plan.range_batch.checks) + len(plan.redundant)
 
     def _plan_ranges(self, g: _Group, ranges: list[LayerCheck], values, backend) -> None:
         """Split a group's range checks: one chunked min/max launch, or per layer."""
@@ -188,7 +182,7 @@ class CheckProgram:
             else:
                 g.ranges.append(c)
         if g.ranges:
-            g.low, g.high = self.rt.range_batch.bounds_of(g.ranges, self.device)
+            g.low, g.high = self.plan.range_batch.bounds_of(g.ranges, self.device)
         if not g.chunked:
             return
         plan = plan_chunks([c.name for c in g.chunked],
@@ -221,8 +215,8 @@ class CheckProgram:
                         if bool(dmr_differs(c.recompute(values), values[c.index], True))]
             else:
                 every = g.ranges + g.chunked
-                lo, hi = self.rt.range_batch.bounds_of(every, self.device)
-                mn, mx = self.rt.range_batch.reduce(values, every)
+                lo, hi = self.plan.range_batch.bounds_of(every, self.device)
+                mn, mx = self.plan.range_batch.reduce(values, every)
                 bad = (~((mn >= lo) & (mx <= hi))).tolist()
                 owners = [c.name for c in every for _ in range(
                     c.range_low.numel() if c.channel_dim is not None else 1)]
@@ -255,7 +249,7 @@ class CheckProgram:
 
     def reader_of(self, weight: str) -> str:
         """The first layer that reads a weight (for reports)."""
-        k = self.inst.first_reader([weight], self.rt.param_readers)
+        k = self.inst.first_reader([weight], self.plan.param_readers)
         return self.inst.names[k]
 
     # ---- the program --------------------------------------------------------------------
@@ -333,13 +327,13 @@ class CheckProgram:
         with ctx:
             bads = []
             if g.ranges:
-                mn, mx = self.rt.range_batch.reduce(vals, g.ranges)
+                mn, mx = self.plan.range_batch.reduce(vals, g.ranges)
                 bads.append(~((mn >= g.low) & (mx <= g.high)).all())
                 self._keep += [mn, mx]
             if g.chunked:
                 tensors = [vals[c.index] for c in g.chunked]
                 red = g.reducer
-                if red.backend is Backend.TRITON and torch.cuda.is_current_stream_capturing():
+                if red.backend is Kernels.TRITON and torch.cuda.is_current_stream_capturing():
                     self._pending_binds.append((red, chunk_pointers(red.plan, tensors)))
                 else:
                     red.bind(tensors)
@@ -383,8 +377,8 @@ class CheckProgram:
     # ---- fault sites (campaigns) --------------------------------------------------------
     def _fault_sites(self, example: torch.Tensor) -> FaultSites:
         """Probe the nodes once: injectable = analysed, normal-memory, contiguous float outputs."""
-        inst, rt = self.inst, self.rt
-        analysed = set(rt.analysis.tensors) if rt.analysis is not None else set()
+        inst, plan = self.inst, self.plan
+        analysed = set(plan.analysis.tensors) if plan.analysis is not None else set()
         _, values = inst.forward(example)
         rows: dict[int, int] = {}
         names, numel = [], []
@@ -396,7 +390,7 @@ class CheckProgram:
                 continue
             if analysed and name not in analysed:
                 continue  # views and unanalysed nodes: not a memory of their own
-            if rt.placement.is_reliable(name):
+            if plan.placement.is_reliable(name):
                 continue
             if dtype is None:
                 dtype = v.dtype

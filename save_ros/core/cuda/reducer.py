@@ -29,7 +29,7 @@ class Reduction(str, enum.Enum):
     CHECKSUM = "checksum"  # int64 (s1, s2): exact weight checksums
 
 
-class Backend(str, enum.Enum):
+class Kernels(str, enum.Enum):
     """Who computes the rows."""
 
     TRITON = "triton"  # one fused launch per group (CUDA only)
@@ -49,14 +49,14 @@ class ChunkReducer:
         dtype: torch.dtype,
         kind: Reduction,
         device: torch.device,
-        backend: Backend,
+        backend: Kernels,
         out: torch.Tensor | None = None,
     ) -> None:
         layout_of(dtype)  # raises UnsupportedDtypeError with the supported list
         if kind is Reduction.CHECKSUM and not layout_of(dtype).is_float:
             raise ReducerError(f"checksums are defined for float weights, not {dtype}")
-        if backend is Backend.TRITON and device.type != "cuda":
-            raise ReducerError("the Triton backend needs CUDA tensors; use Backend.TORCH")
+        if backend is Kernels.TRITON and device.type != "cuda":
+            raise ReducerError("the Triton backend needs CUDA tensors; use Kernels.TORCH")
         self.plan, self.dtype, self.kind, self.device, self.backend = (
             plan, dtype, kind, device, backend,
         )
@@ -66,7 +66,7 @@ class ChunkReducer:
         if out.shape != (plan.n_chunks, 2) or out.dtype != out_dtype:
             raise ReducerError(f"out must be {out_dtype} [{plan.n_chunks}, 2]")
         self.out = out
-        if backend is Backend.TRITON:
+        if backend is Kernels.TRITON:
             from save_ros.core.cuda import kernels
 
             self._kernels = kernels
@@ -80,14 +80,14 @@ class ChunkReducer:
         for t in tensors:
             if t.dtype != self.dtype:
                 raise ReducerError(f"reducer for {self.dtype} got a {t.dtype} tensor")
-        if self.backend is Backend.TRITON:
+        if self.backend is Kernels.TRITON:
             ptrs = chunk_pointers(self.plan, tensors)
             self._ptrs.copy_(torch.from_numpy(ptrs))
         self._bound = [t.data_ptr() for t in tensors]
 
     def launch(self, tensors: Sequence[torch.Tensor]) -> None:
         """Enqueue the reduction on the current stream (graph-capturable once bound)."""
-        if self.backend is Backend.TORCH:
+        if self.backend is Kernels.TORCH:
             fn = minmax_chunks_torch if self.kind is Reduction.MINMAX else checksum_chunks_torch
             fn(tensors, self.plan, self.out)
             return

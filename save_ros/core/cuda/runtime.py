@@ -37,15 +37,17 @@ from torch import nn
 
 from save_ros.core import bits
 from save_ros.core.analysis import Analysis
-from save_ros.core.checkplan import Runtime
 from save_ros.core.cuda.program import CheckProgram
-from save_ros.core.protect import InferenceResult, ProtectedModel
-from save_ros.core.verify import Detection, FaultStatus, Job, VerifierMode
+from save_ros.core.runtime import InferenceResult, ProtectedModel
+from save_ros.core.verify.plan import CheckPlan
+from save_ros.core.verify.status import Detection, FaultStatus
+from save_ros.core.verify.verifier import Job, VerifierMode
+from save_ros.errors import UserError
 
 MAX_SHAPES = 4  # captured programs kept (one per input shape)
 
 
-class CudaConfigError(ValueError):
+class CudaConfigError(UserError, ValueError):
     """A ProtectConfig setting the CUDA backend cannot honour (the message says what to use)."""
 
 
@@ -56,8 +58,8 @@ class _Captured:
         dev = example.device
         self.cuda = dev.type == "cuda" and owner.use_graph
         self.static_in = example.detach().clone()
-        self.program = CheckProgram(owner._inst, owner._rt, owner._store, owner._low,
-                                    owner._high, self.static_in, owner.groups,
+        self.program = CheckProgram(owner._inst, owner._plan, owner._store, owner._box.low,
+                                    owner._box.high, self.static_in, owner.groups,
                                     owner.fault_sites, streams=self.cuda,
                                     side_stream=owner.side_streams,
                                     checksum_stream=owner.side_streams)
@@ -169,10 +171,10 @@ class CudaProtectedModel(ProtectedModel):
         self._program(example_input)
 
     # ---- programs -------------------------------------------------------------------
-    def _build_runtime(self, analysis: Analysis | None) -> Runtime:
-        rt = super()._build_runtime(analysis)
+    def _build_plan(self, analysis: Analysis | None) -> CheckPlan:
+        plan = super()._build_plan(analysis)
         self._programs = {}  # a new plan: capture again (reanalyze)
-        return rt
+        return plan
 
     def _program(self, x: torch.Tensor) -> _Captured:
         key = (tuple(x.shape), x.dtype, x.device)
@@ -180,7 +182,7 @@ class CudaProtectedModel(ProtectedModel):
         if prog is None:
             if len(self._programs) >= MAX_SHAPES:
                 self._programs.pop(next(iter(self._programs)))
-            with self._lock:
+            with self._editor.lock:
                 prog = _Captured(self, x)
             self._programs[key] = prog
         return prog
@@ -199,19 +201,19 @@ class CudaProtectedModel(ProtectedModel):
         self._acquire()
         try:
             prog = self._program(x)
-            rt, seq, i = self._rt, self._seq, next(self._ids)
+            plan, epoch, i = self._plan, self._editor.epoch, next(self._ids)
             check_w, window = self._weight_schedule(i)
             t0 = time.perf_counter()
             out, values = prog.run(x, check_w)
             t1 = time.perf_counter()
             if self.fault_sites:
                 prog.program.disarm()  # a transient fault fires once
-            job = Job(i, (prog.static_in,), out, tuple(values), t0, t1, seq, check_w,
-                      window, rt)
+            job = Job(i, (prog.static_in,), out, tuple(values), t0, t1, epoch, check_w,
+                      window, plan)
             raised = bool(prog.program.flags_host.any())
             job.program = prog
             job.failed = prog.program.failed_slots() if raised else []
-            if not raised and self._stale(seq) == [] and rt is self._rt:
+            if not raised and self._editor.stale(epoch) == [] and plan is self._plan:
                 st = FaultStatus(i, verified=True, checks_run=prog.program.checks_run,
                                  weights_checked=check_w, forward_s=t1 - t0)
                 st.verify_s = time.perf_counter() - t1
@@ -260,9 +262,9 @@ class CudaProtectedModel(ProtectedModel):
         st.input_out_of_range = "input" in job.failed
         prev_out, transient = job.output, False
         detections: dict[str, tuple[str, str]] = {}
-        with self._lock, torch.inference_mode():
+        with self._editor.lock, torch.inference_mode():
             for _attempt in range(max(1, self.config.max_reruns) + 1):
-                rep = self._restore(None)
+                rep = self._editor.restore(None)
                 for name, n in rep.elements.items():
                     st.repaired[name] = st.repaired.get(name, 0) + n
                 out, _ = prog.run(prog.static_in, True)
@@ -298,13 +300,13 @@ class CudaProtectedModel(ProtectedModel):
         self._count(st)
         return st
 
-    def reanalyze(self, calibration=None, accept_weights: bool = False) -> Runtime:
+    def reanalyze(self, calibration=None, accept_weights: bool = False) -> CheckPlan:
         """As on the CPU; the programs are captured again for the new plan."""
         self._acquire()
         try:
-            rt = super().reanalyze(calibration, accept_weights)
+            plan = super().reanalyze(calibration, accept_weights)
             self._program(self._example)
-            return rt
+            return plan
         finally:
             self._gate.release()
 

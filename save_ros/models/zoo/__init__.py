@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from save_ros.errors import UserError
 from save_ros.models.zoo.calibrate import (
     HEADS,
     LOGIT_STD,
@@ -49,7 +50,7 @@ CALIB_SEED_OFFSET = 100  # calibration images of model seed s come from images(s
 _cache: dict[tuple, nn.Module] = {}
 
 
-class UnknownZooModelError(KeyError):
+class UnknownZooModelError(UserError, KeyError):
     """A name that is not one of the zoo's architectures."""
 
     def __str__(self) -> str:

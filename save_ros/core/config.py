@@ -1,0 +1,55 @@
+"""`ProtectConfig`: every setting of `protect()`, each with a working default.
+
+The CPU runtime (`core.runtime`) and the CUDA backend (`core.cuda.runtime`) honour every field
+or refuse it with a reason (`CudaConfigError`); `select_config()` gives the Selection settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from save_ros.core.allocate import DEFAULT_BUDGET_FRACTION
+from save_ros.core.analysis import Analysis
+from save_ros.core.select.config import SelectConfig
+
+
+@dataclass
+class ProtectConfig:
+    """How to protect a model. Every field has a working default."""
+
+    reliable_budget_bytes: int | None = None  # None: reliable_budget_fraction of weight bytes
+    reliable_budget_fraction: float = DEFAULT_BUDGET_FRACTION
+    verifier: str = "thread"  # "thread" or "external" (run_pending_checks drives it)
+    checks: str = "auto"  # auto | dmr | abft | range | none: force one kind (ablations)
+    weight_check_interval: int = 1  # checksum normal-memory weights every N-th inference; 0: never
+    weight_check_budget_s: float | None = None  # else: rotate chunks, this much time each
+    weight_chunk: int = 256  # elements per checksum chunk
+    calibration: torch.Tensor | None = None  # inputs for the observed ranges
+    margin: float = 0.1  # calibration ranges widened by this share of their width
+    confirm_range_alarms: bool = True  # re-compute before calling a range excursion a fault
+    robust_allowance: bool = True  # ABFT tolerance also admits flips of robust mantissa bits
+    min_vulnerable_share: float = 0.0  # range check, not redundancy, at or below this share
+    # at most this share of a forward pass's time on redundancy (DMR / ABFT), spent where it
+    # covers the most vulnerable bits; the rest falls back to range checks. None: cover all
+    redundancy_budget: float | None = None
+    # compare runs of DMR layers once, at the end of the run (checkplan._chain): same verified
+    # outputs, fewer compares, but flips the run masks are no longer reported; off by default
+    chain_dmr: bool = False
+    max_reruns: int = 2  # Edit attempts before a result is reported unverified
+    analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model
+    # what a robust flip may not change: "classification" (top-1), "regression" (every output
+    # within `tolerance`), "auto" (see core.select); `selection` gives every Selection setting
+    task: str = "auto"
+    tolerance: float | None = None
+    selection: SelectConfig | None = None
+    # CUDA inputs: "graph" = the CUDA backend (core/cuda: forward and checks in one CUDA
+    # graph), "generic" = this eager runtime on CUDA tensors (for comparison)
+    cuda_backend: str = "graph"
+
+    def select_config(self) -> SelectConfig:
+        """The Selection settings these fields ask for (`selection` wins when given)."""
+        if self.selection is not None:
+            return self.selection
+        return SelectConfig(margin=self.margin, task=self.task, tolerance=self.tolerance)

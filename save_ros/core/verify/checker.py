@@ -1,0 +1,150 @@
+"""The layer checker loop: one inference's checks, on the values it saved, off the hot path.
+
+For one `Job`, `LayerChecker.check` tests the input against the declared box, checksums the
+weights the schedule asks for (a failing chunk has every weight compared with its golden copy
+and restored), asks the editor which weights another thread restored while the inference ran,
+and runs every planned layer check (`checks`: the range checks in one batch, then DMR / ABFT per
+layer). It returns the status so far and the failures as (layer position, detection); the
+`ProtectedModel` hands failures to Edit, which re-runs and calls `run` again on the layers it
+re-computed.
+
+A range excursion whose layer re-computes equal with golden weights is the input's doing, not a
+fault (`confirm_range_alarms`): it becomes a note.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+
+from save_ros.core.box import InputBox
+from save_ros.core.instrument import Instrumented
+from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_mismatch
+from save_ros.core.verify.plan import CheckPlan
+from save_ros.core.verify.status import Detection, FaultStatus
+from save_ros.core.verify.verifier import Job
+from save_ros.core.weights import Repair, WeightStore
+
+_NOTHING: frozenset[str] = frozenset()
+Failures = list[tuple[int, Detection]]
+
+
+class Repairs(Protocol):
+    """What the checker asks of Edit (`core.edit.Editor`): repair, and what was repaired."""
+
+    def restore(self, chunks: list[tuple[int, int]] | None = None) -> Repair:
+        """Restore weights from their golden copies (all if None)."""
+
+    def stale(self, epoch: int) -> list[str] | None:
+        """Weights restored since repair epoch `epoch` (None: all)."""
+
+    def first_reader(self, plan: CheckPlan, names: list[str]) -> int:
+        """Position of the first layer that reads any of the named weights."""
+
+
+class LayerChecker:
+    """Runs the planned checks of one inference and says which failed."""
+
+    def __init__(self, inst: Instrumented, store: WeightStore, editor: Repairs, box: InputBox,
+                 confirm_range_alarms: bool = True) -> None:
+        self.inst = inst
+        self.store = store
+        self.editor = editor
+        self.box = box
+        self.confirm_range_alarms = confirm_range_alarms
+
+    def in_box(self, x: torch.Tensor) -> bool:
+        """The input lies in the declared box (NaN does not)."""
+        self.box = self.box.to(x.device)  # once: the inputs stay on one device
+        return self.box.contains(x)
+
+    def check(self, job: Job) -> tuple[FaultStatus, Failures]:
+        """Every check of one inference: the status so far and the failures, first layer first."""
+        t_v = time.perf_counter()
+        plan: CheckPlan = job.plan
+        st = FaultStatus(job.inference_id, forward_s=job.t_end - job.t_start,
+                         queue_s=t_v - job.t_end)
+        st.input_out_of_range = not self.in_box(job.inputs[0])
+        fails: Failures = []
+        if job.check_weights:
+            st.weights_checked = True
+            lo, hi = job.weight_window
+            if self.store.check(lo=lo, hi=hi):
+                # compare everything exactly, not only the failing chunks: flips that cancel in
+                # a chunk's sum (same bit, opposite directions) hide there only while no other
+                # flip shows, so one visible flip is enough to find them all
+                rep = self.editor.restore(None)
+                for name, n in rep.elements.items():
+                    k = self.editor.first_reader(plan, [name])
+                    fails.append((k, Detection(self.inst.names[k], name, "weights",
+                                               f"{n} element(s) differ from the golden copy")))
+                    st.repaired[name] = st.repaired.get(name, 0) + n
+        # After the checksum: a repair by another thread may have erased the traces of a flip
+        # this inference computed with, while the checksum ran; the repair log remembers it.
+        stale = self.editor.stale(job.epoch)
+        if stale is None or [n for n in stale if n not in st.repaired]:
+            names = [n for n in stale if n not in st.repaired] if stale else \
+                list(self.store.slots)
+            k = self.editor.first_reader(plan, names)
+            fails.append((k, Detection(self.inst.names[k], ", ".join(names[:4]), "weights",
+                                       "restored while this inference ran")))
+        if plan.redundant or plan.range_batch.checks:  # e.g. CartPole: every activation reliable
+            fails += self.run(plan, job.values, 0, not st.input_out_of_range, st,
+                              frozenset(st.repaired) if st.repaired else _NOTHING)
+        st.verify_s = time.perf_counter() - t_v
+        return st, fails
+
+    def run(self, plan: CheckPlan, values: Sequence[Any], start: int, in_range: bool,
+            st: FaultStatus, restored: frozenset[str] = _NOTHING) -> Failures:
+        """Layer checks on layers >= start; failures as (node position, detection).
+
+        Layers that read a weight in `restored` are skipped: they are re-run anyway, and a
+        re-computation with the repaired weight would report the same fault twice.
+        """
+        fails: Failures = []
+        if in_range and plan.range_batch.checks:
+            st.checks_run += len(plan.range_batch.checks)
+            for c, detail in plan.range_batch.failures(values):
+                if c.index < start:
+                    continue
+                if self.confirm_range_alarms and self._benign(plan, c, values):
+                    st.notes.append(f"{c.name}: {detail}; re-computed equal with golden "
+                                    "weights: input-driven, not a fault")
+                    continue
+                fails.append((c.index, Detection(c.name, c.name, "range", detail)))
+        checks = plan.redundant
+        if start or restored:
+            checks = [c for c in checks if c.index >= start and not (restored and any(
+                restored.intersection(plan.layer_params.get(j, ()))
+                for j in c.members or (c.index,)))]
+        st.checks_run += len(checks)
+        tensor, equal, abft = torch.Tensor, torch.equal, CheckKind.ABFT
+        for c in checks:
+            i = c.index
+            if c.kind is abft:
+                node = self.inst.node_of(i)
+                x = values[self.inst.index[node.args[0].name]]
+                excess, diff = c.abft.violation(x, values[i])
+                if excess > 0:
+                    fails.append((i, Detection(
+                        c.name, c.name, "abft", f"|sum(y) - c.x| = {diff:.4g} exceeds the "
+                        f"tolerance by {excess:.4g}")))
+                continue
+            saved, again = values[i], c.recompute(values)
+            # the common case, bit-equal tensors, without dmr_mismatch's call and type tests
+            if again.__class__ is tensor and saved.__class__ is tensor and equal(again, saved):
+                continue
+            msg = dmr_mismatch(again, saved, c.exact)
+            if msg:  # a chained segment re-runs from its first layer
+                fails.append((i if c.head is None else c.head,
+                              Detection(c.name, c.name, "dmr", msg)))
+        return fails
+
+    def _benign(self, plan: CheckPlan, c: LayerCheck, values: Sequence[Any]) -> bool:
+        """A range excursion whose layer re-computes equal with golden weights is input-driven."""
+        if self.store.corrupted(plan.layer_params.get(c.index, [])):
+            return False
+        return dmr_mismatch(c.recompute(values), values[c.index], c.exact) is None

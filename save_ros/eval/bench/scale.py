@@ -1,0 +1,291 @@
+"""`save-ros bench scale`: SAVE at robot scale, through `protect()` as users call it.
+
+Per model (the zoo's torchvision-faithful ResNet-18/50, MobileNetV2, ViT-B/16, input-dependent;
+or any `package.module:factory`), on the chosen device:
+
+- analysis: time of `analyze()` and its peak memory, beside the peak of one plain forward;
+- speed: per (dtype, batch), the verified latency of `protect(...).infer(x)` against the
+  unprotected model's best configuration (a CUDA graph of the same dtype on a GPU, the plain
+  module on a CPU), measured interleaved in one run; the ratio is the AccurateLatency ratio of a
+  fault-free run (error rate 0 for both), and `accurate_ratio_1e-3` adds one weight flip per
+  1,000 inferences with the error rate and repair time the coverage section measured;
+- coverage (fp32, batch 1): weight-flip, activation-flip and clean trials (`scale_coverage`).
+
+Writes one JSON (`--out`) and prints a table. Absolute times count only from a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from save_ros.argtypes import comma_list, positive_int, positive_int_list, standalone
+from save_ros.errors import UserError
+from save_ros.eval.bench import scale_coverage as cov
+from save_ros.eval.record import run_record, write_json
+from save_ros.eval.timing import median_ms
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+class NoDeviceError(UserError, RuntimeError):
+    """The device asked for is not there (the message says what to use)."""
+
+
+def _dtype(text: str) -> str:
+    if text not in DTYPES:
+        raise ValueError(text)
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `save-ros bench scale`."""
+    parser.add_argument("--models", default="resnet50,vit_b_16,mobilenet_v2",
+                        help="zoo names or package.module:factory, comma-separated")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=positive_int, default=224, help="image side (pixels)")
+    parser.add_argument("--what", default="analysis,speed,coverage",
+                        help="sections to run: analysis, speed, coverage")
+    parser.add_argument("--dtypes", type=comma_list(_dtype, "dtypes among fp32,fp16"),
+                        default=("fp32", "fp16"), help="speed: fp32, fp16")
+    parser.add_argument("--batches", type=positive_int_list, default=(1, 8),
+                        help="speed: batch sizes")
+    parser.add_argument("--iters", type=positive_int, default=200, help="speed: timed calls")
+    parser.add_argument("--redundancy", default="full",
+                        help="ProtectConfig.redundancy_budget settings to run, comma-separated: "
+                             "'full' (every vulnerable bit) or a share of a forward pass")
+    parser.add_argument("--calibration", type=positive_int, default=256,
+                        help="calibration images for Selection")
+    parser.add_argument("--trials", type=positive_int, default=10_000,
+                        help="coverage: trials per section (weights, activations)")
+    parser.add_argument("--clean", type=positive_int, default=10_000,
+                        help="coverage: fault-free inferences (false alarms)")
+    parser.add_argument("--seconds", type=float, default=120.0,
+                        help="coverage: time budget per section (stops early, says so)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="write the results as JSON here")
+
+
+def _model(name: str, size: int) -> torch.nn.Module:
+    if ":" in name:
+        import importlib
+
+        mod, _, fn = name.partition(":")
+        return getattr(importlib.import_module(mod), fn)().eval()
+    from save_ros.models import zoo
+
+    return zoo.build(name, image_size=size)
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mb(device: torch.device, rss0: float) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+
+
+def analysis_section(model, x, calib, device) -> tuple[object, dict]:
+    """Time and peak memory of analyze(), beside one plain forward's peak."""
+    from save_ros.core.graph import capture
+    from save_ros.core.select import analyze
+
+    with torch.no_grad():
+        model(x)  # warm-up: cuDNN handles, lazy init
+        _, values = capture(model, x).record(x)
+    # one forward pass: the weights and every node's output at batch 1 (all kept: an upper bound)
+    fwd = (sum(t.numel() * t.element_size() for t in model.state_dict().values())
+           + sum(v.numel() * v.element_size() for v in values.values()
+                 if isinstance(v, torch.Tensor))) / 2**20
+    del values
+    _peak_reset(device)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    a = analyze(model, x, (0.0, 1.0), calib)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    # CUDA: peak allocated during analyze(); CPU: growth of the process's peak RSS
+    row = {"seconds": time.perf_counter() - t, "peak_mb": _peak_mb(device, rss0),
+           "forward_mb": fwd, "timings": a.timings, "task": a.task,
+           "unsupported": a.unsupported, "settings": {k: a.settings[k] for k in (
+               "sens_samples", "competitors", "sens_directions", "sens_batched",
+               "calibration_samples", "parameters") if k in a.settings}}
+    tot = a.totals()
+    row["bit_shares"] = dict(zip(("robust", "ranging", "vulnerable"), tot.share(), strict=True))
+    return a, row
+
+
+def _plain_best(model, x):
+    """The unprotected model's best configuration: a CUDA graph on a GPU, else eager."""
+    if x.device.type != "cuda":
+        def run():
+            with torch.inference_mode():
+                model(x)
+        return run
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.inference_mode():
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(g):
+        model(x)
+
+    def replay():
+        g.replay()
+        torch.cuda.synchronize()
+    return replay
+
+
+def _budget(text: str) -> float | None:
+    return None if text == "full" else float(text)
+
+
+def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
+                  budget: float | None = None) -> dict:
+    """Verified protected latency vs the unprotected best, interleaved in one run."""
+    from save_ros.core.protect import ProtectConfig, protect
+
+    x = calib[:batch].to(dtype) if len(calib) >= batch else calib[:1].repeat(batch, 1, 1, 1)
+    x = x.to(dtype)
+    plain = copy.deepcopy(base).to(dtype)
+    model = copy.deepcopy(base).to(dtype)
+    t = time.perf_counter()
+    pm = protect(model, x, (0.0, 1.0), ProtectConfig(calibration=calib.to(dtype),
+                                                     analysis=analysis,
+                                                     redundancy_budget=budget))
+    setup = time.perf_counter() - t
+    plain_fn = _plain_best(plain, x)
+
+    def prot():
+        r = pm.infer(x)
+        assert r.status is not None
+
+    for _ in range(10):
+        plain_fn()
+        prot()
+    a, b = [], []
+    for _ in range(max(1, iters // 20)):  # interleaved blocks: drift hits both alike
+        a.append(median_ms(plain_fn, 20))
+        b.append(median_ms(prot, 20))
+    pa, pb = statistics.median(a), statistics.median(b)
+    st = pm.stats()
+    row = {"dtype": str(dtype).removeprefix("torch."), "batch": batch,
+           "redundancy_budget": budget, "coverage": pm._plan.coverage,
+           "plain_ms": pa, "protected_ms": pb, "ratio": pb / pa, "setup_s": setup,
+           "checks": pm._plan.by_kind(), "verified": st["verified"],
+           "inferences": st["inferences"], "faulty": st["faulty"],
+           "device_alarms": getattr(pm, "device_alarms", None),
+           "placement": pm.placement.summary()}
+    pm.close()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def coverage_section(base, analysis, calib, args, device, budget: float | None) -> dict:
+    """Weight, activation and clean trials (fp32, batch 1) through protect()."""
+    from save_ros.core.protect import ProtectConfig, protect
+
+    model = copy.deepcopy(base)
+    x = calib[:1]
+    pm = protect(model, x, (0.0, 1.0), ProtectConfig(calibration=calib, analysis=analysis,
+                                                     redundancy_budget=budget),
+                 fault_sites=device.type == "cuda")
+    inputs = calib[:64]
+    refs = cov.reference_outputs(pm, inputs)
+    answer = cov.Answer(analysis.task, analysis.settings.get("tolerance"),
+                        analysis.settings.get("min_gap"))
+    out: dict = {"redundancy_budget": budget, "coverage": pm._plan.coverage,
+                 "checks": pm._plan.by_kind()}
+    half = args.trials // 2
+    for mode in ("uniform", "high"):
+        out[f"weights_{mode}"] = cov.weight_trials(pm, inputs, refs, answer, half, args.seed,
+                                                   mode, args.seconds / 2).to_dict()
+        if device.type == "cuda":
+            out[f"activations_{mode}"] = cov.activation_trials(
+                pm, inputs, refs, answer, half, args.seed + 1, mode, args.seconds / 2).to_dict()
+    out["clean"] = cov.clean_trials(pm, calib, args.clean, args.seed + 2, args.seconds).to_dict()
+    st = pm.stats()
+    out["detection_latency_ms"] = st.get("detection_latency_ms")
+    pm.close()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen sections for every model; print a table, write JSON."""
+    from save_ros.models import zoo
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NoDeviceError(f"--device {args.device}: no CUDA device is visible to torch "
+                            f"{torch.__version__}; measure on the CPU with --device cpu (CPU "
+                            "latencies count only as ratios) or run on a GPU host")
+    what = set(args.what.split(","))
+    results: dict = run_record("save_ros.bench_scale", device=device) | {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "models": {}}
+    for name in [m for m in args.models.split(",") if m]:
+        base = _model(name, args.size).to(device)
+        calib = zoo.images(args.calibration, args.size, seed=args.seed + 1).to(device)
+        row: dict = {}
+        analysis, row["analysis"] = analysis_section(base, calib[:1], calib, device)
+        an = row["analysis"]
+        print(f"{name}: analysis {an['seconds']:.1f} s, peak {an['peak_mb']:.0f} MB (one "
+              f"forward {an['forward_mb']:.0f} MB)", flush=True)
+        if "speed" in what:
+            row["speed"] = []
+            for red in args.redundancy.split(","):
+                for dt in args.dtypes:
+                    for b in args.batches:
+                        r = speed_section(base, analysis, calib, DTYPES[dt], b, args.iters,
+                                          args.size, device, _budget(red))
+                        row["speed"].append(r)
+                        cov_share = r["coverage"]["covered_bits"] / max(
+                            r["coverage"]["vulnerable_bits"], 1)
+                        print(f"  {red} {dt} b{b}: plain {r['plain_ms']:.3f} ms, protected "
+                              f"{r['protected_ms']:.3f} ms, ratio {r['ratio']:.3f} "
+                              f"{r['checks']} covers {cov_share:.1%}", flush=True)
+        if "coverage" in what and device.type != "cuda":
+            print("  coverage: activation fault sites need the CUDA backend; on a CPU use "
+                  "save-ros campaign", flush=True)
+        elif "coverage" in what:
+            row["coverage"] = {}
+            for red in args.redundancy.split(","):
+                res = coverage_section(base, analysis, calib, args, device, _budget(red))
+                row["coverage"][red] = res
+                for k, v in res.items():
+                    if isinstance(v, dict) and "trials" in v:
+                        print(f"  {red} {k}: {v['trials']} trials, raw changed "
+                              f"{v.get('raw_changed', 0)}, detected {v['detected']}, sdc "
+                              f"{v.get('sdc', 0)} (<= {v['sdc_upper95']:.2g}; uncovered "
+                              f"{v.get('sdc_uncovered', 0)}), unverified "
+                              f"{v['unverified']}, {v['seconds']:.0f} s", flush=True)
+        results["models"][name] = row
+        if args.out:
+            write_json(Path(args.out), results)
+        del base
+        gc.collect()
+    return 0
+
+
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.eval.bench.scale")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
