@@ -134,7 +134,8 @@ def test_queue_size_and_order_are_settable_at_runtime(managed):
     assert set_parameter(client, "queue_order", string_value("fifo")).successful
     try:
         burst = _frames(10, 40)
-        result = client.replay(burst, pace="rate", rate=1.0, settle=2.0)
+        # 15 Hz into a 0.1 s model: a queue of one would drop about a third, fifo 100 none
+        result = client.replay(burst, pace="rate", rate=0.5, settle=2.0)
         # the node's queue is under test, not DDS: a frame the depth-1 best-effort input
         # subscription never delivered gets no status; every frame that reached the node
         # (it has a status) must be served in order, none dropped by the queue
