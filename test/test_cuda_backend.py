@@ -182,3 +182,47 @@ def test_a_weight_flip_during_the_forward_is_caught_by_the_checksum_after_it():
     assert not _ARMED  # the flip happened inside the protected forward
     assert r.status.repaired == {"b.weight": 1}
     assert r.verified and torch.equal(r.output, ref)
+
+
+def test_a_flip_outside_its_channel_but_inside_the_tensor_hull_is_caught():
+    """Token tensors (N, T, D) are checked per feature channel, not against the tensor's hull.
+
+    Regression: the device check compared 4096-element chunks with the hull of the channels
+    they span, so in a ViT a flip that left its own channel's range (Selection: *ranging*) but
+    stayed inside another channel's range passed; on the H100 that was 6-9 SDCs in 10,000
+    activation flips into ViT-B/16."""
+    x, _ = models.dataset("digits_vit", "test")
+    calib, _ = models.dataset("digits_vit", "calib")
+    net = models.load("digits_vit")
+    a = analyze(net, x[:4], (0.0, 1.0), calib, config=SelectConfig(sens_samples=8))
+    # range checks only: with redundancy, DMR would catch these flips whatever the range does
+    pm = CudaProtectedModel(net, x[:1], (0.0, 1.0),
+                            ProtectConfig(calibration=calib, redundancy_budget=0.0), a,
+                            use_graph=False, fault_sites=True)
+    sites = pm.activation_sites()
+    _, values = pm._inst.forward(x[:1])
+    tried = 0
+    for c in pm._plan.range_batch.checks:
+        v = values[c.index]
+        if c.name not in sites or c.channel_dim != v.dim() - 1 or c.range_low.numel() < 2:
+            continue
+        lo, hi = c.range_low.float(), c.range_high.float()
+        flat = v.reshape(-1, v.shape[-1])
+        for e in range(0, flat.numel(), 7):
+            t, ch = divmod(e, v.shape[-1])
+            for bit in range(22, 31):
+                new = float(bits.flipped(flat[t, ch : ch + 1], bit)[0])
+                outside_own = not lo[ch] <= new <= hi[ch]
+                inside_hull = float(lo.min()) <= new <= float(hi.max())
+                if not (outside_own and inside_hull):
+                    continue
+                pm.arm_activation_fault(c.name, e, bit)
+                r = pm.infer(x[:1])
+                assert any(d.check == "range" for d in r.status.detections), (c.name, e, bit)
+                tried += 1
+                break
+            if tried >= 12:
+                break
+        if tried >= 12:
+            break
+    assert tried >= 4, "no per-channel token check with such a flip: the test tests nothing"

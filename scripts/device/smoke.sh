@@ -9,7 +9,7 @@ W=$(timeout 120 python3 scripts/device/capture_probe.py 2>&1 | tee "$OUT/probe.t
 tail -30 "$OUT/probe.txt"
 [ "$W" = "0" ] && export SAVE_ROS_SIDE_STREAMS=0
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m "cuda or not slow" -x \
-  test/test_cuda_backend.py test/test_zoo.py test/test_cuda_chunks.py 2>&1 | tail -15 | tee "$OUT/pytest.txt"
+  test/test_cuda_backend.py test/test_zoo.py test/test_cuda_range_check.py 2>&1 | tail -15 | tee "$OUT/pytest.txt"
 timeout 200 python3 -m save_ros.eval.bench.scale --models resnet50 --dtypes fp32,fp16 --batches 1,8 \
   --iters 100 --trials 400 --clean 200 --seconds 40 --out "$OUT/smoke_resnet50.json" 2>&1 | tail -25
 timeout 150 python3 -m save_ros.eval.bench.scale --models vit_b_16,mobilenet_v2 --what analysis,speed \

@@ -1,20 +1,10 @@
-"""Multi-tensor chunk reductions: per-chunk min/max of activations and weight checksums.
+"""Multi-tensor chunk plans: a group of tensors cut into chunks, one kernel row per chunk.
 
 A list of tensors is cut into chunks of at most `CHUNK` elements (a chunk never spans two
-tensors). One reduction writes one row per chunk into a preallocated buffer, so a whole model's
-checks are one small array that the CPU verifier compares in a few vectorised operations, and a
-mismatch names the tensor (and the 16 K-element span) that is wrong.
-
-The checksum of a chunk is two exact int64 sums over the integer view of its elements (`v`,
-the bits of each fp32/fp16/bf16 element read as a signed integer, via `save_ros.core.bits`):
-`s1 = sum v` and `s2 = sum (i + 1) * v`, with `i` the element's index inside the chunk. A single
-bit flip changes `s1` by +-2^bit, never 0. Two flips that cancel in `s1` (same bit, opposite
-directions) change `s2` by 2^bit * (i - j) != 0. Neither sum can overflow: |v| < 2^31 and
-i < 2^14, so |s2| < 2^31 * 2^28 = 2^59.
-
-This module holds the plan and the reference implementation in plain torch ops (any device; the
-CPU tests use it); `save_ros.core.cuda.kernels` holds the fused Triton kernels that compute the same
-rows in one launch per tensor group.
+tensors). A fused kernel (`save_ros.core.cuda.kernels`) runs one program per chunk and writes one
+row into a preallocated buffer, reading each chunk's device address and length from two small
+tables (`chunk_pointers`, `ChunkPlan.chunk_lengths`), so a whole group of layer outputs is
+checked in one launch, and a row that fails names the tensor (and the span) that is wrong.
 """
 
 from __future__ import annotations
@@ -25,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from save_ros.core.bits import int_view
-
-CHUNK = 16384  # elements per chunk: 2^14 keeps the weighted checksum far from int64 overflow
+CHUNK = 16384  # elements per chunk, at most
 
 
 class ChunkPlanError(ValueError):
@@ -93,7 +81,7 @@ class ChunkPlan:
 def plan_chunks(names: Sequence[str], numels: Sequence[int], chunk: int = CHUNK) -> ChunkPlan:
     """Cut tensors of the given sizes into chunks of at most `chunk` elements."""
     if chunk <= 0 or chunk > 1 << 14:
-        raise ChunkPlanError(f"chunk must be in 1..{1 << 14} (overflow bound), not {chunk}")
+        raise ChunkPlanError(f"chunk must be in 1..{CHUNK}, not {chunk}")
     if len(names) != len(numels):
         raise ChunkPlanError("names and numels differ in length")
     offsets = [0]
@@ -104,82 +92,9 @@ def plan_chunks(names: Sequence[str], numels: Sequence[int], chunk: int = CHUNK)
     return ChunkPlan(tuple(names), tuple(int(n) for n in numels), tuple(offsets), chunk)
 
 
-def even_ends(sizes: Sequence[int], parts: int) -> list[int]:
-    """Ends of contiguous groups of `sizes` of about equal sums (at most `parts` groups)."""
-    total = max(1, sum(sizes))
-    ends: list[int] = []
-    acc = 0
-    for i, n in enumerate(sizes):
-        acc += n
-        if acc >= total * (len(ends) + 1) / max(1, parts):
-            ends.append(i + 1)
-    return ends
-
-
 def chunk_pointers(plan: ChunkPlan, tensors: Sequence[torch.Tensor]) -> np.ndarray:
     """Device address of the first element of every chunk (int64), for the fused kernels."""
     plan.check(tensors)
     base = np.asarray([t.data_ptr() for t in tensors], dtype=np.int64)[plan.owner()]
     item = np.asarray([t.element_size() for t in tensors], dtype=np.int64)[plan.owner()]
     return base + plan.chunk_start() * item
-
-
-def _split(flat: torch.Tensor, chunk: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Full chunks as a 2-D view and the short tail (either may be None)."""
-    nfull = flat.numel() // chunk
-    full = flat[: nfull * chunk].view(nfull, chunk) if nfull else None
-    tail = flat[nfull * chunk :] if flat.numel() % chunk else None
-    return full, tail
-
-
-def minmax_chunks_torch(
-    tensors: Sequence[torch.Tensor], plan: ChunkPlan, out: torch.Tensor
-) -> torch.Tensor:
-    """Write (min, max) of every chunk into `out` (float32, [n_chunks, 2]); NaN propagates."""
-    plan.check(tensors)
-    for t, c0 in zip(tensors, plan.offsets, strict=False):
-        full, tail = _split(t.detach().reshape(-1), plan.chunk)
-        row = c0
-        if full is not None:
-            lo, hi = torch.aminmax(full, dim=1)
-            out[row : row + full.shape[0], 0].copy_(lo)
-            out[row : row + full.shape[0], 1].copy_(hi)
-            row += full.shape[0]
-        if tail is not None:
-            lo, hi = torch.aminmax(tail)
-            out[row, 0].copy_(lo)
-            out[row, 1].copy_(hi)
-    return out
-
-
-_WEIGHTS: dict[torch.device, torch.Tensor] = {}
-
-
-def _position_weights(device: torch.device, chunk: int) -> torch.Tensor:
-    """1..chunk as int64 on `device` (cached: the same for every call)."""
-    w = _WEIGHTS.get(device)
-    if w is None or w.numel() < chunk:
-        w = torch.arange(1, CHUNK + 1, dtype=torch.int64, device=device)
-        _WEIGHTS[device] = w
-    return w[:chunk]
-
-
-def checksum_chunks_torch(
-    tensors: Sequence[torch.Tensor], plan: ChunkPlan, out: torch.Tensor
-) -> torch.Tensor:
-    """Write (s1, s2) of every chunk into `out` (int64, [n_chunks, 2]); exact integer sums."""
-    plan.check(tensors)
-    for t, c0 in zip(tensors, plan.offsets, strict=False):
-        v = int_view(t.detach()).reshape(-1).to(torch.int64)
-        full, tail = _split(v, plan.chunk)
-        row = c0
-        if full is not None:
-            w = _position_weights(v.device, plan.chunk)
-            out[row : row + full.shape[0], 0].copy_(full.sum(dim=1))
-            out[row : row + full.shape[0], 1].copy_((full * w).sum(dim=1))
-            row += full.shape[0]
-        if tail is not None:
-            w = _position_weights(v.device, plan.chunk)[: tail.numel()]
-            out[row, 0].copy_(tail.sum())
-            out[row, 1].copy_((tail * w).sum())
-    return out

@@ -4,8 +4,8 @@
 callables `Instrumented` uses, so the same kernels and bits) and, after the last layer of each
 check group, enqueues that group's checks on a side stream while the forward goes on:
 
-- range checks: per-channel (or per-tensor) min / max of the layer outputs against the
-  analysed bounds, one flag per group;
+- range checks: every element of the layer outputs against its own channel's analysed bounds
+  (or the tensor's, `core.cuda.range_check`), one flag per group;
 - redundancy: DMR (re-compute the layer from its saved inputs, compare) or ABFT (golden column
   sums), one flag per check;
 - the weights: the 64-bit chunk sums of the flat weight store against the golden sums, once the
@@ -35,8 +35,7 @@ from torch import fx
 
 from save_ros.core import bits
 from save_ros.core.cuda import triton_available
-from save_ros.core.cuda.chunks import chunk_pointers, plan_chunks
-from save_ros.core.cuda.reducer import ChunkReducer, Kernels, Reduction
+from save_ros.core.cuda.range_check import Kernels, RangeChecker
 from save_ros.core.instrument import Instrumented
 from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_differs
 from save_ros.core.verify.plan import CheckPlan
@@ -53,10 +52,8 @@ class _Group:
 
     after: int
     ranges: list[LayerCheck] = field(default_factory=list)  # per layer, torch reductions
-    chunked: list[LayerCheck] = field(default_factory=list)  # one multi-tensor min/max launch
-    reducer: ChunkReducer | None = None
-    row_low: torch.Tensor | None = None  # per chunk row: hull of the channel bounds it spans
-    row_high: torch.Tensor | None = None
+    chunked: list[LayerCheck] = field(default_factory=list)  # one multi-tensor range launch
+    ranger: RangeChecker | None = None
     low: torch.Tensor | None = None
     high: torch.Tensor | None = None
     fused: list[LayerCheck] = field(default_factory=list)  # exact DMR, one compare per dtype
@@ -74,35 +71,6 @@ class FaultSites:
     index: torch.Tensor  # int64 [rows]: flat element to flip
     mask: torch.Tensor  # int view dtype [rows]: XOR mask (0: nothing)
     dtype: torch.dtype  # the activations' dtype
-
-
-def _row_bounds(c: LayerCheck, shape: tuple[int, ...], chunk: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per chunk row of a contiguous tensor: the hull of the bounds of the channels it spans."""
-    lo_ch, hi_ch = c.range_low.reshape(-1).float(), c.range_high.reshape(-1).float()
-    numel = 1
-    for d in shape:
-        numel *= d
-    n_rows = -(-numel // chunk)
-    if c.channel_dim is None or lo_ch.numel() == 1:
-        return lo_ch.min().expand(n_rows).clone(), hi_ch.max().expand(n_rows).clone()
-    inner = 1
-    for d in shape[c.channel_dim + 1 :]:
-        inner *= d
-    n_ch = shape[c.channel_dim]
-    starts = torch.arange(n_rows, dtype=torch.int64) * chunk
-    ends = torch.clamp(starts + chunk, max=numel) - 1
-    b0, b1 = starts // inner, ends // inner
-    lo, hi = torch.empty(n_rows), torch.empty(n_rows)
-    lo_all, hi_all = lo_ch.min(), hi_ch.max()
-    for r in range(n_rows):
-        span = int(b1[r] - b0[r]) + 1
-        if span >= n_ch:
-            lo[r], hi[r] = lo_all, hi_all
-            continue
-        ch = torch.arange(int(b0[r]), int(b1[r]) + 1) % n_ch
-        lo[r], hi[r] = lo_ch[ch].min(), hi_ch[ch].max()
-    return lo, hi
 
 
 def _split(checked: list[int], groups: int) -> list[int]:
@@ -152,7 +120,7 @@ class CheckProgram:
             slot += 2 + len(g.redundant)
             self.groups.append(g)
             start = end
-        self._pending_binds: list[tuple[ChunkReducer, Any]] = []
+        self._pending_binds: list[tuple[RangeChecker, Any]] = []
         self._by_end = {g.after: g for g in self.groups}
         self.input_slot = slot
         self.weight_slots = list(range(slot + 1, slot + 1 + len(store.groups)))
@@ -170,7 +138,6 @@ class CheckProgram:
 
     def _plan_ranges(self, g: _Group, ranges: list[LayerCheck], values, backend) -> None:
         """Split a group's range checks: one chunked min/max launch, or per layer."""
-        act_chunk = 4096
         dtype = None
         for c in ranges:
             v = values[c.index]
@@ -185,21 +152,16 @@ class CheckProgram:
             g.low, g.high = self.plan.range_batch.bounds_of(g.ranges, self.device)
         if not g.chunked:
             return
-        plan = plan_chunks([c.name for c in g.chunked],
-                           [values[c.index].numel() for c in g.chunked], act_chunk)
-        g.reducer = ChunkReducer(plan, dtype, Reduction.MINMAX, self.device, backend)
-        lo, hi = [], []
-        for c in g.chunked:
-            a, b = _row_bounds(c, tuple(values[c.index].shape), act_chunk)
-            lo.append(a)
-            hi.append(b)
-        g.row_low = torch.cat(lo).to(self.device)
-        g.row_high = torch.cat(hi).to(self.device)
+        vs = [values[c.index] for c in g.chunked]
+        g.ranger = RangeChecker([c.name for c in g.chunked], [tuple(v.shape) for v in vs],
+                                [c.channel_dim for c in g.chunked],
+                                [c.range_low for c in g.chunked],
+                                [c.range_high for c in g.chunked], dtype, self.device, backend)
 
     def finish_capture(self) -> None:
-        """Point the chunked reducers at the tensors the captured graph uses."""
-        for red, ptrs in self._pending_binds:
-            red._ptrs.copy_(torch.from_numpy(ptrs))
+        """Point the range checkers at the tensors the captured graph uses."""
+        for rc, ptrs in self._pending_binds:
+            rc.bind((), ptrs)
         self._pending_binds = []
 
     def localize(self, failed: list[str], values: Sequence[Any]) -> list[str]:
@@ -332,14 +294,13 @@ class CheckProgram:
                 self._keep += [mn, mx]
             if g.chunked:
                 tensors = [vals[c.index] for c in g.chunked]
-                red = g.reducer
-                if red.backend is Kernels.TRITON and torch.cuda.is_current_stream_capturing():
-                    self._pending_binds.append((red, chunk_pointers(red.plan, tensors)))
+                rc = g.ranger
+                if rc.backend is Kernels.TRITON and torch.cuda.is_current_stream_capturing():
+                    self._pending_binds.append((rc, rc.pointers(tensors)))
                 else:
-                    red.bind(tensors)
-                red.launch(tensors)
-                rows = red.out
-                bads.append(~((rows[:, 0] >= g.row_low) & (rows[:, 1] <= g.row_high)).all())
+                    rc.bind(tensors)
+                rc.launch(tensors)
+                bads.append(rc.failed())
             self.flags[g.slot] = torch.stack(bads).any() if bads else self._false
             self._keep += bads
             self.flags[g.slot + 1] = self._fused_dmr(g, vals)

@@ -118,7 +118,10 @@ def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_siz
         for name, v in values.items():
             if not (isinstance(v, torch.Tensor) and v.is_floating_point()) or v.dim() == 0:
                 continue  # a scalar mixes the whole batch: no per-input range
-            bdim = 0 if len(chunk) == 1 else _batch_dim(v.shape, one[name].shape)
+            if len(chunk) == 1:  # one sample cannot show its batch dim: as seen before
+                bdim = stats[name].bdim if name in stats else 0
+            else:
+                bdim = _batch_dim(v.shape, one[name].shape)
             if bdim is None:
                 continue
             v = v.detach()
@@ -126,7 +129,7 @@ def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_siz
             s = stats.get(name)
             if s is None:
                 per = max(1, attr_elements // max(1, keep))
-                pos = _positions(v[0].numel() if bdim == 0 else v.numel(), per,
+                pos = _positions(v.numel() // max(1, v.shape[bdim]), per,  # one sample's
                                  seed + len(stats), v.device)
                 s = stats[name] = _Stats(lo, hi, bdim, pos, [], [])
             else:

@@ -190,7 +190,7 @@ def fit_ranges(plan: CheckPlan, inst: Instrumented, calibration: torch.Tensor | 
     """Widen every range check to what this runtime computes: its dtype and math mode.
 
     The analysis runs in exact fp32; the runtime may not (TF32 convolutions, an fp16 model).
-    Bounds are widened by a slack of the tensor's scale (`_SLACK` by dtype) and, with
+    Bounds are widened by a slack of each channel's scale (`_SLACK` by dtype) and, with
     calibration inputs, to the hull of what the runtime itself computes on them, so a
     calibration input never raises a range alarm. A flip that scales a value by a power of two
     still leaves the widened range.
@@ -219,10 +219,23 @@ def fit_ranges(plan: CheckPlan, inst: Instrumented, calibration: torch.Tensor | 
         lo, hi = c.range_low.float(), c.range_high.float()
         if seen_lo[k] is not None:
             lo, hi = torch.minimum(lo, seen_lo[k]), torch.maximum(hi, seen_hi[k])
-        slack = _SLACK.get(example.dtype, 2.0**-10) * float(torch.maximum(lo.abs(), hi.abs())
-                                                            .max())
-        c.range_low, c.range_high = lo - slack, hi + slack
+        c.range_low, c.range_high = _widen(lo, hi, _SLACK.get(example.dtype, 2.0**-10))
     plan.range_batch = RangeBatch(checks)
+
+
+def _widen(lo: torch.Tensor, hi: torch.Tensor, slack: float
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds widened by `slack` of each channel's own scale (plus a sliver of the tensor's).
+
+    Per channel, not per tensor: Selection classed a flip *ranging* against its own channel's
+    bounds, so a slack sized by the tensor's largest channel would let a flip in a small channel
+    (0.005 -> 0.08 beside a channel reaching 100) pass a check that was counted on to catch it.
+    The sliver (`slack` / 64 of the tensor's scale) keeps a channel that was exactly 0 on every
+    calibration input from alarming on rounding.
+    """
+    scale = torch.maximum(lo.abs(), hi.abs())
+    pad = slack * scale + slack / 64 * float(scale.max())
+    return lo - pad, hi + pad
 
 
 def _owner_slices(batch: RangeBatch) -> list[tuple[int, int]]:

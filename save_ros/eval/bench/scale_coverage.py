@@ -96,8 +96,8 @@ def _pick_bit(gen: torch.Generator, width: int, mode: str) -> int:
     return int(torch.randint(lo, width, (1,), generator=gen))
 
 
-def _score(o: Outcome, st, raw, out, ref, answer: Answer) -> None:
-    """Fold one trial into the counts."""
+def _score(o: Outcome, st, raw, out, ref, answer: Answer, site: dict | None = None) -> None:
+    """Fold one trial into the counts (`site`: where the flip was, kept with an SDC)."""
     o.trials += 1
     o.raw_changed += not answer.same(raw, ref)
     o.detected += bool(st.detections)
@@ -108,7 +108,8 @@ def _score(o: Outcome, st, raw, out, ref, answer: Answer) -> None:
             o.sdc += 1
             o.sdc_uncovered += not answer.covered(ref)
             if len(o.examples) < 5:
-                o.examples.append({"detections": [d.to_dict() for d in st.detections],
+                o.examples.append({"site": site or {},
+                                   "detections": [d.to_dict() for d in st.detections],
                                    "notes": st.notes[:2]})
         elif not torch.equal(out, ref):
             o.not_exact += 1
@@ -139,11 +140,14 @@ def weight_trials(pm, inputs, refs, answer: Answer, n: int, seed: int, mode: str
         idx = int(torch.randint(w.numel(), (1,), generator=gen))
         bit = _pick_bit(gen, bits.layout_of(w.dtype).width, mode)
         j = o.trials % len(inputs)
+        old = float(w.reshape(-1)[idx])
         bits.flip_(w, idx, bit)
+        site = {"tensor": name, "index": idx, "bit": bit, "input": j, "value": old,
+                "flipped": float(w.reshape(-1)[idx])}
         r = pm.infer(inputs[j : j + 1])
         if not r.status.repaired:  # undetected: put the bit back before the next trial
             bits.flip_(w, idx, bit)
-        _score(o, r.status, pm.last_raw_output, r.output, refs[j], answer)
+        _score(o, r.status, pm.last_raw_output, r.output, refs[j], answer, site)
     o.seconds = time.perf_counter() - t0
     return o
 
@@ -161,9 +165,11 @@ def activation_trials(pm, inputs, refs, answer: Answer, n: int, seed: int, mode:
         name = names[int(torch.multinomial(sizes, 1, generator=gen))]
         idx = int(torch.randint(sites[name], (1,), generator=gen))
         j = o.trials % len(inputs)
-        pm.arm_activation_fault(name, idx, _pick_bit(gen, width, mode))
+        bit = _pick_bit(gen, width, mode)
+        pm.arm_activation_fault(name, idx, bit)
         r = pm.infer(inputs[j : j + 1])
-        _score(o, r.status, pm.last_raw_output, r.output, refs[j], answer)
+        _score(o, r.status, pm.last_raw_output, r.output, refs[j], answer,
+               {"node": name, "index": idx, "bit": bit, "input": j})
     o.seconds = time.perf_counter() - t0
     return o
 
