@@ -226,3 +226,45 @@ def test_a_flip_outside_its_channel_but_inside_the_tensor_hull_is_caught():
         if tried >= 12:
             break
     assert tried >= 4, "no per-channel token check with such a flip: the test tests nothing"
+
+
+class _Attention(torch.nn.Module):
+    """A token model whose attention output comes out of a tuple (`getitem` of a leaf module)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = torch.nn.Linear(16, 32)
+        self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+        self.norm = torch.nn.LayerNorm(32)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x.reshape(x.shape[0], 4, 16))
+        a = self.attn(t, t, t, need_weights=False)[0]
+        return self.head(self.norm(t + a).mean(1))
+
+
+def test_a_flip_in_a_multi_output_layers_result_is_caught_by_dmr_through_the_layer():
+    """Regression: DMR of `getitem(attn_out, 0)` re-computed the getitem, which returns the saved
+    tensor itself, so the compare read one memory twice and never differed; the tuple-valued
+    attention layer had no check of its own. Flips there were the ViT-B/16 SDCs on the H100."""
+    net = _Attention().eval()
+    g = torch.Generator().manual_seed(0)
+    calib = torch.rand(64, 64, generator=g)
+    a = analyze(net, calib[:1], (0.0, 1.0), calib, config=SelectConfig(sens_samples=8))
+    pm = CudaProtectedModel(net, calib[:1], (0.0, 1.0), ProtectConfig(calibration=calib), a,
+                            use_graph=False, fault_sites=True)
+    sites = pm.activation_sites()
+    picked = [s for s in sites if s.startswith("getitem")]
+    assert picked, sites
+    check = next(c for c in pm._plan.checks if c.name == picked[0])
+    assert check.kind.value == "dmr" and "re-computed through attn" in check.reason
+    x = calib[:1]
+    clean = pm.infer(x)
+    assert clean.verified and not clean.status.detections
+    ref = clean.output
+    for e in range(0, sites[picked[0]], 9):
+        pm.arm_activation_fault(picked[0], e, 30)
+        r = pm.infer(x)
+        assert r.status.detections and r.verified and torch.equal(r.output, ref), e

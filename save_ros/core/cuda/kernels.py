@@ -22,7 +22,8 @@ def _range_kernel(ptrs, lens, starts, inner, nch, boff, low, high, out, ref,
                   CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """out[pid] = elements of chunk pid outside [low, high] of their channel (NaN: outside).
 
-    The channel of element e of a tensor is (e // inner) % nch, its bounds low[boff + ch].
+    The channel of element e of a tensor is (e // inner) % nch, its bounds low[boff + ch]; all
+    indices are int32 (a 64-bit division per element would make the kernel compute-bound).
     """
     pid = tl.program_id(0)
     base = tl.load(ptrs + pid).to(tl.pointer_type(ref.dtype.element_ty))
@@ -36,7 +37,9 @@ def _range_kernel(ptrs, lens, starts, inner, nch, boff, low, high, out, ref,
         offs = start + tl.arange(0, BLOCK)
         m = offs < n
         x = tl.load(base + offs, mask=m, other=0.0).to(tl.float32)
-        ch = ((s + offs) // inn) % nc
+        e = s + offs
+        ch = e // inn
+        ch = ch - (ch // nc) * nc
         lo = tl.load(low + bo + ch, mask=m, other=0.0)
         hi = tl.load(high + bo + ch, mask=m, other=0.0)
         out_of = (x < lo) | (x > hi) | (x != x)

@@ -62,6 +62,8 @@ class RangeChecker:
             raise RangeCheckError("the Triton backend needs CUDA tensors; use Kernels.TORCH")
         self.dtype, self.device, self.backend = dtype, device, backend
         self.plan = plan_chunks(list(names), [math.prod(s) for s in shapes], chunk)
+        if max(self.plan.numels) >= 2**31 or sum(lo.numel() for lo in lows) >= 2**31:
+            raise RangeCheckError("a tensor of 2^31 elements or more: the kernel indexes in int32")
         self.layout: list[tuple[int, int, int]] = []  # (inner, channels, bound offset)
         lo_all, hi_all, off = [], [], 0
         for shape, cdim, lo, hi in zip(shapes, channel_dims, lows, highs, strict=True):
@@ -83,13 +85,15 @@ class RangeChecker:
             self._kernels = kernels
             kernels.ref_tensor(device, dtype)
             own = self.plan.owner()
-            col = [torch.as_tensor([lay[k] for lay in self.layout], dtype=torch.int64)[own]
+            # int32 throughout: 64-bit integer division per element made the kernel
+            # compute-bound (every tensor here has < 2^31 elements, checked above)
+            col = [torch.as_tensor([lay[k] for lay in self.layout], dtype=torch.int32)[own]
                    for k in range(3)]
             self.tables = {
                 "ptrs": torch.zeros(self.plan.n_chunks, dtype=torch.int64, device=device),
                 "lens": torch.as_tensor(self.plan.chunk_lengths(), dtype=torch.int32
                                         ).to(device),
-                "starts": torch.as_tensor(self.plan.chunk_start(), dtype=torch.int64
+                "starts": torch.as_tensor(self.plan.chunk_start(), dtype=torch.int32
                                           ).to(device),
                 "inner": col[0].to(device), "nch": col[1].to(device), "boff": col[2].to(device),
             }

@@ -79,6 +79,50 @@ def _aliases_input(out: Any, ins: Sequence[Any]) -> bool:
     return any(isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == ptr for v in ins)
 
 
+def _shares_memory(a: Any, b: Any) -> bool:
+    """Both tensors, on the same storage: a compare of one with the other reads one memory."""
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) \
+        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _through_producers(c: LayerCheck, inst: Instrumented, values: Sequence[Any],
+                       depth: int = 3) -> None:
+    """Make a DMR that would compare a memory with itself re-compute through its producers.
+
+    A node that only selects or views its input (`getitem` of a multi-output layer such as
+    `nn.MultiheadAttention`, whose tuple output has no check of its own; a reshape) re-computes
+    to the very tensor it saved, so its DMR compares the memory with itself and sees no flip.
+    Such a check re-computes the producer first (up to `depth` levels), then the node.
+    """
+    saved = values[c.index]
+    if not _shares_memory(c.recompute(values), saved):
+        return
+    chain, i = [], c.index
+    for _ in range(depth):
+        node = inst.node_of(i)
+        src = next((n for n in node.all_input_nodes if n.name in inst.index), None)
+        if src is None:
+            break
+        j = inst.index[src.name]
+        if j in inst.placeholders:
+            break
+        chain.insert(0, j)
+
+        def run(values: Sequence[Any], chain=tuple(chain), k=c.index) -> Any:
+            local = list(values)
+            for j in chain:
+                local[j] = inst.recompute(j, local)
+            return inst.recompute(k, local)
+
+        if not _shares_memory(run(values), saved):
+            c.recompute = run
+            c.reason += f"; re-computed through {inst.names[chain[0]]} (its own re-computation " \
+                "would read the saved memory back)"
+            return
+        i = j
+    c.reason += "; re-computation reads the saved memory back (a flip here is not seen)"
+
+
 def _abft(inst: Instrumented, i: int, store: WeightStore) -> AbftCheck | None:
     """ABFT data for node i if it is a Linear / Conv2d module whose weights the store holds."""
     mod = inst.module_of(i)
@@ -169,6 +213,7 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
             c.kind = CheckKind.DMR
             c.reason = f"{ta.vulnerable_bits:.0f} vulnerable bits"
         if c.kind is CheckKind.DMR:
+            _through_producers(c, inst, values)
             _choose_redundancy(c, inst, store, values, force, ta, robust_allowance)
         checks.append(c)
     coverage = _budget(inst, checks, tensors, values, redundancy_budget)

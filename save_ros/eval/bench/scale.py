@@ -214,13 +214,23 @@ def coverage_section(base, analysis, calib, args, device, budget: float | None) 
     out: dict = {"redundancy_budget": budget, "coverage": pm._plan.coverage,
                  "checks": pm._plan.by_kind()}
     half = args.trials // 2
+
+    def done(key: str, o) -> None:  # progress: one line per section as it ends
+        out[key] = v = o.to_dict()
+        print(f"  {budget if budget is not None else 'full'} {key}: {v['trials']} trials, raw "
+              f"changed {v['raw_changed']}, detected {v['detected']}, sdc {v['sdc']} (<= "
+              f"{v['sdc_upper95']:.2g}; uncovered {v['sdc_uncovered']}), unverified "
+              f"{v['unverified']}, {v['seconds']:.0f} s", flush=True)
+        for e in v["examples"]:
+            print(f"    sdc: {e['site']}", flush=True)
+
     for mode in ("uniform", "high"):
-        out[f"weights_{mode}"] = cov.weight_trials(pm, inputs, refs, answer, half, args.seed,
-                                                   mode, args.seconds / 2).to_dict()
+        done(f"weights_{mode}", cov.weight_trials(pm, inputs, refs, answer, half, args.seed,
+                                                  mode, args.seconds / 2))
         if device.type == "cuda":
-            out[f"activations_{mode}"] = cov.activation_trials(
-                pm, inputs, refs, answer, half, args.seed + 1, mode, args.seconds / 2).to_dict()
-    out["clean"] = cov.clean_trials(pm, calib, args.clean, args.seed + 2, args.seconds).to_dict()
+            done(f"activations_{mode}", cov.activation_trials(
+                pm, inputs, refs, answer, half, args.seed + 1, mode, args.seconds / 2))
+    done("clean", cov.clean_trials(pm, calib, args.clean, args.seed + 2, args.seconds))
     st = pm.stats()
     out["detection_latency_ms"] = st.get("detection_latency_ms")
     pm.close()
@@ -269,13 +279,6 @@ def run(args: argparse.Namespace) -> int:
             for red in args.redundancy.split(","):
                 res = coverage_section(base, analysis, calib, args, device, _budget(red))
                 row["coverage"][red] = res
-                for k, v in res.items():
-                    if isinstance(v, dict) and "trials" in v:
-                        print(f"  {red} {k}: {v['trials']} trials, raw changed "
-                              f"{v.get('raw_changed', 0)}, detected {v['detected']}, sdc "
-                              f"{v.get('sdc', 0)} (<= {v['sdc_upper95']:.2g}; uncovered "
-                              f"{v.get('sdc_uncovered', 0)}), unverified "
-                              f"{v['unverified']}, {v['seconds']:.0f} s", flush=True)
         results["models"][name] = row
         if args.out:
             write_json(Path(args.out), results)
