@@ -198,8 +198,10 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
     return row
 
 
-def coverage_section(base, analysis, calib, args, device, budget: float | None) -> dict:
-    """Weight, activation and clean trials (fp32, batch 1) through protect()."""
+def coverage_section(base, analysis, calib, args, device, budget: float | None,
+                     out: dict | None = None, save=None) -> dict:
+    """Weight, activation and clean trials (fp32, batch 1) through protect(); each section
+    goes into `out` as it ends and `save()` is called (a long run keeps what it measured)."""
     from save_ros.core.protect import ProtectConfig, protect
 
     model = copy.deepcopy(base)
@@ -211,8 +213,9 @@ def coverage_section(base, analysis, calib, args, device, budget: float | None) 
     refs = cov.reference_outputs(pm, inputs)
     answer = cov.Answer(analysis.task, analysis.settings.get("tolerance"),
                         analysis.settings.get("min_gap"))
-    out: dict = {"redundancy_budget": budget, "coverage": pm._plan.coverage,
-                 "checks": pm._plan.by_kind()}
+    out = {} if out is None else out
+    out.update({"redundancy_budget": budget, "coverage": pm._plan.coverage,
+                "checks": pm._plan.by_kind(), "seed": args.seed})
     half = args.trials // 2
 
     def done(key: str, o) -> None:  # progress: one line per section as it ends
@@ -223,6 +226,8 @@ def coverage_section(base, analysis, calib, args, device, budget: float | None) 
               f"{v['unverified']}, {v['seconds']:.0f} s", flush=True)
         for e in v["examples"]:
             print(f"    sdc: {e['site']}", flush=True)
+        if save is not None:
+            save()
 
     for mode in ("uniform", "high"):
         done(f"weights_{mode}", cov.weight_trials(pm, inputs, refs, answer, half, args.seed,
@@ -254,6 +259,11 @@ def run(args: argparse.Namespace) -> int:
         base = _model(name, args.size).to(device)
         calib = zoo.images(args.calibration, args.size, seed=args.seed + 1).to(device)
         row: dict = {}
+        results["models"][name] = row
+
+        def save() -> None:
+            if args.out:
+                write_json(Path(args.out), results)
         analysis, row["analysis"] = analysis_section(base, calib[:1], calib, device)
         an = row["analysis"]
         print(f"{name}: analysis {an['seconds']:.1f} s, peak {an['peak_mb']:.0f} MB (one "
@@ -277,8 +287,9 @@ def run(args: argparse.Namespace) -> int:
         elif "coverage" in what:
             row["coverage"] = {}
             for red in args.redundancy.split(","):
-                res = coverage_section(base, analysis, calib, args, device, _budget(red))
-                row["coverage"][red] = res
+                row["coverage"][red] = {}
+                coverage_section(base, analysis, calib, args, device, _budget(red),
+                                 row["coverage"][red], save)
         results["models"][name] = row
         if args.out:
             write_json(Path(args.out), results)
