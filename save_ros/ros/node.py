@@ -107,7 +107,7 @@ def _run(argv: list[str], signals: _Signals) -> int:
         return EXIT_BAD_PARAMETER
     import rclpy
     import torch
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.impl.implementation_singleton import rclpy_implementation
     from rclpy.signals import SignalHandlerOptions
 
@@ -147,16 +147,21 @@ def _run(argv: list[str], signals: _Signals) -> int:
     executor = MultiThreadedExecutor(num_threads=6)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, name="executor", daemon=True)
+    # the input subscription: its own node and a single-threaded executor (see SaveNode)
+    intake = SingleThreadedExecutor()
+    intake.add_node(node.intake_node)
+    intake_spinner = threading.Thread(target=intake.spin, name="intake", daemon=True)
     try:
         spinner.start()
+        intake_spinner.start()
         signals.started()
         while not signals.stop.wait(0.2):
-            if not spinner.is_alive():
+            if not spinner.is_alive() or not intake_spinner.is_alive():
                 break
     finally:
         # runs on a signal during the last start-up steps too: an executor thread left running
         # at interpreter exit aborts the process ("terminate called without an active exception")
-        _shut_down(node, executor, spinner)
+        _shut_down(node, executor, spinner, (intake, intake_spinner))
     return EXIT_OK
 
 
@@ -187,7 +192,7 @@ def _collect_leftover_tasks(node, executor) -> None:
         node.get_logger().debug(f"{lost} executor tasks ended in errors during shutdown")
 
 
-def _shut_down(node, executor, spinner: threading.Thread) -> None:
+def _shut_down(node, executor, spinner: threading.Thread, intake=None) -> None:
     """Answer every input in flight, stop the executor, then release (unsubscribe, publishers,
     model). Entities are destroyed only once the executor has stopped: destroying them under a
     spinning executor races its wait set (rclpy: "cannot use Destroyable")."""
@@ -199,10 +204,16 @@ def _shut_down(node, executor, spinner: threading.Thread) -> None:
     # no new callbacks, and none running, before the executor stops: its shutdown destroys its
     # guard condition without waiting, and a callback finishing after that raises in rclpy
     executor.remove_node(node)
+    if intake is not None:  # inputs stop arriving when the callbacks do
+        intake[0].remove_node(node.intake_node)
     _wait_idle(executor, deadline)
     if not executor.shutdown(timeout_sec=max(1.0, deadline - time.monotonic())):
         node.get_logger().warning("executor did not stop in time")
     spinner.join(timeout=5.0)
+    if intake is not None:
+        if not intake[0].shutdown(timeout_sec=max(1.0, deadline - time.monotonic())):
+            node.get_logger().warning("intake executor did not stop in time")
+        intake[1].join(timeout=5.0)
     _collect_leftover_tasks(node, executor)
     try:
         node.trigger_shutdown()

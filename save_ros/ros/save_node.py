@@ -22,6 +22,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -80,7 +81,15 @@ class SaveNode(LifecycleNode):
         _check_output_names(self.cfg)
         for warning in params.unknown_overrides(list(self._parameter_overrides)):
             self.get_logger().warning(warning)
-        self.intake_group = MutuallyExclusiveCallbackGroup()
+        # The input subscription lives on a helper node of its own, spun by a single-threaded
+        # executor (`node.py`): rclpy's MultiThreadedExecutor (Kilted) delivered 15-36 of 150
+        # messages at 30 Hz to a subscriber that did nothing, where a SingleThreadedExecutor got
+        # all 150 (docs/results/ros_node.md, scripts/ros/executor_probe.py). No global
+        # arguments (a `__node:=` remap would give it the node's own name); the topic is
+        # resolved, remapped and expanded by this node.
+        self.intake_node = Node(f"{self.get_name()}_intake", namespace=self.get_namespace(),
+                                context=self.context, use_global_arguments=False,
+                                start_parameter_services=False, enable_rosout=False)
         self.inference_group = MutuallyExclusiveCallbackGroup()
         self.verifier_group = MutuallyExclusiveCallbackGroup()
         self.services_group = MutuallyExclusiveCallbackGroup()
@@ -222,9 +231,9 @@ class SaveNode(LifecycleNode):
                                       "reliable" else ReliabilityPolicy.BEST_EFFORT))
         self.pipeline.unseal()
         ret = super().on_activate(state)
-        self._sub = self.create_subscription(INPUT_TYPES[cfg.input_type][0], cfg.input_topic,
-                                             self.pipeline.on_input, qos,
-                                             callback_group=self.intake_group)
+        self._sub = self.intake_node.create_subscription(
+            INPUT_TYPES[cfg.input_type][0], self.resolve_topic_name(cfg.input_topic),
+            self.pipeline.on_input, qos)
         if self._label_pub is not None:
             self._label_pub.publish(self.encoder.label_info(
                 Header(stamp=self.get_clock().now().to_msg())))
@@ -260,11 +269,18 @@ class SaveNode(LifecycleNode):
                 self.get_logger().warning(f"{unverified} inputs answered unverified/not "
                                           "inferred while stopping")
         if self._sub is not None:
-            self.destroy_subscription(self._sub)
+            self.intake_node.destroy_subscription(self._sub)
             self._sub = None
         if pipeline is not None:
             pipeline.seal(timeout=2.0)
         self.publish_diagnostics()
+
+    def destroy_node(self) -> None:
+        """The node and its intake helper (once no executor spins either)."""
+        intake = getattr(self, "intake_node", None)  # absent when __init__ refused a parameter
+        if intake is not None:
+            intake.destroy_node()
+        super().destroy_node()
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Close the protected model and drop the publishers."""
