@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: the robot-scale speed table of the three models (every vulnerable bit
 # covered, and range checks only; fp32/fp16 x batch 1/8, each protected run interleaved with the
-# unprotected CUDA graph in one process), then the range-only coverage of the three at once.
+# unprotected CUDA graph in one process).
 # Usage: bash scripts/device/speed_all.sh $OUT
 set -u
 OUT=${1:-/tmp/out}; mkdir -p "$OUT"
@@ -10,10 +10,3 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=cs
 timeout 400 python3 -m save_ros.eval.bench.scale --models resnet50,vit_b_16,mobilenet_v2 \
   --what analysis,speed --redundancy full,0 --dtypes fp32,fp16 --batches 1,8 --iters 200 \
   --out "$OUT/speed_all.json" 2>&1 | grep -v -e Warning -e run_backward
-for M in resnet50 vit_b_16 mobilenet_v2; do
-  timeout 150 python3 -m save_ros.eval.bench.scale --models "$M" --what analysis,coverage \
-    --redundancy 0 --trials 2000 --clean 1000 --seconds 40 \
-    --out "$OUT/coverage_${M}_range.json" > "$OUT/coverage_${M}_range.log" 2>&1 &
-done
-wait
-for M in resnet50 vit_b_16 mobilenet_v2; do grep -v -e Warning -e run_backward "$OUT/coverage_${M}_range.log" | tail -7; done
