@@ -2,8 +2,8 @@
 
 `save_ros.core.protect.protect()` returns a `CudaProtectedModel` (`core.cuda.runtime`) when the
 example input is on a CUDA device. It is a `ProtectedModel` whose inference is one replay of a
-CUDA graph holding the forward pass and, on side streams, every planned check (range min/max,
-DMR re-computation or ABFT checksums, weight checksums, the input box) reduced to a few flags
+CUDA graph holding the forward pass and, on side streams, every planned check (per-channel range
+checks, DMR re-computation or ABFT checksums, weight checksums, the input box) reduced to flags
 copied to pinned host memory. Clean flags are a verdict at once; a raised flag goes to the same
 verifier queue as on the CPU (`core.verify.verifier`), where Edit restores the weights
 (`core.edit`) and the graph is replayed to tell a transient fault from the input's doing.

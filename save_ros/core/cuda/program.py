@@ -137,7 +137,7 @@ class CheckProgram:
         self.checks_run = len(plan.range_batch.checks) + len(plan.redundant)
 
     def _plan_ranges(self, g: _Group, ranges: list[LayerCheck], values, backend) -> None:
-        """Split a group's range checks: one chunked min/max launch, or per layer."""
+        """Split a group's range checks: one fused per-channel launch, or per layer (torch)."""
         dtype = None
         for c in ranges:
             v = values[c.index]

@@ -130,7 +130,7 @@ def _equal(a: Any, b: Any) -> bool:
 def _describe(slot: str, prog: _Captured) -> tuple[str, str]:
     """(check kind, detail) of a raised flag's name."""
     if slot.startswith("range@"):
-        return "range", "a layer output left its analysed range (device min/max)"
+        return "range", "a layer output left its analysed range (device per-channel check)"
     if slot.startswith("weights["):
         return "weights", "chunk checksum differs from the golden sum"
     kind = prog.program.kind_of(slot)
