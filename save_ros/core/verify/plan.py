@@ -79,12 +79,6 @@ def _aliases_input(out: Any, ins: Sequence[Any]) -> bool:
     return any(isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == ptr for v in ins)
 
 
-def _shares_memory(a: Any, b: Any) -> bool:
-    """Both tensors, on the same storage: a compare of one with the other reads one memory."""
-    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) \
-        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
 def _through_producers(c: LayerCheck, inst: Instrumented, values: Sequence[Any],
                        depth: int = 3) -> None:
     """Make a DMR that would compare a memory with itself re-compute through its producers.
@@ -95,7 +89,7 @@ def _through_producers(c: LayerCheck, inst: Instrumented, values: Sequence[Any],
     Such a check re-computes the producer first (up to `depth` levels), then the node.
     """
     saved = values[c.index]
-    if not _shares_memory(c.recompute(values), saved):
+    if not _aliases_input(c.recompute(values), [saved]):
         return
     chain, i = [], c.index
     for _ in range(depth):
@@ -114,7 +108,7 @@ def _through_producers(c: LayerCheck, inst: Instrumented, values: Sequence[Any],
                 local[j] = inst.recompute(j, local)
             return inst.recompute(k, local)
 
-        if not _shares_memory(run(values), saved):
+        if not _aliases_input(run(values), [saved]):
             c.recompute = run
             c.reason += f"; re-computed through {inst.names[chain[0]]} (its own re-computation " \
                 "would read the saved memory back)"

@@ -140,10 +140,8 @@ def weight_trials(pm, inputs, refs, answer: Answer, n: int, seed: int, mode: str
         idx = int(torch.randint(w.numel(), (1,), generator=gen))
         bit = _pick_bit(gen, bits.layout_of(w.dtype).width, mode)
         j = o.trials % len(inputs)
-        old = float(w.reshape(-1)[idx])
         bits.flip_(w, idx, bit)
-        site = {"tensor": name, "index": idx, "bit": bit, "input": j, "value": old,
-                "flipped": float(w.reshape(-1)[idx])}
+        site = {"tensor": name, "index": idx, "bit": bit, "input": j}  # no device sync here
         r = pm.infer(inputs[j : j + 1])
         if not r.status.repaired:  # undetected: put the bit back before the next trial
             bits.flip_(w, idx, bit)
