@@ -37,6 +37,10 @@ class ProtectConfig:
     # compare runs of DMR layers once, at the end of the run (checkplan._chain): same verified
     # outputs, fewer compares, but flips the run masks are no longer reported; off by default
     chain_dmr: bool = False
+    # memory checksums of activations (bit sum when written vs after the last read) where they
+    # cost less than DMR / ABFT / range: exact for every memory flip, no re-computation
+    # (`core.verify.kinds`); the CPU runtime runs them, the CUDA graph backend not yet
+    memory_checksums: bool = True
     max_reruns: int = 2  # Edit attempts before a result is reported unverified
     analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model
     # what a robust flip may not change: "classification" (top-1), "regression" (every output

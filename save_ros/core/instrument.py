@@ -13,6 +13,7 @@ new execution, and a transient upset of the first run does not repeat in it.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -151,6 +152,7 @@ class Instrumented:
                 node.op, node.args = "call_method", (mod_node, *node.args)
                 node.target = "_call_impl"
         self.gm = fx.GraphModule(graph.gm, hot)
+        self._meta = meta
         self._out_template = next(n for n in meta.nodes if n.op == "output").args[0]
         self._new_nodes = self.nodes
         self._fns: list[Callable[..., Any] | None] = [self._compile(n) for n in self._new_nodes]
@@ -161,6 +163,96 @@ class Instrumented:
             for n in self._new_nodes]
         self.layer_indices = [i for i, n in enumerate(self.nodes) if n.op in LAYER_OPS]
         self.placeholders = [i for i, n in enumerate(self.nodes) if n.op == "placeholder"]
+
+    def checksummed(self, checked: Sequence[int], last_read: dict[int, int],
+                    site: Callable[[Any, int], Any] | None = None,
+                    site_nodes: Sequence[int] = ()) -> Callable[..., Any]:
+        """A forward that also takes memory checksums (`core.verify.memsum`) of `checked` nodes.
+
+        It returns `(output, values, write_sums, read_sums)`: for checked node k (in the order
+        given), `write_sums[k]` is the bit sum of its output taken right after its producer wrote
+        it (inside `produce_and_sum` for a module, between its forward and its forward hooks),
+        `read_sums[k]` the same sum after its last reader (`last_read[i]`: the node position of
+        the last node that reads node i's memory, any alias included; -1: the model output, read
+        at the end). `site(value, i)`, when given, runs right after node i (of `site_nodes`)
+        and its write sum, and may change the value in memory (activation fault sites for
+        campaigns).
+        """
+        from save_ros.core.verify.memsum import bitsum, produce_and_sum
+
+        g = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        meta_out = next(n for n in self._meta.nodes if n.op == "output")
+        pos = {n: i for i, n in enumerate(self.nodes)}
+        checked_set = set(checked)
+        sites = set(site_nodes) if site is not None else set()
+        writes: dict[int, fx.Node] = {}
+        reads: dict[int, fx.Node] = {}
+        after: dict[int, list[int]] = {}
+        for i in checked:
+            after.setdefault(last_read[i], []).append(i)
+        for node in self._meta.nodes:
+            if node.op == "output":
+                break
+            i = pos[node]
+            if node.op == "call_module" and i in checked_set:
+                mod = g.get_attr(node.target)
+                args = fx.node.map_arg(node.args, lambda n: env[n])
+                pair = g.call_function(produce_and_sum, (mod, *args))
+                val = g.call_function(operator.getitem, (pair, 0))
+                writes[i] = g.call_function(operator.getitem, (pair, 1))
+            else:
+                if node.op == "call_module":  # hooks run, not through Module.__call__ (above)
+                    mod = g.get_attr(node.target)
+                    val = g.call_method("_call_impl", (mod, *fx.node.map_arg(
+                        node.args, lambda n: env[n])), fx.node.map_arg(node.kwargs,
+                                                                        lambda n: env[n]))
+                else:
+                    val = g.node_copy(node, lambda n: env[n])
+                if i in checked_set:
+                    writes[i] = g.call_function(bitsum, (val,))
+            if i in sites:
+                val = g.call_function(site, (val, i))
+            env[node] = val
+            for j in after.get(i, ()):
+                reads[j] = g.call_function(bitsum, (env[self.nodes[j]],))
+        for j in after.get(-1, ()):
+            reads[j] = g.call_function(bitsum, (env[self.nodes[j]],))
+        out = fx.node.map_arg(meta_out.args[0], lambda n: env[n])
+        stack = torch.stack
+        w = g.call_function(stack, ([writes[i] for i in checked],)) if checked else None
+        r = g.call_function(stack, ([reads[i] for i in checked],)) if checked else None
+        g.output((out, tuple(env[n] for n in self.nodes), w, r))
+        gm = fx.GraphModule(self.gm, g)
+        return gm.forward
+
+    def last_readers(self, values: Sequence[Any]) -> dict[int, int]:
+        """Per node: the position of the last node that reads its memory (-1: the output).
+
+        Views and aliases share memory: a node's memory is read by the readers of every node
+        whose tensor shares its storage (found on the example run's `values`).
+        """
+        storage: dict[int, list[int]] = {}
+        for i, v in enumerate(values):
+            if isinstance(v, torch.Tensor):
+                storage.setdefault(v.untyped_storage().data_ptr(), []).append(i)
+        returned = set()
+        fx.node.map_arg(self._out_template, lambda n: returned.add(self.index[n.name]))
+        last: dict[int, int] = {}
+        for i, v in enumerate(values):
+            if not isinstance(v, torch.Tensor):
+                continue
+            group = storage[v.untyped_storage().data_ptr()]
+            best = i
+            for j in group:
+                if j in returned:
+                    best = -1
+                    break
+                for u in self.nodes[j].users:
+                    if u.op != "output" and u.name in self.index:
+                        best = max(best, self.index[u.name])
+            last[i] = best
+        return last
 
     def _compile(self, node: fx.Node) -> Callable[..., Any] | None:
         """The callable that computes `node` from its resolved args (None for inputs)."""

@@ -78,7 +78,4 @@ def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
         # one replay of a CUDA graph per inference, checks captured beside the forward
         return CudaProtectedModel(model, example_input, box, config, analysis,
                                   fault_sites=fault_sites)
-    if fault_sites:
-        raise ValueError("fault_sites=True compiles activation fault sites into the CUDA "
-                         "program; on the CPU, inject with save_ros.faults (hooks)")
-    return ProtectedModel(model, example_input, box, config, analysis)
+    return ProtectedModel(model, example_input, box, config, analysis, fault_sites=fault_sites)

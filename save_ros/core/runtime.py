@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from save_ros.core import bits
 from save_ros.core.allocate import Placement, candidates, default_budget
 from save_ros.core.allocate import plan as allocate
 from save_ros.core.analysis import Analysis
@@ -60,9 +61,15 @@ class InferenceResult:
 class ProtectedModel:
     """A model under SAVE: infer, get verdicts, repair. Thread-safe."""
 
+    _memory_checksums = True  # this backend runs `CheckPlan.forward` (the CUDA graph: not yet)
+
     def __init__(self, model: nn.Module, example_input: torch.Tensor, input_range: Any,
-                 config: ProtectConfig, analysis: Analysis | None) -> None:
+                 config: ProtectConfig, analysis: Analysis | None,
+                 fault_sites: bool = False) -> None:
         self.model = model.eval()
+        self.fault_sites = fault_sites
+        self._armed: tuple[int, int, int] | None = None  # (node, element, bit) for the next run
+        self._sites: dict[str, tuple[int, int]] = {}  # activation site name -> (node, numel)
         self.config = config
         self._example = example_input
         self._box = InputBox.of(input_range, example_input.shape[1:])
@@ -108,8 +115,14 @@ class ProtectedModel:
             plan = plan_checks(self._inst, analysis, placement, self._store, values,
                                self.config.checks, self.config.robust_allowance,
                                self.config.min_vulnerable_share, self.config.chain_dmr,
-                               self.config.redundancy_budget)
+                               self.config.redundancy_budget,
+                               self.config.memory_checksums and self._memory_checksums)
             fit_ranges(plan, self._inst, self.config.calibration, self._example)
+            if self._memory_checksums and (plan.checksummed or self.fault_sites):
+                self._sites = self._site_table(plan, values) if self.fault_sites else {}
+                plan.forward = self._inst.checksummed(
+                    [c.index for c in plan.checksummed], plan.last_read, self._site,
+                    [i for i, _ in self._sites.values()])
         n = self._store.n_chunks()
         self._chunks_per_job = n
         if self.config.weight_check_budget_s is not None:
@@ -163,9 +176,14 @@ class ProtectedModel:
         check_w, window = self._weight_schedule(i)
         with torch.inference_mode():  # one context for forward and checks (~2.5 us each)
             t0 = time.perf_counter()
-            out, values = self._inst.forward(x)
+            sums = None
+            if plan.forward is None:
+                out, values = self._inst.forward(x)
+            else:
+                out, values, w, r = plan.forward(x)
+                sums = (w, r) if w is not None else None
             t1 = time.perf_counter()
-            job = Job(i, (x,), out, values, t0, t1, epoch, check_w, window, plan)
+            job = Job(i, (x,), out, values, t0, t1, epoch, check_w, window, plan, sums=sums)
             if not wait:
                 return InferenceResult(out, None, self._verifier.submit(job))
             # The caller waits anyway: check on its own thread, which saves two thread hand-offs
@@ -237,6 +255,51 @@ class ProtectedModel:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    # ---- activation fault sites (campaigns; protect(..., fault_sites=True)) ------------
+    def _site_table(self, plan: CheckPlan, values: Any) -> dict[str, tuple[int, int]]:
+        """Injectable activations: analysed float outputs with memory of their own, in normal
+        memory (the reliable pool never flips)."""
+        inst = self._inst
+        analysed = set(plan.analysis.tensors) if plan.analysis is not None else set()
+        out = {}
+        for i in inst.layer_indices:
+            v, name = values[i], inst.names[i]
+            if not (isinstance(v, torch.Tensor) and v.is_floating_point()
+                    and v.dtype in bits.LAYOUTS and v.is_contiguous() and v.numel()):
+                continue
+            if (analysed and name not in analysed) or plan.placement.is_reliable(name):
+                continue
+            out[name] = (i, v.numel())
+        return out
+
+    def _site(self, v: torch.Tensor, i: int) -> torch.Tensor:
+        """Flip the armed bit of node i's output in memory, once (a no-op otherwise)."""
+        armed = self._armed
+        if armed is not None and armed[0] == i:
+            self._armed = None
+            iv = bits.int_view(v).view(-1)
+            iv[armed[1]] ^= bits.mask_value(bits.layout_of(v.dtype), armed[2])
+        return v
+
+    def activation_sites(self) -> dict[str, int]:
+        """Injectable activations of the example shape: node name -> elements."""
+        if not self.fault_sites:
+            raise RuntimeError("protect with fault_sites=True to inject activation faults")
+        return {name: n for name, (_, n) in self._sites.items()}
+
+    def arm_activation_fault(self, name: str, index: int, bit: int) -> None:
+        """Flip `bit` of element `index` of activation `name` in the next inference only."""
+        if name not in self._sites:
+            raise KeyError(f"{name!r} is not an activation fault site")
+        i, n = self._sites[name]
+        if not 0 <= index < n:
+            raise IndexError(f"{name} has {n} elements, not index {index}")
+        self._armed = (i, index, bit)
+
+    def disarm(self) -> None:
+        """Clear an armed activation fault."""
+        self._armed = None
 
     # ---- one verdict ------------------------------------------------------------------
     def _weight_schedule(self, i: int) -> tuple[bool, tuple[int, int | None]]:

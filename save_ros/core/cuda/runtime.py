@@ -150,6 +150,8 @@ def _clone(out: Any) -> Any:
 class CudaProtectedModel(ProtectedModel):
     """A ProtectedModel whose inference is one CUDA-graph replay (eager on a CPU, for tests)."""
 
+    _memory_checksums = False  # the captured program does not run memory checksums yet
+
     def __init__(self, model: nn.Module, example_input: torch.Tensor, input_range: Any,
                  config, analysis: Analysis | None, use_graph: bool | None = None,
                  groups: int = 8, fault_sites: bool = False) -> None:
@@ -167,7 +169,7 @@ class CudaProtectedModel(ProtectedModel):
         self._gate = threading.Lock()  # held from a replay until its verdict is in
         self.device_alarms = 0
         self.last_raw_output: Any = None  # the graph's output before any Edit (campaigns)
-        super().__init__(model, example_input, input_range, config, analysis)
+        super().__init__(model, example_input, input_range, config, analysis, fault_sites)
         self._program(example_input)
 
     # ---- programs -------------------------------------------------------------------

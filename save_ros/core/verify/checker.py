@@ -23,6 +23,7 @@ import torch
 from save_ros.core.box import InputBox
 from save_ros.core.instrument import Instrumented
 from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_mismatch
+from save_ros.core.verify.kinds import checksum_failures
 from save_ros.core.verify.plan import CheckPlan
 from save_ros.core.verify.status import Detection, FaultStatus
 from save_ros.core.verify.verifier import Job
@@ -91,20 +92,32 @@ class LayerChecker:
             k = self.editor.first_reader(plan, names)
             fails.append((k, Detection(self.inst.names[k], ", ".join(names[:4]), "weights",
                                        "restored while this inference ran")))
-        if plan.redundant or plan.range_batch.checks:  # e.g. CartPole: every activation reliable
+        if plan.redundant or plan.range_batch.checks or plan.checksummed:  # else all reliable
             fails += self.run(plan, job.values, 0, not st.input_out_of_range, st,
-                              frozenset(st.repaired) if st.repaired else _NOTHING)
+                              frozenset(st.repaired) if st.repaired else _NOTHING, job.sums)
         st.verify_s = time.perf_counter() - t_v
         return st, fails
 
     def run(self, plan: CheckPlan, values: Sequence[Any], start: int, in_range: bool,
-            st: FaultStatus, restored: frozenset[str] = _NOTHING) -> Failures:
+            st: FaultStatus, restored: frozenset[str] = _NOTHING, sums: Any = None) -> Failures:
         """Layer checks on layers >= start; failures as (node position, detection).
 
         Layers that read a weight in `restored` are skipped: they are re-run anyway, and a
         re-computation with the repaired weight would report the same fault twice.
+        `sums`: the inference's memory checksums (write, read); a re-run by Edit has none, and
+        its checksummed layers are re-computed and compared instead (DMR of the re-run).
         """
         fails: Failures = []
+        if plan.checksummed:
+            st.checks_run += len(plan.checksummed)
+            if sums is not None:
+                fails += checksum_failures(plan.checksummed, sums, start)
+            else:
+                for c in plan.checksummed:
+                    if c.index >= start:
+                        msg = dmr_mismatch(c.recompute(values), values[c.index], c.exact)
+                        if msg:
+                            fails.append((c.index, Detection(c.name, c.name, "dmr", msg)))
         if in_range and plan.range_batch.checks:
             st.checks_run += len(plan.range_batch.checks)
             for c, detail in plan.range_batch.failures(values):

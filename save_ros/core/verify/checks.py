@@ -48,6 +48,7 @@ class CheckKind(str, enum.Enum):
     RANGE = "range"  # ranging bits: min/max against the analysed range
     DMR = "dmr"  # vulnerable bits: re-compute from the saved input and compare
     ABFT = "abft"  # vulnerable bits of linear/conv: checksum of golden weights
+    CHECKSUM = "checksum"  # memory flips: bit sum when written vs after the last read
     WEIGHTS = "weights"  # checksums of weights in normal memory (not a layer check)
     INPUT = "input"  # the model input against the declared input range
 

@@ -23,11 +23,12 @@ from save_ros.core.analysis import Analysis
 from save_ros.core.graph import node_params
 from save_ros.core.instrument import Instrumented
 from save_ros.core.verify.checks import AbftCheck, CheckKind, LayerCheck, RangeBatch, abft_for
+from save_ros.core.verify.kinds import offer_checksum, range_cost
 from save_ros.core.weights import WeightStore
 from save_ros.errors import UserError
 
 ABFT_GAIN = 0.8  # ABFT must cost < 80 % of DMR to be picked (DMR is exact, ABFT has a tolerance)
-FORCE_KINDS = ("auto", "dmr", "abft", "range", "none")
+FORCE_KINDS = ("auto", "dmr", "abft", "range", "checksum", "none")
 
 
 class CheckPlanError(UserError, ValueError):
@@ -48,6 +49,11 @@ class CheckPlan:
     reliable_sites: list[str] = field(default_factory=list)  # module paths of reliable outputs
     # vulnerable activation bits in normal memory, and those a redundancy check covers
     coverage: dict[str, Any] = field(default_factory=dict)
+    checksummed: list[LayerCheck] = field(default_factory=list)  # memory checksums, in order
+    last_read: dict[int, int] = field(default_factory=dict)  # node -> its memory's last reader
+    # the forward the runtime runs for this plan: `Instrumented.checksummed` (returns the
+    # write and read sums too) where checksums or fault sites need it, else None (plain)
+    forward: Any = None
 
     def by_kind(self) -> dict[str, int]:
         """How many layers use each check."""
@@ -148,7 +154,8 @@ def _range_check(c: LayerCheck, ta: Any, value: torch.Tensor) -> LayerCheck:
 def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placement,
                 store: WeightStore, values: Sequence[Any], force: str = "auto",
                 robust_allowance: bool = True, min_vulnerable_share: float = 0.0,
-                chain_dmr: bool = False, redundancy_budget: float | None = None) -> CheckPlan:
+                chain_dmr: bool = False, redundancy_budget: float | None = None,
+                memory_checksums: bool = False) -> CheckPlan:
     """The check of every layer, decided on the example run's `values`.
 
     `redundancy_budget`: at most this share of one forward pass's time is spent on redundancy
@@ -159,6 +166,8 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
     all its bits) gets a range check instead of redundancy; its few vulnerable bits are then left
     unchecked (counted in the reason). 0 (the default) checks every vulnerable bit.
     `chain_dmr`: see `_chain` (off by default).
+    `memory_checksums`: offer the memory checksum (`core.verify.kinds`) where it costs less
+    than the check picked otherwise (the backend must run the checksummed forward).
     """
     if force not in FORCE_KINDS:
         raise CheckPlanError(f"checks={force!r}; use one of {', '.join(FORCE_KINDS)}")
@@ -209,14 +218,20 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
         if c.kind is CheckKind.DMR:
             _through_producers(c, inst, values)
             _choose_redundancy(c, inst, store, values, force, ta, robust_allowance)
+        if memory_checksums and c.kind in (CheckKind.DMR, CheckKind.ABFT, CheckKind.RANGE):
+            ins = [values[inst.index[n.name]] for n in node.all_input_nodes]
+            rc = range_cost(c, val) if c.kind is CheckKind.RANGE else None
+            offer_checksum(c, values, force, not _aliases_input(val, ins), rc)
         checks.append(c)
     coverage = _budget(inst, checks, tensors, values, redundancy_budget)
     redundant = [c for c in checks if c.kind in (CheckKind.DMR, CheckKind.ABFT)]
     if chain_dmr:
         redundant = _chain(inst, redundant)
     batch = RangeBatch([c for c in checks if c.kind is CheckKind.RANGE])
+    summed = [c for c in checks if c.kind is CheckKind.CHECKSUM]
     return CheckPlan(analysis, placement, checks, batch, redundant, param_readers, layer_params,
-                   reliable_sites, coverage)
+                     reliable_sites, coverage, summed,
+                     inst.last_readers(values) if summed else {})
 
 
 # relative slack of range bounds for the runtime's own arithmetic: a GPU computes fp32 convs

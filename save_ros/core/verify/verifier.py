@@ -45,6 +45,7 @@ class Job:
     weight_window: tuple[int, int | None]
     plan: Any  # the CheckPlan in force when the inference ran
     future: Future = field(default_factory=Future)
+    sums: Any = None  # (write sums, read sums) of the plan's memory checksums, else None
 
 
 class Verifier:
