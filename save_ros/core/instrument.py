@@ -166,7 +166,8 @@ class Instrumented:
 
     def checksummed(self, checked: Sequence[int], last_read: dict[int, int],
                     site: Callable[[Any, int], Any] | None = None,
-                    site_nodes: Sequence[int] = ()) -> Callable[..., Any]:
+                    site_nodes: Sequence[int] = (),
+                    keep: set[int] | None = None) -> Callable[..., Any]:
         """A forward that also takes memory checksums (`core.verify.memsum`) of `checked` nodes.
 
         It returns `(output, values, write_sums, read_sums)`: for checked node k (in the order
@@ -176,7 +177,9 @@ class Instrumented:
         the last node that reads node i's memory, any alias included; -1: the model output, read
         at the end). `site(value, i)`, when given, runs right after node i (of `site_nodes`)
         and its write sum, and may change the value in memory (activation fault sites for
-        campaigns).
+        campaigns). `keep`: the nodes whose values the returned tuple holds (None: all); the
+        others are None there, so their memory is freed after its last use, as in the plain
+        forward.
         """
         from save_ros.core.verify.memsum import bitsum, produce_and_sum
 
@@ -222,7 +225,8 @@ class Instrumented:
         stack = torch.stack
         w = g.call_function(stack, ([writes[i] for i in checked],)) if checked else None
         r = g.call_function(stack, ([reads[i] for i in checked],)) if checked else None
-        g.output((out, tuple(env[n] for n in self.nodes), w, r))
+        g.output((out, tuple(env[n] if keep is None or i in keep else None
+                             for i, n in enumerate(self.nodes)), w, r))
         gm = fx.GraphModule(self.gm, g)
         return gm.forward
 

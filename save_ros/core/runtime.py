@@ -120,9 +120,10 @@ class ProtectedModel:
             fit_ranges(plan, self._inst, self.config.calibration, self._example)
             if self._memory_checksums and (plan.checksummed or self.fault_sites):
                 self._sites = self._site_table(plan, values) if self.fault_sites else {}
+                plan.keep = self._kept(plan)
                 plan.forward = self._inst.checksummed(
                     [c.index for c in plan.checksummed], plan.last_read, self._site,
-                    [i for i, _ in self._sites.values()])
+                    [i for i, _ in self._sites.values()], plan.keep)
         n = self._store.n_chunks()
         self._chunks_per_job = n
         if self.config.weight_check_budget_s is not None:
@@ -256,6 +257,45 @@ class ProtectedModel:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _kept(self, plan: CheckPlan) -> set[int] | None:
+        """The values the verifier needs: all with DMR / ABFT (re-computation and Edit read
+        them), else the range-checked layers and their inputs, and the model inputs."""
+        if plan.redundant:
+            return None
+        inst = self._inst
+        keep = set(inst.placeholders)
+        for c in plan.range_batch.checks:
+            keep.add(c.index)
+            keep.update(inst.index[n.name] for n in inst.node_of(c.index).all_input_nodes)
+        return keep
+
+    def _rerun(self, job: Job, fails: list, st: FaultStatus) -> Any:
+        """Edit for a plan that keeps no activations: restore the weights and run the whole
+        checksummed forward again from the input, checked as the first run was."""
+        plan: CheckPlan = job.plan
+        t = time.perf_counter()
+        in_range = not st.input_out_of_range
+        out = job.output
+        with self._editor.lock, torch.inference_mode():
+            st.rerun_from = "input (memory checksums keep no activations)"
+            for attempt in range(max(1, self.config.max_reruns)):
+                rep = self._editor.restore(None)
+                for name, n in rep.elements.items():
+                    st.repaired[name] = st.repaired.get(name, 0) + n
+                out, values, w, r = plan.forward(*job.inputs)
+                again = self._checker.run(plan, values, 0, in_range, st, frozenset(), (w, r))
+                if self._store.check():
+                    again.append((0, None))  # a weight changed during the re-run: go again
+                if not again:
+                    st.verified = in_range
+                    break
+                if len(st.notes) < 8:
+                    st.notes.append(f"re-run {attempt + 1} still fails")
+            else:
+                st.error = "faults persist after re-runs; result unverified"
+        st.repair_s = time.perf_counter() - t
+        return out
+
     # ---- activation fault sites (campaigns; protect(..., fault_sites=True)) ------------
     def _site_table(self, plan: CheckPlan, values: Any) -> dict[str, tuple[int, int]]:
         """Injectable activations: analysed float outputs with memory of their own, in normal
@@ -318,7 +358,9 @@ class ProtectedModel:
         st, fails = self._checker.check(job)
         if fails:
             st.detections = [d for _, d in fails]
-            st.output = self._editor.edit(job, fails, st, self._checker.run)
+            edit = self._rerun if job.plan.keep is not None else self._editor.edit
+            st.output = edit(job, fails, st, self._checker.run) if edit is self._editor.edit \
+                else edit(job, fails, st)
             st.detection_latency_s = time.perf_counter() - job.t_start
         else:
             st.verified = not st.input_out_of_range

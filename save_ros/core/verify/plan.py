@@ -54,6 +54,9 @@ class CheckPlan:
     # the forward the runtime runs for this plan: `Instrumented.checksummed` (returns the
     # write and read sums too) where checksums or fault sites need it, else None (plain)
     forward: Any = None
+    # nodes whose values `forward` keeps for the verifier (None: every node); with a partial set
+    # Edit re-runs the whole checksummed forward from the input (`ProtectedModel._rerun`)
+    keep: set[int] | None = None
 
     def by_kind(self) -> dict[str, int]:
         """How many layers use each check."""
@@ -199,7 +202,7 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
             ins = [values[inst.index[n.name]] for n in node.all_input_nodes]
             if any(val is v for v in ins):  # Dropout / Identity in eval: the same tensor
                 c.reason = "returns its input: checked where the input is produced"
-            elif _aliases_input(val, ins) and node.op != "call_module":
+            elif _aliases_input(val, ins) and (node.op != "call_module" or memory_checksums):
                 c.reason = "view of its input: checked where the input is produced"
             else:
                 c.kind, c.reason = CheckKind.DMR, "not analysed: re-computed"

@@ -31,13 +31,19 @@ from save_ros.argtypes import comma_list, positive_int, positive_int_list, stand
 from save_ros.errors import UserError
 from save_ros.eval.bench import scale_coverage as cov
 from save_ros.eval.record import run_record, write_json
-from save_ros.eval.timing import median_ms
+from save_ros.eval.timing import median_ms, thread_cpu_us
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 class NoDeviceError(UserError, RuntimeError):
     """The device asked for is not there (the message says what to use)."""
+
+
+def _on_off(text: str) -> str:
+    if text not in ("on", "off"):
+        raise ValueError(f"{text!r}: use on or off")
+    return text
 
 
 def _dtype(text: str) -> str:
@@ -71,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=120.0,
                         help="coverage: time budget per section (stops early, says so)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-checksums", type=comma_list(_on_off, "on,off"),
+                        default=("on",), help="speed: with memory checksums (on), without "
+                        "(off: DMR / ABFT / range as before), or both (on,off)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads on the CPU (default: torch's)")
     parser.add_argument("--out", help="write the results as JSON here")
 
 
@@ -151,12 +162,20 @@ def _plain_best(model, x):
     return replay
 
 
+def _print_speed(red: str, mc: str, dt: str, b: int, r: dict) -> None:
+    cov_share = r["coverage"]["covered_bits"] / max(r["coverage"]["vulnerable_bits"], 1)
+    cpu = f", thread-CPU ratio {r['thread_cpu_ratio']:.3f}" if r["thread_cpu_ratio"] else ""
+    print(f"  {red} memory checksums {mc} {dt} b{b}: plain {r['plain_ms']:.3f} ms, protected "
+          f"{r['protected_ms']:.3f} ms, ratio {r['ratio']:.3f}{cpu} {r['checks']} covers "
+          f"{cov_share:.1%}", flush=True)
+
+
 def _budget(text: str) -> float | None:
     return None if text == "full" else float(text)
 
 
 def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
-                  budget: float | None = None) -> dict:
+                  budget: float | None = None, memory_checksums: bool = True) -> dict:
     """Verified protected latency vs the unprotected best, interleaved in one run."""
     from save_ros.core.protect import ProtectConfig, protect
 
@@ -167,7 +186,8 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
     t = time.perf_counter()
     pm = protect(model, x, (0.0, 1.0), ProtectConfig(calibration=calib.to(dtype),
                                                      analysis=analysis,
-                                                     redundancy_budget=budget))
+                                                     redundancy_budget=budget,
+                                                     memory_checksums=memory_checksums))
     setup = time.perf_counter() - t
     plain_fn = _plain_best(plain, x)
 
@@ -178,15 +198,20 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
     for _ in range(10):
         plain_fn()
         prot()
-    a, b = [], []
+    a, b, ca, cb = [], [], [], []
     for _ in range(max(1, iters // 20)):  # interleaved blocks: drift hits both alike
         a.append(median_ms(plain_fn, 20))
         b.append(median_ms(prot, 20))
+        if device.type == "cpu":  # the calling thread's CPU time: what neighbours do not add
+            ca.append(thread_cpu_us(plain_fn, 10, 5))
+            cb.append(thread_cpu_us(prot, 10, 5))
     pa, pb = statistics.median(a), statistics.median(b)
     st = pm.stats()
     row = {"dtype": str(dtype).removeprefix("torch."), "batch": batch,
            "redundancy_budget": budget, "coverage": pm._plan.coverage,
            "plain_ms": pa, "protected_ms": pb, "ratio": pb / pa, "setup_s": setup,
+           "memory_checksums": memory_checksums, "threads": torch.get_num_threads(),
+           "thread_cpu_ratio": min(cb) / min(ca) if ca else None,
            "checks": pm._plan.by_kind(), "verified": st["verified"],
            "inferences": st["inferences"], "faulty": st["faulty"],
            "device_alarms": getattr(pm, "device_alarms", None),
@@ -208,7 +233,7 @@ def coverage_section(base, analysis, calib, args, device, budget: float | None,
     x = calib[:1]
     pm = protect(model, x, (0.0, 1.0), ProtectConfig(calibration=calib, analysis=analysis,
                                                      redundancy_budget=budget),
-                 fault_sites=device.type == "cuda")
+                 fault_sites=True)
     inputs = calib[:64]
     refs = cov.reference_outputs(pm, inputs)
     answer = cov.Answer(analysis.task, analysis.settings.get("tolerance"),
@@ -232,9 +257,8 @@ def coverage_section(base, analysis, calib, args, device, budget: float | None,
     for mode in ("uniform", "high"):
         done(f"weights_{mode}", cov.weight_trials(pm, inputs, refs, answer, half, args.seed,
                                                   mode, args.seconds / 2))
-        if device.type == "cuda":
-            done(f"activations_{mode}", cov.activation_trials(
-                pm, inputs, refs, answer, half, args.seed + 1, mode, args.seconds / 2))
+        done(f"activations_{mode}", cov.activation_trials(
+            pm, inputs, refs, answer, half, args.seed + 1, mode, args.seconds / 2))
     done("clean", cov.clean_trials(pm, calib, args.clean, args.seed + 2, args.seconds))
     st = pm.stats()
     out["detection_latency_ms"] = st.get("detection_latency_ms")
@@ -252,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
                             f"{torch.__version__}; measure on the CPU with --device cpu (CPU "
                             "latencies count only as ratios) or run on a GPU host")
     what = set(args.what.split(","))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results: dict = run_record("save_ros.bench_scale", device=device) | {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "models": {}}
@@ -271,20 +297,15 @@ def run(args: argparse.Namespace) -> int:
         if "speed" in what:
             row["speed"] = []
             for red in args.redundancy.split(","):
-                for dt in args.dtypes:
-                    for b in args.batches:
-                        r = speed_section(base, analysis, calib, DTYPES[dt], b, args.iters,
-                                          args.size, device, _budget(red))
-                        row["speed"].append(r)
-                        cov_share = r["coverage"]["covered_bits"] / max(
-                            r["coverage"]["vulnerable_bits"], 1)
-                        print(f"  {red} {dt} b{b}: plain {r['plain_ms']:.3f} ms, protected "
-                              f"{r['protected_ms']:.3f} ms, ratio {r['ratio']:.3f} "
-                              f"{r['checks']} covers {cov_share:.1%}", flush=True)
-        if "coverage" in what and device.type != "cuda":
-            print("  coverage: activation fault sites need the CUDA backend; on a CPU use "
-                  "save-ros campaign", flush=True)
-        elif "coverage" in what:
+                for mc in args.memory_checksums:
+                    for dt in args.dtypes:
+                        for b in args.batches:
+                            r = speed_section(base, analysis, calib, DTYPES[dt], b, args.iters,
+                                              args.size, device, _budget(red), mc == "on")
+                            row["speed"].append(r)
+                            _print_speed(red, mc, dt, b, r)
+                            save()
+        if "coverage" in what:
             row["coverage"] = {}
             for red in args.redundancy.split(","):
                 row["coverage"][red] = {}
