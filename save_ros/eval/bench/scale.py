@@ -31,6 +31,7 @@ from save_ros.argtypes import comma_list, positive_int, positive_int_list, stand
 from save_ros.errors import UserError
 from save_ros.eval.bench import scale_coverage as cov
 from save_ros.eval.record import run_record, write_json
+from save_ros.eval.table import counts_text
 from save_ros.eval.timing import median_ms
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -280,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
                             r["coverage"]["vulnerable_bits"], 1)
                         print(f"  {red} {dt} b{b}: plain {r['plain_ms']:.3f} ms, protected "
                               f"{r['protected_ms']:.3f} ms, ratio {r['ratio']:.3f} "
-                              f"{r['checks']} covers {cov_share:.1%}", flush=True)
+                              f"checks: {counts_text(r['checks'])}; covers {cov_share:.1%} "
+                              "of the vulnerable bits", flush=True)
         if "coverage" in what and device.type != "cuda":
             print("  coverage: activation fault sites need the CUDA backend; on a CPU use "
                   "save-ros campaign", flush=True)
