@@ -89,6 +89,8 @@ def unwritable_output(args: argparse.Namespace) -> str | None:
         path = getattr(args, option, None)
         if not isinstance(path, Path):
             continue
+        if option != "out" and path.is_dir():  # --out may name a folder (a bag, train's)
+            return f"--{option} {path} is a folder; give a file name"
         folder = path.parent
         while not folder.exists():  # the folders that do not exist yet are created on write
             folder = folder.parent

@@ -23,6 +23,7 @@ measures, per budget, the latency ratio and the accuracy under activation and we
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from save_ros.argtypes import fraction, fraction_list, nonnegative_int, positive_int
+from save_ros.errors import UserError
 from save_ros.eval.bench.cpu_faults import (
     detection_latency,
     faulty_latency,
@@ -192,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the ratios, optionally write JSON and the plot."""
 
 
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the sweep
+        raise UserError("--plot needs matplotlib: pip install matplotlib (the 'plot' extra)")
     torch.set_num_threads(args.threads)
     started = time.time()
     lat = latency(args.model, args.budget, args.n, args.rounds)

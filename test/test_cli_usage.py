@@ -1,4 +1,5 @@
-"""`--help` works on every command and verb, and a missing command is a usage error (exit 2)."""
+"""The CLI's usage: `--help` on every command and verb, a missing command is a usage error (exit
+2), and output paths are checked before the work starts."""
 
 from __future__ import annotations
 
@@ -65,3 +66,28 @@ def test_save_node_help_prints_usage_and_does_not_start_the_node() -> None:
     assert "[runtime]" in out  # which ones `ros2 param set` may change
     # nothing of a running node: no ROS log lines, no model loaded
     assert "[INFO]" not in done.stderr and "analysis" not in done.stderr
+
+
+@pytest.mark.skipif(not HAVE_ROS, reason="ROS 2 (rclpy) is not installed")
+def test_replay_refuses_an_existing_out_before_replaying(capsys, tmp_path) -> None:
+    """Checked first: with --attach and no node, a late check would wait for the node instead."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out_bag"
+    out.mkdir()
+    code = cli.main(["replay", str(repo / "bags" / "digits_mono8"), "--config",
+                     str(repo / "config" / "digits_cnn.yaml"), "--attach", "--namespace",
+                     "/nobody_here", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (f"save-ros replay: error: --out {out} exists; a rosbag2 is written "
+                           "into a new folder: remove it or choose another path")
+
+
+def test_a_json_path_that_is_a_folder_is_refused_before_the_run(capsys, tmp_path) -> None:
+    with pytest.raises(SystemExit) as exc:  # argparse's error(): exit 2
+        cli.main(["pvf", "--json", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--json {tmp_path} is a folder; give a file name" in err and "Traceback" not in err
