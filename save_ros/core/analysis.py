@@ -38,9 +38,12 @@ def code_fingerprint(core: Path = _CORE) -> str:
     save_ros whose Selection code differs never loads as if it were this one's. `core` is the
     `save_ros/core` folder to fingerprint (a test passes a modified copy).
     """
-    from save_ros import __version__
-
-    h = hashlib.sha256(__version__.encode())
+    h = hashlib.sha256()
+    # save_ros/__init__.py holds __version__: read, not imported (core imports nothing above it)
+    try:
+        h.update((core.parent / "__init__.py").read_bytes())
+    except OSError:
+        h.update(b"?")
     for name in SELECTION_SOURCES:
         path = core / name
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
