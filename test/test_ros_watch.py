@@ -8,6 +8,7 @@ client received.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 from rosutil import digits_frames, running_node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from save_ros.ros.tools.watch import output_record  # noqa: E402
+from save_ros.ros.tools.watch import Screen, output_record  # noqa: E402
 from save_ros.ros.tools.watch_view import (  # noqa: E402
     DiagRecord,
     StatusRecord,
@@ -73,6 +74,28 @@ def test_unchanged_diagnostics_are_not_repeated_line_by_line() -> None:
     warn = DiagRecord("save_node: inference", 1, "fault detected and repaired", {})
     assert view.add(warn) is not None and view.diagnostics == 3
     assert stamp_text(None) == "-"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_redrawn_panel_and_a_pipe_gets_lines() -> None:
+    view = WatchView("/save_node", "sensor_msgs/msg/JointState")
+    term, pipe = _Terminal(), io.StringIO()
+    live, lines = Screen(view, term, lines=False), Screen(view, pipe, lines=False)
+    for screen in (live, lines):
+        screen.line("output  1.000000000  class 3")
+        screen.refresh(force=True)
+    view.add(StatusRecord(1, 2, "input rejected: NaN pixel", {}))
+    live.refresh(force=True)
+    assert pipe.getvalue() == "output  1.000000000  class 3\n"
+    frames = term.getvalue().split("\x1b[H\x1b[2J")[1:]
+    assert len(frames) == 2 and frames[0].startswith("watching /save_node  (")
+    assert "/save_node/output (sensor_msgs/msg/JointState)" in frames[0]
+    assert "ERROR 1" in frames[1] and "input rejected: NaN pixel" in frames[1]
+    assert Screen(view, _Terminal(), lines=True).live is False  # --lines on a terminal
 
 
 def _read_lines(stream, into: list[str]) -> None:

@@ -183,10 +183,12 @@ class WatchView:
 
     def panel(self, width: int = 100) -> str:
         """The live view: one block per stream, the latest values, recent faults."""
-        elapsed = max(time.monotonic() - self.started, 1e-9)
+        elapsed = time.monotonic() - self.started
         levels = "  ".join(f"{lv} {self.statuses[lv]}" for lv in ("OK", "WARN", "ERROR")
                            if lv in self.statuses or lv == "OK")
-        lines = [self.header(), f"{elapsed:.0f} s watched, Ctrl-C to stop", "",
+        kind = f" ({self.output_type})" if self.output_type else ""
+        lines = [f"watching {self.fqn}  ({elapsed:.0f} s, Ctrl-C to stop)",
+                 f"  {self.fqn}/output{kind}, {self.fqn}/fault_status, /diagnostics", "",
                  f"output        {self.outputs:6d} msgs  {self.output_rate():5.1f}/s  last: "
                  + (f"{stamp_text(self.last_output.stamp_ns)}  {self.last_output.text()}"
                     if self.last_output else "none yet"),
