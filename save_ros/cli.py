@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("save_ros.ros.tools.demo", "main job: protected node, bundled bag, faults on"),
     "replay": ("save_ros.ros.tools.replay",
                "replay a rosbag through the node and record its outputs"),
+    "watch": ("save_ros.ros.tools.watch",
+              "show a running save_node's output, fault status and diagnostics live"),
     "analyze": ("save_ros.eval.analyze_cli", "SAVE Selection: value ranges and bit attribution"),
     "campaign": ("save_ros.eval.campaign_cli", "seeded fault-injection campaign on a model"),
     "campaign-demo": ("save_ros.eval.demo", "a one-minute campaign on the default model"),
@@ -87,6 +89,8 @@ def unwritable_output(args: argparse.Namespace) -> str | None:
         path = getattr(args, option, None)
         if not isinstance(path, Path):
             continue
+        if option != "out" and path.is_dir():  # --out may name a folder (a bag, train's)
+            return f"--{option} {path} is a folder; give a file name"
         folder = path.parent
         while not folder.exists():  # the folders that do not exist yet are created on write
             folder = folder.parent
@@ -120,13 +124,17 @@ def _bench_parser() -> argparse.ArgumentParser:
 def _resolve(argv: list[str]) -> tuple[str, str, str, list[str]] | int:
     """(verb as typed, module, help, its arguments), or the exit code of a help / usage error."""
     parser = build_parser()
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
+    if not argv:  # argparse's convention for a missing subcommand: the help, on stderr, exit 2
+        parser.print_help(sys.stderr)
+        print("save-ros: error: name a COMMAND (see above)", file=sys.stderr)
+        return 2
     if argv[0] == "bench":
         bench = _bench_parser()
         if len(argv) < 2 or argv[1] in ("-h", "--help"):
-            bench.print_help()
+            bench.print_help(sys.stdout if len(argv) > 1 else sys.stderr)
             return 0 if len(argv) > 1 else 2
         if argv[1] not in BENCH:
             bench.parse_args(argv[1:])  # the usage error: invalid choice, exit 2

@@ -11,6 +11,7 @@ inference falls in that class.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,35 @@ from torch import nn
 from save_ros.errors import UserError
 
 SCHEMA_VERSION = 2
+_CORE = Path(__file__).resolve().parent
+# the code that decides what an Analysis holds: a change to any of it makes a saved one stale
+SELECTION_SOURCES = ("analysis.py", "graph.py", "bits.py", "box.py", "select")
+
+
+@functools.lru_cache(maxsize=4)
+def code_fingerprint(core: Path = _CORE) -> str:
+    """16 hex digits of SHA-256 over save_ros's version and the source of the Selection code.
+
+    Part of every analysis key, so an Analysis saved by another checkout, branch or version of
+    save_ros whose Selection code differs never loads as if it were this one's. `core` is the
+    `save_ros/core` folder to fingerprint (a test passes a modified copy).
+    """
+    h = hashlib.sha256()
+    # save_ros/__init__.py holds __version__: read, not imported (core imports nothing above it)
+    try:
+        h.update((core.parent / "__init__.py").read_bytes())
+    except OSError:
+        h.update(b"?")
+    for name in SELECTION_SOURCES:
+        path = core / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            h.update(f.relative_to(core).as_posix().encode())
+            try:
+                h.update(f.read_bytes())
+            except OSError:  # no source installed: the version alone keys it
+                h.update(b"?")
+    return h.hexdigest()[:16]
 
 
 class TensorKind(str, enum.Enum):
@@ -144,6 +174,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     task: str = "classification"  # what a robust flip may not change: top-1, or outputs
     schema: int = SCHEMA_VERSION
+    code: str = field(default_factory=code_fingerprint)  # the Selection code that made it
     # In-memory only (not saved): the per-tensor flip rules and the captured graph, for
     # validation and the runtime in the process that ran the analysis.
     rules: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -186,6 +217,7 @@ class Analysis:
             "settings": self.settings,
             "timings": self.timings,
             "task": self.task,
+            "code": self.code,
             "tensors": [t.to_dict() for t in self.tensors.values()],
         }
 
@@ -208,6 +240,7 @@ class Analysis:
             timings=d.get("timings", {}),
             task=d.get("task", "classification"),
             schema=d["schema"],
+            code=d.get("code", ""),  # "" : saved before the code was recorded
         )
 
     def save(self, path: str | Path) -> Path:
@@ -245,6 +278,11 @@ class Analysis:
             raise AnalysisFormatError(f"{path}: not a readable analysis ({exc})") from exc
         analysis = cls.from_dict(data)
         if expect_key is not None and analysis.key != expect_key:
+            if analysis.code != code_fingerprint():
+                raise AnalysisFormatError(
+                    f"{path} was written by other save_ros Selection code (code "
+                    f"{analysis.code or 'not recorded'}, this one {code_fingerprint()}: another "
+                    "checkout, branch or version); Selection runs again")
             raise AnalysisFormatError(
                 f"{path} was made for another model or input box (key {analysis.key[:12]}, "
                 f"expected {expect_key[:12]}); re-run the analysis"
@@ -253,10 +291,13 @@ class Analysis:
 
 
 def analysis_key(
-    model: nn.Module, architecture: str, input_range: Any, settings: dict[str, Any] | None = None
+    model: nn.Module, architecture: str, input_range: Any, settings: dict[str, Any] | None = None,
+    code: str | None = None,
 ) -> str:
-    """SHA-256 of the parameters and buffers (names, shapes, bytes), architecture and box."""
+    """SHA-256 of the parameters and buffers (names, shapes, bytes), architecture, box, settings
+    and the Selection code (`code_fingerprint()` unless given)."""
     h = hashlib.sha256()
+    h.update((code if code is not None else code_fingerprint()).encode())
     h.update(architecture.encode())
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())

@@ -77,16 +77,33 @@ def run_analysis(name: str, calibration: int | None, config: SelectConfig, setup
     return analysis, model, time.perf_counter() - t0
 
 
+TABLE_NOTES = (
+    "range check: which range the runtime's range check uses; sound = interval arithmetic from "
+    "the input box (holds for every valid input), calibration = observed on calibration inputs, "
+    "widened by the margin",
+    "looseness: width of the sound range / width of the calibration range (1 = tight); above "
+    f"{SelectConfig.looseness_limit:g} (SelectConfig.looseness_limit) the check uses the "
+    "calibration range",
+    "robust / ranging / vulnerable: share of the tensor's bits whose single flip cannot change "
+    "the result / leaves the range (a range check catches it) / needs redundancy",
+    "score: vulnerable bits per byte (Allocation fills the reliable pool in this order)",
+)
+
+
 def table(analysis: Analysis) -> str:
-    """The per-tensor table and totals as text."""
-    lines = [f"{'tensor':28s} {'kind':4s} {'elems':>7s} {'check':5s} {'loose':>8s} "
-             f"{'robust':>7s} {'ranging':>7s} {'vuln':>7s} {'vuln bits':>10s} {'score':>6s}"]
+    """The per-tensor table, its legend, and the totals as text."""
+    from save_ros.eval.table import render
+
+    rows = []
     for t in analysis.tensors.values():
         bits = t.numel * len(t.bit_shares)
-        lines.append(
-            f"{t.name[:28]:28s} {t.kind.value[:4]:4s} {t.numel:7d} {t.check.value[:5]:5s} "
-            f"{t.looseness:8.3g} {t.robust_bits / bits:7.3f} {t.ranging_bits / bits:7.3f} "
-            f"{t.vulnerable_bits / bits:7.3f} {t.vulnerable_bits:10.0f} {t.score:6.2f}")
+        rows.append([t.name, t.kind.value, t.numel, t.check.value, f"{t.looseness:.3g}",
+                     f"{t.robust_bits / bits:.3f}", f"{t.ranging_bits / bits:.3f}",
+                     f"{t.vulnerable_bits / bits:.3f}", f"{t.vulnerable_bits:.0f}",
+                     f"{t.score:.2f}"])
+    lines = [render(["tensor", "kind", "elements", "range check", "looseness", "robust",
+                     "ranging", "vulnerable", "vulnerable bits", "score"], rows,
+                    align="llrlrrrrrr", notes=TABLE_NOTES)]
     for kind in (TensorKind.WEIGHT, TensorKind.ACTIVATION, None):
         tot = analysis.totals(kind)
         r, g, v = tot.share()

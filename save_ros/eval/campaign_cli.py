@@ -18,6 +18,7 @@ from save_ros.eval.campaign import (
     CampaignError,
     run_campaign,
 )
+from save_ros.eval.campaign_table import format_table, header_lines
 from save_ros.eval.methods import UnknownMethodError
 from save_ros.eval.record import write_json
 from save_ros.faults import EmptyTargetError, NoBitsError, UnknownNameError
@@ -74,26 +75,6 @@ class Progress:
             self.stream.flush()
 
 
-def format_table(result: dict) -> str:
-    """A readable table of a campaign result: one row per (method, flips)."""
-    task = result["model"]["task"]
-    acc = {"control": "success", "regression": "within tol"}.get(task, "accuracy")
-    w = max([13] + [len(p["method"]) + 2 for p in result["points"]])  # method column width
-    head = (f"{'method':<{w}}{'target':<12}{'flips':>7}  {acc + ' mean±std':<19}{'min..max':<13}"
-            f"{'SDC rate [95% CI]':<24}{'detected':>9}{'NaN/Inf':>8}{'ms/batch':>10}")
-    lines = [head, "-" * len(head)]
-    for p in result["points"]:
-        a, s = p["accuracy"], p["sdc"]
-        acc_s = f"{a['mean']:.3f}±{a['std']:.3f}" if a["n"] else "n/a"
-        rng = f"{a['min']:.2f}..{a['max']:.2f}" if a["n"] else ""
-        ci = f"{s['rate']:.4f} [{s['ci95'][0]:.4f},{s['ci95'][1]:.4f}]"
-        count = f"{p['flips']}" if p.get("ber") is None else f"{p['ber']:.0e}"
-        lines.append(f"{p['method']:<{w}}{p['target']:<12}{count:>7}  {acc_s:<19}{rng:<13}"
-                     f"{ci:<24}{p['detected']['rate']:>9.4f}{p['nonfinite']['rate']:>8.4f}"
-                     f"{p['latency_ms']['mean']:>10.2f}")
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the campaign described by the parsed options."""
     torch.set_num_threads(max(1, args.threads))
@@ -111,10 +92,7 @@ def run(args: argparse.Namespace) -> int:
             model_cli.ModelArgError, UnknownNameError) as exc:
         print(f"save-ros campaign: {exc}", file=sys.stderr)
         return 2
-    methods = ", ".join(f"{k}: clean " + ", ".join(f"{kk}={vv:.4g}" for kk, vv in v.items()
-                                                   if kk.startswith("clean_"))
-                        for k, v in result["methods"].items())
-    print(f"{result['model']['name']} ({result['model']['eval_data']}); {methods}")
+    print("\n".join(header_lines(result)))
     if result["activation_sites"]["naming"] != "none":
         sites = result["activation_sites"]
         print(f"activation sites: {sites['naming']} ({sites['why']})")

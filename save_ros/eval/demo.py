@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from save_ros.eval.campaign import CampaignConfig, run_campaign
-from save_ros.eval.campaign_cli import Progress, format_table
+from save_ros.eval.campaign_cli import Progress
+from save_ros.eval.campaign_table import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

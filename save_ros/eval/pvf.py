@@ -23,6 +23,7 @@ from save_ros.eval import model_cli
 from save_ros.eval.campaign import EvalSetup
 from save_ros.eval.metrics import Proportion, compare
 from save_ros.eval.record import run_record, write_json
+from save_ros.eval.table import render
 from save_ros.faults import RandomFlips, apply_bit_faults, weight_sites
 from save_ros.faults.records import UndoLog
 
@@ -103,12 +104,14 @@ def run(args: argparse.Namespace) -> int:
     result.update(run_record("save_ros.pvf", started))
     result.update({"model": args.model, "eval_data": setup.data, "samples": args.samples,
                    "seed": args.seed, "wall_s": time.time() - started})
-    print(f"{'layer':<28}{'params':>8}{'flips':>7}  {'PVF [95% CI]':<24}{'per-sample':>11}")
-    for r in result["layers"]:
-        p = r["pvf"]
-        ci = f"{p['rate']:.3f} [{p['ci95'][0]:.3f},{p['ci95'][1]:.3f}]"
-        print(f"{r['layer']:<28}{r['params']:>8}{r['flips']:>7}  {ci:<24}"
-              f"{r['per_sample']['rate']:>11.4f}")
+    print(render(["layer", "params", "flips", "PVF [95% CI]", "per-sample"],
+                 [[r["layer"], r["params"], r["flips"],
+                   f"{r['pvf']['rate']:.3f} [{r['pvf']['ci95'][0]:.3f}, "
+                   f"{r['pvf']['ci95'][1]:.3f}]", f"{r['per_sample']['rate']:.4f}"]
+                  for r in result["layers"]], align="lrrlr",
+                 notes=["PVF: share of single-bit flips in the layer's parameters that change "
+                        "the top-1 of at least one sample (or make an output NaN/Inf); "
+                        "per-sample: share of the batch's samples a flip changes, on average"]))
     if args.json:
         write_json(args.json, result)
     return 0

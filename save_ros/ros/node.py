@@ -99,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str], signals: _Signals) -> int:
     from save_ros.ros.paramfile import ParamsFileError, check_args
+    from save_ros.ros.usage import help_text, wants_help
 
+    if wants_help(argv):
+        sys.stdout.write(help_text())
+        return EXIT_OK
     try:
         file_warnings = check_args(argv)
     except ParamsFileError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import os
 from collections.abc import Sequence
 
 import torch
@@ -46,6 +47,19 @@ def vision_msgs_available() -> bool:
     return importlib.util.find_spec("vision_msgs") is not None
 
 
+def vision_msgs_advice(distro: str | None = None) -> str:
+    """How to get vision_msgs here: apt for a sourced distro, else that it needs one.
+
+    vision_msgs has no PyPI wheel (the `ros-pypi` extra brings rclpy and the core messages
+    only), so on a PyPI install the honest advice is a distro, or the JointState fallback.
+    """
+    distro = os.environ.get("ROS_DISTRO", "") if distro is None else distro
+    if distro:
+        return f"sudo apt install ros-{distro}-vision-msgs, or rosdep install save_ros"
+    return ("vision_msgs is not on PyPI: source a ROS 2 distro that has it "
+            "(apt install ros-<distro>-vision-msgs)")
+
+
 def choose_output(task: str, requested: str, vision: bool) -> tuple[OutputKind, str]:
     """The output kind for a task and the `output_type` parameter, and a note for the log.
 
@@ -56,8 +70,8 @@ def choose_output(task: str, requested: str, vision: bool) -> tuple[OutputKind, 
             if vision:
                 return OutputKind.CLASSIFICATION, ""
             return OutputKind.JOINT_STATE, ("vision_msgs is not installed: ~/output falls back "
-                                            "to sensor_msgs/JointState (install "
-                                            "ros-$ROS_DISTRO-vision-msgs for Classification)")
+                                            "to sensor_msgs/JointState (for vision_msgs/"
+                                            f"Classification: {vision_msgs_advice()})")
         return OutputKind.JOINT_STATE, ""
     kind = OutputKind(requested)
     if kind is OutputKind.CLASSIFICATION:
@@ -65,8 +79,8 @@ def choose_output(task: str, requested: str, vision: bool) -> tuple[OutputKind, 
             raise OutputTypeError(f"output_type=classification needs task classification, not "
                                   f"{task}; use joint_state or float64_multi_array")
         if not vision:
-            raise OutputTypeError("output_type=classification needs vision_msgs (install "
-                                  "ros-$ROS_DISTRO-vision-msgs), or use auto / joint_state")
+            raise OutputTypeError("output_type=classification needs vision_msgs "
+                                  f"({vision_msgs_advice()}), or use auto / joint_state")
     return kind, ""
 
 

@@ -165,7 +165,8 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("checksum_period", 1, T.PARAMETER_INTEGER,
               "check weight checksums every N inferences (0: never)", int_range=(0, 1_000_000)),
     ParamSpec("analysis_cache", "", T.PARAMETER_STRING,
-              "path of a saved Analysis; loaded when its key matches, written otherwise"),
+              "path of a saved Analysis; loaded when its key (weights, graph, input box, "
+              "settings, Selection code) matches, written otherwise"),
     ParamSpec("verify_timeout", 1.0, T.PARAMETER_DOUBLE,
               "seconds one verifier callback may wait for pending checks",
               float_range=(0.001, 60.0)),

@@ -23,6 +23,7 @@ measures, per budget, the latency ratio and the accuracy under activation and we
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from save_ros.argtypes import fraction, fraction_list, nonnegative_int, positive_int
+from save_ros.errors import UserError
 from save_ros.eval.bench.cpu_faults import (
     detection_latency,
     faulty_latency,
@@ -41,6 +43,7 @@ from save_ros.eval.bench.cpu_faults import (
 )
 from save_ros.eval.bench.report import accurate_latency
 from save_ros.eval.record import run_record, write_json
+from save_ros.eval.table import counts_text, render
 from save_ros.eval.timing import interleaved, thread_cpu_us
 
 RESULTS = Path("docs/results")
@@ -180,10 +183,19 @@ def where_time_goes(pm, plain, x: torch.Tensor) -> dict[str, float]:
     return parts
 
 
+def _detected_text(detected: dict[str, int]) -> str:
+    """`activation flips 450/450, weight flips 450/450` from the faulty-inference counters."""
+    parts = [f"{kind} flips {detected[kind]}/{detected[n]}"
+             for kind, n in (("activation", "n_act"), ("weight", "n_w")) if detected.get(n)]
+    return ", ".join(parts) or "no faulty inference run"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the ratios, optionally write JSON and the plot."""
 
 
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the sweep
+        raise UserError("--plot needs matplotlib: pip install matplotlib (the 'plot' extra)")
     torch.set_num_threads(args.threads)
     started = time.time()
     lat = latency(args.model, args.budget, args.n, args.rounds)
@@ -191,13 +203,15 @@ def run(args: argparse.Namespace) -> int:
     print(lat["summary"])
     print(f"load average {lat['loadavg_before'][0]:.1f} -> {lat['loadavg_after'][0]:.1f}; wall = "
           "best round's mean (and median); thread CPU = best round (the headline figure)")
-    print(f"{'method':20s} {'latency us':>11s} {'ratio':>6s} {'median ratio':>13s} "
-          f"{'thread CPU us':>14s} {'CPU ratio':>10s}")
     sp = lat["spread_us"]
+    rows = []
     for k, v in lat["latency_us"].items():
         kk = k if k in sp else "unprotected"
-        print(f"{k:20s} {v:11.1f} {lat['ratio'][k]:6.2f} {lat['median_ratio'][kk]:13.2f} "
-              f"{sp[kk]['thread_cpu_us']:14.1f} {lat['cpu_ratio'][kk]:10.2f}")
+        rows.append([k, f"{v:.1f}", f"{lat['ratio'][k]:.2f}", f"{lat['median_ratio'][kk]:.2f}",
+                     f"{sp[kk]['thread_cpu_us']:.1f}", f"{lat['cpu_ratio'][kk]:.2f}"])
+    print(render(["method", "wall us", "ratio", "median ratio", "thread CPU us", "CPU ratio"],
+                 rows, notes=["ratios: to unprotected in the same rounds (wall mean, wall "
+                              "median, thread CPU)"]))
     print("where SAVE's time goes (thread CPU us per batch-1 inference, each part alone): "
           + ", ".join(f"{k} {v:.1f}" for k, v in lat["breakdown_us"].items()))
     print(f"fault-free: {lat['fault_free_inferences']} inferences, {lat['false_alarms']} false "
@@ -206,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     if f:
         print(f"every inference faulty (verified, thread CPU): activation flip x"
               f"{f.get('ratio_act', float('nan')):.2f}, weight flip x"
-              f"{f.get('ratio_weight', float('nan')):.2f} of unprotected; detected {f['detected']}")
+              f"{f.get('ratio_weight', float('nan')):.2f} of unprotected; detected: "
+              + _detected_text(f["detected"]))
     al = accurate_latency(lat, args.model)
     for r in al:
         if r["ratio_to_unprotected"] is not None:
@@ -230,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"budget {r['budget_fraction']:5.2f}: immediate x{r['ratio_immediate']:.2f}, "
                   f"verified x{r['ratio_verified']:.2f}, accuracy {r['activation_flips']} act "
                   f"flips {r['accuracy_activation_flips']:.4f}, 4096 weight flips "
-                  f"{r['accuracy_weight_flips_4096']:.4f}, checks {r['checks']}")
+                  f"{r['accuracy_weight_flips_4096']:.4f}, checks: " + counts_text(r["checks"]))
         if args.plot:
             plot(rows, args.model, args.plot)
     if args.json:

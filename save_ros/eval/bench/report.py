@@ -65,7 +65,9 @@ def campaign_tables(model: str, results: Path = RESULTS) -> str:
             else "accuracy"
         out.append(f"**{model}, {target} flips** ({cfg['trials']} trials per point, batch "
                    f"{cfg['batch']}, seed {cfg['seed']}; cell: {metric} % / SDC rate "
-                   f"[95% CI] / detected share)\n")
+                   f"[95% CI] / detected share; {metric} counts every output, detected ones "
+                   "included, so a method that detects without repairing shows a low "
+                   f"{metric} and no SDC)\n")
         out.append("| flips | " + " | ".join(methods) + " |")
         out.append("|---:|" + "---|" * len(methods))
         for n in flips:

@@ -31,6 +31,7 @@ from save_ros.argtypes import comma_list, positive_int, positive_int_list, stand
 from save_ros.errors import UserError
 from save_ros.eval.bench import scale_coverage as cov
 from save_ros.eval.record import run_record, write_json
+from save_ros.eval.table import counts_text
 from save_ros.eval.timing import median_ms, thread_cpu_us
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -166,8 +167,8 @@ def _print_speed(red: str, mc: str, dt: str, b: int, r: dict) -> None:
     cov_share = r["coverage"]["covered_bits"] / max(r["coverage"]["vulnerable_bits"], 1)
     cpu = f", thread-CPU ratio {r['thread_cpu_ratio']:.3f}" if r["thread_cpu_ratio"] else ""
     print(f"  {red} memory checksums {mc} {dt} b{b}: plain {r['plain_ms']:.3f} ms, protected "
-          f"{r['protected_ms']:.3f} ms, ratio {r['ratio']:.3f}{cpu} {r['checks']} covers "
-          f"{cov_share:.1%}", flush=True)
+          f"{r['protected_ms']:.3f} ms, ratio {r['ratio']:.3f}{cpu}; checks: "
+          f"{counts_text(r['checks'])}; covers {cov_share:.1%} of the vulnerable bits", flush=True)
 
 
 def _budget(text: str) -> float | None:

@@ -3,7 +3,9 @@
 `protect_config` maps the node's parameters onto `ProtectConfig` (the in-process and the
 crash-isolated backend differ only in who runs the checks). `starting_analysis` loads the
 Analysis from `analysis_cache` when its key (`select.key_for`: weights, graph, input box,
-Selection settings) matches, else runs Selection once and writes the file. The key does not
+Selection settings, and the fingerprint of the Selection code, `analysis.code_fingerprint`, so
+another checkout or version never loads it) matches, else runs Selection once and writes the
+file; the log names the file loaded, or why it was not used. The key does not
 cover the calibration inputs, so with calibration from `calibration.file` / `calibration.bag`
 the cache is `<stem>.calib-<digest><suffix>` beside `analysis_cache`: other calibration data
 never loads it. A cache that cannot be read or written is logged and skipped, never fatal.
@@ -53,7 +55,8 @@ def load_cached(path: Path, key: str, logger) -> Analysis | None:
     except AnalysisFormatError as exc:
         logger.warning(f"analysis cache not used: {exc}")
         return None
-    logger.info(f"analysis loaded from {path} (key {key[:12]})")
+    logger.info(f"analysis loaded from {path} (key {key[:12]}, written by Selection code "
+                f"{analysis.code})")
     return analysis
 
 

@@ -22,7 +22,6 @@ from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
 from save_ros.ros.tools.client import ReplayClient, ReplayResult, compare
 from save_ros.ros.tools.process import NodeProcess
-from save_ros.ros.tools.replay import print_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +57,75 @@ def _accuracy(result: ReplayResult, frames: list, labels: list[int]) -> tuple[in
     return correct, total
 
 
+def fault_counts(result: ReplayResult, every: int, flips: int) -> dict[str, int]:
+    """What the faulty replay did and what the node made of it, each count named for what it
+    counts: bit flips (not injections, not detections), inferences, failed checks, outputs.
+
+    An injection is counted as caught when an inference from its frame up to the next
+    injection reported a detection (the flips stay in the weights until they are repaired).
+    """
+    statuses = [r.status or {} for r in result.records]
+    detected = [int(s.get("detected", "0")) for s in statuses]
+    # ReplayClient.replay calls ~/inject_faults before frame i when i > 0 and i % every == 0
+    starts = [i for i in range(len(statuses)) if i and i % every == 0][:len(result.injections)]
+    caught = sum(1 for k, start in enumerate(starts)
+                 if any(detected[start:starts[k + 1] if k + 1 < len(starts) else None]))
+    return {
+        "injections": len(result.injections),
+        "flips_per_injection": flips,
+        # the node's own counter where it reported one (it adds fault_injection.count per call)
+        "flips_injected": result.counter_delta("faults_injected")
+        or len(result.injections) * flips,
+        "injections_caught": caught,
+        "inferences_with_detection": sum(1 for d in detected if d),
+        "failed_checks": sum(detected),
+        "tensors_restored": sum(int(s.get("repaired", "0")) for s in statuses),
+        "outputs_repaired": sum(1 for s in statuses
+                                if int(s.get("repaired", "0")) and s.get("verified") == "true"),
+    }
+
+
+def _print_session(label: str, result: ReplayResult, counts: dict[str, int],
+                   cmp: dict[str, object], acc: tuple[tuple[int, int], tuple[int, int]],
+                   protect: bool) -> None:
+    """The demo's summary of one node: each figure says what it counts."""
+    s = result.summary()
+    loss = s["losses"]
+    lost = loss.get("lost_before_node", 0) + loss["published_unmatched"]
+    lines = [
+        f"frames {s['inputs']} sent ({result.pace}), {loss['answered']} answered, {lost} lost; "
+        f"outputs {s['outputs']}, of them verified {s['verified']}",
+        f"bit flips injected into the weights: {counts['flips_injected']} "
+        f"({counts['injections']} injections of {counts['flips_per_injection']})",
+    ]
+    if protect:
+        lines += [
+            f"injections detected: {counts['injections_caught']}/{counts['injections']}; "
+            f"inferences with a detection: {counts['inferences_with_detection']} "
+            f"({counts['failed_checks']} checks failed, {counts['tensors_restored']} tensors "
+            "restored from golden copies)",
+            f"outputs repaired (fault detected, weights restored, re-run, then published): "
+            f"{counts['outputs_repaired']}",
+        ]
+    else:
+        lines.append("detections: none possible (protect=false checks nothing)")
+    lines += [
+        f"outputs equal to the clean run: {cmp['all_equal']}/{cmp['all_compared']} (verified "
+        f"ones: {cmp['verified_equal']}/{cmp['verified_compared']}; first output published per "
+        f"input: {cmp['first_output_equal']}/{cmp['all_compared']})",
+        f"correct labels: clean run {acc[0][0]}/{acc[0][1]}, with faults {acc[1][0]}/{acc[1][1]}",
+    ]
+    lat = s["latency_ms"]
+    if lat:
+        lines.append(f"end-to-end latency ms (input published -> output received): p50 "
+                     f"{lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  max "
+                     f"{lat['max']:.2f}")
+    for cause in loss["causes"]:
+        lines.append(cause)
+    for line in lines:
+        print(f"[{label}] {line}", flush=True)
+
+
 def _session(label: str, args: argparse.Namespace, frames: list, labels: list[int],
              protect: bool) -> dict[str, object]:
     """One node: a clean lockstep run, then a run with injected faults; their comparison."""
@@ -77,9 +145,10 @@ def _session(label: str, args: argparse.Namespace, frames: list, labels: list[in
             faulty = client.replay(frames, pace=args.pace, rate=args.rate,
                                    inject_every=args.every)
             cmp = compare(clean, faulty)
-            print_summary(label, faulty)
+            counts = fault_counts(faulty, args.every, args.flips)
             acc_clean, acc_faulty = _accuracy(clean, frames, labels), _accuracy(faulty, frames,
                                                                                labels)
+            _print_session(label, faulty, counts, cmp, (acc_clean, acc_faulty), protect)
         code = proc.stop()
         if code != 0:
             print(f"[{label}] save_node exited with {code}; its last output:\n"
@@ -87,13 +156,9 @@ def _session(label: str, args: argparse.Namespace, frames: list, labels: list[in
     except BaseException:
         proc.stop()
         raise
-    print(f"[{label}] outputs identical to the clean run: {cmp['all_equal']}/"
-          f"{cmp['all_compared']} (verified and identical: {cmp['verified_equal']}/"
-          f"{cmp['verified_compared']}; first published output per input identical: "
-          f"{cmp['first_output_equal']}/{cmp['all_compared']}); accuracy clean "
-          f"{acc_clean[0]}/{acc_clean[1]}, with faults {acc_faulty[0]}/{acc_faulty[1]}; "
-          f"node exit code {code}", flush=True)
+    print(f"[{label}] node exit code {code}", flush=True)
     return {"clean": clean.summary(), "faulty": faulty.summary(), "comparison": cmp,
+            "fault_counts": counts,
             "accuracy_clean": acc_clean, "accuracy_faulty": acc_faulty, "node_exit_code": code}
 
 

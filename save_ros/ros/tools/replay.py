@@ -147,6 +147,9 @@ def pace_of(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run `save-ros replay`: 0 done, 1 the node failed or lockstep lost an input, 2 bad input."""
+    if args.out is not None and args.out.exists():  # before the replay, not after it
+        raise BagError(f"--out {args.out} exists; a rosbag2 is written into a new folder: "
+                       "remove it or choose another path")
     params = config_parameters(args.config)
     overrides = _overrides(args)
     params.update(overrides)
