@@ -197,7 +197,8 @@ def test_a_flip_outside_its_channel_but_inside_the_tensor_hull_is_caught():
     a = analyze(net, x[:4], (0.0, 1.0), calib, config=SelectConfig(sens_samples=8))
     # range checks only: with redundancy, DMR would catch these flips whatever the range does
     pm = CudaProtectedModel(net, x[:1], (0.0, 1.0),
-                            ProtectConfig(calibration=calib, redundancy_budget=0.0), a,
+                            ProtectConfig(calibration=calib, redundancy_budget=0.0,
+                                          memory_checksums=False), a,
                             use_graph=False, fault_sites=True)
     sites = pm.activation_sites()
     _, values = pm._inst.forward(x[:1])
@@ -253,7 +254,8 @@ def test_a_flip_in_a_multi_output_layers_result_is_caught_by_dmr_through_the_lay
     g = torch.Generator().manual_seed(0)
     calib = torch.rand(64, 64, generator=g)
     a = analyze(net, calib[:1], (0.0, 1.0), calib, config=SelectConfig(sens_samples=8))
-    pm = CudaProtectedModel(net, calib[:1], (0.0, 1.0), ProtectConfig(calibration=calib), a,
+    pm = CudaProtectedModel(net, calib[:1], (0.0, 1.0),
+                            ProtectConfig(calibration=calib, memory_checksums=False), a,
                             use_graph=False, fault_sites=True)
     sites = pm.activation_sites()
     picked = [s for s in sites if s.startswith("getitem")]

@@ -148,3 +148,46 @@ def test_every_kind_describes_itself():
         assert KINDS[kind].verifies
     assert "between its write and its last read" in describe_failure("checksum")
     assert describe_failure(CheckKind.RANGE, "x").endswith(": x")
+
+
+def _program_model(device: str, use_graph: bool):
+    from save_ros.core.cuda.runtime import CudaProtectedModel
+
+    torch.manual_seed(0)
+    net = Branchy().eval().to(device)
+    calib = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(3)).to(device)
+    x = calib[:1]
+    with torch.inference_mode():
+        clean = net(x).clone()
+    pm = CudaProtectedModel(net, x, (0.0, 1.0), ProtectConfig(
+        calibration=calib, reliable_budget_bytes=0, checks="checksum"), None,
+        use_graph=use_graph, fault_sites=True)
+    return pm, x, clean
+
+
+def _program_catches_flips(pm, x, clean):
+    assert {c["layer"]: c["check"] for c in pm.checks()}["add"] == "checksum"
+    r = pm.infer(x)
+    assert r.verified and not r.status.detections and torch.equal(r.output, clean)
+    for site in ("conv", "relu", "add", "cat"):
+        for bit in (30, 23, 1):
+            pm.arm_activation_fault(site, 3, bit)
+            r = pm.infer(x)
+            assert r.verified and torch.equal(r.output, clean), (site, bit)
+            assert [d.check for d in r.status.detections] == ["checksum"], (site, bit)
+            assert r.status.detections[0].layer == site
+            assert "between its write and its last read" in r.status.detections[0].detail
+
+
+def test_the_device_program_checksums_activations_eagerly():
+    """The CUDA backend's program (run eagerly here): write sums before each fault site, read
+    sums after the last reader, one flag, localised on the slow path."""
+    pm, x, clean = _program_model("cpu", use_graph=False)
+    _program_catches_flips(pm, x, clean)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_captured_graph_checksums_activations():
+    pm, x, clean = _program_model("cuda", use_graph=True)
+    _program_catches_flips(pm, x, clean)

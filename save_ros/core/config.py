@@ -39,7 +39,7 @@ class ProtectConfig:
     chain_dmr: bool = False
     # memory checksums of activations (bit sum when written vs after the last read) where they
     # cost less than DMR / ABFT / range: exact for every memory flip, no re-computation
-    # (`core.verify.kinds`); the CPU runtime runs them, the CUDA graph backend not yet
+    # (`core.verify.kinds`); both backends run them (on CUDA inside the captured graph)
     memory_checksums: bool = True
     max_reruns: int = 2  # Edit attempts before a result is reported unverified
     analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model

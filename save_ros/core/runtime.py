@@ -61,7 +61,8 @@ class InferenceResult:
 class ProtectedModel:
     """A model under SAVE: infer, get verdicts, repair. Thread-safe."""
 
-    _memory_checksums = True  # this backend runs `CheckPlan.forward` (the CUDA graph: not yet)
+    _memory_checksums = True  # this backend can run memory checksums
+    _eager_forward = True  # inference runs `CheckPlan.forward` (the CUDA graph backend: not)
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, input_range: Any,
                  config: ProtectConfig, analysis: Analysis | None,
@@ -118,7 +119,7 @@ class ProtectedModel:
                                self.config.redundancy_budget,
                                self.config.memory_checksums and self._memory_checksums)
             fit_ranges(plan, self._inst, self.config.calibration, self._example)
-            if self._memory_checksums and (plan.checksummed or self.fault_sites):
+            if self._eager_forward and (plan.checksummed or self.fault_sites):
                 self._sites = self._site_table(plan, values) if self.fault_sites else {}
                 plan.keep = self._kept(plan)
                 plan.forward = self._inst.checksummed(

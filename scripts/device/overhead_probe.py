@@ -3,8 +3,8 @@
 One device call (writes JSON to argv[1]): for each model / dtype at batch 1:
 - the unprotected model: eager, CUDA graph, torch.compile (default) and torch.compile
   mode="reduce-overhead" (CUDA graphs), each median ms of interleaved blocks;
-- `protect()` with every vulnerable bit covered (default), `checks="abft"` where ABFT applies,
-  and range checks only (`redundancy_budget=0`): the verified `infer()` latency, the replay of
+- `protect()` with every vulnerable bit covered by memory checksums (default), by DMR / ABFT
+  (`memory_checksums=False`), and range checks only: the verified `infer()` latency, the replay of
   the forward+checks graph alone, the weight-checksum graph alone, and the host remainder;
 - the kernel count of one protected replay against the plain graph (torch.profiler);
 - the cost of memory checksums done as one torch reduction per activation, written and read,
@@ -110,8 +110,9 @@ def main():
                         row[f"compile_{mode}_error"] = repr(exc)[:300]
                     torch._dynamo.reset()
                 save()
-                variants = {"full": {}, "abft": {"checks": "abft"},
-                            "range": {"redundancy_budget": 0.0}}
+                variants = {"checksums": {}, "dmr_abft": {"memory_checksums": False},
+                            "range_only": {"redundancy_budget": 0.0,
+                                           "memory_checksums": False}}
                 for vname, kw in variants.items():
                     pm = save_ros.protect(copy.deepcopy(base).to(dtype), x, (0.0, 1.0),
                                           save_ros.ProtectConfig(calibration=calib.to(dtype),

@@ -38,6 +38,7 @@ from save_ros.core.cuda import triton_available
 from save_ros.core.cuda.range_check import Kernels, RangeChecker
 from save_ros.core.instrument import Instrumented
 from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_differs
+from save_ros.core.verify.memsum import bitsum
 from save_ros.core.verify.plan import CheckPlan
 from save_ros.core.weights import WeightStore
 
@@ -122,6 +123,17 @@ class CheckProgram:
             start = end
         self._pending_binds: list[tuple[RangeChecker, Any]] = []
         self._by_end = {g.after: g for g in self.groups}
+        # memory checksums: write sums on the main stream right after each producer (before
+        # its fault site), read sums on the side stream after the last reader; one flag
+        self.summed = list(plan.checksummed)
+        self._sum_pos = {c.index: k for k, c in enumerate(self.summed)}
+        self._reads_after: dict[int, list[int]] = {}
+        for c in self.summed:
+            self._reads_after.setdefault(plan.last_read.get(c.index, -1), []).append(c.index)
+        self.sum_slot = slot
+        slot += 1
+        self.written: torch.Tensor | None = None  # the last run's sums (static in a graph)
+        self.read: torch.Tensor | None = None
         self.input_slot = slot
         self.weight_slots = list(range(slot + 1, slot + 1 + len(store.groups)))
         self.n_slots = slot + 1 + len(store.groups)
@@ -134,7 +146,7 @@ class CheckProgram:
         self._keep: list[Any] = []  # temporaries of the side streams, alive until the join
         self._false = torch.zeros((), dtype=torch.bool, device=self.device)
         self.sites = self._fault_sites(example) if fault_sites else None
-        self.checks_run = len(plan.range_batch.checks) + len(plan.redundant)
+        self.checks_run = len(plan.range_batch.checks) + len(plan.redundant) + len(self.summed)
 
     def _plan_ranges(self, g: _Group, ranges: list[LayerCheck], values, backend) -> None:
         """Split a group's range checks: one fused per-channel launch, or per layer (torch)."""
@@ -196,6 +208,8 @@ class CheckProgram:
             if f[g.slot + 1]:
                 out.append(f"dmr@{g.after}")
             out += [c.name for k, c in enumerate(g.redundant) if f[g.slot + 2 + k]]
+        if f[self.sum_slot]:
+            out += [f"checksum@{name}" for name in self.summed_failures()] or ["checksum@?"]
         if f[self.input_slot]:
             out.append("input")
         out += [f"weights[{k}]" for k, s in enumerate(self.weight_slots) if f[s]]
@@ -234,15 +248,23 @@ class CheckProgram:
         for p in inst.placeholders:
             vals[p] = x
         sites = self.sites.rows if self.sites is not None else {}
+        writes: dict[int, torch.Tensor] = {}
+        reads: dict[int, torch.Tensor] = {}
         for i, node in enumerate(inst.nodes):
             if node.op == "placeholder":
                 continue
             vals[i] = inst.recompute(i, vals)
+            if i in self._sum_pos:
+                writes[i] = bitsum(vals[i])
             if i in sites:
                 self._inject(sites[i], vals[i])
+            if i in self._reads_after:
+                self._read_sums(self._reads_after[i], vals, reads, main)
             g = self._by_end.get(i)
             if g is not None:
                 self._launch_group(g, vals, main)
+        if -1 in self._reads_after:
+            self._read_sums(self._reads_after[-1], vals, reads, main)
         out = fx.node.map_arg(inst._out_template, lambda n: vals[inst.index[n.name]])
         if check_weights:
             # after the forward, never beside it: a flip that lands while the forward runs
@@ -250,12 +272,36 @@ class CheckProgram:
             self._launch_weights(main)
         if self._side is not None:
             main.wait_stream(self._side)
+        if self.summed:
+            self.written = torch.stack([writes[c.index] for c in self.summed])
+            self.read = torch.stack([reads[c.index] for c in self.summed])
+            self.flags[self.sum_slot] = (self.written != self.read).any()
+        else:
+            self.flags[self.sum_slot] = False
         if check_weights and self._cs is not None:
             main.wait_stream(self._cs)
         if copy_flags:
             self.flags_host.copy_(self.flags, non_blocking=main is not None)
         self._keep = []
         return out, vals
+
+    def _read_sums(self, nodes: list[int], vals: Sequence[Any], reads: dict, main) -> None:
+        """Read sums of `nodes`, whose memory has had its last reader (side stream when set)."""
+        ctx = nullcontext()
+        if self._side is not None:
+            self._side.wait_stream(main)
+            ctx = torch.cuda.stream(self._side)
+        with ctx:
+            for j in nodes:
+                reads[j] = bitsum(vals[j])
+        self._keep += [reads[j] for j in nodes]
+
+    def summed_failures(self) -> list[str]:
+        """Layers whose read sum differed from their write sum in the last run."""
+        if self.written is None:
+            return []
+        bad = (self.written != self.read).nonzero().flatten().tolist()
+        return [self.summed[k].name for k in bad]
 
     def run_weights(self) -> None:
         """Only the weight checksums, on the current stream (their own graph on CUDA)."""

@@ -39,6 +39,8 @@ from save_ros.core import bits
 from save_ros.core.analysis import Analysis
 from save_ros.core.cuda.program import CheckProgram
 from save_ros.core.runtime import InferenceResult, ProtectedModel
+from save_ros.core.verify.checks import CheckKind
+from save_ros.core.verify.kinds import describe_failure
 from save_ros.core.verify.plan import CheckPlan
 from save_ros.core.verify.status import Detection, FaultStatus
 from save_ros.core.verify.verifier import Job, VerifierMode
@@ -128,14 +130,17 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _describe(slot: str, prog: _Captured) -> tuple[str, str]:
-    """(check kind, detail) of a raised flag's name."""
+    """(check kind, detail) of a raised flag's name, in the words of its kind (`KINDS`)."""
     if slot.startswith("range@"):
-        return "range", "a layer output left its analysed range (device per-channel check)"
+        return "range", describe_failure(CheckKind.RANGE, "device per-channel check")
     if slot.startswith("weights["):
-        return "weights", "chunk checksum differs from the golden sum"
+        return "weights", describe_failure(CheckKind.WEIGHTS)
+    if slot.startswith("checksum@"):
+        return "checksum", describe_failure(CheckKind.CHECKSUM, "device bit sums")
+    if slot.startswith("dmr@"):
+        return "dmr", describe_failure(CheckKind.DMR, "fused bit-exact compare of the group")
     kind = prog.program.kind_of(slot)
-    return kind, "device re-computation differs" if kind == "dmr" else \
-        "checksum exceeds its tolerance"
+    return kind, describe_failure(kind)
 
 
 def _clone(out: Any) -> Any:
@@ -150,7 +155,7 @@ def _clone(out: Any) -> Any:
 class CudaProtectedModel(ProtectedModel):
     """A ProtectedModel whose inference is one CUDA-graph replay (eager on a CPU, for tests)."""
 
-    _memory_checksums = False  # the captured program does not run memory checksums yet
+    _eager_forward = False  # the captured CheckProgram runs the checks, not CheckPlan.forward
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, input_range: Any,
                  config, analysis: Analysis | None, use_graph: bool | None = None,
@@ -288,7 +293,8 @@ class CudaProtectedModel(ProtectedModel):
                 failed, prev_out = again, _clone(out)
             else:
                 st.error = "faults persist after re-runs; result unverified"
-        st.detections = [Detection(layer, layer, kind, detail)
+        st.detections = [Detection(layer.removeprefix("checksum@"),
+                                   layer.removeprefix("checksum@"), kind, detail)
                          for layer, (kind, detail) in detections.items()]
         st.detections += [Detection(prog.program.reader_of(n), n, "weights",
                                     f"{k} element(s) differ from the golden copy")

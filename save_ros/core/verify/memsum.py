@@ -37,13 +37,20 @@ def summable(t: Any) -> bool:
 
 
 def bitsum(t: torch.Tensor) -> torch.Tensor:
-    """Wrap-around integer sum of the tensor's bit pattern: a 0-dim int64 tensor, no host sync."""
+    """Integer sum of the tensor's bit pattern: a 0-dim int64 tensor, no host sync.
+
+    On the CPU the words are added modulo 2^w in their own width (torch's int64 accumulation of
+    int32 words is a slow path there) and widened after; on CUDA one int64 reduction kernel.
+    Either way a single flip changes the result; write and read sums use the same path.
+    """
     word = _WORD[t.dtype]
     if word is torch.int16 and t.is_contiguous() and t.numel() % 2 == 0:
         v = t.view(-1).view(torch.int32)  # two halves a word: half the adds
         word = torch.int32
     else:
         v = t.view(word) if t.dtype != word else t
+    if v.is_cuda:
+        return v.sum(dtype=torch.int64)
     return v.sum(dtype=word).to(torch.int64)
 
 

@@ -313,8 +313,11 @@ def _budget(inst: Instrumented, checks: list[LayerCheck], tensors: dict, values:
     red = [c for c in checks if c.kind in (CheckKind.DMR, CheckKind.ABFT)]
     vul = {c.index: float(tensors[c.name].vulnerable_bits) if c.name in tensors else 0.0
            for c in red}
-    total = sum(vul.values())
-    out = {"vulnerable_bits": total, "covered_bits": total, "budget": budget}
+    summed = sum(float(tensors[c.name].vulnerable_bits) for c in checks
+                 if c.kind is CheckKind.CHECKSUM and c.name in tensors)
+    total = sum(vul.values()) + summed
+    out = {"vulnerable_bits": total, "covered_bits": total, "budget": budget,
+           "checksum_bits": summed}
     if budget is None or not red:
         return out
     if budget < 0:
@@ -337,7 +340,7 @@ def _budget(inst: Instrumented, checks: list[LayerCheck], tensors: dict, values:
         c.reason = f"{vul[c.index]:.0f} vulnerable bits left to the range check " \
             f"(redundancy budget {budget:g} of a forward pass)"
         _range_check(c, ta, values[c.index])
-    out.update(covered_bits=covered, forward_s=forward_s, spent_s=spent)
+    out.update(covered_bits=covered + summed, forward_s=forward_s, spent_s=spent)
     return out
 
 
