@@ -16,10 +16,10 @@ from save_ros.eval.campaign import (
     TARGETS,
     CampaignConfig,
     CampaignError,
-    run_campaign,
 )
 from save_ros.eval.methods import UnknownMethodError
 from save_ros.eval.record import write_json
+from save_ros.eval.store import StoreError, TrialStore
 from save_ros.faults import EmptyTargetError, NoBitsError, UnknownNameError
 from save_ros.models import ModelError
 
@@ -51,6 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    where = parser.add_argument_group("where the trials run (save_ros.eval.shard)")
+    where.add_argument("--device", default="auto",
+                       help="cpu, cuda (one worker process per visible GPU), cuda:N, or auto "
+                            "(cuda where available, default)")
+    where.add_argument("--workers", type=int, default=0,
+                       help="worker processes on this host (cpu: default 1 = this process; "
+                            "cuda: default every visible GPU)")
+    where.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                       help="run the trials as tasks on a Ray cluster (auto: the one this "
+                            "machine runs); needs `pip install ray` (save_ros[cluster])")
+    where.add_argument("--store", type=Path, default=None,
+                       help="SQLite file that keeps every finished trial (resumable)")
+    where.add_argument("--resume", action="store_true",
+                       help="continue the campaign in --store: run only the trials it lacks")
 
 
 class Progress:
@@ -94,6 +108,40 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_where(args: argparse.Namespace, cfg: CampaignConfig, command: list[str]) -> dict:
+    """Run the campaign where the options say: here, in worker processes, or on Ray."""
+    from save_ros.eval import shard
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CampaignError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if args.resume and args.store is None:
+        raise CampaignError("--resume needs --store FILE (the store of the killed campaign)")
+    if args.workers < 0:
+        raise CampaignError(f"--workers must be >= 0, got {args.workers}")
+    source = shard.ModelSource.from_args(args)
+    if args.ray:
+        from save_ros.eval.shard_ray import ray_executor
+        execute = ray_executor(args.ray, device, max(1, args.threads))
+    else:
+        devices = shard.local_devices(device, args.workers)
+        if not devices:
+            raise CampaignError(f"--device {device}: no GPU is visible")
+        if devices == ["cpu"]:  # today's path: this process, the model built once here
+            execute = shard.in_process(model_cli.setup_from_args(args, cfg.batch, cfg.episodes))
+        else:
+            execute = shard.processes(devices)
+    store = TrialStore(args.store or ":memory:", shard.campaign_spec(cfg, source, device),
+                       resume=args.resume)
+    try:
+        return shard.run_sharded(cfg, source, execute, store, device, max(1, args.threads),
+                                 progress=not args.quiet, command=command)
+    finally:
+        store.close()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the campaign described by the parsed options."""
     torch.set_num_threads(max(1, args.threads))
@@ -103,12 +151,11 @@ def run(args: argparse.Namespace) -> int:
                              methods=args.method,
                              batch=args.batch, episodes=args.episodes, bits=args.bits,
                              ber=args.ber, activation_sites=args.activation_sites)
-        setup = model_cli.setup_from_args(args, cfg.batch, cfg.episodes)
-        result = run_campaign(cfg, setup, progress=None if args.quiet else Progress(),
-                              command=["save-ros", "campaign", *sys.argv[2:]]
-                              if sys.argv[1:2] == ["campaign"] else sys.argv)
+        command = (["save-ros", "campaign", *sys.argv[2:]] if sys.argv[1:2] == ["campaign"]
+                   else sys.argv)
+        result = run_where(args, cfg, command)
     except (CampaignError, UnknownMethodError, ModelError, EmptyTargetError, NoBitsError,
-            model_cli.ModelArgError, UnknownNameError) as exc:
+            model_cli.ModelArgError, UnknownNameError, StoreError) as exc:
         print(f"save-ros campaign: {exc}", file=sys.stderr)
         return 2
     methods = ", ".join(f"{k}: clean " + ", ".join(f"{kk}={vv:.4g}" for kk, vv in v.items()
@@ -119,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
         sites = result["activation_sites"]
         print(f"activation sites: {sites['naming']} ({sites['why']})")
     print(format_table(result))
-    print(f"wall time {result['wall_s']:.1f} s")
+    ex = result["execution"]
+    print(f"wall time {result['wall_s']:.1f} s; {ex['executor']} x{ex['workers']} on "
+          f"{ex['device']}; {ex['trials_run']} trials run, {ex['trials_resumed']} resumed"
+          + (f", {ex['duplicates_ignored']} duplicates ignored" if ex["duplicates_ignored"]
+             else "") + (f", {ex['conflicts']} CONFLICTING duplicates" if ex["conflicts"]
+                         else ""))
     if args.json:
         write_json(args.json, result)
     return 0

@@ -1,0 +1,237 @@
+"""Run a campaign's trials anywhere: in this process, one process per GPU (or N on a CPU), or Ray.
+
+Every executor does the same thing: the trials not yet in the store are cut into chunks; a
+worker rebuilds the model from its `ModelSource` (the `--model` options, so a bundled name, a
+zoo name or an import path), prepares a `CampaignContext` once per process, runs the chunk's
+trials by key and sends their records back; this process alone writes them to the
+`TrialStore` and shows progress (trials/s, ETA). Because a trial is a pure function of its key
+(`save_ros.eval.trial`), the figures do not depend on how the trials were spread, and a chunk
+that is delivered twice (a task retried after its node died) is stored once.
+
+- in-process: the campaign as it always ran (`--workers 1` on a CPU);
+- processes: `--workers N` spawned processes on a CPU, or one per visible GPU with `--device
+  cuda` (the default where CUDA is available); a process that dies stops the run, and
+  `--resume` continues it;
+- Ray: `--ray auto|ADDRESS` (`save_ros.eval.shard_ray`): tasks with `num_cpus` = --threads and
+  `num_gpus` = 1 on CUDA, retried by Ray when a worker or node dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+
+import torch
+
+from save_ros.eval.campaign import CampaignConfig, activation_naming, campaign_result
+from save_ros.eval.methods import get_method
+from save_ros.eval.store import TrialStore
+from save_ros.eval.trial import CampaignContext, TrialKey, trial_keys
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How any process rebuilds the campaign's model and data: the `--model` options."""
+
+    model: str
+    input_shape: tuple[int, ...] | None = None
+    input_range: tuple[float, float] | None = None
+    task: str | None = None
+    tolerance: tuple[float, float] | None = None
+    inputs: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ModelSource:
+        """The options `save_ros.eval.model_cli.add_arguments` parsed."""
+        inputs = getattr(args, "inputs", None)
+        return cls(args.model, *(getattr(args, k, None) for k in
+                                 ("input_shape", "input_range", "task", "tolerance")),
+                   None if inputs is None else str(inputs))
+
+    def setup(self, batch: int, episodes: int):
+        """The `EvalSetup` (model, evaluation data) these options give."""
+        from pathlib import Path
+
+        from save_ros.eval import model_cli
+
+        ns = argparse.Namespace(**asdict(self))
+        ns.inputs = None if self.inputs is None else Path(self.inputs)
+        return model_cli.setup_from_args(ns, batch, episodes)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to run trials of one campaign (picklable, sent once per worker)."""
+
+    cfg: CampaignConfig
+    source: ModelSource
+    device: str  # "cpu" or "cuda" (a worker's own GPU is cuda:0 of what it sees, or cuda:i)
+    threads: int
+    key: str  # the store's campaign key: a worker's cached context is reused for this key only
+
+
+_CONTEXTS: dict[tuple[str, str], CampaignContext] = {}  # per worker process: (key, device)
+
+
+def worker_context(job: Job, device: str | None = None) -> CampaignContext:
+    """This process's prepared campaign (built on first use, then reused for the same job)."""
+    device = device or job.device
+    ctx = _CONTEXTS.get((job.key, device))
+    if ctx is None:
+        torch.set_num_threads(max(1, job.threads))
+        setup = job.source.setup(job.cfg.batch, job.cfg.episodes)
+        naming = activation_naming(job.cfg, setup, [get_method(n) for n in job.cfg.methods])
+        ctx = _CONTEXTS[(job.key, device)] = CampaignContext(job.cfg, setup, naming, device)
+    return ctx
+
+
+def run_chunk(job: Job, keys: Sequence[TrialKey], device: str | None = None) -> dict:
+    """Run trials by key in this process: {"meta": prepared model, "records": [...]}."""
+    ctx = worker_context(job, device)
+    return {"meta": ctx.meta(), "records": [ctx.run(k) for k in keys]}
+
+
+def chunks(keys: Sequence[TrialKey], workers: int, most: int = 32) -> list[list[TrialKey]]:
+    """Cut keys into chunks: about 8 per worker (a lost chunk costs little), at most `most`."""
+    size = max(1, min(most, math.ceil(len(keys) / max(1, 8 * workers))))
+    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
+
+
+class Meter:
+    """Progress on stderr: trials done of all, trials/s over this run, and the ETA."""
+
+    def __init__(self, total: int, done: int, stream=None, every: float = 0.5) -> None:
+        self.total, self.done, self.start_done = total, done, done
+        self.stream = stream or sys.stderr
+        self.t0 = self.last = time.monotonic()
+        self.every, self.tty = every, self.stream.isatty()
+
+    def rate(self) -> float:
+        """Trials per second over this run (0 before the first chunk)."""
+        dt = time.monotonic() - self.t0
+        return (self.done - self.start_done) / dt if dt > 0 else 0.0
+
+    def line(self) -> str:
+        """`done/total trials, rate trials/s, ETA`."""
+        rate = self.rate()
+        eta = (self.total - self.done) / rate if rate > 0 else math.inf
+        eta_s = "?" if math.isinf(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+        return f"campaign: {self.done}/{self.total} trials, {rate:.2f} trials/s, ETA {eta_s}"
+
+    def update(self, new: int) -> None:
+        """Count `new` trials and redraw (a terminal: one line, a few times a second)."""
+        self.done += new
+        now, final = time.monotonic(), self.done >= self.total
+        if final or now - self.last >= (self.every if self.tty else 10 * self.every):
+            self.stream.write(("\r" if self.tty else "") + self.line()
+                              + ("\n" if final or not self.tty else ""))
+            self.stream.flush()
+            self.last = now
+
+
+Executor = Callable[[Job, list[list[TrialKey]]], Iterator[dict]]
+
+
+def in_process(setup=None) -> Executor:
+    """Run chunks here, in order (`setup`: an `EvalSetup` to use instead of the job's source)."""
+    def execute(job: Job, parts: list[list[TrialKey]]) -> Iterator[dict]:
+        if setup is not None and (job.key, job.device) not in _CONTEXTS:
+            naming = activation_naming(job.cfg, setup, [get_method(n) for n in job.cfg.methods])
+            _CONTEXTS[(job.key, job.device)] = CampaignContext(job.cfg, setup, naming, job.device)
+        try:
+            for part in parts:
+                yield run_chunk(job, part)
+        finally:
+            _CONTEXTS.pop((job.key, job.device), None)
+    execute.workers = 1
+    return execute
+
+
+_DEVICE: list[str] = []  # the device of a pool worker process
+
+
+def _pool_init(devices, threads: int) -> None:
+    _DEVICE.append(devices.get())
+    torch.set_num_threads(max(1, threads))
+
+
+def _pool_chunk(job: Job, keys: list[TrialKey]) -> dict:
+    if _DEVICE[0].startswith("cuda"):
+        torch.cuda.set_device(torch.device(_DEVICE[0]))
+    return run_chunk(job, keys, _DEVICE[0])
+
+
+def processes(devices: Sequence[str]) -> Executor:
+    """One spawned process per entry of `devices` (e.g. cuda:0, cuda:1, or cpu, cpu)."""
+    def execute(job: Job, parts: list[list[TrialKey]]) -> Iterator[dict]:
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        for d in devices:
+            queue.put(d)
+        with ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_pool_init,
+                                 initargs=(queue, job.threads)) as pool:
+            pending = {pool.submit(_pool_chunk, job, part) for part in parts}
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        yield fut.result()
+            finally:
+                for fut in pending:
+                    fut.cancel()
+    execute.workers = len(devices)
+    return execute
+
+
+def local_devices(device: str, workers: int) -> list[str]:
+    """The processes of a one-host run: every visible GPU for cuda, else `workers` CPUs."""
+    if device.startswith("cuda"):
+        if ":" in device:
+            return [device]
+        n = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(n if workers <= 0 else min(n, workers))]
+    return ["cpu"] * max(1, workers)
+
+
+def campaign_spec(cfg: CampaignConfig, source: ModelSource, device: str) -> dict:
+    """Everything that decides a campaign's trials: the identity its store is bound to."""
+    return {"format": 1, "config": asdict(cfg), "model": asdict(source),
+            "device": device.split(":")[0]}
+
+
+def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
+                store: TrialStore, device: str = "cpu", threads: int = 1,
+                progress: bool = True, command: Sequence[str] | None = None,
+                stream=None) -> dict:
+    """Run the trials the store lacks with `execute`, store them, return the campaign result."""
+    started = time.time()
+    keys = trial_keys(cfg)
+    have = store.done()
+    todo = [k for k in keys if k not in have]
+    job = Job(cfg, source, device.split(":")[0], threads, store.key)
+    meter = Meter(len(keys), len(keys) - len(todo), stream) if progress else None
+    meta = store.meta()
+    for out in execute(job, chunks(todo, execute.workers)):
+        if meta is None:
+            meta = out["meta"]
+            store.set_meta(meta)
+        new = store.add(out["records"])
+        if meter:
+            meter.update(new)
+    if meta is None:  # nothing left to run and no worker ever reported: prepare here
+        meta = worker_context(job, device).meta()
+        store.set_meta(meta)
+    records = store.records()
+    execution = {"executor": getattr(execute, "name", execute.__qualname__.split(".")[0]),
+                 "workers": execute.workers, "device": device, "threads": threads,
+                 "store": store.path, "campaign_key": store.key,
+                 "trials_resumed": len(keys) - len(todo), "trials_run": len(todo),
+                 "duplicates_ignored": store.duplicates, "conflicts": store.conflicts,
+                 "trials_per_s": (len(todo) / (time.time() - started)) if todo else None}
+    return campaign_result(cfg, meta, records, started, command, execution=execution)
