@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -92,9 +94,10 @@ def worker_context(job: Job, device: str | None = None) -> CampaignContext:
 
 
 def run_chunk(job: Job, keys: Sequence[TrialKey], device: str | None = None) -> dict:
-    """Run trials by key in this process: {"meta": prepared model, "records": [...]}."""
+    """Run trials by key in this process: {"meta", "records", "worker": host:pid}."""
     ctx = worker_context(job, device)
-    return {"meta": ctx.meta(), "records": [ctx.run(k) for k in keys]}
+    return {"meta": ctx.meta(), "records": [ctx.run(k) for k in keys],
+            "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def chunks(keys: Sequence[TrialKey], workers: int, most: int = 32) -> list[list[TrialKey]]:
@@ -221,7 +224,7 @@ def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
         if meta is None:
             meta = out["meta"]
             store.set_meta(meta)
-        new = store.add(out["records"])
+        new = store.add(out["records"], out.get("worker"))
         if meter:
             meter.update(new)
     if meta is None:  # nothing left to run and no worker ever reported: prepare here
@@ -233,5 +236,6 @@ def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
                  "store": store.path, "campaign_key": store.key,
                  "trials_resumed": len(keys) - len(todo), "trials_run": len(todo),
                  "duplicates_ignored": store.duplicates, "conflicts": store.conflicts,
-                 "trials_per_s": (len(todo) / (time.time() - started)) if todo else None}
+                 "trials_per_s": (len(todo) / (time.time() - started)) if todo else None,
+                 "trials_per_worker": store.workers()}
     return campaign_result(cfg, meta, records, started, command, execution=execution)

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS campaign (
     key TEXT PRIMARY KEY, spec TEXT NOT NULL, meta TEXT);
 CREATE TABLE IF NOT EXISTS trials (
     method TEXT NOT NULL, point INTEGER NOT NULL, trial INTEGER NOT NULL,
-    seed INTEGER NOT NULL, record TEXT NOT NULL,
+    seed INTEGER NOT NULL, record TEXT NOT NULL, worker TEXT,
     PRIMARY KEY (method, point, trial));
 """
 
@@ -76,15 +76,17 @@ class TrialStore:
         return {TrialKey(m, p, t) for m, p, t in
                 self.db.execute("SELECT method, point, trial FROM trials")}
 
-    def add(self, records: Iterable[dict]) -> int:
-        """Store trial records in one transaction; returns how many were new."""
+    def add(self, records: Iterable[dict], worker: str | None = None) -> int:
+        """Store trial records in one transaction; returns how many were new.
+
+        `worker` names where they ran (host:pid), kept beside the record for the curious."""
         new = 0
         with self.db:
             for r in records:
                 cur = self.db.execute(
-                    "INSERT OR IGNORE INTO trials (method, point, trial, seed, record) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (r["method"], r["point"], r["trial"], r["seed"], json.dumps(r)))
+                    "INSERT OR IGNORE INTO trials (method, point, trial, seed, record, worker) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (r["method"], r["point"], r["trial"], r["seed"], json.dumps(r), worker))
                 if cur.rowcount:
                     new += 1
                     continue
@@ -101,6 +103,10 @@ class TrialStore:
         return [json.loads(r) for (r,) in self.db.execute(
             "SELECT record FROM trials ORDER BY method, point, trial")]
 
+    def workers(self) -> dict[str, int]:
+        """Worker (host:pid) -> how many of the stored trials it ran."""
+        return dict(self.db.execute("SELECT worker, COUNT(*) FROM trials GROUP BY worker"))
+
     def set_meta(self, meta: dict) -> None:
         """Keep what the workers reported about the prepared model (for a resumed result)."""
         with self.db:
@@ -114,6 +120,12 @@ class TrialStore:
     def close(self) -> None:
         """Close the database (every chunk is already committed)."""
         self.db.close()
+
+    def __enter__(self) -> TrialStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> Iterable[str]:
