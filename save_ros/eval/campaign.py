@@ -33,11 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from save_ros.errors import UserError
 from save_ros.eval.methods import Method, get_method
 from save_ros.eval.metrics import Proportion, Spread, accurate_latency
 from save_ros.eval.record import run_record
-from save_ros.eval.trial import CampaignContext, points_of, trial_keys, trial_seed
+from save_ros.eval.trial import CampaignContext, CampaignError, points_of, trial_keys, trial_seed
 from save_ros.faults import resolve_sites
 
 __all__ = ["CampaignConfig", "CampaignError", "EvalSetup", "aggregate", "campaign_result",
@@ -45,10 +44,6 @@ __all__ = ["CampaignConfig", "CampaignError", "EvalSetup", "aggregate", "campaig
 
 TARGETS = ("weights", "activations", "both")
 ACTIVATION_SITES = ("auto", "fx", "modules")
-
-
-class CampaignError(UserError, ValueError):
-    """A campaign that cannot run as configured (the message says what to change)."""
 
 
 @dataclass(frozen=True)

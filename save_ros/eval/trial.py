@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from save_ros.errors import UserError
 from save_ros.eval.methods import Method, get_method
 from save_ros.eval.metrics import compare
 from save_ros.faults import (
@@ -34,6 +35,11 @@ from save_ros.faults import (
     weight_sites,
 )
 from save_ros.faults.records import UndoLog
+
+
+class CampaignError(UserError, ValueError):
+    """A campaign that cannot run as configured (the message says what to change)."""
+
 
 # the fields of a trial record that are not reproducible (wall-clock measurements)
 TIMING_FIELDS = ("latency_s",)
@@ -132,12 +138,10 @@ class CampaignContext:
 
     `setup` is the `EvalSetup` (model and evaluation data); `device` where the model and the
     evaluation batch live (outputs are compared on the CPU, so counts do not depend on it).
-    Raises `CampaignError` (from `save_ros.eval.campaign`) for a config the model cannot run.
+    Raises `CampaignError` for a config the model cannot run.
     """
 
     def __init__(self, cfg, setup, naming: tuple[str, str], device: str = "cpu") -> None:
-        from save_ros.eval.campaign import CampaignError
-
         self.cfg, self.setup, (self.naming, self.why) = cfg, setup, naming
         self.device = torch.device(device)
         self.x = setup.x.to(self.device)
@@ -154,8 +158,6 @@ class CampaignContext:
             self.methods[name] = prep
 
     def _prepare(self, name: str) -> Prepared:
-        from save_ros.eval.campaign import CampaignError
-
         cfg, setup, naming = self.cfg, self.setup, self.naming
         method = get_method(name)
         method.prepare(setup.build().to(self.device), setup.spec, setup.calib)
