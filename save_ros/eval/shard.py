@@ -220,7 +220,10 @@ def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
     job = Job(cfg, source, device.split(":")[0], threads, store.key)
     meter = Meter(len(keys), len(keys) - len(todo), stream) if progress else None
     meta = store.meta()
+    first = None  # (time, trials) of the first chunk back: workers warm from then on
     for out in execute(job, chunks(todo, execute.workers)):
+        if first is None:
+            first = (time.time(), len(out["records"]))
         if meta is None:
             meta = out["meta"]
             store.set_meta(meta)
@@ -231,11 +234,18 @@ def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
         meta = worker_context(job, device).meta()
         store.set_meta(meta)
     records = store.records()
+    end = time.time()
+    steady = None
+    if first is not None and len(todo) > first[1] and end > first[0]:
+        steady = (len(todo) - first[1]) / (end - first[0])
     execution = {"executor": getattr(execute, "name", execute.__qualname__.split(".")[0]),
                  "workers": execute.workers, "device": device, "threads": threads,
                  "store": store.path, "campaign_key": store.key,
                  "trials_resumed": len(keys) - len(todo), "trials_run": len(todo),
                  "duplicates_ignored": store.duplicates, "conflicts": store.conflicts,
-                 "trials_per_s": (len(todo) / (time.time() - started)) if todo else None,
+                 "trials_per_s": (len(todo) / (end - started)) if todo else None,
+                 # after the first chunk came back (workers started and models prepared)
+                 "first_chunk_s": None if first is None else first[0] - started,
+                 "steady_trials_per_s": steady,
                  "trials_per_worker": store.workers()}
     return campaign_result(cfg, meta, records, started, command, execution=execution)
