@@ -160,3 +160,61 @@ def test_context_is_prepared_once_and_runs_any_key():
     a, b = ctx.run(key), ctx.run(key)
     assert reproducible(a) == reproducible(b) and a["flips"] == 16
     assert ctx.meta()["methods"]["unprotected"]["activation_naming"] == "fx"
+
+
+def test_ray_is_imported_only_by_the_module_that_runs_on_ray():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "save_ros"
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"eval/shard_ray.py"}
+
+
+def test_ray_missing_is_a_clear_error():
+    code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+            "from save_ros.cli import main\n"
+            "sys.exit(main(['campaign', '--trials', '1', '--flips', '1', '--ray', 'auto']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "--ray needs Ray: pip install" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_worker_options_are_clear_errors(tmp_path):
+    base = [sys.executable, "-m", "save_ros.cli", "campaign", "--trials", "1", "--flips", "1"]
+    import torch
+
+    cases = [(["--resume"], "--resume needs --store"),
+             (["--workers", "-1"], "--workers must be >= 0")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "CUDA is not available"))
+    for extra, msg in cases:
+        out = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and msg in out.stderr, (extra, out.stderr)
+
+
+def test_training_trials_are_functions_of_their_key_too():
+    from save_ros.eval.shard import drive
+    from save_ros.eval.training_trial import TrainJob, TrainSpec
+
+    spec = TrainSpec(model="digits_cnn", targets="weights", flips=(4096,), stuck_bit=-1,
+                     pe_bits=(), trials=2, epochs=1, batch=128, lr=0.01, seed=0, threshold=0.02,
+                     rollback=True, spike_factor=None, checkpoint_every=4)
+    stores = []
+    for execute in (in_process(), fresh_context_per_chunk_backwards):
+        store = TrialStore(":memory:", {"spec": repr(spec)})
+        meta, records, ex = drive(TrainJob(spec, 1, store.key), spec.keys(), execute, store,
+                                  progress=False)
+        assert ex["trials_run"] == 2 and meta["reference"]["steps"] > 0
+        stores.append(json.dumps(records, sort_keys=True))  # NaN accuracies compare as text
+    assert stores[0] == stores[1]
+    recs = json.loads(stores[0])
+    assert [r["seed"] for r in recs] == [0, 1]  # fault_seed(seed 0, config 0, trial t) = t
+    assert all(r["plain"]["faults_applied"] == 4096 for r in recs)

@@ -51,20 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    where = parser.add_argument_group("where the trials run (save_ros.eval.shard)")
-    where.add_argument("--device", default="auto",
-                       help="cpu, cuda (one worker process per visible GPU), cuda:N, or auto "
-                            "(cuda where available, default)")
-    where.add_argument("--workers", type=int, default=0,
-                       help="worker processes on this host (cpu: default 1 = this process; "
-                            "cuda: default every visible GPU)")
-    where.add_argument("--ray", metavar="auto|ADDRESS", default=None,
-                       help="run the trials as tasks on a Ray cluster (auto: the one this "
-                            "machine runs); needs `pip install ray` (save_ros[cluster])")
-    where.add_argument("--store", type=Path, default=None,
-                       help="SQLite file that keeps every finished trial (resumable)")
-    where.add_argument("--resume", action="store_true",
-                       help="continue the campaign in --store: run only the trials it lacks")
+    from save_ros.eval import shard
+
+    shard.add_arguments(parser)
 
 
 class Progress:
@@ -117,22 +106,10 @@ def run_where(args: argparse.Namespace, cfg: CampaignConfig, command: list[str])
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CampaignError(f"--device {device}: CUDA is not available here; use --device cpu")
-    if args.resume and args.store is None:
-        raise CampaignError("--resume needs --store FILE (the store of the killed campaign)")
-    if args.workers < 0:
-        raise CampaignError(f"--workers must be >= 0, got {args.workers}")
     source = shard.ModelSource.from_args(args)
-    if args.ray:
-        from save_ros.eval.shard_ray import ray_executor
-        execute = ray_executor(args.ray, device, max(1, args.threads))
-    else:
-        devices = shard.local_devices(device, args.workers)
-        if not devices:
-            raise CampaignError(f"--device {device}: no GPU is visible")
-        if devices == ["cpu"]:  # today's path: this process, the model built once here
-            execute = shard.in_process(model_cli.setup_from_args(args, cfg.batch, cfg.episodes))
-        else:
-            execute = shard.processes(devices)
+    execute = shard.executor(  # one CPU process: here, the model built once, as always
+        args, device, lambda: shard.in_process(model_cli.setup_from_args(args, cfg.batch,
+                                                                         cfg.episodes)))
     store = TrialStore(args.store or ":memory:", shard.campaign_spec(cfg, source, device),
                        resume=args.resume)
     try:

@@ -27,11 +27,19 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from save_ros.eval.campaign import CampaignConfig, activation_naming, campaign_result
+from save_ros.eval.campaign import (
+    CampaignConfig,
+    CampaignError,
+    activation_naming,
+    campaign_result,
+)
 from save_ros.eval.methods import get_method
 from save_ros.eval.store import TrialStore
 from save_ros.eval.trial import CampaignContext, TrialKey, trial_keys
@@ -58,8 +66,6 @@ class ModelSource:
 
     def setup(self, batch: int, episodes: int):
         """The `EvalSetup` (model, evaluation data) these options give."""
-        from pathlib import Path
-
         from save_ros.eval import model_cli
 
         ns = argparse.Namespace(**asdict(self))
@@ -67,29 +73,54 @@ class ModelSource:
         return model_cli.setup_from_args(ns, batch, episodes)
 
 
-@dataclass(frozen=True)
-class Job:
-    """What a worker needs to run trials of one campaign (picklable, sent once per worker)."""
+class Context(Protocol):
+    """A prepared job in one worker process: runs trials by key."""
 
-    cfg: CampaignConfig
-    source: ModelSource
+    def meta(self) -> dict:
+        """What the result says about the prepared job (the same in every worker)."""
+
+    def run(self, key: TrialKey) -> dict:
+        """One trial's record (with `method`, `point`, `trial` and `seed`)."""
+
+
+class Job(Protocol):
+    """What a worker gets (picklable, sent once per worker): it prepares a `Context`."""
+
     device: str  # "cpu" or "cuda" (a worker's own GPU is cuda:0 of what it sees, or cuda:i)
     threads: int
     key: str  # the store's campaign key: a worker's cached context is reused for this key only
 
+    def prepare(self, device: str) -> Context:
+        """Build the context on `device` (once per worker process)."""
 
-_CONTEXTS: dict[tuple[str, str], CampaignContext] = {}  # per worker process: (key, device)
+
+@dataclass(frozen=True)
+class CampaignJob:
+    """A `save-ros campaign` for workers: config and model source."""
+
+    cfg: CampaignConfig
+    source: ModelSource
+    device: str
+    threads: int
+    key: str
+
+    def prepare(self, device: str) -> CampaignContext:
+        """Rebuild the model from its source and prepare every method."""
+        setup = self.source.setup(self.cfg.batch, self.cfg.episodes)
+        naming = activation_naming(self.cfg, setup, [get_method(n) for n in self.cfg.methods])
+        return CampaignContext(self.cfg, setup, naming, device)
 
 
-def worker_context(job: Job, device: str | None = None) -> CampaignContext:
-    """This process's prepared campaign (built on first use, then reused for the same job)."""
+_CONTEXTS: dict[tuple[str, str], Context] = {}  # per worker process: (key, device)
+
+
+def worker_context(job: Job, device: str | None = None) -> Context:
+    """This process's prepared job (built on first use, then reused for the same key)."""
     device = device or job.device
     ctx = _CONTEXTS.get((job.key, device))
     if ctx is None:
         torch.set_num_threads(max(1, job.threads))
-        setup = job.source.setup(job.cfg.batch, job.cfg.episodes)
-        naming = activation_naming(job.cfg, setup, [get_method(n) for n in job.cfg.methods])
-        ctx = _CONTEXTS[(job.key, device)] = CampaignContext(job.cfg, setup, naming, device)
+        ctx = _CONTEXTS[(job.key, device)] = job.prepare(device)
     return ctx
 
 
@@ -142,11 +173,13 @@ Executor = Callable[[Job, list[list[TrialKey]]], Iterator[dict]]
 
 
 def in_process(setup=None) -> Executor:
-    """Run chunks here, in order (`setup`: an `EvalSetup` to use instead of the job's source)."""
+    """Run chunks here, in order (`setup`: a campaign's `EvalSetup` to use instead of its
+    source, e.g. the one the CLI already built)."""
     def execute(job: Job, parts: list[list[TrialKey]]) -> Iterator[dict]:
         if setup is not None and (job.key, job.device) not in _CONTEXTS:
-            naming = activation_naming(job.cfg, setup, [get_method(n) for n in job.cfg.methods])
-            _CONTEXTS[(job.key, job.device)] = CampaignContext(job.cfg, setup, naming, job.device)
+            cfg = job.cfg
+            naming = activation_naming(cfg, setup, [get_method(n) for n in cfg.methods])
+            _CONTEXTS[(job.key, job.device)] = CampaignContext(cfg, setup, naming, job.device)
         try:
             for part in parts:
                 yield run_chunk(job, part)
@@ -184,7 +217,12 @@ def processes(devices: Sequence[str]) -> Executor:
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        yield fut.result()
+                        try:
+                            yield fut.result()
+                        except BrokenProcessPool:
+                            raise CampaignError(
+                                "a worker process died (killed, or out of memory); the trials "
+                                "finished before are in --store: rerun with --resume") from None
             finally:
                 for fut in pending:
                     fut.cancel()
@@ -202,22 +240,58 @@ def local_devices(device: str, workers: int) -> list[str]:
     return ["cpu"] * max(1, workers)
 
 
+def add_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """The options that say where trials run and where they are kept."""
+    where = parser.add_argument_group("where the trials run (save_ros.eval.shard)")
+    if device:
+        where.add_argument("--device", default="auto",
+                           help="cpu, cuda (one worker process per visible GPU), cuda:N, or "
+                                "auto (cuda where available, default)")
+    where.add_argument("--workers", type=int, default=0,
+                       help="worker processes on this host (cpu: default 1 = this process; "
+                            "cuda: default every visible GPU)")
+    where.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                       help="run the trials as tasks on a Ray cluster (auto: the one this "
+                            "machine runs); needs `pip install ray` (save_ros[cluster])")
+    where.add_argument("--store", type=Path, default=None,
+                       help="SQLite file that keeps every finished trial (resumable)")
+    where.add_argument("--resume", action="store_true",
+                       help="continue the campaign in --store: run only the trials it lacks")
+
+
+def executor(args: argparse.Namespace, device: str,
+             here: Callable[[], Executor] | None = None) -> Executor:
+    """The executor the options of `add_arguments` ask for (`here`: the one-CPU-process one)."""
+    if args.resume and args.store is None:
+        raise CampaignError("--resume needs --store FILE (the store of the killed campaign)")
+    if args.workers < 0:
+        raise CampaignError(f"--workers must be >= 0, got {args.workers}")
+    if args.ray:
+        from save_ros.eval.shard_ray import ray_executor
+        return ray_executor(args.ray, device, max(1, args.threads))
+    devices = local_devices(device, args.workers)
+    if not devices:
+        raise CampaignError(f"--device {device}: no GPU is visible")
+    if devices == ["cpu"]:
+        return here() if here is not None else in_process()
+    return processes(devices)
+
+
 def campaign_spec(cfg: CampaignConfig, source: ModelSource, device: str) -> dict:
     """Everything that decides a campaign's trials: the identity its store is bound to."""
     return {"format": 1, "config": asdict(cfg), "model": asdict(source),
             "device": device.split(":")[0]}
 
 
-def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
-                store: TrialStore, device: str = "cpu", threads: int = 1,
-                progress: bool = True, command: Sequence[str] | None = None,
-                stream=None) -> dict:
-    """Run the trials the store lacks with `execute`, store them, return the campaign result."""
+def drive(job: Job, keys: Sequence[TrialKey], execute: Executor, store: TrialStore,
+          progress: bool = True, stream=None) -> tuple[dict, list[dict], dict]:
+    """Run the keys the store lacks with `execute`, storing chunks as they come back.
+
+    Returns (meta of the prepared job, every stored record in key order, the execution record:
+    executor, workers, trials run and resumed, duplicates, trials/s, per-worker counts)."""
     started = time.time()
-    keys = trial_keys(cfg)
     have = store.done()
     todo = [k for k in keys if k not in have]
-    job = Job(cfg, source, device.split(":")[0], threads, store.key)
     meter = Meter(len(keys), len(keys) - len(todo), stream) if progress else None
     meta = store.meta()
     first = None  # (time, trials) of the first chunk back: workers warm from then on
@@ -231,7 +305,7 @@ def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
         if meter:
             meter.update(new)
     if meta is None:  # nothing left to run and no worker ever reported: prepare here
-        meta = worker_context(job, device).meta()
+        meta = worker_context(job).meta()
         store.set_meta(meta)
     records = store.records()
     end = time.time()
@@ -239,7 +313,7 @@ def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
     if first is not None and len(todo) > first[1] and end > first[0]:
         steady = (len(todo) - first[1]) / (end - first[0])
     execution = {"executor": getattr(execute, "name", execute.__qualname__.split(".")[0]),
-                 "workers": execute.workers, "device": device, "threads": threads,
+                 "workers": execute.workers, "device": job.device, "threads": job.threads,
                  "store": store.path, "campaign_key": store.key,
                  "trials_resumed": len(keys) - len(todo), "trials_run": len(todo),
                  "duplicates_ignored": store.duplicates, "conflicts": store.conflicts,
@@ -248,4 +322,16 @@ def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
                  "first_chunk_s": None if first is None else first[0] - started,
                  "steady_trials_per_s": steady,
                  "trials_per_worker": store.workers()}
+    return meta, records, execution
+
+
+def run_sharded(cfg: CampaignConfig, source: ModelSource, execute: Executor,
+                store: TrialStore, device: str = "cpu", threads: int = 1,
+                progress: bool = True, command: Sequence[str] | None = None,
+                stream=None) -> dict:
+    """Run the campaign's trials the store lacks with `execute`; the campaign result."""
+    started = time.time()
+    job = CampaignJob(cfg, source, device.split(":")[0], threads, store.key)
+    meta, records, execution = drive(job, trial_keys(cfg), execute, store, progress, stream)
+    execution["device"] = device
     return campaign_result(cfg, meta, records, started, command, execution=execution)

@@ -94,7 +94,7 @@ class TrialStore:
                 (old,) = self.db.execute(
                     "SELECT record FROM trials WHERE method = ? AND point = ? AND trial = ?",
                     (r["method"], r["point"], r["trial"])).fetchone()
-                if reproducible(json.loads(old)) != reproducible(r):
+                if _canonical(reproducible(json.loads(old))) != _canonical(reproducible(r)):
                     self.conflicts += 1
         return new
 
@@ -126,6 +126,11 @@ class TrialStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _canonical(record: dict) -> str:
+    """A record as text, so that NaN equals NaN (a crashed fine-tune's accuracy)."""
+    return json.dumps(record, sort_keys=True)
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> Iterable[str]:
