@@ -51,9 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    from save_ros.eval import shard
+    from save_ros.eval import shard_cli
 
-    shard.add_arguments(parser)
+    shard_cli.add_arguments(parser)
 
 
 class Progress:
@@ -99,7 +99,7 @@ def format_table(result: dict) -> str:
 
 def run_where(args: argparse.Namespace, cfg: CampaignConfig, command: list[str]) -> dict:
     """Run the campaign where the options say: here, in worker processes, or on Ray."""
-    from save_ros.eval import shard
+    from save_ros.eval import shard, shard_cli
 
     device = args.device
     if device == "auto":
@@ -107,7 +107,7 @@ def run_where(args: argparse.Namespace, cfg: CampaignConfig, command: list[str])
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CampaignError(f"--device {device}: CUDA is not available here; use --device cpu")
     source = shard.ModelSource.from_args(args)
-    execute = shard.executor(  # one CPU process: here, the model built once, as always
+    execute = shard_cli.executor(  # one CPU process: here, the model built once, as always
         args, device, lambda: shard.in_process(model_cli.setup_from_args(args, cfg.batch,
                                                                          cfg.episodes)))
     store = TrialStore(args.store or ":memory:", shard.campaign_spec(cfg, source, device),

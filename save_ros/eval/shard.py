@@ -12,8 +12,10 @@ that is delivered twice (a task retried after its node died) is stored once.
 - processes: `--workers N` spawned processes on a CPU, or one per visible GPU with `--device
   cuda` (the default where CUDA is available); a process that dies stops the run, and
   `--resume` continues it;
-- Ray: `--ray auto|ADDRESS` (`save_ros.eval.shard_ray`): tasks with `num_cpus` = --threads and
-  `num_gpus` = 1 on CUDA, retried by Ray when a worker or node dies.
+- Ray: `--ray auto|ADDRESS` (`save_ros.eval.shard_ray`): tasks with `num_cpus` = --threads
+  and `num_gpus` = 1 on CUDA, retried by Ray when a worker or node dies.
+
+The command-line options that pick an executor are `save_ros.eval.shard_cli`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -66,6 +67,8 @@ class ModelSource:
 
     def setup(self, batch: int, episodes: int):
         """The `EvalSetup` (model, evaluation data) these options give."""
+        from pathlib import Path
+
         from save_ros.eval import model_cli
 
         ns = argparse.Namespace(**asdict(self))
@@ -238,43 +241,6 @@ def local_devices(device: str, workers: int) -> list[str]:
         n = torch.cuda.device_count()
         return [f"cuda:{i}" for i in range(n if workers <= 0 else min(n, workers))]
     return ["cpu"] * max(1, workers)
-
-
-def add_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None:
-    """The options that say where trials run and where they are kept."""
-    where = parser.add_argument_group("where the trials run (save_ros.eval.shard)")
-    if device:
-        where.add_argument("--device", default="auto",
-                           help="cpu, cuda (one worker process per visible GPU), cuda:N, or "
-                                "auto (cuda where available, default)")
-    where.add_argument("--workers", type=int, default=0,
-                       help="worker processes on this host (cpu: default 1 = this process; "
-                            "cuda: default every visible GPU)")
-    where.add_argument("--ray", metavar="auto|ADDRESS", default=None,
-                       help="run the trials as tasks on a Ray cluster (auto: the one this "
-                            "machine runs); needs `pip install ray` (save_ros[cluster])")
-    where.add_argument("--store", type=Path, default=None,
-                       help="SQLite file that keeps every finished trial (resumable)")
-    where.add_argument("--resume", action="store_true",
-                       help="continue the campaign in --store: run only the trials it lacks")
-
-
-def executor(args: argparse.Namespace, device: str,
-             here: Callable[[], Executor] | None = None) -> Executor:
-    """The executor the options of `add_arguments` ask for (`here`: the one-CPU-process one)."""
-    if args.resume and args.store is None:
-        raise CampaignError("--resume needs --store FILE (the store of the killed campaign)")
-    if args.workers < 0:
-        raise CampaignError(f"--workers must be >= 0, got {args.workers}")
-    if args.ray:
-        from save_ros.eval.shard_ray import ray_executor
-        return ray_executor(args.ray, device, max(1, args.threads))
-    devices = local_devices(device, args.workers)
-    if not devices:
-        raise CampaignError(f"--device {device}: no GPU is visible")
-    if devices == ["cpu"]:
-        return here() if here is not None else in_process()
-    return processes(devices)
 
 
 def campaign_spec(cfg: CampaignConfig, source: ModelSource, device: str) -> dict:

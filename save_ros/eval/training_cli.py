@@ -9,7 +9,7 @@ no NaN/Inf loss (nor spike) is identical with rollback (checkpoints only copy st
 the runs that had one are repeated.
 
 Trials run where `--workers` / `--ray` say and are kept in `--store` (resumable with
-`--resume`), like `save-ros campaign`'s (`save_ros.eval.shard`, `save_ros.eval.training_trial`).
+`--resume`), like `save-ros campaign`'s (`save_ros.eval.shard`, `eval.training_trial`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from save_ros.argtypes import int_list
-from save_ros.eval import shard
+from save_ros.eval import shard, shard_cli
 from save_ros.eval.record import run_record, write_json
 from save_ros.eval.store import StoreError, TrialStore
 from save_ros.eval.training_trial import TrainJob, TrainSpec, build_faults, fault_seed
@@ -106,14 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write every trial here")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    shard.add_arguments(parser, device=False)
+    shard_cli.add_arguments(parser, device=False)
 
 
 def run_campaign(args: argparse.Namespace, command: list[str] | None = None) -> dict:
     """Run the campaign where the options say (`save_ros.eval.shard`); the JSON-ready result."""
     spec = TrainSpec.from_args(args)
     faults = spec.faults()
-    execute = shard.executor(args, "cpu")
+    execute = shard_cli.executor(args, "cpu")
     store = TrialStore(args.store or ":memory:", {"format": 1, "kind": "train-campaign",
                                                    "spec": asdict(spec)}, resume=args.resume)
     started = time.time()
