@@ -85,3 +85,29 @@ def test_campaign_survives_a_killed_worker_node(cluster, tmp_path):
     assert ex["executor"] == "ray" and ex["conflicts"] == 0 and ex["trials_run"] == total
     # trials ran on both nodes; the survivor finished the killed node's share
     assert len(per_worker) >= 2
+
+
+@pytest.mark.slow
+def test_a_killed_ray_campaign_resumes_on_the_cluster(cluster, tmp_path):
+    """The driver dies (SIGKILL) mid-campaign; --resume on the same cluster finishes it."""
+    store = tmp_path / "c.sqlite"
+    cmd = [sys.executable, "-m", "save_ros.cli", "campaign", "--model", "digits_cnn",
+           "--target", "both", "--flips", "1,16", "--trials", str(CFG.trials), "--batch",
+           str(CFG.batch), "--device", "cpu", "--ray", cluster.address, "--store", str(store),
+           "--quiet"]
+    total = len(trial_keys(CFG))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 180
+        while time.monotonic() < end and proc.poll() is None and not stored_workers(store):
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.wait(60)
+    at_kill = sum(stored_workers(store).values())
+    assert 0 < at_kill < total, f"the kill must land mid-campaign ({at_kill}/{total})"
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    with TrialStore(store, campaign_spec(CFG, SOURCE, "cpu"), resume=True) as s:
+        got = s.records()
+    assert len(got) == total and [reproducible(r) for r in got] == reference()
