@@ -74,6 +74,9 @@ def test_store_keeps_each_trial_once_and_refuses_another_campaign(tmp_path):
         TrialStore(path, other, resume=True)
     with pytest.raises(StoreError, match="does not exist"):
         TrialStore(tmp_path / "none.sqlite", spec, resume=True)
+    (tmp_path / "text.sqlite").write_text("not a database " * 100)
+    with pytest.raises(StoreError, match="cannot use it as a campaign store"):
+        TrialStore(tmp_path / "text.sqlite", spec, resume=True)
     again = TrialStore(path, spec, resume=True)
     assert len(again.records()) == 1
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

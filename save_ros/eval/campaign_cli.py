@@ -102,9 +102,12 @@ def run_where(args: argparse.Namespace, cfg: CampaignConfig, command: list[str])
     from save_ros.eval import shard, shard_cli
 
     device = args.device
-    if device == "auto":
+    if args.ray and device == "auto":  # the cluster's GPUs count, not this machine's
+        from save_ros.eval.shard_ray import cluster_device
+        device = cluster_device(args.ray)
+    elif device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if not args.ray and device.startswith("cuda") and not torch.cuda.is_available():
         raise CampaignError(f"--device {device}: CUDA is not available here; use --device cpu")
     source = shard.ModelSource.from_args(args)
     execute = shard_cli.executor(  # one CPU process: here, the model built once, as always

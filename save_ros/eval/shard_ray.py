@@ -51,6 +51,11 @@ def connect(address: str):
     return ray
 
 
+def cluster_device(address: str) -> str:
+    """`cuda` when the cluster at `address` has a GPU resource, else `cpu`."""
+    return "cuda" if connect(address).cluster_resources().get("GPU", 0) >= 1 else "cpu"
+
+
 def ray_executor(address: str, device: str, threads: int) -> Executor:
     """An executor that runs chunks as tasks on the Ray cluster at `address`."""
     ray = connect(address)

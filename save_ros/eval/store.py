@@ -53,12 +53,18 @@ class TrialStore:
                              "campaign it holds, or choose another --store")
         if resume and self.path != ":memory:" and not Path(self.path).exists():
             raise StoreError(f"--resume: {self.path} does not exist (nothing to resume)")
-        self.db = sqlite3.connect(self.path)
         if self.path != ":memory:":
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
-        self.db.executescript(SCHEMA)
-        row = self.db.execute("SELECT key, spec FROM campaign").fetchone()
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)  # like --json's folders
+        try:
+            self.db = sqlite3.connect(self.path)
+            if self.path != ":memory:":
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
+            self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT key, spec FROM campaign").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"--store {self.path}: cannot use it as a campaign store ({exc}); "
+                             "give a new file, or the store of the campaign to resume") from None
         if row is None:
             with self.db:
                 self.db.execute("INSERT INTO campaign (key, spec) VALUES (?, ?)",
