@@ -221,3 +221,16 @@ def test_training_trials_are_functions_of_their_key_too():
     recs = json.loads(stores[0])
     assert [r["seed"] for r in recs] == [0, 1]  # fault_seed(seed 0, config 0, trial t) = t
     assert all(r["plain"]["faults_applied"] == 4096 for r in recs)
+
+
+def test_worker_processes_give_the_one_process_records():
+    """--workers 2 on a CPU (the code path of one process per GPU, with devices cpu, cpu)."""
+    from save_ros.eval.shard import processes
+
+    store = TrialStore(":memory:", campaign_spec(CFG, SOURCE, "cpu"))
+    res = run_sharded(CFG, SOURCE, processes(["cpu", "cpu"]), store, progress=False,
+                      command=[])
+    assert [reproducible(r) for r in store.records()] == reference()
+    ex = res["execution"]
+    assert ex["executor"] == "processes" and ex["workers"] == 2 and ex["trials_run"] == 20
+    assert sum(ex["trials_per_worker"].values()) == 20
