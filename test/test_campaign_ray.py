@@ -2,8 +2,8 @@
 
 The cluster (test/raycluster.py) is a head without CPUs and two worker nodes of one CPU each,
 all `ray start` processes of this machine; the campaign is `save-ros campaign --ray ADDRESS` in
-a process of its own. Once both nodes have delivered trials, one node is SIGKILLed with all its
-processes; Ray retries its chunks on the other node. The store must then hold every trial once,
+a process of its own. As soon as a worker node has delivered trials, it is SIGKILLed with all
+its processes; Ray retries its chunks on the other node. The store must then hold every trial once,
 each equal to the one-process run.
 """
 
@@ -64,16 +64,16 @@ def test_campaign_survives_a_killed_worker_node(cluster, tmp_path):
         end = time.monotonic() + 180
         while time.monotonic() < end and proc.poll() is None and victim is None:
             at_kill = stored_workers(store)
-            nodes = {cluster.node_of(int(w.rsplit(":", 1)[1])) for w in at_kill}
-            if {1, 2} <= nodes:  # both worker nodes are running trials: kill one of them
-                victim = 1
+            nodes = {cluster.node_of(int(w.rsplit(":", 1)[1])) for w in at_kill} - {None}
+            if nodes:  # a worker node is delivering trials: kill it, processes and all
+                victim = min(nodes)
                 cluster.kill_node(victim)
             time.sleep(0.02)
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert victim is not None, f"both nodes never ran trials before the end: {stderr[-2000:]}"
+    assert victim in (1, 2), f"no worker node delivered trials: {stderr[-2000:]}"
     assert proc.returncode == 0, stderr[-3000:]
     assert sum(at_kill.values()) < total, "the node must die mid-campaign"
     with TrialStore(store, campaign_spec(CFG, SOURCE, "cpu"), resume=True) as s:

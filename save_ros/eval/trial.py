@@ -105,8 +105,8 @@ class _EpisodeFaults:
 
     def __init__(self, method: Method, sites: list[Site], n: int, steps: int,
                  gen: torch.Generator | None, bit_set: tuple[int, ...] | None = None,
-                 naming: str = "modules"):
-        self.method, self.calls, self.naming = method, 0, naming
+                 naming: str = "modules", device: torch.device | None = None):
+        self.method, self.calls, self.naming, self.device = method, 0, naming, device
         self.at, self.faults = -1, []
         if n and sites and gen is not None:
             self.at = int(torch.randint(0, max(1, steps), (1,), generator=gen))
@@ -115,6 +115,11 @@ class _EpisodeFaults:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         hit = self.calls == self.at
         self.calls += 1
+        if self.device is not None and self.device.type != "cpu":  # env states live on the CPU
+            return self._predict(x.to(self.device), hit).cpu()
+        return self._predict(x, hit)
+
+    def _predict(self, x: torch.Tensor, hit: bool) -> torch.Tensor:
         if not hit:
             return self.method.predict(x)[0]
         with ActivationFaults(self.method.model, self.faults, sites=self.naming):
@@ -187,7 +192,8 @@ class CampaignContext:
             info["clean_accuracy"] = float((clean.argmax(1) == self.y).float().mean())
         if setup.episodes is not None and cfg.episodes > 0:
             info["clean_success"] = setup.episodes(
-                _EpisodeFaults(method, [], 0, 0, None, naming=naming), cfg.episodes)
+                _EpisodeFaults(method, [], 0, 0, None, naming=naming, device=self.device),
+                cfg.episodes)
         return Prepared(method, clean, w_sites, a_sites, a_sites_1, info)
 
     def _pool(self, prep: Prepared) -> list[Site]:
@@ -232,7 +238,7 @@ class CampaignContext:
                 if faults or clean_success is None:
                     policy = _EpisodeFaults(method, prep.a_sites_1, len(af),
                                             cfg.episodes * setup.episode_steps, gen,
-                                            cfg.bits, self.naming)
+                                            cfg.bits, self.naming, self.device)
                     acc = setup.episodes(policy, cfg.episodes)
                 else:
                     acc = clean_success
