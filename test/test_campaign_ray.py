@@ -111,3 +111,23 @@ def test_a_killed_ray_campaign_resumes_on_the_cluster(cluster, tmp_path):
     with TrialStore(store, campaign_spec(CFG, SOURCE, "cpu"), resume=True) as s:
         got = s.records()
     assert len(got) == total and [reproducible(r) for r in got] == reference()
+
+
+@pytest.mark.slow
+def test_train_campaign_on_ray_equals_one_process(cluster, tmp_path):
+    """`train-campaign --ray`: the same rows (crashed fine-tunes included) as in one process."""
+    base = [sys.executable, "-m", "save_ros.cli", "train-campaign", "--targets", "weights",
+            "--flips", "4096", "--stuck-bit", "-1", "--trials", "3", "--epochs", "1",
+            "--rollback", "--quiet"]
+    out = {}
+    for name, extra in (("ray", ["--ray", cluster.address]), ("one", [])):
+        path = tmp_path / f"{name}.json"
+        run = subprocess.run(base + extra + ["--json", str(path)], capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        out[name] = json.loads(path.read_text())
+    assert out["ray"]["execution"]["executor"] == "ray"
+    # NaN accuracies of crashed runs compare equal as JSON text
+    assert json.dumps(out["ray"]["rows"], sort_keys=True) == json.dumps(out["one"]["rows"],
+                                                                        sort_keys=True)
+    assert out["ray"]["rows"][0]["shares"]["crash"] > 0  # 4096 flips: fine-tunes do crash
