@@ -27,6 +27,8 @@ setup(
     extras_require={
         "test": ["pytest", "ruff"],
         "plot": ["matplotlib"],
+        # campaigns sharded over a Ray cluster (save-ros campaign --ray); imported lazily
+        "cluster": ["ray>=2.40"],
         # ROS 2 Kilted's core from PyPI, for machines without a sourced ROS 2 distribution.
         "ros-pypi": [
             "ros-rclpy",

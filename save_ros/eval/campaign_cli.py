@@ -16,11 +16,11 @@ from save_ros.eval.campaign import (
     TARGETS,
     CampaignConfig,
     CampaignError,
-    run_campaign,
 )
 from save_ros.eval.campaign_table import format_table, header_lines
 from save_ros.eval.methods import UnknownMethodError
 from save_ros.eval.record import write_json
+from save_ros.eval.store import StoreError, TrialStore
 from save_ros.faults import EmptyTargetError, NoBitsError, UnknownNameError
 from save_ros.models import ModelError
 
@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    from save_ros.eval import shard_cli
+
+    shard_cli.add_arguments(parser)
 
 
 class Progress:
@@ -75,6 +78,31 @@ class Progress:
             self.stream.flush()
 
 
+def run_where(args: argparse.Namespace, cfg: CampaignConfig, command: list[str]) -> dict:
+    """Run the campaign where the options say: here, in worker processes, or on Ray."""
+    from save_ros.eval import shard, shard_cli
+
+    device = args.device
+    if args.ray and device == "auto":  # the cluster's GPUs count, not this machine's
+        from save_ros.eval.shard_ray import cluster_device
+        device = cluster_device(args.ray)
+    elif device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not args.ray and device.startswith("cuda") and not torch.cuda.is_available():
+        raise CampaignError(f"--device {device}: CUDA is not available here; use --device cpu")
+    source = shard.ModelSource.from_args(args)
+    execute = shard_cli.executor(  # one CPU process: here, the model built once, as always
+        args, device, lambda: shard.in_process(model_cli.setup_from_args(args, cfg.batch,
+                                                                         cfg.episodes)))
+    store = TrialStore(args.store or ":memory:", shard.campaign_spec(cfg, source, device),
+                       resume=args.resume)
+    try:
+        return shard.run_sharded(cfg, source, execute, store, device, max(1, args.threads),
+                                 progress=not args.quiet, command=command)
+    finally:
+        store.close()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the campaign described by the parsed options."""
     torch.set_num_threads(max(1, args.threads))
@@ -84,12 +112,11 @@ def run(args: argparse.Namespace) -> int:
                              methods=args.method,
                              batch=args.batch, episodes=args.episodes, bits=args.bits,
                              ber=args.ber, activation_sites=args.activation_sites)
-        setup = model_cli.setup_from_args(args, cfg.batch, cfg.episodes)
-        result = run_campaign(cfg, setup, progress=None if args.quiet else Progress(),
-                              command=["save-ros", "campaign", *sys.argv[2:]]
-                              if sys.argv[1:2] == ["campaign"] else sys.argv)
+        command = (["save-ros", "campaign", *sys.argv[2:]] if sys.argv[1:2] == ["campaign"]
+                   else sys.argv)
+        result = run_where(args, cfg, command)
     except (CampaignError, UnknownMethodError, ModelError, EmptyTargetError, NoBitsError,
-            model_cli.ModelArgError, UnknownNameError) as exc:
+            model_cli.ModelArgError, UnknownNameError, StoreError) as exc:
         print(f"save-ros campaign: {exc}", file=sys.stderr)
         return 2
     print("\n".join(header_lines(result)))
@@ -97,7 +124,12 @@ def run(args: argparse.Namespace) -> int:
         sites = result["activation_sites"]
         print(f"activation sites: {sites['naming']} ({sites['why']})")
     print(format_table(result))
-    print(f"wall time {result['wall_s']:.1f} s")
+    ex = result["execution"]
+    print(f"wall time {result['wall_s']:.1f} s; {ex['executor']} x{ex['workers']} on "
+          f"{ex['device']}; {ex['trials_run']} trials run, {ex['trials_resumed']} resumed"
+          + (f", {ex['duplicates_ignored']} duplicates ignored" if ex["duplicates_ignored"]
+             else "") + (f", {ex['conflicts']} CONFLICTING duplicates" if ex["conflicts"]
+                         else ""))
     if args.json:
         write_json(args.json, result)
     return 0

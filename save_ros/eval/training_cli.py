@@ -7,6 +7,9 @@ fault-free fine-tune with the same training seed (see `save_ros.faults.training`
 NaN/Inf loss (and, with `--spike-factor`, on a loss spike), on the same faults. A run that had
 no NaN/Inf loss (nor spike) is identical with rollback (checkpoints only copy state), so only
 the runs that had one are repeated.
+
+Trials run where `--workers` / `--ray` say and are kept in `--store` (resumable with
+`--resume`), like `save-ros campaign`'s (`save_ros.eval.shard`, `eval.training_trial`).
 """
 
 from __future__ import annotations
@@ -21,38 +24,16 @@ from pathlib import Path
 import torch
 
 from save_ros.argtypes import int_list
+from save_ros.eval import shard, shard_cli
 from save_ros.eval.record import run_record, write_json
+from save_ros.eval.store import StoreError, TrialStore
+from save_ros.eval.training_trial import TrainJob, TrainSpec, build_faults, fault_seed
+from save_ros.eval.trial import CampaignError
 from save_ros.faults import ProcessingElementFault, RandomFlips, StuckAt
-from save_ros.faults.training import (
-    FaultTarget,
-    FineTuneConfig,
-    Outcome,
-    TrainingFault,
-    TrainingFaultError,
-    classify,
-    fine_tune,
-    result_record,
-)
+from save_ros.faults.training import Outcome, TrainingFault, TrainingFaultError
 from save_ros.models import ModelError
 
-
-def build_faults(targets: list[str], flips: tuple[int, ...], stuck_bit: int | None,
-                 pe_bits: tuple[int, ...]) -> list[TrainingFault]:
-    """The fault configurations of a campaign, in report order."""
-    out: list[TrainingFault] = []
-    for t in targets:
-        try:
-            kind = FaultTarget(t)
-        except ValueError:
-            raise TrainingFaultError(f"unknown target {t!r} in --targets; choose from "
-                                     f"{', '.join(k.value for k in FaultTarget)}") from None
-        if kind is FaultTarget.PE:
-            out.extend(TrainingFault(kind, ProcessingElementFault(bit=b)) for b in pe_bits)
-            continue
-        out.extend(TrainingFault(kind, RandomFlips(n)) for n in flips)
-        if stuck_bit is not None:
-            out.append(TrainingFault(kind, StuckAt(stuck_bit, 1)))
-    return out
+__all__ = ["build_faults", "fault_seed", "run_campaign"]
 
 
 def label(fault: TrainingFault) -> str:
@@ -67,11 +48,6 @@ def label(fault: TrainingFault) -> str:
     else:
         what = type(m).__name__
     return f"{fault.target.value}: {what}"
-
-
-def fault_seed(seed: int, config: int, trial: int) -> int:
-    """The fault seed of one trial (the training seed stays the campaign seed)."""
-    return (seed * 1_000_003 + config) * 10_007 + trial
 
 
 def shares(outcomes: list[str]) -> dict[str, float]:
@@ -129,60 +105,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=8, help="steps per checkpoint")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write every trial here")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    shard_cli.add_arguments(parser, device=False)
 
 
-def run_campaign(args: argparse.Namespace) -> dict:
-    """Run the campaign; return the JSON-ready result."""
-    from save_ros import models
-
-    spec = models.get_spec(args.model)
-    if spec.task.value != "classification":
-        raise TrainingFaultError(f"{args.model} is a {spec.task.value} model; the training "
-                                 "campaign fine-tunes classifiers (e.g. digits_cnn)")
-    train, test = models.dataset(args.model, "train"), models.dataset(args.model, "test")
-    cfg = FineTuneConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every, spike_factor=args.spike_factor)
-    faults = build_faults([t for t in args.targets.split(",") if t], args.flips,
-                          None if args.stuck_bit < 0 else args.stuck_bit, args.pe_bits)
+def run_campaign(args: argparse.Namespace, command: list[str] | None = None) -> dict:
+    """Run the campaign where the options say (`save_ros.eval.shard`); the JSON-ready result."""
+    spec = TrainSpec.from_args(args)
+    faults = spec.faults()
+    execute = shard_cli.executor(args, "cpu")
+    store = TrialStore(args.store or ":memory:", {"format": 1, "kind": "train-campaign",
+                                                   "spec": asdict(spec)}, resume=args.resume)
     started = time.time()
-    ref = fine_tune(models.load(args.model), train, test, cfg)
-    if ref.crashed:
-        raise TrainingFaultError("the fault-free fine-tune diverges; lower --lr")
+    try:
+        job = TrainJob(spec, max(1, args.threads), store.key)
+        meta, records, execution = shard.drive(job, spec.keys(), execute, store,
+                                               progress=not args.quiet)
+    finally:
+        store.close()
+    by_config: dict[int, list[dict]] = {}
+    for r in records:
+        by_config.setdefault(r["point"], []).append(r)
     rows = []
     for c, fault in enumerate(faults):
-        plain, rolled = [], []
-        for t in range(args.trials):
-            s = fault_seed(args.seed, c, t)
-            r = fine_tune(models.load(args.model), train, test, cfg, fault, s)
-            rec = result_record(r, classify(r, ref.accuracy, args.threshold))
-            rec["fault_seed"] = s
-            plain.append(rec)
-            if args.rollback:
-                if r.first_nonfinite_step is not None or r.first_spike_step is not None:
-                    r = fine_tune(models.load(args.model), train, test, cfg, fault, s,
-                                  rollback=True)
-                rec = result_record(r, classify(r, ref.accuracy, args.threshold))
-                rec["fault_seed"] = s
-                rolled.append(rec)
-        row = {"label": label(fault), "fault": fault.to_dict(), "trials": args.trials,
+        runs = sorted(by_config.get(c, []), key=lambda r: r["trial"])
+        plain = [r["plain"] for r in runs]
+        row = {"label": label(fault), "fault": fault.to_dict(), "trials": len(runs),
                "shares": shares([r["outcome"] for r in plain]), "runs": plain}
         if args.rollback:
+            rolled = [r["rollback"] for r in runs]
             row["shares_rollback"] = shares([r["outcome"] for r in rolled])
-            row["rollbacks_mean"] = sum(r["rollbacks"] for r in rolled) / args.trials
+            row["rollbacks_mean"] = sum(r["rollbacks"] for r in rolled) / max(1, len(rolled))
             row["runs_rollback"] = rolled
         rows.append(row)
-        print(format_row(row), file=sys.stderr)
     return {
-        **run_record("save_ros.train_campaign", started),
+        **run_record("save_ros.train_campaign", started, command),
         "version": 1, "wall_s": time.time() - started,
-        "model": args.model, "fine_tune": asdict(cfg) | {"optimizer": "SGD"},
-        "threshold": args.threshold,
-        "reference": {"accuracy": ref.accuracy, "final_loss": ref.losses[-1],
-                      "steps": ref.steps,
-                      "accuracy_before": models.evaluate(args.model, models.load(args.model))},
+        "model": args.model, **meta, "threshold": args.threshold,
         "seed_rule": "training seed = --seed; fault seed = (seed * 1000003 + config) * 10007 + "
                      "trial",
-        "rows": rows,
+        "rows": rows, "execution": execution,
     }
 
 
@@ -214,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = run_campaign(args)
-    except (TrainingFaultError, ModelError, ValueError) as exc:
+    except (TrainingFaultError, ModelError, StoreError, CampaignError, ValueError) as exc:
         print(f"save-ros train-campaign: {exc}", file=sys.stderr)
         return 2
     ref = result["reference"]
