@@ -69,6 +69,7 @@ class ProtectedModel:
                  fault_sites: bool = False) -> None:
         self.model = model.eval()
         self.fault_sites = fault_sites
+        self.last_raw_output: Any = None  # the last forward's output before any Edit
         self._armed: tuple[int, int, int] | None = None  # (node, element, bit) for the next run
         self._sites: dict[str, tuple[int, int]] = {}  # activation site name -> (node, numel)
         self.config = config
@@ -185,6 +186,7 @@ class ProtectedModel:
                 out, values, w, r = plan.forward(x)
                 sums = (w, r) if w is not None else None
             t1 = time.perf_counter()
+            self.last_raw_output = out  # before any Edit: what an unprotected run returned
             job = Job(i, (x,), out, values, t0, t1, epoch, check_w, window, plan, sums=sums)
             if not wait:
                 return InferenceResult(out, None, self._verifier.submit(job))

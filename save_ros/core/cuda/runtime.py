@@ -83,10 +83,14 @@ class _Captured:
                 self.program.run_weights()
         torch.cuda.synchronize()
         self.stream = main
+        # weights checked every inference (the default): one graph, one launch; else the
+        # weight checksums are a graph of their own, replayed when due
+        self.fused_weights = owner.config.weight_check_interval == 1
         with torch.inference_mode():
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.out, self.values = self.program.run(self.static_in, None, copy_flags=False)
+                self.out, self.values = self.program.run(
+                    self.static_in, True if self.fused_weights else None, copy_flags=False)
             self.graph_cs = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph_cs):
                 self.program.run_weights()
@@ -109,8 +113,8 @@ class _Captured:
             if not check_weights:
                 prog.clear_weight_flags()
             self.graph.replay()
-            if check_weights:  # after the forward: see CheckProgram.run
-                self.graph_cs.replay()
+            if check_weights and not self.fused_weights:  # after the forward: see
+                self.graph_cs.replay()  # CheckProgram.run
             prog.flags_host.copy_(prog.flags, non_blocking=True)
             self.done.record()
         cur.wait_stream(self.stream)
