@@ -361,9 +361,10 @@ class ProtectedModel:
         st, fails = self._checker.check(job)
         if fails:
             st.detections = [d for _, d in fails]
-            edit = self._rerun if job.plan.keep is not None else self._editor.edit
-            st.output = edit(job, fails, st, self._checker.run) if edit is self._editor.edit \
-                else edit(job, fails, st)
+            if job.plan.keep is not None:  # no activations kept: re-run from the input
+                st.output = self._rerun(job, fails, st)
+            else:
+                st.output = self._editor.edit(job, fails, st, self._checker.run)
             st.detection_latency_s = time.perf_counter() - job.t_start
         else:
             st.verified = not st.input_out_of_range
