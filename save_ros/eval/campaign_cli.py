@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                               command=["save-ros", "campaign", *sys.argv[2:]]
                               if sys.argv[1:2] == ["campaign"] else sys.argv)
     except (CampaignError, UnknownMethodError, ModelError, EmptyTargetError, NoBitsError,
-            model_cli.ModelArgError, UnknownNameError) as exc:
+            UnknownNameError) as exc:  # ModelError: a --model that does not load, too
         print(f"save-ros campaign: {exc}", file=sys.stderr)
         return 2
     methods = ", ".join(f"{k}: clean " + ", ".join(f"{kk}={vv:.4g}" for kk, vv in v.items()
