@@ -143,9 +143,12 @@ def foreign_setup(args: argparse.Namespace, batch: int) -> EvalSetup:
             clean = model(test)
             clean_calib = model(calib)
     except Exception as exc:  # the user's forward, on inputs of the shape we were told
+        hint = ("; export it with a dynamic batch dimension (dynamic_shapes={0: "
+                "torch.export.Dim('batch')}): campaigns run batches of several sizes"
+                if is_export_path(path) else "")
         raise ModelLoadError(f"--model {path} fails on inputs of shape (N, "
-                            f"{', '.join(map(str, shape))}): {type(exc).__name__}: {exc}"
-                            ) from None
+                             f"{', '.join(map(str, shape))}): {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}") from None
     if not isinstance(clean, torch.Tensor) or clean.dim() < 1 or len(clean) != len(test):
         raise ModelLoadError(f"--model {path}: forward must return one tensor with the batch "
                             f"first, got {type(clean).__name__}")

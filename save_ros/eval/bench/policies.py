@@ -50,9 +50,6 @@ def measure(name: str, dtypes: list[str], reps: int) -> dict:
                                   "output_shape": list(out.shape)}
         except (RuntimeError, NotImplementedError) as exc:  # an op without a kernel in dtype
             row["dtypes"][key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
-        finally:
-            if dtype != torch.float32:
-                model = None
     return row
 
 
