@@ -184,3 +184,19 @@ def test_full_rdt_policy_runs_in_bf16_and_repeats_bit_exactly():
     first = _run(model, inputs)
     assert tuple(first.shape) == (1, 64, 14) and first.dtype == torch.bfloat16
     assert torch.equal(_run(model, inputs), first)
+
+
+def test_bench_policies_reports_counts_and_bit_exact_repeats(tmp_path, capsys):
+    import json
+
+    from save_ros import cli
+
+    out = tmp_path / "p.json"
+    assert cli.main(["bench", "policies", "--models", "rdt_policy_tiny", "--dtypes",
+                     "fp32,bf16", "--reps", "1", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["models"]["rdt_policy_tiny"]
+    assert row["parameters"] == policies.parameter_count("rdt_policy_tiny")
+    assert all(d["repeat_bit_exact"] and d["output_shape"] == [1, 64, 14]
+               for d in row["dtypes"].values())
+    assert cli.main(["bench", "policies", "--models", "cogact"]) == 2
+    assert "unknown cogact" in capsys.readouterr().err

@@ -24,7 +24,12 @@ DEFAULT_MODELS = "decision_transformer,visuomotor,rdt_policy_tiny"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def measure(name: str, dtypes: list[str], reps: int) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(name: str, dtypes: list[str], reps: int, device: str = "cpu") -> dict:
     """One policy: parameters, build seconds, and per dtype median forward ms (or the error)."""
     from save_ros.models import zoo
     from save_ros.models.zoo import policies
@@ -36,14 +41,17 @@ def measure(name: str, dtypes: list[str], reps: int) -> dict:
     for key in dtypes:
         dtype = DTYPES[key]
         try:
-            model = base if dtype == torch.float32 else zoo.build_policy(name, dtype=dtype)
-            inputs = zoo.example_inputs(name, batch=1, dtype=dtype)
+            model = (base if dtype == torch.float32
+                     else zoo.build_policy(name, dtype=dtype)).to(device)
+            inputs = tuple(x.to(device) for x in zoo.example_inputs(name, batch=1, dtype=dtype))
             times = []
             with torch.inference_mode():
                 first = model(*inputs)
                 for _ in range(reps):
+                    _sync(device)
                     t0 = time.perf_counter()
                     out = model(*inputs)
+                    _sync(device)
                     times.append(time.perf_counter() - t0)
             row["dtypes"][key] = {"forward_ms_median": round(1e3 * statistics.median(times), 2),
                                   "repeat_bit_exact": bool(torch.equal(first, out)),
@@ -59,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="zoo policy names, comma-separated (rdt_policy: 415M, ~2 GB)")
     parser.add_argument("--dtypes", default="fp32,bf16,fp16")
     parser.add_argument("--reps", type=positive_int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
@@ -75,11 +84,15 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(zoo.available_policies())}; dtypes: {', '.join(DTYPES)}",
               file=sys.stderr)
         return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench policies: skipped: --device cuda but this torch sees no CUDA device")
+        return 0
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": 1,
+              "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
               "reps": args.reps, "date": time.strftime("%Y-%m-%d", time.gmtime()),
               "models": {}}
     for name in names:
-        row = measure(name, dtypes, args.reps)
+        row = measure(name, dtypes, args.reps, args.device)
         result["models"][name] = row
         for key, d in row["dtypes"].items():
             what = d.get("error") or (f"{d['forward_ms_median']:9.2f} ms  bit-exact repeat "
