@@ -2,9 +2,10 @@
 
 `save-ros bench policies` builds each policy (seeded init, fp32, converted to bf16 / fp16), runs
 its example inputs at batch 1 and reports the median of `--reps` timed forwards after one
-warm-up, plus whether two runs on the same inputs give the same bits. Parameters are counted on
-the meta device (nothing allocated). The 415M `rdt_policy` is built only when `--models` names
-it. Times are for comparing dtypes and models on one machine, side by side in one run.
+warm-up (wall time, and the process's CPU time over all its threads, which a machine shared
+with other jobs inflates less), plus whether two runs on the same inputs give the same bits.
+Parameters are counted on the meta device (nothing allocated). The 415M `rdt_policy` is built
+only when `--models` names it. Times compare dtypes and models on one machine in one run.
 """
 
 from __future__ import annotations
@@ -44,16 +45,19 @@ def measure(name: str, dtypes: list[str], reps: int, device: str = "cpu") -> dic
             model = (base if dtype == torch.float32
                      else zoo.build_policy(name, dtype=dtype)).to(device)
             inputs = tuple(x.to(device) for x in zoo.example_inputs(name, batch=1, dtype=dtype))
-            times = []
+            times, cpu = [], []
             with torch.inference_mode():
                 first = model(*inputs)
                 for _ in range(reps):
                     _sync(device)
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     out = model(*inputs)
                     _sync(device)
                     times.append(time.perf_counter() - t0)
+                    cpu.append(time.process_time() - c0)
             row["dtypes"][key] = {"forward_ms_median": round(1e3 * statistics.median(times), 2),
+                                  "process_cpu_ms_median": round(1e3 * statistics.median(cpu),
+                                                                 2),
                                   "repeat_bit_exact": bool(torch.equal(first, out)),
                                   "output_shape": list(out.shape)}
         except (RuntimeError, NotImplementedError) as exc:  # an op without a kernel in dtype
@@ -87,7 +91,13 @@ def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench policies: skipped: --device cuda but this torch sees no CUDA device")
         return 0
+    import os
+
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": 1,
+              "load_average_1min": round(os.getloadavg()[0], 2),
+              "command": "save-ros bench policies " + " ".join(sys.argv[3:]
+                                                              if sys.argv[1:2] == ["bench"]
+                                                              else sys.argv[1:]),
               "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
               "reps": args.reps, "date": time.strftime("%Y-%m-%d", time.gmtime()),
               "models": {}}
@@ -95,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
         row = measure(name, dtypes, args.reps, args.device)
         result["models"][name] = row
         for key, d in row["dtypes"].items():
-            what = d.get("error") or (f"{d['forward_ms_median']:9.2f} ms  bit-exact repeat "
-                                      f"{d['repeat_bit_exact']}")
+            what = d.get("error") or (f"{d['forward_ms_median']:9.2f} ms wall "
+                                      f"{d['process_cpu_ms_median']:9.2f} ms CPU  bit-exact "
+                                      f"repeat {d['repeat_bit_exact']}")
             print(f"{name:22s} {row['parameters']:>12,d} params  {key}  {what}")
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -87,7 +87,7 @@ def example_inputs(cfg: DTConfig, batch: int = 1, seed: int = 0,
     return rtg.unsqueeze(-1).to(dtype), states.to(dtype), actions.to(dtype), timesteps
 
 
-def input_boxes(cfg: DTConfig) -> tuple[tuple[float, float], ...]:
-    """(low, high) per input: rtg, states, actions, and the timestep's integer range."""
+def input_boxes(cfg: DTConfig) -> tuple[tuple[float, float] | tuple[int, int], ...]:
+    """(low, high) per input: rtg, states, actions; the timesteps' inclusive integer range."""
     return ((0.0, cfg.max_return), (-cfg.state_bound, cfg.state_bound), (-1.0, 1.0),
-            (0.0, float(cfg.max_ep_len - 1)))
+            (0, cfg.max_ep_len - 1))
