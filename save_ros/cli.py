@@ -39,6 +39,8 @@ BENCH: dict[str, tuple[str, str]] = {
               "robot-scale models through protect(): analysis, speed, coverage (GPU or CPU)"),
     "failover": ("save_ros.eval.bench.failover",
                  "worker crash to next result: warm vs cold standby (no ROS)"),
+    "policies": ("save_ros.eval.bench.policies",
+                 "the zoo's policies unprotected: parameters, forward time per dtype"),
     "ros": ("save_ros.ros.tools.bench_node",
             "save_node over DDS: latency, capacity, rate ladder, bare vs SAVE"),
     "ros-stream": ("save_ros.ros.tools.bench_stream",

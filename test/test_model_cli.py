@@ -108,3 +108,24 @@ def test_console_command_exit_code(tmp_path):
                           env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not a torch.nn.Module" in proc.stderr
+
+
+def test_campaign_on_a_torch_export_file(capsys, tmp_path):
+    """A .pt2 program loads through the same loader; its input shape comes from the program."""
+    import foreign_nets
+
+    net = foreign_nets.make_classifier().eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 3, 8, 8),),
+                                          dynamic_shapes=({0: batch},)), tmp_path / "n.pt2")
+    code, _, err = run_cli(capsys, "campaign", "--model", str(tmp_path / "n.pt2"),
+                           "--input-range", "0,1", "--flips", "0,64", "--trials", "2",
+                           "--batch", "16", "--bits", "30", "--quiet",
+                           "--json", str(tmp_path / "c.json"))
+    assert code == 0, err
+    zero, many = json.loads((tmp_path / "c.json").read_text())["points"]
+    assert zero["sdc"]["count"] == 0 and many["changed"]["count"] > 0
+    torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 8, 8),)), tmp_path / "s.pt2")
+    code, _, err = run_cli(capsys, "campaign", "--model", str(tmp_path / "s.pt2"),
+                           "--input-range", "0,1", "--quiet")
+    assert code == 2 and "export it with a dynamic batch dimension" in err

@@ -63,7 +63,8 @@ def test_exported_program_is_loaded_with_its_input_shape(tmp_path):
     ("request_", "message"),
     [
         (ModelRequest("my_pkg.nets:MyNet", input_shape=(4,)), "cannot import 'my_pkg.nets'"),
-        (ModelRequest("robot_nets:nothing_here", input_shape=(4,)), "has no 'nothing_here'"),
+        (ModelRequest("robot_nets:nothing_here", input_shape=(4,)),
+         "has no attribute 'nothing_here'"),
         (ModelRequest("robot_nets:tiny_color_net", default_box=IMAGE_BOX), "set input_shape"),
         (ModelRequest("robot_nets:ArmPolicy", input_shape=(6,)), "no declared input box"),
         (ModelRequest("robot_nets:ArmPolicy", input_shape=(5,), input_low=(0.0,),

@@ -195,13 +195,13 @@ def run(args: argparse.Namespace) -> int:
                           gap_quantile=args.gap_quantile)
     try:
         setup = None
-        if model_cli.is_import_path(args.model):
+        if model_cli.is_user_model(args.model) or ":" in args.model:
             setup = model_cli.setup_from_args(args, args.eval_inputs)
         else:
             stray = [o for o in ("input_shape", "input_range", "task", "tolerance", "inputs")
                      if getattr(args, o, None) is not None]
             if stray:
-                raise model_cli.ModelArgError(
+                raise model_cli.ModelLoadError(
                     f"--{stray[0].replace('_', '-')} is for a model given by import path")
         analysis, model, seconds = run_analysis(args.model, args.calibration, config, setup)
     except (ValueError, models.ModelError) as exc:  # bad arguments or input box: what to change

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                    else sys.argv)
         result = run_where(args, cfg, command)
     except (CampaignError, UnknownMethodError, ModelError, EmptyTargetError, NoBitsError,
-            model_cli.ModelArgError, UnknownNameError, StoreError) as exc:
+            UnknownNameError, StoreError) as exc:  # ModelError: a --model that does not load
         print(f"save-ros campaign: {exc}", file=sys.stderr)
         return 2
     print("\n".join(header_lines(result)))

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         setup = model_cli.setup_from_args(args, args.batch, episodes=0)
-    except (ModelError, model_cli.ModelArgError) as exc:
+    except ModelError as exc:  # models.loader.ModelLoadError is one
         print(f"save-ros pvf: {exc}", file=sys.stderr)
         return 2
     started = time.time()

@@ -9,7 +9,6 @@ maps the same device memory (the parent must outlive it, which the supervisor gu
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,25 +16,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from save_ros.errors import UserError
 from save_ros.failover.config import FailoverConfig, WeightSharing, WorkerModel
-
-
-class ModelSourceError(UserError, ValueError):
-    """The model source does not name an importable factory."""
+from save_ros.models import loader
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A picklable recipe for a model: 'module:function' called with `args` (default: by name)."""
+    """A picklable recipe for a model: 'package.module:factory' called with `args`.
+
+    Workers load it through `save_ros.models.loader` (its import-path rule, its
+    `ModelLoadError`)."""
 
     factory: str
     args: tuple[Any, ...] = field(default_factory=tuple)
 
     @classmethod
-    def named(cls, name: str) -> ModelSource:
-        """A bundled reference model, loaded with `save_ros.models.load(name)`."""
-        return cls("save_ros.models:load", (name,))
+    def named(cls, name: str, model_file: str = "") -> ModelSource:
+        """A model as the node names it: bundled or zoo name (with a state dict or TorchScript
+        `model_file`), `.pt2` file or import path; loaded by `loader.load_module`."""
+        return cls("save_ros.models.loader:load_module", (name, model_file))
 
     @classmethod
     def instance(cls, module: nn.Module) -> ModelSource:
@@ -44,18 +43,8 @@ class ModelSource:
         return cls(f"{kind.__module__}:{kind.__qualname__} instance (shared, not loadable)")
 
     def load(self) -> nn.Module:
-        """Import the factory and build the model (eval mode)."""
-        module_name, _, attr = self.factory.partition(":")
-        if not attr:
-            raise ModelSourceError(f"factory {self.factory!r} must look like 'package.module:fn'")
-        try:
-            function = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ModelSourceError(f"cannot import model factory {self.factory!r}: {exc}") from exc
-        model = function(*self.args)
-        if not isinstance(model, nn.Module):
-            raise ModelSourceError(f"{self.factory} returned {type(model).__name__}, not a Module")
-        return model.eval()
+        """Import the factory and build the model (eval mode); `ModelLoadError` if it cannot."""
+        return loader.load_factory(self.factory, self.args).eval()
 
 
 def prepare_shared(model: nn.Module, sharing: WeightSharing, device: str) -> nn.Module | None:

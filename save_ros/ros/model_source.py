@@ -8,6 +8,9 @@
 - a torch.export program `path/to/model.pt2` (`torch.export.save`): its graph is an fx graph, so
   SAVE protects it; the input shape comes from the program.
 A TorchScript `model_file` (torch.jit.save) is served only unprotected: SAVE needs the fx graph.
+The module itself comes from `save_ros.models.loader` (the one loader, one error class and one
+import-path rule of the node, the campaigns and the failover workers); this module adds what the
+node needs around it: the input shape and box, the task, the calibration set.
 
 The input box comes from `input_low`/`input_high`, else the bundled model's, else `default_box`
 (the node passes the box its image preprocessing produces); a vector input needs it given.
@@ -15,24 +18,23 @@ The input box comes from `input_low`/`input_high`, else the bundled model's, els
 
 from __future__ import annotations
 
-import importlib
-import types
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from save_ros import models
 from save_ros.core.box import InputBox
-from save_ros.errors import UserError
-from save_ros.preprocess import InputSpec, short_list
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """The configured model cannot be loaded; the message says what to fix."""
+from save_ros.models import loader
+from save_ros.models.loader import (  # noqa: F401 (is_export_path: part of this module's API)
+    Loaded,
+    ModelLoadError,
+    Source,
+    is_export_path,
+    is_import_path,
+)
+from save_ros.preprocess import InputSpec
 
 
 @dataclass(frozen=True)
@@ -83,48 +85,30 @@ class LoadedModel:
         return ((low + high) / 2).to(self.dtype)
 
 
-def is_import_path(model: str) -> bool:
-    """`package.module:factory`."""
-    module, _, attr = model.partition(":")
-    return bool(module and attr) and all(p.isidentifier() for p in module.split(".")) \
-        and attr.isidentifier()
-
-
-def is_export_path(model: str) -> bool:
-    """A torch.export program file."""
-    return model.endswith(".pt2")
-
-
 def describe_choices() -> str:
     """What `model` may be, for error messages."""
-    return (f"a bundled model ({', '.join(models.available())}), an import path "
-            "'package.module:factory', or a torch.export file 'path/model.pt2'")
+    return loader.choices()
 
 
 def load(req: ModelRequest) -> LoadedModel:
-    """Load the model `req` describes, on the CPU in eval mode (fp32)."""
-    if is_export_path(req.model) or is_export_path(req.model_file):
-        return _exported(req, Path(req.model if is_export_path(req.model) else req.model_file))
-    if is_import_path(req.model):
-        return _imported(req)
-    if req.model_file:
-        path = _existing(req.model_file)
-        if _is_torchscript(path):
-            return _torchscript(req, path)
-        module = _build_bundled(req.model)
-        _load_state(module, path, repr(req.model))
-        return _bundled(req, module)
-    return _bundled(req, None)
+    """Load the model `req` describes (through `save_ros.models.loader`), on the CPU, eval."""
+    if is_import_path(req.model) and not req.input_shape:
+        raise ModelLoadError(f"{req.model} is a model from your module: set input_shape "
+                             "(without the batch dimension, e.g. [3, 224, 224])")
+    loaded = loader.load(req.model, req.model_file)
+    if loaded.source is Source.EXPORT:
+        return _exported(req, loaded)
+    if loaded.source is Source.IMPORT:
+        return _imported(req, loaded.module)
+    if loaded.source is Source.TORCHSCRIPT:
+        return _torchscript(req, loaded)
+    if loaded.source is Source.ZOO_POLICY:
+        from save_ros.models import zoo
 
-
-def _existing(file: str) -> Path:
-    path = Path(file).expanduser()
-    if path.is_dir():
-        raise ModelLoadError(f"model file {str(path)!r} is a directory; give the file itself")
-    if not path.is_file():
-        raise ModelLoadError(f"model_file {str(path)!r} does not exist; give the path of a "
-                             "state-dict, .pt2 or TorchScript file, or leave it empty")
-    return path
+        names = zoo.input_names(req.model)
+        raise ModelLoadError(f"zoo policy {req.model!r} takes {len(names)} inputs "
+                             f"({', '.join(names)}); the node serves models with one input")
+    return _bundled(req, loaded.module)
 
 
 def _box(req: ModelRequest, shape: tuple[int, ...], low: tuple[float, ...] = (),
@@ -148,15 +132,11 @@ def _box(req: ModelRequest, shape: tuple[int, ...], low: tuple[float, ...] = (),
     return InputSpec(shape=shape, low=tuple(low), high=tuple(high))
 
 
-def _bundled(req: ModelRequest, module: nn.Module | None) -> LoadedModel:
-    """A bundled model (with its committed weights unless `module` is given)."""
+def _bundled(req: ModelRequest, module: nn.Module) -> LoadedModel:
+    """A bundled or zoo model the loader built, with its spec's box and calibration set."""
+    spec = models.get_spec(req.model)
     try:
-        spec = models.get_spec(req.model)
-        module = module if module is not None else models.load(req.model)
         calibration = models.dataset(req.model, "calib")[0]
-    except models.UnknownModelError as exc:
-        raise ModelLoadError(f"unknown model {req.model!r}; give {describe_choices()}") \
-            from exc
     except models.ModelError as exc:
         raise ModelLoadError(str(exc)) from exc
     shape = req.input_shape or tuple(spec.input_shape)
@@ -167,40 +147,6 @@ def _bundled(req: ModelRequest, module: nn.Module | None) -> LoadedModel:
                        task=req.task or spec.task.value,
                        input=_box(req, shape, spec.input_low, spec.input_high),
                        num_outputs=spec.num_outputs, calibration=calibration)
-
-
-def _build_bundled(name: str) -> nn.Module:
-    try:
-        return models.build(name)
-    except models.UnknownModelError as exc:
-        raise ModelLoadError(f"unknown model {name!r}; give {describe_choices()}") from exc
-    except models.ModelError as exc:
-        raise ModelLoadError(str(exc)) from exc
-
-
-def _load_state(module: nn.Module, path: Path, what: str) -> None:
-    """Load a state dict file into `module`; a mismatch lists the keys that differ."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises several unrelated types for a bad file
-        # torch's own text runs to several lines about weights_only; one line says what to do
-        raise ModelLoadError(f"{path} is neither TorchScript nor a state dict (torch.load: "
-                             f"{type(exc).__name__}); write it with torch.save(model.state_dict(), "
-                             "path), torch.export.save or torch.jit.save") from exc
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{path} holds a {type(state).__name__}, not a state dict")
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"missing {short_list(missing, 120)}" if missing else "",
-                 f"unexpected {short_list(unexpected, 120)}" if unexpected else "",
-                 f"wrong shapes {short_list(shapes, 160)}" if shapes else ""]
-        raise ModelLoadError(f"state dict {path} does not fit architecture {what}: "
-                             + "; ".join(p for p in parts if p))
-    module.load_state_dict(state)
 
 
 def _probe(module: nn.Module, shape: tuple[int, ...], what: str) -> int:
@@ -219,91 +165,38 @@ def _probe(module: nn.Module, shape: tuple[int, ...], what: str) -> int:
     return int(out.reshape(1, -1).shape[1])
 
 
-def _imported(req: ModelRequest) -> LoadedModel:
-    """`package.module:factory` (and a state dict from `model_file`)."""
-    module_name, _, attr = req.model.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except ModuleNotFoundError as exc:
-        raise ModelLoadError(f"cannot import {module_name!r} for model {req.model!r} "
-                             f"({exc}); put its package on PYTHONPATH (or install it)") from exc
-    except AttributeError as exc:
-        raise ModelLoadError(f"module {module_name!r} has no {attr!r}") from exc
-    except Exception as exc:  # the user's module failed at import: say where, in one line
-        raise ModelLoadError(f"importing {module_name!r} failed: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not req.input_shape:
-        raise ModelLoadError(f"{req.model} is a model from your module: set input_shape "
-                             "(without the batch dimension, e.g. [3, 224, 224])")
-    try:
-        module = factory()
-    except Exception as exc:
-        raise ModelLoadError(f"{req.model}() failed: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(module, nn.Module):
-        raise ModelLoadError(f"{req.model}() returned a {type(module).__name__}, not a "
-                             "torch.nn.Module")
-    if req.model_file:
-        _load_state(module, _existing(req.model_file), repr(req.model))
-    module = module.float().eval()
+def _imported(req: ModelRequest, module: nn.Module) -> LoadedModel:
+    """`package.module:factory` (with its state dict already loaded)."""
     return LoadedModel(module=module, name=req.model, task=req.task or "classification",
                        input=_box(req, req.input_shape),
                        num_outputs=_probe(module, req.input_shape, req.model),
                        calibration=None, source="import")
 
 
-def _exported(req: ModelRequest, path: Path) -> LoadedModel:
+def _exported(req: ModelRequest, loaded: Loaded) -> LoadedModel:
     """A torch.export program: its module is an fx GraphModule that SAVE instruments."""
-    path = _existing(str(path))
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:  # a file of another kind, or another torch's format
-        raise ModelLoadError(f"cannot load {path} as a torch.export program "
-                             f"({type(exc).__name__}); write it with torch.export.save") from exc
-    shapes = [tuple(n.meta["val"].shape) for n in program.graph.nodes
-              if n.op == "placeholder" and n.name in program.graph_signature.user_inputs
-              and "val" in n.meta]
+    shapes = loaded.input_shapes or ()
     if len(shapes) != 1:
-        raise ModelLoadError(f"{path} takes {len(shapes)} inputs; the node serves programs "
-                             "with one input tensor")
-    shape = tuple(int(d) for d in shapes[0][1:])
+        raise ModelLoadError(f"{loaded.name} takes {len(shapes)} inputs; the node serves "
+                             "programs with one input tensor")
+    shape = shapes[0]
     if req.input_shape and req.input_shape != shape:
         raise ModelLoadError(f"input_shape {list(req.input_shape)} differs from the program's "
-                             f"{list(shape)} (exported with batch {shapes[0][0]}); leave it unset")
-    module = program.module()
-    # an exported module refuses eval()/train() (protect() calls eval()): its mode was fixed
-    # when it was exported, so both are no-ops here
-    module.eval = types.MethodType(lambda self: self, module)
-    module.train = types.MethodType(lambda self, mode=True: self, module)
-    return LoadedModel(module=module, name=path.name, task=req.task or "classification",
-                       input=_box(req, shape), num_outputs=_probe(module, shape, str(path)),
+                             f"{list(shape)} (without the batch dimension); leave it unset")
+    return LoadedModel(module=loaded.module, name=loaded.name, task=req.task or "classification",
+                       input=_box(req, shape), num_outputs=_probe(loaded.module, shape,
+                                                                  loaded.name),
                        calibration=None, source="export")
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives hold a `constants.pkl`/`code/` entry; a state dict does not."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl"))
-                       for n in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
-
-
-def _torchscript(req: ModelRequest, path: Path) -> LoadedModel:
+def _torchscript(req: ModelRequest, loaded: Loaded) -> LoadedModel:
     """A TorchScript module (served unprotected); its shape must come from parameters."""
     if not req.input_shape:
         raise ModelLoadError(
-            f"{path} is a TorchScript module, which carries no input constraints; set "
+            f"{req.model_file} is a TorchScript module, which carries no input constraints; set "
             "input_shape (and input_low, input_high, task)")
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load TorchScript {path}: {exc}") from exc
-    module = module.float().eval()
-    return LoadedModel(module=module, name=path.stem, task=req.task or "classification",
-                       input=_box(req, req.input_shape),
-                       num_outputs=_probe(module, req.input_shape, str(path)),
+    return LoadedModel(module=loaded.module.float().eval(), name=loaded.name,
+                       task=req.task or "classification", input=_box(req, req.input_shape),
+                       num_outputs=_probe(loaded.module, req.input_shape, loaded.name),
                        calibration=None, source="torchscript",
-                       why_unprotectable="TorchScript cannot be instrumented by SAVE (it needs "
-                       "the fx graph): export the model with torch.export to a .pt2 file, or "
-                       "give model: package.module:factory with a state dict")
+                       why_unprotectable=loaded.why_unprotectable)

@@ -5,6 +5,10 @@
 torch pin): same module / parameter / buffer names and shapes (a torchvision state_dict loads
 with `strict=True`), same forward, same initialisation, fx-traceable like torchvision's.
 
+The zoo's robot policies (`available_policies()`: a Decision Transformer, a visuomotor
+policy, an RDT-class diffusion policy; several inputs each, see `save_ros.models.zoo.policies`)
+come from `build_policy(name)`, with `example_inputs(name)` and `input_boxes(name)`.
+
 There are no trained weights (nothing is downloaded). With `input_dependent=True` (the default)
 a model is made to decide by its input (see `calibrate`): BatchNorm statistics re-estimated and
 the head re-initialised on seeded images from `images()`, so a fault campaign on it measures
@@ -22,7 +26,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from save_ros.errors import UserError
 from save_ros.models.zoo.calibrate import (
     HEADS,
     LOGIT_STD,
@@ -30,8 +33,16 @@ from save_ros.models.zoo.calibrate import (
     init_head,
     recalibrate_batchnorm,
 )
+from save_ros.models.zoo.errors import UnknownZooModelError
 from save_ros.models.zoo.images import image_source, images
 from save_ros.models.zoo.mobilenet import mobilenet_v2
+from save_ros.models.zoo.policies import (
+    available_policies,
+    build_policy,
+    example_inputs,
+    input_boxes,
+    input_names,
+)
 from save_ros.models.zoo.resnet import resnet18, resnet50
 from save_ros.models.zoo.vit import vit_b_16
 
@@ -48,13 +59,6 @@ CALIB_BATCH = 16
 CALIB_SEED_OFFSET = 100  # calibration images of model seed s come from images(seed=100 + s)
 
 _cache: dict[tuple, nn.Module] = {}
-
-
-class UnknownZooModelError(UserError, KeyError):
-    """A name that is not one of the zoo's architectures."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def available() -> list[str]:
@@ -114,10 +118,15 @@ def build(name: str, num_classes: int = 1000, image_size: int = 224, seed: int =
     `image_size` images (`input_dependent()`), cached per process. `image_size` only changes
     ViT's position embedding; ResNet and MobileNet take any size. `prefer_torchvision=True`
     builds torchvision's own class where torchvision imports (else ours), with the same steps.
+    A policy name (`available_policies()`) gives `build_policy(name, seed)`; the image
+    arguments do not apply to it.
     """
+    if name in available_policies():  # several inputs: see save_ros.models.zoo.policies
+        return build_policy(name, seed=_check_seed(seed))
     if name not in _BUILDERS:
         raise UnknownZooModelError(
-            f"unknown zoo model {name!r}; the zoo has {', '.join(_BUILDERS)}")
+            f"unknown zoo model {name!r}; the zoo has {', '.join(_BUILDERS)} and the policies "
+            f"{', '.join(available_policies())}")
     seed = _check_seed(seed)
     use_tv = False
     if prefer_torchvision:
@@ -149,6 +158,7 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-__all__ = ["CALIB_IMAGES", "LOGIT_STD", "PARAMETERS", "UnknownZooModelError", "available",
-           "build", "calibration_batches", "clear_cache", "decision_report", "image_source",
-           "images", "input_dependent"]
+__all__ = ["CALIB_IMAGES", "LOGIT_STD", "PARAMETERS", "POLICY_PARAMETERS", "UnknownZooModelError",
+           "available", "available_policies", "build", "build_policy", "calibration_batches",
+           "clear_cache", "decision_report", "example_inputs", "image_source", "images",
+           "input_boxes", "input_dependent", "input_names"]

@@ -53,7 +53,7 @@ class FailoverBackend(Backend):
         example = loaded.example_input()
         protect_config = self._protect_config(box, example) if cfg.protect else None
         if scripted:  # a ScriptModule does not pickle: each worker loads the file itself
-            source = ModelSource("torch.jit:load", (str(Path(cfg.model_file).expanduser()),))
+            source = ModelSource.named(cfg.model, str(Path(cfg.model_file).expanduser()))
             sharing = WeightSharing.NONE
         else:  # one copy in shared memory, mapped by every worker
             source, sharing = loaded.module, WeightSharing.SHARED_MEMORY
