@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ from save_ros.models.zoo.images import image_source, images
 from save_ros.models.zoo.mobilenet import mobilenet_v2
 from save_ros.models.zoo.resnet import resnet18, resnet50
 from save_ros.models.zoo.vit import vit_b_16
+from save_ros.models.zoo.weights import WeightsError, load_into
 
 _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "resnet18": lambda classes, size: resnet18(classes),
@@ -106,8 +108,12 @@ def _make_input_dependent(model: nn.Module, name: str, seed: int = 0,
 
 
 def build(name: str, num_classes: int = 1000, image_size: int = 224, seed: int = 0,
-          input_dependent: bool = True, prefer_torchvision: bool = False) -> nn.Module:
+          input_dependent: bool = True, prefer_torchvision: bool = False,
+          weights: str | Path | None = None) -> nn.Module:
     """A zoo model in eval mode, fp32, on the CPU.
+
+    `weights`: a folder written by `save-ros train-zoo` (or one `.pt` state dict): the trained
+    weights are loaded (strictly, as fp32) instead of calibrating the init; see `zoo.train`.
 
     The architecture is initialised from `seed` (the global RNG is left as it was) as
     torchvision's constructor does; with `input_dependent` (default) it is then calibrated on
@@ -119,6 +125,9 @@ def build(name: str, num_classes: int = 1000, image_size: int = 224, seed: int =
         raise UnknownZooModelError(
             f"unknown zoo model {name!r}; the zoo has {', '.join(_BUILDERS)}")
     seed = _check_seed(seed)
+    if weights is not None:
+        model = build(name, num_classes, image_size, seed, False, prefer_torchvision)
+        return load_into(model, weights, name).eval()
     use_tv = False
     if prefer_torchvision:
         try:
@@ -149,6 +158,6 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-__all__ = ["CALIB_IMAGES", "LOGIT_STD", "PARAMETERS", "UnknownZooModelError", "available",
-           "build", "calibration_batches", "clear_cache", "decision_report", "image_source",
-           "images", "input_dependent"]
+__all__ = ["CALIB_IMAGES", "LOGIT_STD", "PARAMETERS", "UnknownZooModelError", "WeightsError",
+           "available", "build", "calibration_batches", "clear_cache", "decision_report",
+           "image_source", "images", "input_dependent"]
