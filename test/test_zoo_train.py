@@ -110,6 +110,16 @@ def test_the_zoo_resnet18_trains_and_repeats_exactly(tmp_path):
     assert again["test"] == rec["test"]
 
 
+def test_the_autocast_and_channels_last_path_runs_on_the_cpu():
+    """bf16 autocast in channels_last, the layout and precision CUDA trains in (AMP)."""
+    cfg = TrainConfig(model="mobilenet_v2", size=32, classes=3, steps=2, test_images=6,
+                      amp="bf16", overrides={"batch": 4})
+    model, rec = train(cfg, progress=None)
+    assert rec["amp"] == "bfloat16" and rec["steps"] == 2
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.is_contiguous() for p in model.parameters())  # handed back in plain layout
+
+
 @pytest.mark.slow
 def test_a_small_network_learns_the_shapes_beyond_chance():
     """The loop learns the task: a 3-layer CNN, disc or bar (clean scenes, 32 px), 300 steps.
@@ -128,6 +138,7 @@ def test_a_small_network_learns_the_shapes_beyond_chance():
     (TrainConfig(model="resnet18"), "give a budget"),
     (TrainConfig(model="resnet18", steps=0), "must be positive"),
     (TrainConfig(model="resnet18", steps=1, amp="int8"), "amp must be"),
+    (TrainConfig(model="resnet18", steps=1, amp="fp16"), "needs CUDA"),
     (TrainConfig(model="vit_b_16", steps=1, size=40), "divisible by 16"),
     (TrainConfig(model="resnet18", steps=1, device="cuda:99"), "CUDA|cuda")])
 def test_bad_configurations_say_what_to_change(cfg, match):
@@ -196,6 +207,7 @@ def test_train_zoo_verb_writes_weights_and_record_that_build_loads(tmp_path, cap
     assert "mobilenet_v2: held-out accuracy" in capsys.readouterr().out
     rec = json.loads((out / "mobilenet_v2.json").read_text())
     assert rec["steps"] == 2 and rec["weights"]["dtype"] == "fp16"
+    assert 0.0 <= rec["test_saved_weights"]["accuracy"] <= 1.0
     assert rec["weights"]["files"] == ["mobilenet_v2.part0.pt", "mobilenet_v2.part1.pt"]
     m = zoo.build("mobilenet_v2", image_size=32, weights=out)
     assert m(sc.scenes(2, 32, seed=1)[0]).shape == (2, 1000)

@@ -13,8 +13,9 @@ N-way one would measure another, smaller last layer.
 Optimiser: AdamW (decay on weight matrices and kernels only), linear warm-up then cosine decay
 over the run's progress; progress is the share of `steps` done or of `seconds` spent, whichever
 is larger, so a time budget ends with a decayed learning rate. CUDA trains under autocast
-(bf16 by default, fp16 with a gradient scaler) and CNNs in channels_last; the CPU trains in
-fp32. The weights that come out are the last step's (no selection on the test split).
+(bf16 by default, fp16 with a gradient scaler), CNNs in channels_last; the CPU trains in fp32
+(bf16 autocast if asked). The weights that come out are the last step's (no selection on the
+test split).
 """
 
 from __future__ import annotations
@@ -100,8 +101,12 @@ def _check(cfg: TrainConfig, zoo_model: bool = True) -> None:
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or amp == "off":
+    """The autocast dtype: bf16 on CUDA by default; the CPU runs fp32 unless bf16 is asked."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
+    if amp == "fp16" and device.type != "cuda":
+        raise TrainZooError("fp16 autocast (with its gradient scaler) needs CUDA; on the CPU "
+                            "use --amp bf16 or off")
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
@@ -174,7 +179,8 @@ def train(cfg: TrainConfig, progress: Callable[[str], None] | None = print,
     torch.manual_seed(cfg.seed)  # dropout (MobileNetV2's classifier) draws from the global RNG
     if model is None:
         model = zoo.build(cfg.model, image_size=cfg.size, seed=cfg.seed, input_dependent=False)
-    channels_last = device.type == "cuda" and cfg.model != "vit_b_16"
+    cnn = not any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    channels_last = cnn and amp is not None  # the layout tensor cores want
     model = model.to(device, memory_format=torch.channels_last if channels_last else
                      torch.contiguous_format).train()
     opt = _optimizer(model, r, device)

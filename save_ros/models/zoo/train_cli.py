@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from save_ros.argtypes import comma_list, positive_float, positive_int, standalone
+from save_ros.models import zoo
 from save_ros.models.zoo import scenes as sc
-from save_ros.models.zoo.train import AMP, RECIPES, SECONDS_H100, TrainConfig, train
+from save_ros.models.zoo.train import AMP, RECIPES, SECONDS_H100, TrainConfig, evaluate, train
 from save_ros.models.zoo.weights import save_state
 
 SAVE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -104,10 +105,20 @@ def run(args: argparse.Namespace) -> int:
             paths = save_state(model, args.out, name, SAVE_DTYPES[args.save_dtype], shard)
             record["weights"] = {"files": [p.name for p in paths], "dtype": args.save_dtype,
                                  "bytes": sum(p.stat().st_size for p in paths)}
+            if args.save_dtype != "fp32":  # what a user of the file gets: rounded weights
+                saved = zoo.build(name, image_size=args.size, weights=args.out)
+                t = evaluate(saved.to(args.device), args.size, args.classes, args.test_images,
+                             torch.device(args.device))
+                record["test_saved_weights"] = {k: t[k] for k in ("accuracy", "loss",
+                                                                  "gap_median")}
+                del saved
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
         t = record["test"]
-        print(f"{name}: held-out accuracy {t['accuracy']:.1%} on {t['images']} scenes (chance "
+        saved_acc = record.get("test_saved_weights", {}).get("accuracy")
+        print(f"{name}: held-out accuracy {t['accuracy']:.1%}"
+              + (f" ({saved_acc:.1%} from the saved {args.save_dtype} weights)"
+                 if saved_acc is not None else "") + f" on {t['images']} scenes (chance "
               f"{t['chance']:.0%}), top-1 gap median {t['gap_median']:.2f}, {record['steps']} "
               f"steps, {record['images_seen']} images in {record['train_seconds']:.0f} s "
               f"({record['img_per_s']:.0f} img/s) on {record['device']}", flush=True)
