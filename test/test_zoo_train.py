@@ -8,6 +8,7 @@ about learning, never about time.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -252,3 +253,25 @@ def test_bench_scale_measures_a_trained_model(tmp_path):
     assert row["init"] == "trained" and row["calibration_images"] == "scenes"
     assert row["train"]["steps"] == 2 and row["test_accuracy"] == rec["test"]["accuracy"]
     assert sum(row["analysis"]["bit_shares"].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_scenes_match_the_cpu_labels_and_amp_training_runs(tmp_path):
+    x, y = sc.scenes(16, 64, seed=5, device="cuda")
+    xc, yc = sc.scenes(16, 64, seed=5)
+    assert x.is_cuda and torch.equal(y.cpu(), yc)  # the parameters are drawn on the CPU
+    assert torch.equal(sc.scenes(16, 64, seed=5, device="cuda")[0], x)
+    # same scenes up to the pixel noise (drawn on the device) and float rounding
+    assert (x.cpu() - xc).abs().mean() < 0.1  # another scene differs by ~0.2
+    for name in ("resnet18", "vit_b_16"):
+        cfg = TrainConfig(model=name, device="cuda", size=64, classes=4, steps=3, test_images=8,
+                          overrides={"batch": 8})
+        model, rec = train(cfg, progress=None)
+        assert rec["amp"] == "bfloat16" and rec["steps"] == 3
+        assert all(math.isfinite(e["loss"]) for e in rec["log"])
+        zw.save_state(model, tmp_path, name, torch.float16)
+        back = zoo.build(name, image_size=64, weights=tmp_path).cuda()
+        with torch.no_grad():
+            assert torch.equal(back(x).argmax(1), model(x).argmax(1)) or \
+                (back(x) - model(x)).abs().max() < 0.05
