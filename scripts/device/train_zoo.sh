@@ -9,6 +9,7 @@
 #   bash scripts/device/train_zoo.sh $OUT all             # train 3 + analysis,speed, ~9 min
 #   bash scripts/device/train_zoo.sh $OUT coverage MODEL  # train MODEL + coverage, ~9 min
 #
+# Each mode first runs the CUDA tests of test/test_zoo_train.py (-> $OUT/pytest_cuda.txt).
 # train    -> $OUT/train_zoo.log, $OUT/train_zoo.json (the four training records: held-out
 #             accuracy, steps, img/s, seed, loss curve), $OUT/weights/ (resnet18 in two fp16
 #             shards, mobilenet_v2 fp16, and their records: `zoo.build(name, weights=DIR)` and
@@ -47,6 +48,10 @@ esac
 MODELS=${TRAIN_MODELS:-$MODELS}
 if [ -n "${STEPS:-}" ]; then LEN="--steps $STEPS --test-images 20"; else LEN="--seconds $BUDGET"; fi
 
+if [ "$DEVICE" = cuda ] && [ -z "${NO_TEST:-}" ]; then  # the CUDA paths first: ~20 s, fail early
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -m cuda test/test_zoo_train.py 2>&1 \
+    | tail -5 | tee "$OUT/pytest_cuda.txt"
+fi
 set -o pipefail
 # shellcheck disable=SC2086  # $LEN is two options
 timeout $(( $(left) - 10 )) python3 -m save_ros.models.zoo.train_cli --models "$MODELS" \
