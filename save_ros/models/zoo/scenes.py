@@ -9,8 +9,8 @@ behind it (and in 40 % of scenes one across it), under a directional light, with
 edges and Gaussian noise. Class is shape alone: colour, fill, clutter and light are nuisances, so a
 classifier must see the outline. Rotation makes shapes that differ by a rotation (a diamond
 and a square) one class. Everything is batched torch (signed distance fields on a pixel grid),
-no scikit-learn, no torchvision, no file: it runs where torch runs, a batch of 256 at 224 px in
-milliseconds on a GPU.
+no scikit-learn, no torchvision, no file: it runs where torch runs, and a training loop renders
+a fresh batch on its device every step (a few hundred elementwise passes over the batch).
 
 Determinism: the per-image parameters come from a CPU `torch.Generator` seeded with `seed` (the
 same on every device); the pixel noise from a generator on `device` seeded with `seed` (the same
@@ -34,7 +34,7 @@ HELD_OUT_SEEDS = 1_000_000  # scene seeds below this are never drawn for trainin
 TEST_SEED = 7  # the held-out test split of the recipe
 CALIB_SEED = 11  # calibration images for Selection of a trained model (bench scale)
 _MAX_STEPS = 1_000_000  # training steps per run seed before seeds would repeat
-_DISTRACTORS = 6  # strokes and dots per image (3..6 of them visible)
+_DISTRACTORS = 6  # stroke / dot slots: up to 5 behind the shape, 1 across it
 
 
 class SceneError(ValueError):
@@ -160,14 +160,26 @@ def scenes(n: int, size: int = 224, seed: int = 0, device: str | torch.device = 
         return (torch.empty(0, 3, size, size, device=device),
                 torch.empty(0, dtype=torch.long, device=device))
     params = _params(n, classes, seed, float(clutter))
-    by_class = [(params["label"] == k).nonzero().flatten().to(device) for k in range(classes)]
-    p = {k: v.to(device) for k, v in params.items()} | {"by_class": by_class}
+    params |= {f"class{k}": (params["label"] == k).nonzero().flatten() for k in range(classes)}
+    p = _to_device(params, device)
+    p["by_class"] = [p.pop(f"class{k}") for k in range(classes)]
     with torch.no_grad():
         x = _render(p, n, size, device)
         noise = torch.randn(x.shape, generator=torch.Generator(device).manual_seed(int(seed)),
                             device=device)
         x = (x + noise * p["noise"][:, None, None, None]).clamp_(0.0, 1.0)
-    return x.contiguous(), p["label"]
+    return x.contiguous(), p["label"].clone()  # not a view into the packed parameters
+
+
+def _to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict:
+    """The tensors on `device`, in one host-to-device copy per dtype (each copy syncs)."""
+    out = {}
+    for dtype in {t.dtype for t in tensors.values()}:
+        keys = [k for k, t in tensors.items() if t.dtype == dtype]
+        flat = torch.cat([tensors[k].reshape(-1) for k in keys]).to(device)
+        for k, part in zip(keys, flat.split([tensors[k].numel() for k in keys]), strict=True):
+            out[k] = part.view(tensors[k].shape)
+    return out
 
 
 def _render(p: dict, n: int, size: int, device: torch.device) -> torch.Tensor:
