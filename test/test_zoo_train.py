@@ -224,6 +224,8 @@ def test_train_zoo_verb_rejects_bad_options(tmp_path, capsys, argv, match):
 
 
 def test_bench_rows_put_trained_beside_random(tmp_path):
+    for name in ("resnet18", "mobilenet_v2"):
+        (tmp_path / f"{name}.pt").write_bytes(b"")  # rows() checks the files exist, not more
     assert scale_inits.rows(["resnet18"], None, None) == [("resnet18", "resnet18", None)]
     assert scale_inits.rows(["resnet18", "mobilenet_v2"], None, tmp_path) == [
         ("resnet18", "resnet18", None), ("resnet18@trained", "resnet18", tmp_path),
@@ -233,6 +235,8 @@ def test_bench_rows_put_trained_beside_random(tmp_path):
         scale_inits.rows(["resnet18"], ("trained",), None)
     with pytest.raises(scale_inits.InitError, match="import path"):
         scale_inits.rows(["pkg.mod:make"], ("trained",), tmp_path)
+    with pytest.raises(zw.WeightsError, match="no trained weights for vit_b_16"):
+        scale_inits.rows(["resnet18", "vit_b_16"], None, tmp_path)  # before any row runs
 
 
 def test_bench_scale_measures_a_trained_model(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from save_ros.errors import UserError
+from save_ros.models.zoo.weights import find
 
 INITS = ("random", "trained")
 
@@ -50,6 +51,7 @@ def rows(models: list[str], inits: tuple[str, ...] | None,
                 raise InitError(f"{name}: trained rows are for the zoo's models; pass --init "
                                 "random for a model given by import path")
             else:
+                find(trained, name)  # missing weights fail now, not after the rows before
                 out.append((f"{name}@trained", name, trained))
     return out
 

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=positive_int, default=None, help="default per recipe")
     parser.add_argument("--lr", type=positive_float, default=None, help="default per recipe")
     parser.add_argument("--amp", choices=AMP, default="auto",
-                        help="CUDA autocast: auto (bf16), bf16, fp16, off; the CPU runs fp32")
+                        help="autocast: auto (CUDA bf16, CPU off), bf16, fp16 (CUDA), off")
     parser.add_argument("--seed", type=int, default=0, help="init and training-scene seed")
     parser.add_argument("--test-images", type=positive_int, default=1000,
                         help=f"held-out scenes for the accuracy (seed {sc.TEST_SEED})")
