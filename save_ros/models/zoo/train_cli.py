@@ -48,7 +48,7 @@ def seconds_spec(text: str) -> dict[str, float] | float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `save-ros train-zoo`."""
-    parser.add_argument("--models", type=comma_list(_model_name, ", ".join(RECIPES)),
+    parser.add_argument("--models", "--model", type=comma_list(_model_name, ", ".join(RECIPES)),
                         default=tuple(RECIPES), help="comma-separated zoo names (default all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=positive_int, default=224, help="image side (pixels)")
