@@ -79,6 +79,10 @@ for name, r in recs.items():
           f"{r['img_per_s']:.0f} img/s, gap median {t['gap_median']:.2f}")
 EOF
 
+if ! python3 -c "import sklearn" 2>/dev/null && [ "$INIT" != trained ]; then
+  # random-init rows calibrate on zoo.images (scikit-learn's photos and digits); scenes need none
+  echo "no scikit-learn here: trained rows only (INIT=trained)"; INIT=trained
+fi
 case "$MODE" in
   all)
     timeout $(( $(left) - 5 )) python3 -m save_ros.eval.bench.scale \
