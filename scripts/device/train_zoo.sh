@@ -21,7 +21,8 @@
 # coverage -> $OUT/train_zoo.log, $OUT/train_zoo.json + $OUT/coverage_trained_MODEL.json:
 #             weight / activation / clean trials of MODEL, random and trained rows
 # Env: SEED (0), TRIALS (4000), CLEAN (2000), COV_SECONDS (40 a section), INIT (random,trained),
-# BENCH_MODELS (resnet50,vit_b_16,mobilenet_v2); for a plumbing check on a CPU: DEVICE=cpu
+# BENCH_MODELS (resnet50,vit_b_16,mobilenet_v2), TRAIN_MODELS, SECONDS_PER_MODEL (e.g.
+# vit_b_16=300: train-zoo's --seconds); for a plumbing check on a CPU: DEVICE=cpu
 # SIZE=32 STEPS=2 TRAIN_MODELS=resnet18 BENCH_MODELS=resnet18 DTYPES=fp32 BATCHES=1 ITERS=20
 # (a smoke run of the plumbing, nothing trained).
 set -u
@@ -45,7 +46,7 @@ case "$MODE" in
   coverage) MODELS=$MODEL; BUDGET=resnet18=50,mobilenet_v2=70,resnet50=100,vit_b_16=120 ;;
   *) echo "train_zoo.sh: unknown mode $MODE (train, all, coverage MODEL)" >&2; exit 2 ;;
 esac
-MODELS=${TRAIN_MODELS:-$MODELS}
+MODELS=${TRAIN_MODELS:-$MODELS}; BUDGET=${SECONDS_PER_MODEL:-$BUDGET}
 if [ -n "${STEPS:-}" ]; then LEN="--steps $STEPS --test-images 20"; else LEN="--seconds $BUDGET"; fi
 
 if [ "$DEVICE" = cuda ] && [ "$MODE" = train ]; then  # the CUDA paths first: ~30 s, fail early
