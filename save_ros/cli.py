@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-campaign": ("save_ros.eval.training_cli", "faults during a fine-tune, with rollback"),
     "pvf": ("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
     "train": ("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
+    "train-zoo": ("save_ros.models.zoo.train_cli",
+                  "train the zoo's robot-scale models on procedural scenes (GPU, minutes)"),
 }
 BENCH: dict[str, tuple[str, str]] = {
     "cpu": ("save_ros.eval.bench.cpu",

@@ -11,7 +11,9 @@ or any `package.module:factory`), on the chosen device:
   1,000 inferences with the error rate and repair time the coverage section measured;
 - coverage (fp32, batch 1): weight-flip, activation-flip and clean trials (`scale_coverage`).
 
-Writes one JSON (`--out`) and prints a table. Absolute times count only from a GPU.
+With `--trained DIR` (weights from `save-ros train-zoo`) each zoo model also runs trained, as
+row `NAME@trained` beside its random init (`scale_inits`). Writes one JSON (`--out`) and prints a
+table. Absolute times count only from a GPU.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from save_ros.argtypes import comma_list, positive_int, positive_int_list, standalone
 from save_ros.errors import UserError
 from save_ros.eval.bench import scale_coverage as cov
+from save_ros.eval.bench import scale_inits
 from save_ros.eval.record import run_record, write_json
 from save_ros.eval.table import counts_text
 from save_ros.eval.timing import median_ms, thread_cpu_us
@@ -83,10 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(off: DMR / ABFT / range as before), or both (on,off)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads on the CPU (default: torch's)")
+    scale_inits.add_arguments(parser, comma_list)
     parser.add_argument("--out", help="write the results as JSON here")
 
 
-def _model(name: str, size: int) -> torch.nn.Module:
+def _model(name: str, size: int, weights: Path | None = None) -> torch.nn.Module:
     if ":" in name:
         import importlib
 
@@ -94,7 +98,7 @@ def _model(name: str, size: int) -> torch.nn.Module:
         return getattr(importlib.import_module(mod), fn)().eval()
     from save_ros.models import zoo
 
-    return zoo.build(name, image_size=size)
+    return zoo.build(name, image_size=size, weights=weights)
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -269,8 +273,6 @@ def coverage_section(base, analysis, calib, args, device, budget: float | None,
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen sections for every model; print a table, write JSON."""
-    from save_ros.models import zoo
-
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NoDeviceError(f"--device {args.device}: no CUDA device is visible to torch "
@@ -282,10 +284,12 @@ def run(args: argparse.Namespace) -> int:
     results: dict = run_record("save_ros.bench_scale", device=device) | {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "models": {}}
-    for name in [m for m in args.models.split(",") if m]:
-        base = _model(name, args.size).to(device)
-        calib = zoo.images(args.calibration, args.size, seed=args.seed + 1).to(device)
-        row: dict = {}
+    models = [m for m in args.models.split(",") if m]
+    for name, model_name, weights in scale_inits.rows(models, args.init, args.trained):
+        base = _model(model_name, args.size, weights).to(device)
+        calib = scale_inits.calibration(weights, model_name, args.calibration, args.size,
+                                        args.seed, device)
+        row: dict = scale_inits.describe(weights, model_name)
         results["models"][name] = row
 
         def save() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,6 +46,7 @@ from save_ros.models.zoo.policies import (
 )
 from save_ros.models.zoo.resnet import resnet18, resnet50
 from save_ros.models.zoo.vit import vit_b_16
+from save_ros.models.zoo.weights import WeightsError, load_into
 
 _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "resnet18": lambda classes, size: resnet18(classes),
@@ -110,8 +112,12 @@ def _make_input_dependent(model: nn.Module, name: str, seed: int = 0,
 
 
 def build(name: str, num_classes: int = 1000, image_size: int = 224, seed: int = 0,
-          input_dependent: bool = True, prefer_torchvision: bool = False) -> nn.Module:
+          input_dependent: bool = True, prefer_torchvision: bool = False,
+          weights: str | Path | None = None) -> nn.Module:
     """A zoo model in eval mode, fp32, on the CPU.
+
+    `weights`: a folder written by `save-ros train-zoo` (or one `.pt` state dict): the trained
+    weights are loaded (strictly, as fp32) instead of calibrating the init; see `zoo.train`.
 
     The architecture is initialised from `seed` (the global RNG is left as it was) as
     torchvision's constructor does; with `input_dependent` (default) it is then calibrated on
@@ -128,6 +134,9 @@ def build(name: str, num_classes: int = 1000, image_size: int = 224, seed: int =
             f"unknown zoo model {name!r}; the zoo has {', '.join(_BUILDERS)} and the policies "
             f"{', '.join(available_policies())}")
     seed = _check_seed(seed)
+    if weights is not None:
+        model = build(name, num_classes, image_size, seed, False, prefer_torchvision)
+        return load_into(model, weights, name).eval()
     use_tv = False
     if prefer_torchvision:
         try:
@@ -159,6 +168,6 @@ def clear_cache() -> None:
 
 
 __all__ = ["CALIB_IMAGES", "LOGIT_STD", "PARAMETERS", "POLICY_PARAMETERS", "UnknownZooModelError",
-           "available", "available_policies", "build", "build_policy", "calibration_batches",
-           "clear_cache", "decision_report", "example_inputs", "image_source", "images",
-           "input_boxes", "input_dependent", "input_names"]
+           "WeightsError", "available", "available_policies", "build", "build_policy",
+           "calibration_batches", "clear_cache", "decision_report", "example_inputs",
+           "image_source", "images", "input_boxes", "input_dependent", "input_names"]
