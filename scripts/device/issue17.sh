@@ -8,7 +8,7 @@ OUT=${1:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 timeout 150 python3 -m pytest -q -p no:cacheprovider -m "cuda or not slow" \
-  test/test_memsum.py test/test_cuda_backend.py test/test_cuda_range_check.py 2>&1 | tail -6 \
+  test/test_memsum.py test/test_check_kinds.py test/test_cuda_backend.py test/test_cuda_range_check.py 2>&1 | tail -6 \
   | tee "$OUT/pytest.txt"
-timeout 380 python3 scripts/device/overhead_probe.py "$OUT/overhead.json" resnet50,mobilenet_v2 \
+timeout 400 python3 scripts/device/overhead_probe.py "$OUT/overhead.json" resnet50,mobilenet_v2,vit_b_16 \
   fp32,fp16 2>&1 | grep -v -i -e warn -e run_backward

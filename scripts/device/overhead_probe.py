@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,6 +26,9 @@ import torch
 
 import save_ros
 from save_ros.models import zoo
+
+
+COMPILE = set(os.environ.get("COMPILE_MODELS", "resnet50").split(","))  # compiles are slow
 
 
 def med_ms(fn, n=30, blocks=5):
@@ -97,7 +101,8 @@ def main():
                 g = graph_of(plain, x)
                 row["graph_ms"] = med_ms(g.replay)
                 row["graph_kernels"] = kernels(g.replay)
-                for mode in ("default", "reduce-overhead"):
+                modes = ("default", "reduce-overhead") if name in COMPILE else ()
+                for mode in modes:
                     try:
                         t = time.perf_counter()
                         c = torch.compile(copy.deepcopy(base).to(dtype), mode=mode)
