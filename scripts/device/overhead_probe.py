@@ -27,7 +27,6 @@ import torch
 import save_ros
 from save_ros.models import zoo
 
-
 COMPILE = set(os.environ.get("COMPILE_MODELS", "resnet50").split(","))  # compiles are slow
 
 
