@@ -1,0 +1,453 @@
+"""The inputs of a protected model: one tensor, or several (tuple, list, dict), each with a box.
+
+`ModelInputs.of(model, example_input, input_range)` reads the structure of `example_input` once:
+
+- a tensor: one input, `model(x)`;
+- a tuple or list of tensors: `model(*xs)`, in that order;
+- a dict of tensors: `model(**xs)`; the keys name parameters of `model.forward`, and the runtime
+  passes them in the signature's order (the fx graph's placeholders).
+
+Every input has the batch first (the same batch size for all inputs of one call). Float inputs
+need a box (`core.box.InputBox`): Selection propagates it, and an input outside it is refused.
+Integer and bool inputs (token ids, discrete commands) are *exact*: they have no float range,
+are never flipped as floats, and their box is None (any value) or an inclusive (low, high) of
+valid values, e.g. `(0, vocab - 1)`. `input_range` is then one box per input: a sequence in the
+inputs' order or a dict keyed like them (None for exact inputs); a single box is accepted only
+for a single input.
+
+At run time `normalize(x)` checks the structure, dtype, shape (every dim but the batch) and
+device of every input and returns the positional tuple, and `check_values(xs)` refuses NaN / Inf
+and values outside the box. Both raise `InputError` (its `kind` names the class) before the model
+runs: an input error is never a hardware fault. `InputBatch` is a batch of such tuples that
+slices like one tensor (calibration, Selection).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from save_ros.core.box import InputBox, InputError, InputRangeError
+
+__all__ = ["InputBatch", "InputError", "InputSlot", "ModelInputs", "is_exact"]
+
+
+def is_exact(dtype: torch.dtype) -> bool:
+    """Integer and bool dtypes: values that are compared, never ranged or flipped as floats."""
+    return not (dtype.is_floating_point or dtype.is_complex)
+
+
+@dataclass(frozen=True)
+class InputSlot:
+    """One input of the model: its name, per-sample shape, dtype and valid values."""
+
+    name: str  # the forward parameter (or dict key) it binds to
+    shape: tuple[int, ...]  # without the batch dimension
+    dtype: torch.dtype
+    box: InputBox | None  # float inputs; None for an exact input (see `int_range`)
+    int_range: tuple[int, int] | None = None  # exact inputs: inclusive valid values, or None
+
+    @property
+    def exact(self) -> bool:
+        """True for an integer / bool input."""
+        return is_exact(self.dtype)
+
+    def describe(self) -> str:
+        """`name (N, *shape) dtype` for messages."""
+        dims = ", ".join(["N", *map(str, self.shape)])
+        return f"{self.name!r} ({dims}) {str(self.dtype).replace('torch.', '')}"
+
+    def record(self) -> dict[str, Any]:
+        """Plain data for analysis keys and reports."""
+        out: dict[str, Any] = {"name": self.name, "shape": list(self.shape),
+                               "dtype": str(self.dtype).replace("torch.", "")}
+        if self.box is not None:
+            out |= self.box.as_record()
+        else:
+            out["exact"] = True
+            out["range"] = list(self.int_range) if self.int_range is not None else None
+        return out
+
+
+class InputBatch:
+    """A batch of model inputs, one tensor per input (batch first), that slices like a tensor."""
+
+    __slots__ = ("tensors",)
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.tensors = tuple(tensors)
+
+    def __len__(self) -> int:
+        return int(self.tensors[0].shape[0]) if self.tensors and self.tensors[0].dim() else 1
+
+    def __getitem__(self, idx: Any) -> InputBatch:
+        """The same samples of every input (a slice, an index tensor)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return InputBatch(tuple(t[idx] for t in self.tensors))
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the first input."""
+        return self.tensors[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the float inputs (the first one's; float32 when all are exact)."""
+        return next((t.dtype for t in self.tensors if t.is_floating_point()), torch.float32)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> InputBatch:
+        """On `device`; `dtype` casts the float inputs only (exact inputs keep theirs)."""
+        return InputBatch(tuple(
+            t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+            for t in self.tensors))
+
+    def float(self) -> InputBatch:
+        """Float inputs as float32, exact inputs as they are."""
+        return InputBatch(tuple(t.float() if t.is_floating_point() else t for t in self.tensors))
+
+
+def _forward_params(model: nn.Module) -> list[inspect.Parameter] | None:
+    """The positional parameters of `model.forward` (None: *args, no signature)."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+    params = []
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            return None
+        if p.kind is not p.KEYWORD_ONLY:
+            params.append(p)
+    return params
+
+
+def _is_box_form(v: Any) -> bool:
+    """True for what can be one input's box: None, an InputBox, a (low, high) pair."""
+    if v is None or isinstance(v, InputBox):
+        return True
+    return isinstance(v, (tuple, list)) and len(v) == 2
+
+
+class ModelInputs:
+    """What a protected model takes: the structure, and one `InputSlot` per input."""
+
+    def __init__(self, structure: str, slots: Sequence[InputSlot], device: torch.device) -> None:
+        self.structure = structure  # "tensor" | "sequence" | "dict"
+        self.slots = tuple(slots)
+        self.device = device
+        self.names = [s.name for s in self.slots]
+        self._exact = [s.exact for s in self.slots]
+        # (slot, low, high, box with an infinite bound) per float input with a box, on device
+        self._bounds: dict[torch.device, list] = {}
+
+    # ---- building ----------------------------------------------------------------------
+    @classmethod
+    def of(cls, model: nn.Module | None, example_input: Any, input_range: Any) -> ModelInputs:
+        """Read the structure of `example_input` and one box per input from `input_range`.
+
+        Raises InputError for an example that is not a tensor or a tuple / list / dict of
+        tensors, InputRangeError for boxes that do not fit.
+        """
+        if isinstance(input_range, ModelInputs):
+            return input_range
+        params = _forward_params(model) if model is not None else None
+        if isinstance(example_input, torch.Tensor):
+            structure, tensors = "tensor", [example_input]
+            names = [params[0].name if params else "input"]
+        elif isinstance(example_input, Mapping):
+            structure = "dict"
+            names, tensors = cls._dict_order(example_input, params)
+        elif isinstance(example_input, (tuple, list)) and example_input:
+            structure, tensors = "sequence", list(example_input)
+            names = [p.name for p in params[:len(tensors)]] if params is not None \
+                and len(params) >= len(tensors) else [f"input[{k}]" for k in range(len(tensors))]
+            if params is not None and len(tensors) > len(params):
+                raise InputError(f"example_input has {len(tensors)} inputs but "
+                                 f"{type(model).__name__}.forward takes {len(params)} "
+                                 f"({', '.join(p.name for p in params)})", "structure")
+        else:
+            raise InputError(
+                "example_input must be a tensor, or a tuple / list / dict of tensors, each "
+                "shaped like one batch of real input (batch first); got "
+                f"{type(example_input).__name__}", "structure")
+        for n, t in zip(names, tensors, strict=True):
+            if not isinstance(t, torch.Tensor):
+                raise InputError(f"example input {n!r} is a {type(t).__name__}, not a tensor",
+                                 "structure")
+            if t.dim() == 0:
+                raise InputError(f"example input {n!r} is a scalar; every input has the batch "
+                                 "first, e.g. x.unsqueeze(0)", "shape")
+        if len({t.shape[0] for t in tensors}) > 1:
+            raise InputError("example inputs have different batch sizes "
+                             f"({', '.join(f'{n}: {t.shape[0]}' for n, t in zip(names, tensors, strict=True))})"
+                             "; the batch is the first dim of every input", "shape")
+        if len({t.device for t in tensors}) > 1:
+            raise InputError("example inputs are on different devices; move all to one",
+                             "device")
+        boxes = cls._boxes(input_range, names, tensors, structure)
+        slots = []
+        for n, t, b in zip(names, tensors, boxes, strict=True):
+            shape = tuple(t.shape[1:])
+            if is_exact(t.dtype):
+                slots.append(InputSlot(n, shape, t.dtype, None, cls._int_range(n, b)))
+            else:
+                if b is None:
+                    raise InputRangeError(
+                        f"input {n!r} is a float input and needs a box (low, high): Selection "
+                        "bounds every activation from it; None is for integer inputs only")
+                slots.append(InputSlot(n, shape, t.dtype, InputBox.of(b, shape)))
+        return cls(structure, slots, tensors[0].device)
+
+    @staticmethod
+    def _dict_order(example: Mapping, params) -> tuple[list[str], list[Any]]:
+        """Dict inputs in the order of forward's parameters (what fx's placeholders follow)."""
+        keys = [str(k) for k in example]
+        if params is None:
+            raise InputError("dict inputs are passed as keyword arguments, but the model's "
+                             "forward takes *args / **kwargs; give a tuple in forward's order",
+                             "structure")
+        order = [p.name for p in params]
+        unknown = [k for k in keys if k not in order]
+        if unknown:
+            raise InputError(f"input(s) {unknown} name no parameter of forward "
+                             f"({', '.join(order)})", "names")
+        given = [n for n in order if n in keys]
+        rest = [p for p in params[len(given):]]
+        if order[:len(given)] != given or any(p.default is p.empty for p in rest):
+            missing = [p.name for p in params if p.name not in keys]
+            raise InputError(f"dict inputs must give forward's parameters {order} in full, or "
+                             f"leave out only trailing ones with defaults; missing {missing}",
+                             "names")
+        return given, [example[k] for k in given]
+
+    @staticmethod
+    def _boxes(input_range: Any, names: list[str], tensors: list, structure: str) -> list:
+        """One box form (or None) per input, from a single box, a sequence or a dict."""
+        n = len(names)
+        if n == 1 and not (isinstance(input_range, Mapping)):
+            return [input_range]
+        if isinstance(input_range, Mapping):
+            unknown = [k for k in input_range if k not in names]
+            if unknown:
+                raise InputRangeError(f"input_range names {unknown}, which are not inputs "
+                                      f"({', '.join(names)})")
+            return [input_range.get(k) for k in names]
+        if isinstance(input_range, (tuple, list)) and len(input_range) == n \
+                and all(_is_box_form(b) for b in input_range) \
+                and not all(isinstance(b, (int, float)) for b in input_range):
+            return list(input_range)
+        example = ", ".join("None" if is_exact(t.dtype) else "(low, high)" for t in tensors)
+        raise InputRangeError(
+            f"the model takes {n} inputs ({', '.join(names)}): give input_range as one box per "
+            f"input in that order, e.g. ({example}), or a dict keyed by input name; None for "
+            "integer inputs")
+
+    @staticmethod
+    def _int_range(name: str, b: Any) -> tuple[int, int] | None:
+        """An exact input's inclusive (low, high) of valid values, or None."""
+        if b is None:
+            return None
+        try:
+            lo, hi = b
+            lo_i, hi_i = int(lo), int(hi)
+        except (TypeError, ValueError):
+            raise InputRangeError(f"input {name!r} is an integer input: its box is None or an "
+                                  "inclusive (low, high) of valid values, e.g. (0, vocab - 1)"
+                                  ) from None
+        if lo_i > hi_i:
+            raise InputRangeError(f"input {name!r}: low {lo_i} > high {hi_i}")
+        return lo_i, hi_i
+
+    # ---- what it is -----------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    @property
+    def single(self) -> bool:
+        """One tensor input (the classic `protect(model, x, box)`)."""
+        return self.structure == "tensor"
+
+    @property
+    def box(self) -> InputBox | None:
+        """The box of a single float input (None otherwise)."""
+        return self.slots[0].box if len(self.slots) == 1 else None
+
+    def record(self) -> Any:
+        """The inputs as plain data for the analysis key: boxes, shapes, dtypes.
+
+        A single float input keeps the classic form (the box) plus its shape.
+        """
+        if self.single and self.slots[0].box is not None:
+            return self.slots[0].box.as_record() | {"shape": list(self.slots[0].shape)}
+        return {"inputs": [s.record() for s in self.slots], "structure": self.structure}
+
+    def describe(self) -> str:
+        """Every input as `name (N, *shape) dtype`."""
+        return "; ".join(s.describe() for s in self.slots)
+
+    # ---- run time -----------------------------------------------------------------------
+    def normalize(self, x: Any, what: str = "input",
+                  cast: bool = False) -> tuple[torch.Tensor, ...]:
+        """The inputs of one call as forward's positional tuple; InputError if they do not fit.
+
+        Checks structure, dtype, shape (every dim but the batch), device, one batch size.
+        `cast`: float inputs of another float dtype are converted (calibration data), not
+        refused.
+        """
+        slots = self.slots
+        if self.structure == "tensor":
+            tensors: Any = (x,) if isinstance(x, torch.Tensor) else None
+        elif self.structure == "dict":
+            if isinstance(x, Mapping):
+                extra = [k for k in x if k not in self.names]
+                missing = [k for k in self.names if k not in x]
+                if extra or missing:
+                    raise InputError(f"{what} keys {sorted(map(str, x))} do not match the "
+                                     f"protected inputs {self.names}", "names")
+                tensors = tuple(x[k] for k in self.names)
+            else:
+                tensors = None
+        else:
+            tensors = tuple(x) if isinstance(x, (tuple, list)) and len(x) == len(slots) \
+                else None
+        if tensors is None:
+            raise InputError(f"{what} must be {self._expected_structure()}, got "
+                             f"{self._structure_of(x)}", "structure")
+        batch = None
+        if cast:
+            tensors = tuple(t.to(s.dtype) if isinstance(t, torch.Tensor) and t.dtype != s.dtype
+                            and t.is_floating_point() and s.dtype.is_floating_point else t
+                            for s, t in zip(slots, tensors, strict=True))
+        for s, t in zip(slots, tensors, strict=True):
+            if not isinstance(t, torch.Tensor):
+                raise InputError(f"{what} {s.name!r} is a {type(t).__name__}, not a tensor; "
+                                 f"expected {s.describe()}", "structure")
+            if t.dtype != s.dtype:
+                raise InputError(f"{what} {s.name!r} is {str(t.dtype).replace('torch.', '')}; "
+                                 f"expected {s.describe()} (convert with .to("
+                                 f"{s.dtype}))", "dtype")
+            if t.dim() != len(s.shape) + 1 or tuple(t.shape[1:]) != s.shape:
+                raise InputError(
+                    f"{what} {s.name!r} has shape {tuple(t.shape)}; expected {s.describe()}: "
+                    "the analysis holds for the protected shape only (any batch size N); "
+                    "protect another example for another shape", "shape")
+            if t.device != self.device:
+                raise InputError(f"{what} {s.name!r} is on {t.device}; the protected model "
+                                 f"runs on {self.device}", "device")
+            if batch is None:
+                batch = t.shape[0]
+            elif t.shape[0] != batch:
+                raise InputError(f"{what} batch sizes differ: {self.names[0]!r} has {batch}, "
+                                 f"{s.name!r} {t.shape[0]}", "shape")
+        return tensors
+
+    def _expected_structure(self) -> str:
+        if self.structure == "tensor":
+            return f"one tensor {self.slots[0].describe()}"
+        if self.structure == "dict":
+            return f"a dict of tensors {{{self.describe()}}}"
+        return f"a tuple / list of {len(self.slots)} tensors ({self.describe()})"
+
+    @staticmethod
+    def _structure_of(x: Any) -> str:
+        if isinstance(x, Mapping):
+            return f"a dict with keys {sorted(map(str, x))}"
+        if isinstance(x, (tuple, list)):
+            return f"a {type(x).__name__} of {len(x)}"
+        return f"a {type(x).__name__}"
+
+    def bounds(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per input, its (low, high) on `device` (exact inputs: their int range, or None)."""
+        out = []
+        for s in self.slots:
+            if s.box is not None:
+                b = s.box.to(device)
+                out.append((b.low, b.high))
+            elif s.int_range is not None:
+                lo, hi = s.int_range
+                out.append((torch.tensor(lo, device=device), torch.tensor(hi, device=device)))
+            else:
+                out.append(None)
+        return out
+
+    def _checks(self, device: torch.device) -> list:
+        got = self._bounds.get(device)
+        if got is None:
+            got = []
+            for k, s in enumerate(self.slots):
+                if s.box is not None:
+                    b = s.box.to(device)
+                    got.append((k, b.low, b.high, not bool(torch.isfinite(b.high).all())))
+                elif s.int_range is not None:
+                    got.append((k, s.int_range[0], s.int_range[1], False))
+            self._bounds[device] = got
+        return got
+
+    def check_values(self, xs: Sequence[torch.Tensor], what: str = "input") -> None:
+        """InputError unless every float input is finite and inside its box, and every exact
+        input inside its valid range (where one was given). Runs before the model does."""
+        for k, low, high, open_box in self._checks(xs[0].device if xs else self.device):
+            t = xs[k]
+            if self._exact[k]:
+                if bool(((t < low) | (t > high)).any()):
+                    bad = t[(t < low) | (t > high)]
+                    raise InputError(f"{what} {self.slots[k].name!r} holds {int(bad[0])}, "
+                                     f"outside its valid values [{low}, {high}] "
+                                     f"({bad.numel()} element(s))", "out_of_range")
+                continue
+            # clamp leaves an input inside the box unchanged; NaN never compares equal, and an
+            # infinite value is clamped unless the box itself is open there (fp32 compare)
+            t = t if t.dtype == torch.float32 else t.float()
+            if torch.equal(t.clamp(low, high), t) and not (
+                    open_box and not bool(torch.isfinite(t).all())):
+                continue
+            self._raise_value_error(k, t, low, high, what)
+
+    def _raise_value_error(self, k: int, t: torch.Tensor, low: torch.Tensor,
+                           high: torch.Tensor, what: str) -> None:
+        """The InputError for a float input that failed the box check: which, where, how."""
+        name = self.slots[k].name
+        tf = t.float()
+        bad = ~torch.isfinite(tf)
+        if bool(bad.any()):
+            nan = int(torch.isnan(tf).sum())
+            raise InputError(f"{what} {name!r} holds {nan} NaN and {int(bad.sum()) - nan} "
+                             "infinite value(s): a sensor or preprocessing error, refused "
+                             "before inference (never counted as a fault)", "nonfinite")
+        lo, hi = low.expand_as(tf), high.expand_as(tf)
+        outside = (tf < lo) | (tf > hi)
+        i = int(outside.reshape(-1).nonzero()[0])
+        raise InputError(
+            f"{what} {name!r} lies outside its declared box: element {i} is "
+            f"{float(tf.reshape(-1)[i]):.6g}, not in [{float(lo.reshape(-1)[i]):.6g}, "
+            f"{float(hi.reshape(-1)[i]):.6g}] ({int(outside.sum())} element(s) outside); SAVE's "
+            "analysis holds inside the box only: fix the input or protect with a wider box",
+            "out_of_range")
+
+    def batch(self, x: Any, what: str = "calibration") -> InputBatch:
+        """A batch given in the inputs' structure as an InputBatch (any batch size)."""
+        return InputBatch(self.normalize(x, what, cast=True))
+
+    def to(self, x: Any, device: torch.device | str) -> Any:
+        """`x` (in the inputs' structure) with every tensor on `device`."""
+        if isinstance(x, torch.Tensor):
+            return x.to(device)
+        if isinstance(x, Mapping):
+            return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return type(x)(v.to(device) if isinstance(v, torch.Tensor) else v for v in x)
+        return x
+
+    def unflatten(self, xs: Sequence[torch.Tensor]) -> Any:
+        """The positional tuple back in the user's structure (what `model(...)` was given)."""
+        if self.structure == "tensor":
+            return xs[0]
+        if self.structure == "dict":
+            return dict(zip(self.names, xs, strict=True))
+        return tuple(xs)
