@@ -184,9 +184,9 @@ class ModelInputs:
                 raise InputError(f"example input {n!r} is a scalar; every input has the batch "
                                  "first, e.g. x.unsqueeze(0)", "shape")
         if len({t.shape[0] for t in tensors}) > 1:
-            raise InputError("example inputs have different batch sizes "
-                             f"({', '.join(f'{n}: {t.shape[0]}' for n, t in zip(names, tensors, strict=True))})"
-                             "; the batch is the first dim of every input", "shape")
+            sizes = ", ".join(f"{n}: {t.shape[0]}" for n, t in zip(names, tensors, strict=True))
+            raise InputError(f"example inputs have different batch sizes ({sizes}); the batch "
+                             "is the first dim of every input", "shape")
         if len({t.device for t in tensors}) > 1:
             raise InputError("example inputs are on different devices; move all to one",
                              "device")

@@ -1,10 +1,11 @@
 """Value ranges of every activation: sound boxes from the input box, and calibration ranges.
 
 `node_ranges(graph, example_input, inputs, calibration, ...)` returns one `NodeRange` per
-fx node with a float tensor value (inputs and calibration are `core.inputs.InputBatch`es, one
-tensor per model input; `inputs` gives each input's box, integer inputs are exact): the elementwise box from interval propagation (batch 1), the
-calibration elementwise min / max (and a sample of calibration values for bit attribution), and
-per-channel interval and calibration ranges. Calibration ranges are widened by `margin` x their
+fx node with a float tensor value (example and calibration are `core.inputs.InputBatch`es, one
+tensor per model input; `inputs` gives each input's box, integer inputs are exact): the
+elementwise box from interval propagation (batch 1), the calibration elementwise min / max (and
+a sample of calibration values for bit attribution), and per-channel interval and calibration
+ranges. Calibration ranges are widened by `margin` x their
 width on each side, then clipped to the interval box.
 
 The interval box is *sound* (holds for every input in the box) only where every op on the way
