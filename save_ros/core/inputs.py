@@ -156,6 +156,8 @@ class ModelInputs:
         """
         if isinstance(input_range, ModelInputs):
             return input_range
+        if isinstance(example_input, InputBatch):
+            example_input = example_input.tensors
         params = _forward_params(model) if model is not None else None
         if isinstance(example_input, torch.Tensor):
             structure, tensors = "tensor", [example_input]
@@ -301,6 +303,8 @@ class ModelInputs:
         refused.
         """
         slots = self.slots
+        if isinstance(x, InputBatch) and len(x.tensors) == len(slots):  # positional already
+            x = self.unflatten(x.tensors)
         if self.structure == "tensor":
             tensors: Any = (x,) if isinstance(x, torch.Tensor) else None
         elif self.structure == "dict":
@@ -436,7 +440,7 @@ class ModelInputs:
 
     def to(self, x: Any, device: torch.device | str) -> Any:
         """`x` (in the inputs' structure) with every tensor on `device`."""
-        if isinstance(x, torch.Tensor):
+        if isinstance(x, (torch.Tensor, InputBatch)):
             return x.to(device)
         if isinstance(x, Mapping):
             return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from save_ros.errors import UserError
-from save_ros.eval.methods import Method, get_method
+from save_ros.eval.methods import Method, fault_probe_input, get_method
 from save_ros.eval.metrics import Proportion, Spread, accurate_latency, compare
 from save_ros.eval.record import run_record
 from save_ros.faults import (
@@ -97,7 +97,7 @@ class EvalSetup:
 
     name: str
     build: Callable[[], nn.Module]  # a fresh fault-free model for each method
-    x: torch.Tensor
+    x: Any  # a tensor, or an InputBatch (core.inputs) for a model of several inputs
     y: torch.Tensor | None  # labels (classification); None for a policy or a regression
     task: str = "classification"  # classification | control | regression
     tolerance: tuple[float, float] | None = None  # (rtol, atol): regression outputs compared
@@ -301,9 +301,10 @@ def run_campaign(cfg: CampaignConfig, setup: EvalSetup | None = None,
                          exclude=frozenset(getattr(method, "activation_exclude", ())),
                          sites=naming)
             try:
-                a_sites = activation_sites(method.model, setup.x, act)
+                a_sites = activation_sites(method.model, fault_probe_input(setup.x), act)
                 if setup.episodes is not None:
-                    a_sites_1 = activation_sites(method.model, setup.x[:1], act)
+                    a_sites_1 = activation_sites(method.model, fault_probe_input(setup.x[:1]),
+                                                 act)
             except EmptyTargetError:  # every layer output is in the method's reliable memory
                 a_sites, a_sites_1 = [], []
         info = {"clean_detected": int(torch.as_tensor(clean_det).sum()),
