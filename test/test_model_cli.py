@@ -85,6 +85,18 @@ def test_campaign_on_a_two_input_policy_with_two_input_shapes(capsys, tmp_path):
     assert res["methods"]["save"]["activation_sites"] > 0
 
 
+def test_pvf_and_analyze_take_a_two_input_policy(capsys):
+    policy = ("--model", "foreign_nets:make_policy", "--input-shape", "3,8,8",
+              "--input-shape", "7", "--input-range", "0,1", "--input-range=-1,1",
+              "--task", "control")
+    code, out, err = run_cli(capsys, "pvf", *policy, "--samples", "4", "--batch", "4")
+    assert code == 0, err
+    assert "head" in out
+    code, out, err = run_cli(capsys, "analyze", *policy, "--calibration", "16")
+    assert code == 0, err
+    assert "save-ros analyze foreign_nets:make_policy" in out
+
+
 def test_campaign_with_an_integer_input(capsys, tmp_path):
     code, _, err = run_cli(capsys, "campaign", "--model", "foreign_nets:make_token_policy",
                            "--input-shape", "8", "--input-shape", "4",
