@@ -18,6 +18,7 @@ from save_ros import ProtectConfig, protect
 from save_ros.core import bits
 from save_ros.core.box import InputRangeError
 from save_ros.core.cuda import cuda_available
+from save_ros.core.cuda.runtime import CudaProtectedModel
 from save_ros.core.inputs import InputError, ModelInputs
 from save_ros.core.select import SelectConfig, analyze, key_for
 from save_ros.faults import ActivationFaults, BitFault
@@ -287,6 +288,21 @@ def test_a_float_computed_from_an_integer_input_is_calibrated_not_sound():
     assert "mul" in a.unsound
 
 
+def test_token_ids_without_a_range_are_checked_against_the_embedding_table():
+    torch.manual_seed(5)
+    net = TokenNet(vocab=30).eval()
+    g = torch.Generator().manual_seed(6)
+    tok, st = torch.randint(0, 30, (16, 8), generator=g), torch.rand(16, 4, generator=g)
+    with protect(net, (tok[:1], st[:1]), (None, (0.0, 1.0)), _cfg((tok, st))) as pm:
+        assert pm.inputs.slots[0].int_range == (0, 29)  # from nn.Embedding(30, ...)
+        assert pm.analysis.input_range["inputs"][0]["range"] is None  # the key is the user's
+        assert pm.infer((tok[:2], st[:2])).verified
+        bad = tok[:2].clone()
+        bad[0, 0] = 30
+        with pytest.raises(InputError, match="'tokens' holds 30, outside its valid values"):
+            pm.infer((bad, st[:2]))
+
+
 def test_integer_box_is_optional_and_a_float_input_needs_one():
     net = TokenNet().eval()
     ex = (torch.zeros(1, 8, dtype=torch.long), torch.rand(1, 4))
@@ -324,6 +340,71 @@ def test_single_tensor_keeps_working_and_other_spatial_sizes_are_refused():
         assert e.value.kind == "dtype"
         with pytest.raises(InputError, match="expected 'input' .*float32"):
             pm.infer(x[0])  # no batch dim
+
+
+def test_cuda_backend_logic_with_two_inputs_runs_eagerly_on_the_cpu():
+    """The CUDA backend's program (one static buffer and one box per input, the input flag)
+    without a GPU: use_graph=False runs the same CheckProgram eagerly."""
+    torch.manual_seed(0)
+    net = Visuomotor().eval()
+    ref = copy.deepcopy(net)
+    img, jnt = _data(32, 1)
+    cfg = _cfg((img, jnt), "control")
+    a = analyze(net, (img[:1], jnt[:1]), BOXES, (img, jnt), config=cfg.selection)
+    pm = CudaProtectedModel(net, (img[:1], jnt[:1]), BOXES, cfg, a, use_graph=False)
+    x = (img[:4], jnt[:4])
+    with torch.inference_mode():
+        clean = ref(*x)
+    r = pm.infer(x)
+    assert r.verified and torch.equal(r.output, clean)
+    assert len(pm._programs[next(iter(pm._programs))].static_in) == 2
+    bits.flip_(pm.normal_tensors()["joint.weight"], 3, 30)
+    r = pm.infer(x)
+    assert r.verified and torch.equal(r.output, clean) and "joint.weight" in r.status.repaired
+    for k, v, kind in ((1, float("nan"), "nonfinite"), (1, 2.0, "out_of_range"),
+                       (0, -0.5, "out_of_range")):
+        bad = [t.clone() for t in x]
+        bad[k].view(-1)[5] = v
+        with pytest.raises(InputError) as e:
+            pm.infer(tuple(bad))
+        assert e.value.kind == kind and pm.inputs.slots[k].name in str(e.value)
+    st = pm.stats()
+    assert st["rejected_inputs"] == 3 and st["faulty"] == 1  # the weight flip only
+    with pytest.raises(InputError, match="expected 'joints'"):
+        pm.infer((img[:4], jnt[:4, :5]))
+    assert pm.infer(x).verified  # the gate was released after every refusal
+
+
+def test_cuda_backend_logic_with_an_integer_input_on_the_cpu():
+    torch.manual_seed(2)
+    net = TokenNet().eval()
+    ref = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(4)
+    tok, st = torch.randint(0, 50, (16, 8), generator=g), torch.rand(16, 4, generator=g)
+    boxes = ((0, 49), (0.0, 1.0))
+    cfg = _cfg((tok, st))
+    a = analyze(net, (tok[:1], st[:1]), boxes, (tok, st), config=cfg.selection)
+    pm = CudaProtectedModel(net, (tok[:1], st[:1]), boxes, cfg, a, use_graph=False)
+    with torch.inference_mode():
+        clean = ref(tok[:4], st[:4])
+    r = pm.infer((tok[:4], st[:4]))
+    assert r.verified and torch.equal(r.output, clean)
+    bad = tok[:4].clone()
+    bad[2, 1] = -1
+    with pytest.raises(InputError, match="'tokens' holds -1") as e:
+        pm.infer((bad, st[:4]))
+    assert e.value.kind == "out_of_range" and pm.stats()["faulty"] == 0
+
+
+def test_an_open_box_still_refuses_inf():
+    net = DictNet().eval()
+    ex = (torch.rand(1, 6), torch.rand(1, 3))
+    spec = ModelInputs.of(net, ex, ((0.0, float("inf")), (-1.0, 1.0)))
+    xs = spec.normalize((torch.full((2, 6), 1e30), torch.zeros(2, 3)))
+    spec.check_values(xs)  # large but finite: inside the open box
+    with pytest.raises(InputError, match="infinite") as e:
+        spec.check_values((torch.full((2, 6), float("inf")), torch.zeros(2, 3)))
+    assert e.value.kind == "nonfinite"
 
 
 @pytest.mark.cuda

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from save_ros.core.box import InputBox, InputError, InputRangeError
 
@@ -266,6 +266,30 @@ class ModelInputs:
             raise InputRangeError(f"input {name!r}: low {lo_i} > high {hi_i}")
         return lo_i, hi_i
 
+    def with_table_ranges(self, gm: fx.GraphModule) -> ModelInputs:
+        """Exact inputs without a range whose every use indexes an embedding table get
+        (0, rows - 1) as their valid values, so an id outside the table is an InputError, not
+        an IndexError (or, on CUDA, a fatal device-side assert). The analysis key is unchanged:
+        this is validation, not a box Selection propagates."""
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        slots = list(self.slots)
+        for k, (slot, node) in enumerate(zip(self.slots, placeholders, strict=False)):
+            if not slot.exact or slot.int_range is not None or not node.users:
+                continue
+            rows = []
+            for u in node.users:
+                mod = gm.get_submodule(u.target) if u.op == "call_module" else None
+                if isinstance(mod, nn.Embedding) and u.args and u.args[0] is node:
+                    rows.append(mod.num_embeddings)
+                else:
+                    rows = []
+                    break
+            if rows:
+                slots[k] = InputSlot(slot.name, slot.shape, slot.dtype, None, (0, min(rows) - 1))
+        if slots == list(self.slots):
+            return self
+        return ModelInputs(self.structure, slots, self.device)
+
     # ---- what it is -----------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.slots)
@@ -393,11 +417,22 @@ class ModelInputs:
             self._bounds[device] = got
         return got
 
-    def check_values(self, xs: Sequence[torch.Tensor], what: str = "input") -> None:
+    @property
+    def has_int_ranges(self) -> bool:
+        """Some exact input has a range of valid values (checked before any forward: an
+        embedding would fail on an index outside its table, on CUDA fatally)."""
+        return any(s.int_range is not None for s in self.slots)
+
+    def check_values(self, xs: Sequence[torch.Tensor], what: str = "input",
+                     exact_only: bool = False) -> None:
         """InputError unless every float input is finite and inside its box, and every exact
-        input inside its valid range (where one was given). Runs before the model does."""
+        input inside its valid range (where one was given). Runs before the model does.
+
+        `exact_only`: only the exact inputs (the CUDA backend checks floats in its graph)."""
         for k, low, high, open_box in self._checks(xs[0].device if xs else self.device):
             t = xs[k]
+            if exact_only and not self._exact[k]:
+                continue
             if self._exact[k]:
                 if bool(((t < low) | (t > high)).any()):
                     bad = t[(t < low) | (t > high)]

@@ -88,6 +88,7 @@ class ProtectedModel:
                 "Make forward traceable (no data-dependent control flow) or mark the offending "
                 "submodule as a leaf")
         self._inst = Instrumented(graph)
+        self._inputs = self._inputs.with_table_ranges(graph.gm)  # token ids: the table rows
         self._store = WeightStore(model, config.weight_chunk)
         self._editor = Editor(self._inst, self._store, config.max_reruns)
         # inputs are checked before inference (`_admit`), so the checker gets no box

@@ -19,9 +19,11 @@ checks overlap the layers after them. An inference copies each input into its st
   it would overwrite the static buffers.
 
 Inputs: structure, dtype, shape and device are checked on the host before the copy (InputError,
-as on the CPU); the values (NaN / Inf, outside the box) by the program's input flag, inside the
-graph, so the clean path gains no host synchronisation: a raised input flag makes `infer` raise
-the same InputError as the CPU backend, before any verdict, and nothing counts as a fault.
+as on the CPU), and so are integer inputs that have a valid range (an out-of-table embedding
+index is a fatal device-side assert); float values (NaN / Inf, outside the box) by the program's
+input flag, inside the graph, so the clean path gains no host synchronisation: a raised input
+flag makes `infer` raise the same InputError as the CPU backend, before any verdict, and nothing
+counts as a fault.
 
 Every `ProtectConfig` field means what it means on the CPU, except `weight_check_budget_s`
 (rotating weight checksums): on the device a full checksum of every weight costs tens of
@@ -205,13 +207,19 @@ class CudaProtectedModel(ProtectedModel):
                 self._verifier.run_pending(None)
 
     def _admit(self, x: Any) -> tuple[torch.Tensor, ...]:
-        """Structure, dtype, shape and device on the host; the values are checked in the graph
-        (`_reject_values`), so the clean path has no extra synchronisation."""
+        """Structure, dtype, shape and device on the host; float values are checked in the
+        graph (`_reject_values`), so the clean path has no extra synchronisation. Integer
+        inputs with a valid range are checked here, before the replay: an embedding index
+        outside its table is a device-side assert that would end the CUDA context."""
         try:
-            return self._inputs.normalize(x)
-        except InputError:
+            xs = self._inputs.normalize(x)
+            if self._inputs.has_int_ranges:
+                self._inputs.check_values(xs, exact_only=True)
+            return xs
+        except InputError as exc:
             with self._stats_lock:
                 self._stats["rejected_inputs"] += 1
+                self._stats["input_out_of_range"] += exc.kind == "out_of_range"
             raise
 
     def _reject_values(self, xs: tuple[torch.Tensor, ...]) -> None:
