@@ -24,7 +24,6 @@ slices like one tensor (calibration, Selection).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,13 +32,16 @@ import torch
 from torch import fx, nn
 
 from save_ros.core.box import InputBox, InputError, InputRangeError
+from save_ros.core.input_forms import (
+    boxes_per_input,
+    dict_order,
+    forward_params,
+    int_range,
+    is_exact,
+    table_ranges,
+)
 
 __all__ = ["InputBatch", "InputError", "InputSlot", "ModelInputs", "is_exact"]
-
-
-def is_exact(dtype: torch.dtype) -> bool:
-    """Integer and bool dtypes: values that are compared, never ranged or flipped as floats."""
-    return not (dtype.is_floating_point or dtype.is_complex)
 
 
 @dataclass(frozen=True)
@@ -112,28 +114,6 @@ class InputBatch:
         return InputBatch(tuple(t.float() if t.is_floating_point() else t for t in self.tensors))
 
 
-def _forward_params(model: nn.Module) -> list[inspect.Parameter] | None:
-    """The positional parameters of `model.forward` (None: *args, no signature)."""
-    try:
-        sig = inspect.signature(model.forward)
-    except (TypeError, ValueError):
-        return None
-    params = []
-    for p in sig.parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            return None
-        if p.kind is not p.KEYWORD_ONLY:
-            params.append(p)
-    return params
-
-
-def _is_box_form(v: Any) -> bool:
-    """True for what can be one input's box: None, an InputBox, a (low, high) pair."""
-    if v is None or isinstance(v, InputBox):
-        return True
-    return isinstance(v, (tuple, list)) and len(v) == 2
-
-
 class ModelInputs:
     """What a protected model takes: the structure, and one `InputSlot` per input."""
 
@@ -158,13 +138,13 @@ class ModelInputs:
             return input_range
         if isinstance(example_input, InputBatch):
             example_input = example_input.tensors
-        params = _forward_params(model) if model is not None else None
+        params = forward_params(model) if model is not None else None
         if isinstance(example_input, torch.Tensor):
             structure, tensors = "tensor", [example_input]
             names = [params[0].name if params else "input"]
         elif isinstance(example_input, Mapping):
             structure = "dict"
-            names, tensors = cls._dict_order(example_input, params)
+            names, tensors = dict_order(example_input, params)
         elif isinstance(example_input, (tuple, list)) and example_input:
             structure, tensors = "sequence", list(example_input)
             names = [p.name for p in params[:len(tensors)]] if params is not None \
@@ -192,12 +172,12 @@ class ModelInputs:
         if len({t.device for t in tensors}) > 1:
             raise InputError("example inputs are on different devices; move all to one",
                              "device")
-        boxes = cls._boxes(input_range, names, tensors, structure)
+        boxes = boxes_per_input(input_range, names, tensors, structure)
         slots = []
         for n, t, b in zip(names, tensors, boxes, strict=True):
             shape = tuple(t.shape[1:])
             if is_exact(t.dtype):
-                slots.append(InputSlot(n, shape, t.dtype, None, cls._int_range(n, b)))
+                slots.append(InputSlot(n, shape, t.dtype, None, int_range(n, b)))
             else:
                 if b is None:
                     raise InputRangeError(
@@ -206,88 +186,16 @@ class ModelInputs:
                 slots.append(InputSlot(n, shape, t.dtype, InputBox.of(b, shape)))
         return cls(structure, slots, tensors[0].device)
 
-    @staticmethod
-    def _dict_order(example: Mapping, params) -> tuple[list[str], list[Any]]:
-        """Dict inputs in the order of forward's parameters (what fx's placeholders follow)."""
-        keys = [str(k) for k in example]
-        if params is None:
-            raise InputError("dict inputs are passed as keyword arguments, but the model's "
-                             "forward takes *args / **kwargs; give a tuple in forward's order",
-                             "structure")
-        order = [p.name for p in params]
-        unknown = [k for k in keys if k not in order]
-        if unknown:
-            raise InputError(f"input(s) {unknown} name no parameter of forward "
-                             f"({', '.join(order)})", "names")
-        given = [n for n in order if n in keys]
-        rest = [p for p in params[len(given):]]
-        if order[:len(given)] != given or any(p.default is p.empty for p in rest):
-            missing = [p.name for p in params if p.name not in keys]
-            raise InputError(f"dict inputs must give forward's parameters {order} in full, or "
-                             f"leave out only trailing ones with defaults; missing {missing}",
-                             "names")
-        return given, [example[k] for k in given]
-
-    @staticmethod
-    def _boxes(input_range: Any, names: list[str], tensors: list, structure: str) -> list:
-        """One box form (or None) per input, from a single box, a sequence or a dict."""
-        n = len(names)
-        if n == 1 and not (isinstance(input_range, Mapping)):
-            return [input_range]
-        if isinstance(input_range, Mapping):
-            unknown = [k for k in input_range if k not in names]
-            if unknown:
-                raise InputRangeError(f"input_range names {unknown}, which are not inputs "
-                                      f"({', '.join(names)})")
-            return [input_range.get(k) for k in names]
-        if isinstance(input_range, (tuple, list)) and len(input_range) == n \
-                and all(_is_box_form(b) for b in input_range) \
-                and not all(isinstance(b, (int, float)) for b in input_range):
-            return list(input_range)
-        example = ", ".join("None" if is_exact(t.dtype) else "(low, high)" for t in tensors)
-        raise InputRangeError(
-            f"the model takes {n} inputs ({', '.join(names)}): give input_range as one box per "
-            f"input in that order, e.g. ({example}), or a dict keyed by input name; None for "
-            "integer inputs")
-
-    @staticmethod
-    def _int_range(name: str, b: Any) -> tuple[int, int] | None:
-        """An exact input's inclusive (low, high) of valid values, or None."""
-        if b is None:
-            return None
-        try:
-            lo, hi = b
-            lo_i, hi_i = int(lo), int(hi)
-        except (TypeError, ValueError):
-            raise InputRangeError(f"input {name!r} is an integer input: its box is None or an "
-                                  "inclusive (low, high) of valid values, e.g. (0, vocab - 1)"
-                                  ) from None
-        if lo_i > hi_i:
-            raise InputRangeError(f"input {name!r}: low {lo_i} > high {hi_i}")
-        return lo_i, hi_i
-
     def with_table_ranges(self, gm: fx.GraphModule) -> ModelInputs:
         """Exact inputs without a range whose every use indexes an embedding table get
         (0, rows - 1) as their valid values, so an id outside the table is an InputError, not
         an IndexError (or, on CUDA, a fatal device-side assert). The analysis key is unchanged:
         this is validation, not a box Selection propagates."""
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        slots = list(self.slots)
-        for k, (slot, node) in enumerate(zip(self.slots, placeholders, strict=False)):
-            if not slot.exact or slot.int_range is not None or not node.users:
-                continue
-            rows = []
-            for u in node.users:
-                mod = gm.get_submodule(u.target) if u.op == "call_module" else None
-                if isinstance(mod, nn.Embedding) and u.args and u.args[0] is node:
-                    rows.append(mod.num_embeddings)
-                else:
-                    rows = []
-                    break
-            if rows:
-                slots[k] = InputSlot(slot.name, slot.shape, slot.dtype, None, (0, min(rows) - 1))
-        if slots == list(self.slots):
+        found = table_ranges(gm, [s.exact and s.int_range is None for s in self.slots])
+        if not found:
             return self
+        slots = [InputSlot(s.name, s.shape, s.dtype, None, found[k]) if k in found else s
+                 for k, s in enumerate(self.slots)]
         return ModelInputs(self.structure, slots, self.device)
 
     # ---- what it is -----------------------------------------------------------------
