@@ -396,6 +396,40 @@ def test_cuda_backend_logic_with_an_integer_input_on_the_cpu():
     assert e.value.kind == "out_of_range" and pm.stats()["faulty"] == 0
 
 
+@pytest.mark.parametrize("form", ["scalar", "channel", "expanded", "elementwise"])
+def test_box_checks_agree_whatever_form_the_box_came_in(form):
+    low, high = torch.tensor([0.0, -1.0, 0.5]), torch.tensor([1.0, 1.0, 2.0])
+    if form == "scalar":
+        low, high = torch.zeros(3), torch.ones(3)
+    box = (low.tolist(), high.tolist())
+    if form == "expanded":  # what ModelSpec.input_range() gives: per channel, spelled out
+        box = (low[:, None, None].expand(3, 4, 4), high[:, None, None].expand(3, 4, 4))
+    if form == "elementwise":
+        low = low[:, None, None].expand(3, 4, 4).clone()
+        low[0, 1, 1] = 0.25  # one element with a bound of its own
+        box = (low, high[:, None, None].expand(3, 4, 4))
+    spec = ModelInputs.of(None, torch.zeros(1, 3, 4, 4), box)
+    how = spec._checks(torch.device("cpu"))[0][-1]  # a reduction unless elementwise
+    assert how == {"scalar": "scalar", "channel": "channel", "expanded": "channel",
+                   "elementwise": "full"}[form]
+    lo = low if low.dim() == 3 else low[:, None, None].expand(3, 4, 4)
+    hi = high[:, None, None].expand(3, 4, 4)
+    good = (lo + (hi - lo) * torch.rand(5, 3, 4, 4)).clamp(lo, hi)
+    spec.check_values((good,))
+    for value, kind in ((float("nan"), "nonfinite"), (float("inf"), "nonfinite"),
+                        (-2.0, "out_of_range"), (2.5, "out_of_range")):
+        bad = good.clone()
+        bad[3, 2, 1, 0] = value
+        with pytest.raises(InputError) as e:
+            spec.check_values((bad,))
+        assert e.value.kind == kind and "element" in str(e.value) or kind == "nonfinite"
+    if form == "elementwise":
+        bad = good.clone()
+        bad[0, 0, 1, 1] = 0.1  # inside its channel's bound, below its own
+        with pytest.raises(InputError, match="not in \\[0.25, 1\\]"):
+            spec.check_values((bad,))
+
+
 def test_an_open_box_still_refuses_inf():
     net = DictNet().eval()
     ex = (torch.rand(1, 6), torch.rand(1, 3))

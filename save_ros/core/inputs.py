@@ -114,6 +114,20 @@ class InputBatch:
         return InputBatch(tuple(t.float() if t.is_floating_point() else t for t in self.tensors))
 
 
+def _compact(box: InputBox, shape: tuple[int, ...]) -> InputBox:
+    """A box given elementwise (`ModelSpec.input_range()` expands it) in its smallest form:
+    one bound, or one per channel, where the values allow (the check then reduces, no copy)."""
+    low, high = box
+    if low.numel() > 1 and bool((low == low.reshape(-1)[0]).all()) \
+            and bool((high == high.reshape(-1)[0]).all()):
+        return InputBox(low.reshape(-1)[:1].reshape(()), high.reshape(-1)[:1].reshape(()))
+    if len(shape) > 1 and tuple(low.shape) == tuple(high.shape) == tuple(shape):
+        lo, hi = low.reshape(shape[0], -1), high.reshape(shape[0], -1)
+        if bool((lo.amin(1) == lo.amax(1)).all()) and bool((hi.amin(1) == hi.amax(1)).all()):
+            return InputBox(lo[:, 0], hi[:, 0])
+    return box
+
+
 class ModelInputs:
     """What a protected model takes: the structure, and one `InputSlot` per input."""
 
@@ -313,15 +327,26 @@ class ModelInputs:
         return out
 
     def _checks(self, device: torch.device) -> list:
+        """Per checked input: (position, low, high, open box, how: scalar | channel | full)."""
         got = self._bounds.get(device)
         if got is None:
             got = []
             for k, s in enumerate(self.slots):
                 if s.box is not None:
-                    b = s.box.to(device)
-                    got.append((k, b.low, b.high, not bool(torch.isfinite(b.high).all())))
+                    b = _compact(s.box.to(device), s.shape)
+                    open_box = not bool(torch.isfinite(b.high).all())
+                    if b.low.numel() == 1 and b.high.numel() == 1:
+                        got.append((k, b.low.reshape(()), b.high.reshape(()), open_box,
+                                    "scalar"))
+                    elif len(s.shape) > 1 and b.low.shape == b.high.shape \
+                            and b.low.numel() == s.shape[0] == b.low.shape[0] \
+                            and b.low.numel() > 1:
+                        got.append((k, b.low.reshape(-1), b.high.reshape(-1), open_box,
+                                    "channel"))
+                    else:
+                        got.append((k, b.low, b.high, open_box, "full"))
                 elif s.int_range is not None:
-                    got.append((k, s.int_range[0], s.int_range[1], False))
+                    got.append((k, s.int_range[0], s.int_range[1], False, "int"))
             self._bounds[device] = got
         return got
 
@@ -337,24 +362,44 @@ class ModelInputs:
         input inside its valid range (where one was given). Runs before the model does.
 
         `exact_only`: only the exact inputs (the CUDA backend checks floats in its graph)."""
-        for k, low, high, open_box in self._checks(xs[0].device if xs else self.device):
+        for k, low, high, open_box, how in self._checks(xs[0].device if xs else self.device):
             t = xs[k]
             if exact_only and not self._exact[k]:
                 continue
-            if self._exact[k]:
+            if how == "int":
                 if bool(((t < low) | (t > high)).any()):
                     bad = t[(t < low) | (t > high)]
                     raise InputError(f"{what} {self.slots[k].name!r} holds {int(bad[0])}, "
                                      f"outside its valid values [{low}, {high}] "
                                      f"({bad.numel()} element(s))", "out_of_range")
                 continue
-            # clamp leaves an input inside the box unchanged; NaN never compares equal, and an
-            # infinite value is clamped unless the box itself is open there (fp32 compare)
-            t = t if t.dtype == torch.float32 else t.float()
-            if torch.equal(t.clamp(low, high), t) and not (
-                    open_box and not bool(torch.isfinite(t).all())):
+            if t.numel() and self._inside(t, low, high, open_box, how):
                 continue
-            self._raise_value_error(k, t, low, high, what)
+            self._raise_value_error(k, t, low.reshape((-1,) + (1,) * (t.dim() - 2))
+                                    if how == "channel" else low,
+                                    high.reshape((-1,) + (1,) * (t.dim() - 2))
+                                    if how == "channel" else high, what)
+
+    @staticmethod
+    def _inside(t: torch.Tensor, low: torch.Tensor, high: torch.Tensor, open_box: bool,
+                how: str) -> bool:
+        """Every element in the box, NaN never; Inf only where the box is open (then refused).
+
+        One min / max reduction (no copy of the input) for a scalar or per-channel box: NaN
+        propagates through it and fails both compares; a full elementwise box clamps."""
+        if how == "full":
+            t = t if t.dtype == torch.float32 else t.float()
+            ok = torch.equal(t.clamp(low, high), t)
+            return ok and not (open_box and not bool(torch.isfinite(t).all()))
+        if how == "scalar":
+            mn, mx = torch.aminmax(t)
+        else:  # per channel: dim 1 of the batch
+            dims = (0, *range(2, t.dim()))
+            mn, mx = t.amin(dims), t.amax(dims)
+        ok = (mn >= low) & (mx <= high)
+        if open_box:
+            ok = ok & torch.isfinite(mx)
+        return bool(ok.all())
 
     def _raise_value_error(self, k: int, t: torch.Tensor, low: torch.Tensor,
                            high: torch.Tensor, what: str) -> None:
