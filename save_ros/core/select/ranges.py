@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from save_ros.core.box import InputBox
 from save_ros.core.graph import ModelGraph
 from save_ros.core.inputs import InputBatch, ModelInputs
 from save_ros.core.select.intervals import Interval
@@ -109,6 +110,8 @@ def calibrate(graph: ModelGraph, calibration: InputBatch, keep: int, batch_size:
     from save_ros.core.select.attribution import pool_other_max
 
     pools = pools or {}
+    if isinstance(calibration, torch.Tensor):  # one input
+        calibration = InputBatch((calibration,))
     one_out, one = graph.record(*calibration[:1].tensors)
     del one_out
     stats: dict[str, _Stats] = {}
@@ -163,9 +166,9 @@ def _input_boxes(inputs: ModelInputs, example: InputBatch) -> list:
 
 def node_ranges(
     graph: ModelGraph,
-    example_input: InputBatch,
-    inputs: ModelInputs,
-    calibration: InputBatch | None,
+    example_input: InputBatch | torch.Tensor,
+    inputs: ModelInputs | InputBox,
+    calibration: InputBatch | torch.Tensor | None,
     margin: float = 0.1,
     keep: int = 64,
     attr_elements: int = 1 << 18,
@@ -175,9 +178,16 @@ def node_ranges(
 ) -> tuple[dict[str, NodeRange], list[str]]:
     """Interval and calibration ranges of every float node; also the ops that fell back.
 
+    A single input may come as a tensor with an `InputBox` (the one-input form).
     `outputs`: a list the model's outputs on the calibration batches are appended to."""
     if graph.gm is None:
         raise NotImplementedError("interval propagation needs an fx capture")
+    if isinstance(example_input, torch.Tensor):
+        if not isinstance(inputs, ModelInputs):
+            inputs = ModelInputs.of(None, example_input, inputs)
+        example_input = InputBatch((example_input,))
+    if isinstance(calibration, torch.Tensor):
+        calibration = InputBatch((calibration,))
     with torch.no_grad():
         calib = calibrate(graph, calibration if calibration is not None else example_input, keep,
                           batch_size, attr_elements, pools, outputs=outputs)
