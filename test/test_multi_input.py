@@ -448,8 +448,8 @@ def test_two_inputs_on_the_cuda_backend():
     net = Visuomotor().eval().cuda()
     ref = copy.deepcopy(net)
     img, jnt = (t.cuda() for t in _data(64, 1))
-    with protect(net, (img[:1], jnt[:1]), BOXES,
-                 ProtectConfig(calibration=(img, jnt), task="control")) as pm:
+    with protect(net, (img[:1], jnt[:1]), BOXES, _cfg((img, jnt), "control")) as pm:
+        assert type(pm).__name__ == "CudaProtectedModel"
         x = (img[:4], jnt[:4])
         with torch.inference_mode():
             clean = ref(*x)
@@ -465,3 +465,25 @@ def test_two_inputs_on_the_cuda_backend():
         assert e.value.kind == "nonfinite"
         assert pm.stats()["rejected_inputs"] == 1
         assert pm.infer(x).verified  # the graph's gate was released
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")
+def test_out_of_table_token_ids_on_cuda_are_refused_before_the_graph_runs():
+    """An embedding index outside the table would be a device-side assert (the CUDA context
+    lost); the host check refuses it first and the model keeps serving."""
+    torch.manual_seed(2)
+    net = TokenNet().eval().cuda()
+    ref = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(4)
+    tok = torch.randint(0, 50, (16, 8), generator=g).cuda()
+    st = torch.rand(16, 4, generator=g).cuda()
+    with protect(net, (tok[:1], st[:1]), (None, (0.0, 1.0)), _cfg((tok, st))) as pm:
+        bad = tok[:2].clone()
+        bad[1, 3] = 50
+        with pytest.raises(InputError, match="'tokens' holds 50"):
+            pm.infer((bad, st[:2]))
+        with torch.inference_mode():
+            clean = ref(tok[:2], st[:2])
+        r = pm.infer((tok[:2], st[:2]))
+        assert r.verified and torch.equal(r.output, clean)
