@@ -108,6 +108,8 @@ def test_two_inputs_weight_flip_is_repaired_bit_exactly(policy):
     r = pm.infer((img, jnt))
     assert r.verified and torch.equal(r.output, clean)
     assert "joint.weight" in r.status.repaired
+    # Edit re-ran from the layer that reads the second input, on the saved inputs
+    assert r.status.rerun_from == "joint"
     assert torch.equal(bits.int_view(w), bits.int_view(ref.joint.weight.detach()))
 
 
