@@ -298,6 +298,11 @@ def test_token_ids_without_a_range_are_checked_against_the_embedding_table():
     with protect(net, (tok[:1], st[:1]), (None, (0.0, 1.0)), _cfg((tok, st))) as pm:
         assert pm.inputs.slots[0].int_range == (0, 29)  # from nn.Embedding(30, ...)
         assert pm.analysis.input_range["inputs"][0]["range"] is None  # the key is the user's
+        key = pm.analysis.key
+        assert key == key_for(net, (tok[:1], st[:1]), (None, (0.0, 1.0)),
+                              pm.config.select_config())
+        pm.reanalyze()
+        assert pm.analysis.key == key  # re-analysed for the declared inputs, same key
         assert pm.infer((tok[:2], st[:2])).verified
         bad = tok[:2].clone()
         bad[0, 0] = 30

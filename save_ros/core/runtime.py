@@ -88,6 +88,7 @@ class ProtectedModel:
                 "Make forward traceable (no data-dependent control flow) or mark the offending "
                 "submodule as a leaf")
         self._inst = Instrumented(graph)
+        self._declared = self._inputs  # as given: what Selection analyses (and keys)
         self._inputs = self._inputs.with_table_ranges(graph.gm)  # token ids: the table rows
         self._store = WeightStore(model, config.weight_chunk)
         self._editor = Editor(self._inst, self._store, config.max_reruns)
@@ -245,7 +246,7 @@ class ProtectedModel:
             # analyse a copy: tracing reads the live Parameters through fx proxies otherwise,
             # and inferences keep running on the live model meanwhile
             shadow = copy.deepcopy(self.model)
-            analysis = analyze(shadow, self._example_input, self._inputs, calib,
+            analysis = analyze(shadow, self._example_input, self._declared, calib,
                                config=self.config.select_config())
             plan = self._build_plan(analysis)
             self._plan = plan  # one reference swap: inferences pick up the new plan whole
