@@ -92,9 +92,11 @@ def test_pvf_and_analyze_take_a_two_input_policy(capsys):
     code, out, err = run_cli(capsys, "pvf", *policy, "--samples", "4", "--batch", "4")
     assert code == 0, err
     assert "head" in out
-    code, out, err = run_cli(capsys, "analyze", *policy, "--calibration", "16")
+    code, out, err = run_cli(capsys, "analyze", *policy, "--calibration", "16", "--validate",
+                             "--per-class", "20", "--eval-inputs", "8")
     assert code == 0, err
     assert "save-ros analyze foreign_nets:make_policy" in out
+    assert "validation: 20 flips per class, 8 test inputs" in out
 
 
 def test_campaign_with_an_integer_input(capsys, tmp_path):
