@@ -16,6 +16,7 @@ _LAZY = {
     "ProtectedModel": "save_ros.core.protect",
     "InferenceResult": "save_ros.core.protect",
     "FaultStatus": "save_ros.core.verify",
+    "InputError": "save_ros.core.box",
 }
 
 __all__ = ["__version__", *_LAZY]

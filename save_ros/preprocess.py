@@ -28,8 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from save_ros.core.box import InputBox
-from save_ros.errors import UserError
+from save_ros.core.box import InputBox, InputError
 
 # encoding -> (numpy dtype, channels, channel order); 8UC3 is OpenCV's BGR (what cv_bridge sends
 # for a CV_8UC3 Mat), the other generic encodings are single-channel
@@ -49,18 +48,6 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights cv_bridge / OpenCV use
 MAX_IMAGE_PIXELS = 4096 * 4096  # refuse larger frames instead of allocating gigabytes
 MAX_REASON = 160  # characters of a value list quoted in an error message
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class InputError(UserError, ValueError):
-    """An input cannot become a valid model input; the message says why, `kind` names the class.
-
-    Kinds are a small closed set (encoding, size, data, nonfinite, shape, names, out_of_range),
-    so a node can count rejects per kind without one counter per distinct message.
-    """
-
-    def __init__(self, message: str, kind: str = "invalid") -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class Resize(enum.Enum):

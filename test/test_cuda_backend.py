@@ -13,6 +13,7 @@ from save_ros import models
 from save_ros.core import bits
 from save_ros.core.cuda import cuda_available
 from save_ros.core.cuda.runtime import CudaConfigError, CudaProtectedModel
+from save_ros.core.inputs import InputError
 from save_ros.core.protect import ProtectConfig, protect
 from save_ros.core.select import SelectConfig, analyze
 
@@ -89,10 +90,20 @@ def test_site_flips_of_a_high_exponent_bit_never_give_a_wrong_verified_result(di
     assert sdc == 0 and detected > len(sites) // 2
 
 
-def test_an_input_outside_the_box_is_not_verified(digits):
-    pm, x, _ = _eager(digits)
-    r = pm.infer(x * 3.0)
-    assert r.status.input_out_of_range and not r.verified
+def test_an_input_outside_the_box_is_an_input_error_from_the_device_flag(digits):
+    pm, x, ref = _eager(digits)
+    bad = x.clone()
+    bad[1, 0, 2, 3] = float("nan")
+    for wrong, kind in ((x * 3.0, "out_of_range"), (bad, "nonfinite")):
+        with pytest.raises(InputError) as err:
+            pm.infer(wrong)
+        assert err.value.kind == kind
+    st = pm.stats()
+    assert st["rejected_inputs"] == 2 and st["faulty"] == 0 and st["inferences"] == 0
+    with pytest.raises(InputError, match="expected 'x'"):
+        pm.infer(x[:, :, :4])  # another spatial size: refused, not verified
+    r = pm.infer(x)  # the gate was released: the next inference runs
+    assert r.verified and torch.equal(r.output, ref)
 
 
 def test_rotating_weight_checks_are_refused_with_a_reason(digits):

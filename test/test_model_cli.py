@@ -65,6 +65,53 @@ def test_regression_model_is_scored_within_a_tolerance(capsys, tmp_path):
     assert "within tol" in out
 
 
+def test_campaign_on_a_two_input_policy_with_two_input_shapes(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "campaign", "--model", "foreign_nets:make_policy",
+                             "--input-shape", "3,8,8", "--input-shape", "7",
+                             "--input-range", "0,1", "--input-range=-1,1",
+                             "--task", "control", "--method", "unprotected,save",
+                             "--flips", "0,4", "--trials", "2", "--batch", "4",
+                             "--target", "both", "--bits", "30", "--quiet",
+                             "--json", str(tmp_path / "p.json"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert res["model"]["task"] == "regression"  # control: every action within tolerance
+    assert res["model"]["eval_data"]["uniform_box"] == [[0.0, 1.0], [-1.0, 1.0]]
+    points = {(p["method"], p["flips"]): p for p in res["points"]}
+    assert points[("unprotected", 0)]["changed"]["count"] == 0
+    assert points[("save", 0)]["changed"]["count"] == 0
+    assert points[("unprotected", 4)]["changed"]["count"] > 0  # exponent flips do harm
+    assert points[("save", 4)]["sdc"]["count"] == 0
+    assert res["methods"]["save"]["activation_sites"] > 0
+
+
+def test_pvf_and_analyze_take_a_two_input_policy(capsys):
+    policy = ("--model", "foreign_nets:make_policy", "--input-shape", "3,8,8",
+              "--input-shape", "7", "--input-range", "0,1", "--input-range=-1,1",
+              "--task", "control")
+    code, out, err = run_cli(capsys, "pvf", *policy, "--samples", "4", "--batch", "4")
+    assert code == 0, err
+    assert "head" in out
+    code, out, err = run_cli(capsys, "analyze", *policy, "--calibration", "16", "--validate",
+                             "--per-class", "20", "--eval-inputs", "8")
+    assert code == 0, err
+    assert "save-ros analyze foreign_nets:make_policy" in out
+    assert "validation: 20 flips per class, 8 test inputs" in out
+
+
+def test_campaign_with_an_integer_input(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "campaign", "--model", "foreign_nets:make_token_policy",
+                           "--input-shape", "8", "--input-shape", "4",
+                           "--input-range", "int:0,19", "--input-range", "0,1",
+                           "--task", "regression", "--flips", "0,2", "--trials", "2",
+                           "--batch", "4", "--target", "activations", "--quiet",
+                           "--json", str(tmp_path / "t.json"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert res["model"]["eval_data"]["uniform_box"] == [[0, 19], [0.0, 1.0]]
+    assert res["points"][0]["changed"]["count"] == 0
+
+
 def test_pvf_and_analyze_take_an_import_path(capsys, tmp_path):
     code, out, err = run_cli(capsys, "pvf", "--model", "foreign_nets:make_classifier", *SHAPE,
                              "--samples", "4", "--batch", "8")
@@ -91,6 +138,11 @@ def test_pvf_and_analyze_take_an_import_path(capsys, tmp_path):
     (("--model", "digits_cnn", "--input-shape", "3"), "--input-shape is for a model given by"),
     (("--model", "foreign_nets:make_classifier", "--input-shape", "3,8,8", "--input-range",
       "1,0"), "LOW must be below HIGH"),
+    (("--model", "foreign_nets:make_policy", "--input-shape", "3,8,8", "--input-shape", "7",
+      "--input-range", "0,1", "--input-range", "0,1", "--input-range", "0,1"),
+     "2 --input-shape but 3 --input-range"),
+    (("--model", "foreign_nets:make_policy", "--input-shape", "3,8,8", "--input-range", "0,1"),
+     "fails on inputs of shape (N, 3, 8, 8)"),
 ])
 @pytest.mark.parametrize("command", ["campaign", "pvf"])
 def test_bad_model_arguments_are_one_line_exit_2(capsys, argv, needle, command):

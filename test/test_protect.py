@@ -8,6 +8,7 @@ from torch import nn
 
 from save_ros import ProtectConfig, ProtectedModel, models, protect
 from save_ros.core import bits
+from save_ros.core.inputs import InputError
 from save_ros.core.instrument import UnsupportedModelError
 from save_ros.faults import (
     ActivationFaults,
@@ -145,13 +146,17 @@ def test_activation_flip_in_unchecked_low_mantissa_stays_within_tolerance(setup)
     torch.testing.assert_close(r.output, clean, rtol=1e-5, atol=1e-5)
 
 
-def test_input_out_of_range_is_reported_not_a_fault(setup):
+def test_input_out_of_range_is_an_input_error_not_a_fault(setup):
     pm, _, xt, _ = setup
     x = xt[:2].clone()
     x[0, 0, 0, 0] = 3.0  # pixels are in [0, 1]
-    r = pm.infer(x)
-    assert r.status.input_out_of_range
-    assert not r.status.faulty and not r.status.verified
+    before = pm.stats()
+    with pytest.raises(InputError, match=r"outside its declared box: element 0 is 3") as err:
+        pm.infer(x)
+    assert err.value.kind == "out_of_range"
+    after = pm.stats()
+    assert after["rejected_inputs"] == before["rejected_inputs"] + 1
+    assert after["faulty"] == before["faulty"] and after["inferences"] == before["inferences"]
 
 
 def test_wait_false_returns_at_once_with_a_future(setup):

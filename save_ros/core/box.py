@@ -27,6 +27,20 @@ class InputRangeError(UserError, ValueError):
     """An input box that does not fit the model input (the message says which forms fit)."""
 
 
+class InputError(UserError, ValueError):
+    """An input cannot be a valid model input; the message says why, `kind` names the class.
+
+    Kinds are a small closed set (encoding, size, data, nonfinite, shape, dtype, structure,
+    device, names, out_of_range), so a node can count rejects per kind without one counter per
+    distinct message. An input error is never a hardware fault: `protect().infer()` raises it
+    before anything is counted (`core.inputs`), the node's preprocessing before inference.
+    """
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 def _bound(b: Any, shape: tuple[int, ...]) -> torch.Tensor:
     """One bound as a float32 tensor that broadcasts against one input of `shape`."""
     t = torch.as_tensor(b, dtype=torch.float32)

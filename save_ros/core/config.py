@@ -7,8 +7,7 @@ or refuse it with a reason (`CudaConfigError`); `select_config()` gives the Sele
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 from save_ros.core.allocate import DEFAULT_BUDGET_FRACTION
 from save_ros.core.analysis import Analysis
@@ -26,7 +25,9 @@ class ProtectConfig:
     weight_check_interval: int = 1  # checksum normal-memory weights every N-th inference; 0: never
     weight_check_budget_s: float | None = None  # else: rotate chunks, this much time each
     weight_chunk: int = 256  # elements per checksum chunk
-    calibration: torch.Tensor | None = None  # inputs for the observed ranges
+    # inputs for the observed ranges: a batch in the structure of protect()'s example input
+    # (a tensor, or a tuple / list / dict of tensors, one per input; core.inputs)
+    calibration: Any = None
     margin: float = 0.1  # calibration ranges widened by this share of their width
     confirm_range_alarms: bool = True  # re-compute before calling a range excursion a fault
     robust_allowance: bool = True  # ABFT tolerance also admits flips of robust mantissa bits
@@ -44,7 +45,8 @@ class ProtectConfig:
     max_reruns: int = 2  # Edit attempts before a result is reported unverified
     analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model
     # what a robust flip may not change: "classification" (top-1), "regression" (every output
-    # within `tolerance`), "auto" (see core.select); `selection` gives every Selection setting
+    # within `tolerance`), "control" (the same for actions: a vector or an (N, T, D) chunk),
+    # "auto" (see core.select); `selection` gives every Selection setting
     task: str = "auto"
     tolerance: float | None = None
     selection: SelectConfig | None = None

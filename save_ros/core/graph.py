@@ -187,8 +187,9 @@ def _fx_layers(gm: fx.GraphModule) -> list[Layer]:
     return layers
 
 
-def _hook_layers(model: nn.Module, example_input: torch.Tensor) -> list[Layer]:
-    """Leaf modules in first-call order, recorded with forward hooks on the example input."""
+def _hook_layers(model: nn.Module, example_input: Any) -> list[Layer]:
+    """Leaf modules in first-call order, recorded with forward hooks on the example input
+    (a tensor, or a tuple of the model's positional inputs)."""
     order: list[str] = []
     handles = []
     for path, mod in model.named_modules():
@@ -201,7 +202,10 @@ def _hook_layers(model: nn.Module, example_input: torch.Tensor) -> list[Layer]:
             handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model(example_input)
+            if isinstance(example_input, tuple):
+                model(*example_input)
+            else:
+                model(example_input)
     except Exception as exc:
         raise GraphCaptureError(
             f"the model fails on the example input ({exc}); pass an input it accepts"
@@ -269,8 +273,11 @@ def inplace_free(model: nn.Module, gm: fx.GraphModule) -> fx.GraphModule:
     return out
 
 
-def capture(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
-    """Capture `model` as a ModelGraph: torch.fx symbolic trace, module hooks if that fails."""
+def capture(model: nn.Module, example_input: Any) -> ModelGraph:
+    """Capture `model` as a ModelGraph: torch.fx symbolic trace, module hooks if that fails.
+
+    `example_input` (a tensor, or a tuple of positional inputs) is only run by the hooks
+    fallback; an fx graph has one placeholder per parameter of `forward`."""
     try:
         gm = inplace_free(model, fx.symbolic_trace(model))
         return ModelGraph(model, _fx_layers(gm), "fx", gm)

@@ -9,6 +9,13 @@ the inference thread; Edit (`core.edit`) restores corrupted weights from their g
 device: `core.runtime.ProtectedModel` (eager, any device), or on CUDA its subclass
 `core.cuda.runtime.CudaProtectedModel` (one CUDA-graph replay per inference). Both keep one
 contract: the same result and status types, every config field honoured or refused.
+
+Inputs (`core.inputs`): one tensor, or a tuple / list / dict of tensors (passed to forward
+positionally, or as keyword arguments for a dict), batch first; `input_range` is one box per
+input (in the same order, or keyed like the dict; None for integer inputs, which are exact), a
+single box for a single input. `ProtectConfig.calibration` is a batch in the same structure.
+`infer()` raises `InputError` for an input of another structure, dtype, shape or device, with
+NaN / Inf, or outside its box, before the model runs: an input error is never a fault.
 """
 
 from __future__ import annotations
@@ -16,20 +23,19 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import torch
 from torch import nn
 
 from save_ros.core.analysis import Analysis
-from save_ros.core.box import InputBox
 from save_ros.core.config import ProtectConfig
 from save_ros.core.cuda.runtime import CudaProtectedModel
+from save_ros.core.inputs import InputError, ModelInputs
 from save_ros.core.instrument import UnsupportedModelError
 from save_ros.core.runtime import InferenceResult, ProtectedModel
 from save_ros.core.select import analyze
 from save_ros.core.verify.verifier import VerifierMode
 
-__all__ = ["InferenceResult", "ProtectConfig", "ProtectedModel", "UnsupportedModelError",
-           "protect"]
+__all__ = ["InferenceResult", "InputError", "ProtectConfig", "ProtectedModel",
+           "UnsupportedModelError", "protect"]
 
 
 class UnsupportedOpWarning(UserWarning):
@@ -49,33 +55,36 @@ def warn_unsupported(analysis: Analysis) -> None:
         "use, or add a rule in save_ros/core/select/propagate.py"), stacklevel=3)
 
 
-def protect(model: nn.Module, example_input: torch.Tensor, input_range: Any,
+def protect(model: nn.Module, example_input: Any, input_range: Any,
             config: ProtectConfig | None = None, fault_sites: bool = False) -> ProtectedModel:
     """Analyse, allocate and instrument `model`; return it protected (it is changed in place:
-    its weights move into checksummed flat storage, in-place modules become out-of-place)."""
+    its weights move into checksummed flat storage, in-place modules become out-of-place).
+
+    `example_input`: a tensor, or a tuple / list / dict of tensors, shaped like one batch of
+    real input; `input_range`: one box per input (module docstring)."""
     config = config or ProtectConfig()
     VerifierMode(config.verifier)  # fail early on a typo
     if config.cuda_backend not in ("graph", "generic"):
         raise ValueError(f"cuda_backend={config.cuda_backend!r}; use 'graph' or 'generic'")
-    if not isinstance(example_input, torch.Tensor):
-        raise TypeError("example_input must be a tensor shaped like one batch of real input")
-    box = InputBox.of(input_range, example_input.shape[1:])
+    inputs = ModelInputs.of(model, example_input, input_range)
+    inputs.normalize(example_input, "example_input")
+    device = inputs.device
     devices = {p.device for p in model.parameters()}
-    if devices and devices != {example_input.device}:
+    if devices and devices != {device}:
         raise ValueError(f"the model is on {', '.join(sorted(map(str, devices)))} but "
-                         f"example_input on {example_input.device}: move both to one device "
+                         f"example_input on {device}: move both to one device "
                          "(model.to(device), x.to(device)) before protect()")
     model.eval()
     analysis = config.analysis
     if analysis is None:
         calib = config.calibration
         if calib is not None:
-            calib = calib.to(example_input.device)
-        analysis = analyze(model, example_input, box, calib,
+            calib = inputs.batch(inputs.to(calib, device), "calibration")
+        analysis = analyze(model, example_input, inputs, calib,
                            config=config.select_config())
     warn_unsupported(analysis)
-    if example_input.is_cuda and config.cuda_backend == "graph":
+    if device.type == "cuda" and config.cuda_backend == "graph":
         # one replay of a CUDA graph per inference, checks captured beside the forward
-        return CudaProtectedModel(model, example_input, box, config, analysis,
+        return CudaProtectedModel(model, example_input, inputs, config, analysis,
                                   fault_sites=fault_sites)
-    return ProtectedModel(model, example_input, box, config, analysis, fault_sites=fault_sites)
+    return ProtectedModel(model, example_input, inputs, config, analysis, fault_sites=fault_sites)

@@ -8,6 +8,12 @@ where a check failed, Edit (`core.edit`): golden weights restored, the inference
 first failing layer. Allocation (`core.allocate`) and the check plan (`core.verify.plan`) are
 made once per Analysis and swapped whole by `reanalyze`.
 
+Inputs (`core.inputs.ModelInputs`): `infer(x)` takes what `protect()` was given (a tensor, or a
+tuple / list / dict of tensors) and raises `InputError` before the model runs when an input
+does not fit (structure, dtype, shape, device) or is NaN / Inf / outside its box; such inputs are
+counted in `stats()["rejected_inputs"]`, never as faults. The saved inputs of a `Job` are the
+positional tuple the graph's placeholders take.
+
 Weight repairs and inferences may overlap (a ROS service calls `recover()` while the node
 infers): every repair is logged with a sequence number, and an inference that ran while weights
 were being restored is re-run from the first layer that reads them.
@@ -31,10 +37,10 @@ from save_ros.core import bits
 from save_ros.core.allocate import Placement, candidates, default_budget
 from save_ros.core.allocate import plan as allocate
 from save_ros.core.analysis import Analysis
-from save_ros.core.box import InputBox
 from save_ros.core.config import ProtectConfig
 from save_ros.core.edit import Editor
 from save_ros.core.graph import capture
+from save_ros.core.inputs import InputBatch, InputError, ModelInputs
 from save_ros.core.instrument import Instrumented, UnsupportedModelError
 from save_ros.core.select import analyze
 from save_ros.core.verify.checker import LayerChecker
@@ -64,7 +70,7 @@ class ProtectedModel:
     _memory_checksums = True  # this backend can run memory checksums
     _eager_forward = True  # inference runs `CheckPlan.forward` (the CUDA graph backend: not)
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, input_range: Any,
+    def __init__(self, model: nn.Module, example_input: Any, input_range: Any,
                  config: ProtectConfig, analysis: Analysis | None,
                  fault_sites: bool = False) -> None:
         self.model = model.eval()
@@ -73,11 +79,13 @@ class ProtectedModel:
         self._armed: tuple[int, int, int] | None = None  # (node, element, bit) for the next run
         self._sites: dict[str, tuple[int, int]] = {}  # activation site name -> (node, numel)
         self.config = config
-        self._example = example_input
-        self._box = InputBox.of(input_range, example_input.shape[1:])
+        self._inputs = ModelInputs.of(model, example_input, input_range)
+        self._example_input = example_input  # as the user gave it (reanalyze)
+        self._example = self._inputs.normalize(example_input, "example_input")  # positional
+        self._box = self._inputs.box  # a single float input's box (None otherwise)
         graph = getattr(analysis, "graph", None)
         if graph is None or graph.model is not model:  # a loaded or shared analysis
-            graph = capture(model, example_input[:1])
+            graph = capture(model, tuple(t[:1] for t in self._example))
         if graph.capture != "fx":
             try:
                 fx.symbolic_trace(model)
@@ -89,14 +97,18 @@ class ProtectedModel:
                 "Make forward traceable (no data-dependent control flow) or mark the offending "
                 "submodule as a leaf")
         self._inst = Instrumented(graph)
+        self._declared = self._inputs  # as given: what Selection analyses (and keys)
+        self._inputs = self._inputs.with_table_ranges(graph.gm)  # token ids: the table rows
         self._store = WeightStore(model, config.weight_chunk)
         self._editor = Editor(self._inst, self._store, config.max_reruns)
-        self._checker = LayerChecker(self._inst, self._store, self._editor, self._box,
+        # inputs are checked before inference (`_admit`), so the checker gets no box
+        self._checker = LayerChecker(self._inst, self._store, self._editor, None,
                                      config.confirm_range_alarms)
         self._ids = itertools.count()
         self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(("inferences", "verified", "faulty", "repaired",
-                                     "unrepaired", "input_out_of_range", "recoveries"), 0)
+                                     "unrepaired", "input_out_of_range", "rejected_inputs",
+                                     "recoveries"), 0)
         self._latencies: collections.deque[float] = collections.deque(maxlen=10000)
         self._plan = self._build_plan(analysis)
         self._verifier = Verifier(self._verify, config.verifier)
@@ -112,14 +124,18 @@ class ProtectedModel:
             self.config.weight_check_budget_s is None
         placement = allocate(candidates(analysis, self._store.tensors, covered), budget,
                              self._store.nbytes)
+        calib = self.config.calibration
+        if calib is not None and not isinstance(calib, InputBatch):
+            calib = self._inputs.batch(self._inputs.to(calib, self._inputs.device),
+                                       "calibration")
         with torch.inference_mode():
-            _, values = self._inst.forward(self._example)
+            _, values = self._inst.forward(*self._example)
             plan = plan_checks(self._inst, analysis, placement, self._store, values,
                                self.config.checks, self.config.robust_allowance,
                                self.config.min_vulnerable_share, self.config.chain_dmr,
                                self.config.redundancy_budget,
                                self.config.memory_checksums and self._memory_checksums)
-            fit_ranges(plan, self._inst, self.config.calibration, self._example)
+            fit_ranges(plan, self._inst, calib, InputBatch(self._example))
             if self._eager_forward and (plan.checksummed or self.fault_sites):
                 self._sites = self._site_table(plan, values) if self.fault_sites else {}
                 plan.keep = self._kept(plan)
@@ -169,10 +185,32 @@ class ProtectedModel:
         """Module paths whose outputs live in the reliable pool (activation-fault `exclude`)."""
         return list(self._plan.reliable_sites)
 
-    def infer(self, x: torch.Tensor, wait: bool = True) -> InferenceResult:
-        """Run one inference; with `wait`, return the verified (or repaired) output."""
+    @property
+    def inputs(self) -> ModelInputs:
+        """What `infer` takes: the inputs' structure, shapes, dtypes and boxes."""
+        return self._inputs
+
+    def _admit(self, x: Any) -> tuple[torch.Tensor, ...]:
+        """The inputs of one call as the graph's positional tuple, or InputError (counted in
+        `rejected_inputs`, never as a fault) before anything runs."""
+        try:
+            xs = self._inputs.normalize(x)
+            self._inputs.check_values(xs)
+        except InputError as exc:
+            with self._stats_lock:
+                self._stats["rejected_inputs"] += 1
+                self._stats["input_out_of_range"] += exc.kind in ("out_of_range", "nonfinite")
+            raise
+        return xs
+
+    def infer(self, x: Any, wait: bool = True) -> InferenceResult:
+        """Run one inference; with `wait`, return the verified (or repaired) output.
+
+        `x` has the structure `protect()` was given; InputError (before the model runs) for an
+        input that does not fit or lies outside its box (module docstring)."""
         if self._closed:
             raise RuntimeError("this ProtectedModel is closed; call protect() again")
+        xs = self._admit(x)
         plan = self._plan
         epoch = self._editor.epoch
         i = next(self._ids)
@@ -181,13 +219,13 @@ class ProtectedModel:
             t0 = time.perf_counter()
             sums = None
             if plan.forward is None:
-                out, values = self._inst.forward(x)
+                out, values = self._inst.forward(*xs)
             else:
-                out, values, w, r = plan.forward(x)
+                out, values, w, r = plan.forward(*xs)
                 sums = (w, r) if w is not None else None
             t1 = time.perf_counter()
             self.last_raw_output = out  # before any Edit: what an unprotected run returned
-            job = Job(i, (x,), out, values, t0, t1, epoch, check_w, window, plan, sums=sums)
+            job = Job(i, xs, out, values, t0, t1, epoch, check_w, window, plan, sums=sums)
             if not wait:
                 return InferenceResult(out, None, self._verifier.submit(job))
             # The caller waits anyway: check on its own thread, which saves two thread hand-offs
@@ -196,7 +234,7 @@ class ProtectedModel:
         return InferenceResult(status.output if status.output is not None else out, status,
                                job.future)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: Any) -> Any:
         """The verified output (blocks for the verdict)."""
         return self.infer(x, wait=True).output
 
@@ -215,7 +253,7 @@ class ProtectedModel:
             self._stats["recoveries"] += 1
         return rep
 
-    def reanalyze(self, calibration: torch.Tensor | None = None,
+    def reanalyze(self, calibration: Any = None,
                   accept_weights: bool = False) -> CheckPlan:
         """Redo Selection, Allocation and the check plan (weights restored first, or accepted)."""
         with self._editor.lock:
@@ -224,10 +262,13 @@ class ProtectedModel:
             else:
                 self._editor.restore(None)
             calib = calibration if calibration is not None else self.config.calibration
+            if calib is not None and not isinstance(calib, InputBatch):
+                calib = self._inputs.batch(self._inputs.to(calib, self._inputs.device),
+                                           "calibration")
             # analyse a copy: tracing reads the live Parameters through fx proxies otherwise,
             # and inferences keep running on the live model meanwhile
             shadow = copy.deepcopy(self.model)
-            analysis = analyze(shadow, self._example, self._box, calib,
+            analysis = analyze(shadow, self._example_input, self._declared, calib,
                                config=self.config.select_config())
             plan = self._build_plan(analysis)
             self._plan = plan  # one reference swap: inferences pick up the new plan whole

@@ -72,8 +72,10 @@ def run_analysis(name: str, calibration: int | None, config: SelectConfig, setup
             raise ValueError(f"--calibration must be >= 1, got {calibration}")
         xc = xc[:calibration]
     t0 = time.perf_counter()
-    analysis = analyze(model, xc[:1], (list(spec.input_low), list(spec.input_high)),
-                       calibration=xc, config=config)
+    # a model of several inputs (import path) brings one box per input
+    box = (list(spec.input_low), list(spec.input_high)) if hasattr(spec, "input_low") \
+        else spec.input_range()
+    analysis = analyze(model, xc[:1], box, calibration=xc, config=config)
     return analysis, model, time.perf_counter() - t0
 
 

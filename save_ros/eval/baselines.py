@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from save_ros.core.protect import ProtectConfig, ProtectedModel, protect
-from save_ros.eval.methods import ForwardMethod
+from save_ros.eval.methods import ForwardMethod, model_args
 
 
 def _calib_x(calib: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -52,6 +52,7 @@ class SaveMethod:
             cfg = ProtectConfig(**{**cfg.__dict__, "calibration": x})
         if self.pm is not None:
             self.pm.close()
+        # several inputs: x is an InputBatch and spec.input_range() one box per input
         self.pm = protect(model, x[:1], spec.input_range(), cfg)
         self.model = self.pm.model
         self.activation_exclude = frozenset(self.pm.reliable_activation_sites())
@@ -81,12 +82,13 @@ class FullDmr(ForwardMethod):
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run twice, compare per sample; re-run and take the majority where they differ."""
         with torch.inference_mode():
-            a = self.model(x)
-            b = self.model(x)
+            args = model_args(x)
+            a = self.model(*args)
+            b = self.model(*args)
             diff = (a != b).reshape(len(x), -1).any(1)  # NaN != NaN: a mismatch
             if not bool(diff.any()):
                 return a, diff
-            c = self.model(x)
+            c = self.model(*args)
             # majority: where a equals c, a is right; else b (b == c, or all three differ)
             a_ok = (a == c).reshape(len(x), -1).all(1)
             shape = (len(x),) + (1,) * (a.dim() - 1)
@@ -126,7 +128,7 @@ class RangeRestriction(ForwardMethod):
             handles.append(mod.register_forward_pre_hook(probe))
         try:
             with torch.inference_mode():
-                model(x)
+                model(*model_args(x))
         finally:
             for h in handles:
                 h.remove()

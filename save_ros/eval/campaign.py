@@ -82,7 +82,7 @@ class EvalSetup:
 
     name: str
     build: Callable[[], nn.Module]  # a fresh fault-free model for each method
-    x: torch.Tensor
+    x: Any  # a tensor, or an InputBatch (core.inputs) for a model of several inputs
     y: torch.Tensor | None  # labels (classification); None for a policy or a regression
     task: str = "classification"  # classification | control | regression
     tolerance: tuple[float, float] | None = None  # (rtol, atol): regression outputs compared

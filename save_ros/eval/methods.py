@@ -21,7 +21,9 @@ Contract:
   `self.model(x)` (SAVE's runtime executes its own graph), so fx-node fault taps cannot reach
   it; a campaign then uses module-path activation sites for every method of the run.
 - `predict(x) -> (outputs, detected)`: outputs as the method publishes them, `detected` a bool
-  tensor, one per sample (or a single one for the whole batch).
+  tensor, one per sample (or a single one for the whole batch). `x` is a tensor, or for a model
+  of several inputs a `core.inputs.InputBatch` (one tensor per input, sliced like a batch):
+  run the model as `model(*model_args(x))`.
 - `reset()`: after `log.undo`, clear whatever the trial left in the method (repair state,
   counters), so the next trial starts from the fault-free state.
 
@@ -37,7 +39,18 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from save_ros.core.inputs import InputBatch
 from save_ros.errors import UserError
+
+
+def model_args(x: torch.Tensor | InputBatch) -> tuple[torch.Tensor, ...]:
+    """The positional inputs of `model(...)` for a batch of one or several inputs."""
+    return x.tensors if isinstance(x, InputBatch) else (x,)
+
+
+def fault_probe_input(x: torch.Tensor | InputBatch) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """What `faults.activation_sites` takes: the tensor, or the tuple of several inputs."""
+    return x.tensors if isinstance(x, InputBatch) else x
 
 
 class UnknownMethodError(UserError, KeyError):
@@ -95,7 +108,7 @@ class ForwardMethod:
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass; never detects."""
         with torch.inference_mode():
-            out = self.model(x)
+            out = self.model(*model_args(x))
         return out, torch.zeros(len(x), dtype=torch.bool)
 
     def reset(self) -> None:

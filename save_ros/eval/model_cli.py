@@ -9,10 +9,18 @@ input constraints, so the command needs them:
 
     --input-shape 3,224,224      one input, without the batch dimension
     --input-range 0,1            every input element lies in [low, high]
-    --task classification        top-1 decisions (default), or `regression`: continuous outputs,
-                                 a sample changed when an output leaves
+    --task classification        top-1 decisions (default), or `regression` (`control`, an
+                                 action vector or an (N, T, D) action chunk, is the same rule):
+                                 continuous outputs, a sample changed when an output leaves
                                  --tolerance RTOL,ATOL (default 1e-3,1e-5) around the clean one
-    --inputs FILE.pt             optional: a tensor (N, *shape) of real inputs
+    --inputs FILE.pt             optional: a tensor (N, *shape) of real inputs, or a tuple /
+                                 list of such tensors for a model of several inputs
+
+Several inputs (forward(image, joints), a policy): repeat `--input-shape` once per input, in
+forward's order, and `--input-range` once per input (or once for all); `int:LOW,HIGH` makes an
+input integer (token ids, discrete commands: exact, drawn uniformly from LOW..HIGH); a negative
+LOW needs the `=` form, `--input-range=-1,1`, or argparse takes it for an option. Test and
+calibration data are then `core.inputs.InputBatch`es, one tensor per input.
 
 Inputs: without `--inputs`, calibration (64) and test inputs are drawn uniformly in the box from
 a fixed seed (`DATA_SEED`); with it, the even-numbered samples are the test inputs and the odd
@@ -26,18 +34,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from save_ros.core.inputs import InputBatch
 from save_ros.eval.campaign import EvalSetup, registry_setup, strided
+from save_ros.eval.methods import model_args
 from save_ros.models import loader
 from save_ros.models.loader import ModelLoadError, is_export_path, is_import_path
 
 DATA_SEED = 0
 CALIB_INPUTS = 64
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "control")
 DEFAULT_TOLERANCE = (1e-3, 1e-5)
 
 
@@ -53,6 +65,16 @@ def _numbers(kind: type, count: int | None, what: str):
     return parse
 
 
+def _range(text: str) -> tuple[str, float, float]:
+    """`LOW,HIGH` (a float input) or `int:LOW,HIGH` (an integer input) -> (kind, low, high)."""
+    kind, _, rest = text.rpartition(":")
+    if kind not in ("", "int", "float"):
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH or int:LOW,HIGH, got {text!r}")
+    lo, hi = _numbers(int if kind == "int" else float, 2,
+                      "LOW,HIGH like 0,1 (int:LOW,HIGH for integers)")(rest)
+    return (kind or "float", lo, hi)
+
+
 def add_arguments(parser: argparse.ArgumentParser, default: str = "digits_cnn") -> None:
     """--model and the input options a model given by import path needs."""
     parser.add_argument("--model", default=default,
@@ -60,11 +82,15 @@ def add_arguments(parser: argparse.ArgumentParser, default: str = "digits_cnn") 
                              "package.module:factory of your own model, or a torch.export "
                              "file path/model.pt2")
     parser.add_argument("--input-shape", type=_numbers(int, None, "sizes like 3,224,224"),
-                        default=None, help="import-path model: one input's shape, no batch dim")
-    parser.add_argument("--input-range", type=_numbers(float, 2, "LOW,HIGH like 0,1"),
-                        default=None, help="import-path model: every input element's range")
+                        action="append", default=None,
+                        help="import-path model: one input's shape, no batch dim (repeat once "
+                             "per input of forward, in order)")
+    parser.add_argument("--input-range", type=_range, action="append", default=None,
+                        help="import-path model: LOW,HIGH of every element of one input (repeat "
+                             "per input, or once for all); int:LOW,HIGH for an integer input")
     parser.add_argument("--task", choices=TASKS, default=None,
-                        help="import-path model: classification (default) or regression")
+                        help="import-path model: classification (default) or regression "
+                             "(control: the same, for action outputs)")
     parser.add_argument("--tolerance", type=_numbers(float, 2, "RTOL,ATOL like 1e-3,1e-5"),
                         default=None, help="regression: outputs within atol + rtol*|clean| "
                                            f"are unchanged (default {DEFAULT_TOLERANCE})")
@@ -89,43 +115,96 @@ def load_user_model(path: str) -> tuple[nn.Module, tuple[int, ...] | None]:
     return loader.load_factory(path, label=f"--model {path}").float().eval(), None
 
 
+def _load_inputs(args: argparse.Namespace) -> list[torch.Tensor]:
+    """The tensors of `--inputs`: one (N, *shape) tensor, or a tuple / list of them."""
+    try:
+        data = torch.load(args.inputs, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"--inputs {args.inputs}: cannot load a tensor ({exc})") from None
+    tensors = list(data) if isinstance(data, (tuple, list)) else [data]
+    if not tensors or not all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in tensors) \
+            or (len(tensors) == 1 and not tensors[0].is_floating_point()) \
+            or len({len(t) for t in tensors}) > 1:
+        raise ModelLoadError(f"--inputs {args.inputs}: expected a float tensor (N, *shape), or a "
+                            "tuple of tensors with the same N (one per input), got "
+                            f"{type(data).__name__}")
+    return [t.float() if t.is_floating_point() else t.long() for t in tensors]
+
+
 def _inputs(args: argparse.Namespace, path: str, batch: int,
-            own_shape: tuple[int, ...] | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], tuple[float, float], dict]:
-    """(test x, calibration x, shape, (low, high), how they were made)."""
-    shape = tuple(args.input_shape) if args.input_shape else own_shape
-    box = tuple(args.input_range) if args.input_range else None
+            own_shape: tuple[int, ...] | None = None):
+    """(test x, calibration x, shapes, boxes, how they were made); x a tensor for one input,
+    an InputBatch for several; boxes (low, high) per input, int for integer inputs."""
+    shapes = [tuple(s) for s in args.input_shape] if args.input_shape else \
+        ([own_shape] if own_shape is not None else None)
+    ranges = list(args.input_range) if args.input_range else None
     if args.inputs is not None:
-        try:
-            data = torch.load(args.inputs, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise ModelLoadError(f"--inputs {args.inputs}: cannot load a tensor ({exc})") from None
-        if not isinstance(data, torch.Tensor) or data.dim() < 2 or not data.is_floating_point():
-            raise ModelLoadError(f"--inputs {args.inputs}: expected a float tensor (N, *shape), "
-                                f"got {type(data).__name__}")
-        data = data.float()
-        if shape is not None and tuple(data.shape[1:]) != shape:
+        data = _load_inputs(args)
+        got = [tuple(t.shape[1:]) for t in data]
+        if shapes is not None and got != shapes:
+            given = " ".join(",".join(map(str, s)) for s in shapes)
             raise ModelLoadError(f"--inputs {args.inputs} holds inputs of shape "
-                                f"{tuple(data.shape[1:])}, not --input-shape {shape}")
-        shape = tuple(data.shape[1:])
-        box = box or (float(data.min()), float(data.max()))
-        test, calib = (data[0::2], data[1::2]) if len(data) > 1 else (data, data)
-        idx = torch.arange(len(test))
-        test = strided(test, idx, batch)[0]
-        return test, calib, shape, box, {"inputs": str(args.inputs), "n": len(test),
-                                         "of": len(data), "calib": len(calib)}
-    missing = [o for o, v in (("--input-shape", shape), ("--input-range", box)) if v is None]
+                                f"{', '.join(map(str, got))}, not --input-shape {given}")
+        if ranges is not None and len(ranges) not in (1, len(data)):
+            raise ModelLoadError(f"{len(ranges)} --input-range for {len(data)} inputs")
+        if ranges:
+            boxes = [(lo, hi) for _, lo, hi in (ranges * len(data) if len(ranges) == 1
+                                                 else ranges)]
+        else:  # the data's own span
+            boxes = [(float(t.min()), float(t.max())) if t.is_floating_point()
+                     else (int(t.min()), int(t.max())) for t in data]
+        n = len(data[0])
+        test_i, calib_i = (torch.arange(0, n, 2), torch.arange(1, n, 2)) if n > 1 else \
+            (torch.arange(1), torch.arange(1))
+        test = InputBatch(data)[test_i]
+        calib = InputBatch(data)[calib_i]
+        test = strided(test, torch.arange(len(test)), batch)[0]
+        info = {"inputs": str(args.inputs), "n": len(test), "of": n, "calib": len(calib)}
+        if len(data) == 1:
+            return test.tensors[0], calib.tensors[0], got, boxes, info
+        return test, calib, got, boxes, info
+    missing = [o for o, v in (("--input-shape", shapes), ("--input-range", ranges)) if v is None]
     if missing:
         raise ModelLoadError(f"--model {path} is a model of your own, so it needs "
                             f"{' and '.join(missing)} (or --inputs FILE.pt)")
-    lo, hi = box
-    if not lo < hi:
-        raise ModelLoadError(f"--input-range {lo},{hi}: LOW must be below HIGH")
+    if len(ranges) == 1:
+        ranges = ranges * len(shapes)
+    if len(ranges) != len(shapes):
+        raise ModelLoadError(f"{len(shapes)} --input-shape but {len(ranges)} --input-range: give "
+                            "one range per input, or one for all")
+    for _, lo, hi in ranges:
+        if not lo < hi:
+            raise ModelLoadError(f"--input-range {lo},{hi}: LOW must be below HIGH")
     gen = torch.Generator().manual_seed(DATA_SEED)
-    test = lo + (hi - lo) * torch.rand(batch, *shape, generator=gen)
-    calib = lo + (hi - lo) * torch.rand(CALIB_INPUTS, *shape, generator=gen)
-    return test, calib, shape, box, {"uniform_box": [lo, hi], "seed": DATA_SEED, "n": batch,
-                                     "calib": CALIB_INPUTS}
+
+    def draw(n: int) -> list[torch.Tensor]:
+        return [torch.randint(int(lo), int(hi) + 1, (n, *shape), generator=gen)
+                if kind == "int" else lo + (hi - lo) * torch.rand(n, *shape, generator=gen)
+                for shape, (kind, lo, hi) in zip(shapes, ranges, strict=True)]
+
+    test, calib = draw(batch), draw(CALIB_INPUTS)
+    boxes = [(lo, hi) for _, lo, hi in ranges]
+    info = {"uniform_box": list(boxes[0]) if len(boxes) == 1 else [list(b) for b in boxes],
+            "seed": DATA_SEED, "n": batch, "calib": CALIB_INPUTS}
+    if len(shapes) == 1:
+        return test[0], calib[0], shapes, boxes, info
+    return InputBatch(test), InputBatch(calib), shapes, boxes, info
+
+
+@dataclass(frozen=True)
+class ImportedSpec:
+    """The spec of a model of several inputs given by import path: one box per input."""
+
+    name: str
+    task: Any
+    input_shapes: tuple[tuple[int, ...], ...]
+    boxes: tuple[tuple[float, float], ...]
+    num_outputs: int
+    description: str
+
+    def input_range(self) -> tuple[tuple[float, float], ...]:
+        """One (low, high) per input, in forward's order (`protect()` takes them so)."""
+        return self.boxes
 
 
 def foreign_setup(args: argparse.Namespace, batch: int) -> EvalSetup:
@@ -134,34 +213,44 @@ def foreign_setup(args: argparse.Namespace, batch: int) -> EvalSetup:
 
     path = args.model
     model, own_shape = load_user_model(path)
-    if own_shape is not None and args.input_shape and tuple(args.input_shape) != own_shape:
-        raise ModelLoadError(f"--input-shape {tuple(args.input_shape)} differs from the "
+    if own_shape is not None and args.input_shape and \
+            [tuple(s) for s in args.input_shape] != [own_shape]:
+        raise ModelLoadError(f"--input-shape {args.input_shape} differs from the "
                              f"program's {own_shape}; leave it unset")
-    test, calib, shape, (lo, hi), data = _inputs(args, path, batch, own_shape)
+    test, calib, shapes, boxes, data = _inputs(args, path, batch, own_shape)
     try:
         with torch.no_grad():
-            clean = model(test)
-            clean_calib = model(calib)
+            clean = model(*model_args(test))
+            clean_calib = model(*model_args(calib))
     except Exception as exc:  # the user's forward, on inputs of the shape we were told
         hint = ("; export it with a dynamic batch dimension (dynamic_shapes={0: "
                 "torch.export.Dim('batch')}): campaigns run batches of several sizes"
                 if is_export_path(path) else "")
-        raise ModelLoadError(f"--model {path} fails on inputs of shape (N, "
-                             f"{', '.join(map(str, shape))}): {type(exc).__name__}: "
+        what = "; ".join(f"(N, {', '.join(map(str, s))})" for s in shapes)
+        raise ModelLoadError(f"--model {path} fails on inputs of shape {what}: "
+                             f"{type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}") from None
     if not isinstance(clean, torch.Tensor) or clean.dim() < 1 or len(clean) != len(test):
         raise ModelLoadError(f"--model {path}: forward must return one tensor with the batch "
                             f"first, got {type(clean).__name__}")
     task = args.task or "classification"
+    if task == "control":
+        task = "regression"  # every action element within the tolerance
     if task == "classification" and clean.dim() != 2:
         raise ModelLoadError(f"--model {path}: a classifier returns (N, classes) logits, got "
                             f"shape {tuple(clean.shape)}; use --task regression")
-    channels = shape[0] if shape else 1
-    spec = ModelSpec(name=path, task=Task(task), input_shape=shape,
-                     num_outputs=int(clean[0].numel()), input_low=(lo,) * channels,
-                     input_high=(hi,) * channels, weights_path=None,
-                     description=f"{path} (the user's model)",
-                     build=lambda: copy.deepcopy(model), loader=lambda: copy.deepcopy(model))
+    if len(shapes) == 1:
+        shape, (lo, hi) = shapes[0], boxes[0]
+        channels = shape[0] if shape else 1
+        spec: Any = ModelSpec(name=path, task=Task(task), input_shape=shape,
+                              num_outputs=int(clean[0].numel()), input_low=(lo,) * channels,
+                              input_high=(hi,) * channels, weights_path=None,
+                              description=f"{path} (the user's model)",
+                              build=lambda: copy.deepcopy(model),
+                              loader=lambda: copy.deepcopy(model))
+    else:
+        spec = ImportedSpec(path, Task(task), tuple(shapes), tuple(boxes),
+                            int(clean[0].numel()), f"{path} (import path, {len(shapes)} inputs)")
     classification = task == "classification"
     tolerance = None if classification else tuple(args.tolerance or DEFAULT_TOLERANCE)
     return EvalSetup(

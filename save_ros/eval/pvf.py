@@ -21,6 +21,7 @@ from torch import nn
 from save_ros.argtypes import positive_int
 from save_ros.eval import model_cli
 from save_ros.eval.campaign import EvalSetup
+from save_ros.eval.methods import model_args
 from save_ros.eval.metrics import Proportion, compare
 from save_ros.eval.record import run_record, write_json
 from save_ros.eval.table import render
@@ -42,7 +43,7 @@ def layer_pvf(setup: EvalSetup, samples: int = 200, seed: int = 0,
     model = setup.build().eval()
     x = setup.x
     with torch.inference_mode():
-        clean = model(x)
+        clean = model(*model_args(x))
     rows = []
     for li, (layer, tensors) in enumerate(layers_of(model).items()):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + li)
@@ -54,7 +55,7 @@ def layer_pvf(setup: EvalSetup, samples: int = 200, seed: int = 0,
             log = UndoLog(apply_bit_faults(tensors, [f]))
             try:
                 with torch.inference_mode():
-                    out = model(x)
+                    out = model(*model_args(x))
             finally:
                 log.undo(tensors)
             o = compare(clean, out, torch.zeros(len(x), dtype=torch.bool),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from save_ros.errors import UserError
-from save_ros.eval.methods import Method, get_method
+from save_ros.eval.methods import Method, fault_probe_input, get_method
 from save_ros.eval.metrics import compare
 from save_ros.faults import (
     ActivationFaults,
@@ -177,9 +177,10 @@ class CampaignContext:
                          exclude=frozenset(getattr(method, "activation_exclude", ())),
                          sites=naming)
             try:
-                a_sites = activation_sites(method.model, self.x, act)
+                a_sites = activation_sites(method.model, fault_probe_input(self.x), act)
                 if setup.episodes is not None:
-                    a_sites_1 = activation_sites(method.model, self.x[:1], act)
+                    a_sites_1 = activation_sites(method.model,
+                                                 fault_probe_input(self.x[:1]), act)
             except EmptyTargetError:  # every layer output is in the method's reliable memory
                 a_sites, a_sites_1 = [], []
         clean = clean.detach().cpu()

@@ -41,6 +41,7 @@ from save_ros.core.analysis import Analysis, BitClass, TensorAnalysis, TensorKin
 from save_ros.core.select.attribution import FlipRule, classify, pool_other_max
 from save_ros.core.select.sensitivity import top1_gaps
 from save_ros.errors import UserError
+from save_ros.eval.methods import model_args
 
 
 class ValidationError(UserError, ValueError):
@@ -182,7 +183,7 @@ def _validate_weights(model, analysis, x, changed, covered, per_class, gen
                 hi_e = hi.reshape(-1)[idx if hi.numel() > 1 else 0]
                 new = p.reshape(-1)[idx]
                 res.inside_range += int(not bool(_outside(new, lo_e, hi_e)))
-                diff = changed(model(x), every)
+                diff = changed(model(*model_args(x)), every)
                 res.changed += int(bool((diff & covered).any()))
                 res.changed_any += int(bool(diff.any()))
                 res.changed_inferences += int(diff.sum())
@@ -223,7 +224,7 @@ def _validate_activations(analysis, x, changed, covered, per_class, gen, batch
     """Sample activation flips per class on the evaluation inputs and run them in batches."""
     graph = analysis.graph
     acts = [t for t in analysis.activations() if t.name in analysis.rules]
-    _, values = graph.record(x, keep=lambda n: n in {t.name for t in acts})
+    _, values = graph.record(*model_args(x), keep=lambda n: n in {t.name for t in acts})
     sizes = torch.tensor([float(t.numel) for t in acts])
     picked: dict[BitClass, list[tuple[int, str, int, int]]] = {c: [] for c in BitClass}
     for _ in range(200):  # rejection sampling rounds; rare classes may stay short
@@ -264,7 +265,7 @@ def _validate_activations(analysis, x, changed, covered, per_class, gen, batch
             for i, (_, name, e, b) in enumerate(chunk):
                 plan.setdefault(name, []).append((i, e, b))
             rows = torch.tensor([r for r, _, _, _ in chunk])
-            out = _FlipInterpreter(graph.gm, plan).run(x[rows.to(x.device)])
+            out = _FlipInterpreter(graph.gm, plan).run(*model_args(x[rows.to(x.device)]))
             diff = changed(out, rows.to(x.device))
             res.changed += int((diff & covered[rows.to(x.device)]).sum())
             res.changed_any += int(diff.sum())
@@ -282,16 +283,18 @@ def _validate_activations(analysis, x, changed, covered, per_class, gen, batch
     return results
 
 
-def validate(model: torch.nn.Module, analysis: Analysis, eval_inputs: torch.Tensor,
+def validate(model: torch.nn.Module, analysis: Analysis, eval_inputs,
              per_class: int = 2000, seed: int = 0, batch: int = 512) -> ValidationReport:
-    """Inject `per_class` single flips per class and kind; report what they did."""
+    """Inject `per_class` single flips per class and kind; report what they did.
+
+    `eval_inputs`: a tensor, or an `InputBatch` for a model of several inputs."""
     if analysis.rules is None or analysis.graph is None:
         raise ValidationError("validate needs the analysis from analyze() in this process "
                               "(a loaded file has no rules); re-run analyze()")
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = model(eval_inputs)
+        out = model(*model_args(eval_inputs))
     _golden, covered, changed, min_gap = _changed_fn(analysis, out)
     if not bool(covered.any()):
         raise ValidationError(

@@ -73,7 +73,7 @@ def _module_sites(model: nn.Module, example_input: torch.Tensor, target: Target)
         handles.append(module.register_forward_hook(probe(path)))
     try:
         with torch.inference_mode():
-            model(example_input)
+            model(*example_input) if isinstance(example_input, tuple) else model(example_input)
     finally:
         for h in handles:
             h.remove()
@@ -98,9 +98,11 @@ def _fx_sites(model: nn.Module, example_input: torch.Tensor, target: Target) -> 
     return out
 
 
-def activation_sites(model: nn.Module, example_input: torch.Tensor,
+def activation_sites(model: nn.Module, example_input: torch.Tensor | tuple,
                      target: Target = Target(TargetKind.ACTIVATIONS)) -> list[Site]:
-    """Run one probe forward pass and return the selected activation sites, in order."""
+    """Run one probe forward pass and return the selected activation sites, in order.
+
+    `example_input`: a tensor, or a tuple of the model's positional inputs (several inputs)."""
     mode = resolve_sites(model, target.sites)
     sites = (_fx_sites if mode == "fx" else _module_sites)(model, example_input, target)
     if not sites:

@@ -215,9 +215,12 @@ def _summary(value: Any) -> tuple | None:
     return None
 
 
-def probe(model: nn.Module, example_input: torch.Tensor) -> tuple[FxTaps, list[tuple[str, int,
-                                                                                     torch.dtype]]]:
-    """Run one pass and return the taps and the sites (name, numel, dtype) in graph order."""
+def probe(model: nn.Module, example_input: Any) -> tuple[FxTaps, list[tuple[str, int,
+                                                                        torch.dtype]]]:
+    """Run one pass and return the taps and the sites (name, numel, dtype) in graph order.
+
+    `example_input`: a tensor, or a tuple of the model's positional inputs."""
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
     taps = fx_taps(model)
     seen: dict[str, tuple | None] = {}
 
@@ -226,10 +229,10 @@ def probe(model: nn.Module, example_input: torch.Tensor) -> tuple[FxTaps, list[t
         return value
 
     with tapped(model, taps, record), torch.inference_mode():
-        model(example_input)
+        model(*args)
     storage: dict[str, set[int]] = {}
-    if taps.placeholders:
-        storage[taps.placeholders[0]] = {example_input.untyped_storage().data_ptr()}
+    for name, x in zip(taps.placeholders, args, strict=False):
+        storage[name] = {x.untyped_storage().data_ptr()}
     for name in taps.attrs:
         v = taps.attr_value(name)
         storage[name] = {v.untyped_storage().data_ptr()} if isinstance(v, torch.Tensor) else set()

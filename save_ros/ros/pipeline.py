@@ -167,6 +167,12 @@ class Pipeline:
                 return
             try:
                 self._infer(item)
+            except InputError as exc:  # the runtime refused it before inference: not a fault
+                self.health.on_rejected(exc.kind, str(exc))
+                self.publish_status(item.header, ERROR, f"input rejected: {exc}",
+                                    {"verified": False, "rejected": True, "reject_kind": exc.kind,
+                                     "seq": item.seq, "published": False})
+                self._wake_diagnostics()
             except Exception as exc:  # callback boundary: report, keep serving
                 self.logger.error(f"inference failed: {exc!r}"[:300])
                 self.health.on_failed(f"inference failed: {type(exc).__name__}: {exc}")

@@ -8,12 +8,12 @@ name = sys.argv[1] if len(sys.argv) > 1 else "resnet50"
 m = zoo.build(name).cuda()
 calib = zoo.images(64, 224, seed=1).cuda()
 pm = protect(m, calib[:1], (0.0, 1.0), ProtectConfig(calibration=calib, redundancy_budget=0.0))
-cap = pm._program(calib[:1])
+cap = pm._program((calib[:1],))  # positional inputs: a tuple
 for i in range(2):
     r = pm.infer(calib[i : i + 1])
     prog = cap.program
     pm.infer(calib[i : i + 1], wait=True)
-    out, vals = cap.run(calib[i : i + 1], True)
+    out, vals = cap.run((calib[i : i + 1],), True)
     fs = prog.failed_slots()
     bad = prog.localize(fs, vals)
     print(i, "flags", fs, "layers", bad[:8], "notes", r.status.notes[:1], flush=True)

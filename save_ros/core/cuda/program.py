@@ -11,7 +11,8 @@ check group, enqueues that group's checks on a side stream while the forward goe
 - the weights: the 64-bit chunk sums of the flat weight store against the golden sums, once the
   forward is done (a flip that lands during the forward is then seen by the checksum whenever
   the forward could have read it), one flag per dtype group;
-- the input against the declared input box, one flag.
+- every input against its declared box (`core.inputs`: one per input; NaN fails, and Inf where
+  the box is finite), one flag; an integer input only against its valid values, if given.
 
 Every flag is written into one small device tensor, copied to pinned host memory at the end.
 Nothing in `run` synchronises with the host, so the whole of it can be captured once in a CUDA
@@ -89,17 +90,30 @@ class CheckProgram:
     """The device work of one inference; `run(x)` is capturable, `flags` says what failed."""
 
     def __init__(self, inst: Instrumented, plan: CheckPlan, store: WeightStore,
-                 low: torch.Tensor, high: torch.Tensor, example: torch.Tensor,
-                 groups: int = 8, fault_sites: bool = False, streams: bool = False,
-                 side_stream: bool = True, checksum_stream: bool = True) -> None:
+                 bounds: Sequence[tuple[torch.Tensor, torch.Tensor] | None],
+                 example: Sequence[torch.Tensor], groups: int = 8, fault_sites: bool = False,
+                 streams: bool = False, side_stream: bool = True,
+                 checksum_stream: bool = True) -> None:
+        """`bounds`: per model input its (low, high) or None (`ModelInputs.bounds`);
+        `example`: the positional inputs, one tensor each (the static buffers on CUDA)."""
         self.inst, self.plan, self.store = inst, plan, store
-        self.device = example.device
-        self.low, self.high = low.to(self.device), high.to(self.device)
+        example = tuple(example)
+        self.device = example[0].device
+        # (input position, low, high, the box is open: Inf would pass the compare)
+        self.bounds = []
+        for k, (b, x) in enumerate(zip(bounds, example, strict=True)):
+            if b is not None:
+                lo, hi = b[0].to(self.device), b[1].to(self.device)
+                finite = bool(torch.isfinite(lo).all() and torch.isfinite(hi).all())
+                self.bounds.append((k, lo, hi, x.is_floating_point() and not finite))
+        # placeholders past the given inputs take forward's defaults
+        self._defaults = [n.args[0] if n.args else None
+                          for n in (inst.nodes[p] for p in inst.placeholders)]
         checks = {c.index: c for c in plan.range_batch.checks}
         red = {c.index: c for c in plan.redundant}
         checked = sorted(set(checks) | set(red))
         with torch.inference_mode():
-            _, values = inst.forward(example)
+            _, values = inst.forward(*example)
         backend = Kernels.TRITON if self.device.type == "cuda" and triton_available() \
             else Kernels.TORCH
         self.groups: list[_Group] = []
@@ -229,7 +243,7 @@ class CheckProgram:
         return self.inst.names[k]
 
     # ---- the program --------------------------------------------------------------------
-    def run(self, x: torch.Tensor, check_weights: bool | None = True,
+    def run(self, xs: Sequence[torch.Tensor], check_weights: bool | None = True,
             copy_flags: bool = True) -> tuple[Any, list[Any]]:
         """Forward + checks on the current stream (side streams where set); flags to host.
 
@@ -241,12 +255,11 @@ class CheckProgram:
         if check_weights is False:
             for s in self.weight_slots:
                 self.flags[s] = False
-        ok = (x >= self.low) & (x <= self.high)  # NaN compares False: out of range
-        self.flags[self.input_slot] = ~ok.all()
+        self.flags[self.input_slot] = self._inputs_bad(xs)
         inst = self.inst
         vals: list[Any] = [None] * len(inst.nodes)
-        for p in inst.placeholders:
-            vals[p] = x
+        for k, p in enumerate(inst.placeholders):
+            vals[p] = xs[k] if k < len(xs) else self._defaults[k]
         sites = self.sites.rows if self.sites is not None else {}
         writes: dict[int, torch.Tensor] = {}
         reads: dict[int, torch.Tensor] = {}
@@ -302,6 +315,19 @@ class CheckProgram:
             return []
         bad = (self.written != self.read).nonzero().flatten().tolist()
         return [self.summed[k].name for k in bad]
+
+    def _inputs_bad(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One device flag: some input outside its box (NaN compares False: outside)."""
+        bad = []
+        for k, lo, hi, open_box in self.bounds:
+            x = xs[k]
+            ok = ((x >= lo) & (x <= hi)).all()
+            if open_box:
+                ok = ok & torch.isfinite(x).all()
+            bad.append(~ok)
+        if not bad:
+            return self._false
+        return bad[0] if len(bad) == 1 else torch.stack(bad).any()
 
     def run_weights(self) -> None:
         """Only the weight checksums, on the current stream (their own graph on CUDA)."""
@@ -382,11 +408,11 @@ class CheckProgram:
         return out
 
     # ---- fault sites (campaigns) --------------------------------------------------------
-    def _fault_sites(self, example: torch.Tensor) -> FaultSites:
+    def _fault_sites(self, example: Sequence[torch.Tensor]) -> FaultSites:
         """Probe the nodes once: injectable = analysed, normal-memory, contiguous float outputs."""
         inst, plan = self.inst, self.plan
         analysed = set(plan.analysis.tensors) if plan.analysis is not None else set()
-        _, values = inst.forward(example)
+        _, values = inst.forward(*example)
         rows: dict[int, int] = {}
         names, numel = [], []
         dtype = None

@@ -1,9 +1,9 @@
 """`CudaProtectedModel`: `ProtectedModel`'s contract, one CUDA-graph replay per inference.
 
-Per input shape, a `CheckProgram` (forward + every planned check + flags) is captured once as a
+Per batch size, a `CheckProgram` (forward + every planned check + flags) is captured once as a
 CUDA graph, with the forward on a high-priority stream and the checks on side streams, so the
-checks overlap the layers after them. An inference copies the input into the graph's static
-buffer, replays, and waits for the few flag bytes:
+checks overlap the layers after them. An inference copies each input into its static buffer
+(one per model input, `core.inputs`), replays, and waits for the few flag bytes:
 
 - all flags clear (the fast path): the verdict is `verified` at once, no hand-off to a verifier
   thread, and the output is a copy of the graph's output;
@@ -17,6 +17,13 @@ buffer, replays, and waits for the few flag bytes:
   detections. This runs on the calling thread (`wait=True`) or on the verifier (thread or
   external, `ProtectConfig.verifier`); until its verdict is in, the next inference waits, since
   it would overwrite the static buffers.
+
+Inputs: structure, dtype, shape and device are checked on the host before the copy (InputError,
+as on the CPU), and so are integer inputs that have a valid range (an out-of-table embedding
+index is a fatal device-side assert); float values (NaN / Inf, outside the box) by the program's
+input flag, inside the graph, so the clean path gains no host synchronisation: a raised input
+flag makes `infer` raise the same InputError as the CPU backend, before any verdict, and nothing
+counts as a fault.
 
 Every `ProtectConfig` field means what it means on the CPU, except `weight_check_budget_s`
 (rotating weight checksums): on the device a full checksum of every weight costs tens of
@@ -38,6 +45,7 @@ from torch import nn
 from save_ros.core import bits
 from save_ros.core.analysis import Analysis
 from save_ros.core.cuda.program import CheckProgram
+from save_ros.core.inputs import InputError
 from save_ros.core.runtime import InferenceResult, ProtectedModel
 from save_ros.core.verify.checks import CheckKind
 from save_ros.core.verify.kinds import describe_failure
@@ -56,12 +64,12 @@ class CudaConfigError(UserError, ValueError):
 class _Captured:
     """A CheckProgram for one input shape, with its static buffers and (on CUDA) its graph."""
 
-    def __init__(self, owner: CudaProtectedModel, example: torch.Tensor) -> None:
-        dev = example.device
+    def __init__(self, owner: CudaProtectedModel, example: tuple[torch.Tensor, ...]) -> None:
+        dev = example[0].device
         self.cuda = dev.type == "cuda" and owner.use_graph
-        self.static_in = example.detach().clone()
-        self.program = CheckProgram(owner._inst, owner._plan, owner._store, owner._box.low,
-                                    owner._box.high, self.static_in, owner.groups,
+        self.static_in = tuple(t.detach().clone() for t in example)  # one buffer per input
+        self.program = CheckProgram(owner._inst, owner._plan, owner._store,
+                                    owner._inputs.bounds(dev), self.static_in, owner.groups,
                                     owner.fault_sites, streams=self.cuda,
                                     side_stream=owner.side_streams,
                                     checksum_stream=owner.side_streams)
@@ -74,8 +82,8 @@ class _Captured:
     def _capture(self, owner: CudaProtectedModel) -> None:
         """Warm up (kernels compile, cuDNN picks), then capture the forward with its checks and,
         as a graph of its own, the weight checksums (replayed after it when due)."""
-        main = torch.cuda.Stream(self.static_in.device, priority=-1)
-        self.cs_stream = torch.cuda.Stream(self.static_in.device)
+        main = torch.cuda.Stream(self.static_in[0].device, priority=-1)
+        self.cs_stream = torch.cuda.Stream(self.static_in[0].device)
         main.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(main), torch.inference_mode():
             for _ in range(3):
@@ -98,18 +106,22 @@ class _Captured:
         self.done = torch.cuda.Event()
         torch.cuda.synchronize()
 
-    def run(self, x: torch.Tensor, check_weights: bool) -> tuple[Any, list[Any]]:
+    def run(self, xs: tuple[torch.Tensor, ...], check_weights: bool) -> tuple[Any, list[Any]]:
         """One inference into the static buffers; returns (output, values) once flags landed."""
         if not self.cuda:
             with torch.inference_mode():
-                self.static_in.copy_(x)
+                for buf, x in zip(self.static_in, xs, strict=True):
+                    if buf is not x:
+                        buf.copy_(x)
                 self.out, self.values = self.program.run(self.static_in, check_weights)
             return self.out, self.values
         cur = torch.cuda.current_stream()
         prog = self.program
         self.stream.wait_stream(cur)
         with torch.cuda.stream(self.stream):
-            self.static_in.copy_(x, non_blocking=True)
+            for buf, x in zip(self.static_in, xs, strict=True):
+                if buf is not x:
+                    buf.copy_(x, non_blocking=True)
             if not check_weights:
                 prog.clear_weight_flags()
             self.graph.replay()
@@ -179,7 +191,7 @@ class CudaProtectedModel(ProtectedModel):
         self.device_alarms = 0
         self.last_raw_output: Any = None  # the graph's output before any Edit (campaigns)
         super().__init__(model, example_input, input_range, config, analysis, fault_sites)
-        self._program(example_input)
+        self._program(self._example)
 
     # ---- programs -------------------------------------------------------------------
     def _build_plan(self, analysis: Analysis | None) -> CheckPlan:
@@ -187,14 +199,14 @@ class CudaProtectedModel(ProtectedModel):
         self._programs = {}  # a new plan: capture again (reanalyze)
         return plan
 
-    def _program(self, x: torch.Tensor) -> _Captured:
-        key = (tuple(x.shape), x.dtype, x.device)
+    def _program(self, xs: tuple[torch.Tensor, ...]) -> _Captured:
+        key = tuple((tuple(x.shape), x.dtype, x.device) for x in xs)
         prog = self._programs.get(key)
         if prog is None:
             if len(self._programs) >= MAX_SHAPES:
                 self._programs.pop(next(iter(self._programs)))
             with self._editor.lock:
-                prog = _Captured(self, x)
+                prog = _Captured(self, xs)
             self._programs[key] = prog
         return prog
 
@@ -205,25 +217,56 @@ class CudaProtectedModel(ProtectedModel):
             if self._verifier.mode is VerifierMode.EXTERNAL:
                 self._verifier.run_pending(None)
 
-    def infer(self, x: torch.Tensor, wait: bool = True):
-        """One protected inference: a graph replay; clean flags are the verdict."""
+    def _admit(self, x: Any) -> tuple[torch.Tensor, ...]:
+        """Structure, dtype, shape and device on the host; float values are checked in the
+        graph (`_reject_values`), so the clean path has no extra synchronisation. Integer
+        inputs with a valid range are checked here, before the replay: an embedding index
+        outside its table is a device-side assert that would end the CUDA context."""
+        try:
+            xs = self._inputs.normalize(x)
+            if self._inputs.has_int_ranges:
+                self._inputs.check_values(xs, exact_only=True)
+            return xs
+        except InputError as exc:
+            with self._stats_lock:
+                self._stats["rejected_inputs"] += 1
+                self._stats["input_out_of_range"] += exc.kind == "out_of_range"
+            raise
+
+    def _reject_values(self, xs: tuple[torch.Tensor, ...]) -> None:
+        """The input flag was raised: the InputError the CPU backend gives (counted as a
+        rejected input, never as a fault)."""
+        with self._stats_lock:
+            self._stats["rejected_inputs"] += 1
+            self._stats["input_out_of_range"] += 1
+        self._inputs.check_values(xs)  # raises with what is wrong where
+        raise InputError("an input lies outside its declared box (device check)",
+                         "out_of_range")
+
+    def infer(self, x: Any, wait: bool = True):
+        """One protected inference: a graph replay; clean flags are the verdict.
+
+        InputError for an input that does not fit or lies outside its box (module docstring)."""
         if self._closed:
             raise RuntimeError("this ProtectedModel is closed; call protect() again")
+        xs = self._admit(x)
         self._acquire()
         try:
-            prog = self._program(x)
+            prog = self._program(xs)
             plan, epoch, i = self._plan, self._editor.epoch, next(self._ids)
             check_w, window = self._weight_schedule(i)
             t0 = time.perf_counter()
-            out, values = prog.run(x, check_w)
+            out, values = prog.run(xs, check_w)
             t1 = time.perf_counter()
             if self.fault_sites:
                 prog.program.disarm()  # a transient fault fires once
-            job = Job(i, (prog.static_in,), out, tuple(values), t0, t1, epoch, check_w,
+            job = Job(i, prog.static_in, out, tuple(values), t0, t1, epoch, check_w,
                       window, plan)
             raised = bool(prog.program.flags_host.any())
             job.program = prog
             job.failed = prog.program.failed_slots() if raised else []
+            if "input" in job.failed:
+                self._reject_values(xs)
             if not raised and self._editor.stale(epoch) == [] and plan is self._plan:
                 st = FaultStatus(i, verified=True, checks_run=prog.program.checks_run,
                                  weights_checked=check_w, forward_s=t1 - t0)

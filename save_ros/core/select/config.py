@@ -4,6 +4,8 @@ The answer a robust flip may not change (`SelectConfig.task`):
 - "classification": the top-1 class (outputs (N, C) logits);
 - "regression": every output, to within `tolerance` (absolute), by default `tolerance_share`
   (1 %) of that output's span over the calibration inputs;
+- "control": a policy's continuous actions (an action vector, or an (N, T, D) action chunk):
+  the regression rule over every element of the output;
 - "auto" (default): classification for a 2-D (N, C >= 2) output, else regression. A model with
   several continuous outputs per sample (a continuous-action policy) must be declared.
 """
@@ -34,7 +36,7 @@ class SelectConfig:
     looseness_limit: float = 4.0  # check the sound range only when at most this much looser
     calib_keep: int = 64  # calibration samples whose activations are attributed bit by bit
     sens_samples: int | None = None  # calibration samples for the sensitivity bound; None: auto
-    task: str = "auto"  # classification | regression | auto (see the module docstring)
+    task: str = "auto"  # classification | regression | control | auto (module docstring)
     # classification: closest classes whose gaps the bound protects; None: auto (16 below
     # 1 M parameters, else 8: each is one backward pass per sample)
     competitors: int | None = None
@@ -48,7 +50,7 @@ class SelectConfig:
     memory_factor: float = 4.0
 
 
-TASKS = ("auto", "classification", "regression")
+TASKS = ("auto", "classification", "regression", "control")
 
 
 class SelectConfigError(UserError, ValueError):
@@ -69,6 +71,8 @@ def detect_task(output, declared: str = "auto") -> str:
     """classification | regression for a model output (declared wins over detected)."""
     if declared not in TASKS:
         raise SelectConfigError(f"task={declared!r}; use one of {', '.join(TASKS)}")
+    if declared == "control":
+        return "regression"  # every action element within its tolerance
     if declared != "auto":
         return declared
     if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] >= 2:

@@ -7,6 +7,11 @@ input box, `get_attr` gives constant tensors, calls with only constant arguments
 and every other call goes through a rule of `core.intervals`. A node without a rule, or whose
 rule fails, takes its calibration box (or (-inf, inf)) and is listed in `unsupported`: the
 analysis never crashes.
+
+An exact (integer) input takes its example value, standing for *any* valid value: an embedding
+of it gets the per-column hull of the whole table (sound for every index), an integer result
+computed from it stays exact-dependent, and any other float computed from it takes its
+calibration box (listed in `unsupported`, not sound).
 """
 
 from __future__ import annotations
@@ -142,16 +147,25 @@ class IntervalInterpreter(fx.Interpreter):
         # nodes whose box rests on a fallback (theirs or an input's): not sound
         self.calibrated: set[str] = set()
 
-    def propagate(self, *inputs: Interval) -> dict[str, Interval]:
-        """Run on the input boxes; return {node name: Interval} for every node with a box."""
+    def propagate(self, *inputs: Any) -> dict[str, Interval]:
+        """Run on the input boxes (an exact input: its example tensor, standing for any valid
+        value); return {node name: Interval} for every node with a box."""
+        self.exact: set[str] = set()  # nodes that depend on an exact input's value
         self.run(*inputs)
         return self.boxes
 
     def run_node(self, n: fx.Node) -> Any:
         """Apply the node's rule; on no rule or a failing rule, fall back and record it."""
-        if n.op in ("placeholder", "get_attr", "output"):
+        if n.op == "placeholder":
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor) and not out.is_floating_point():
+                self.exact.add(n.name)
+            return out
+        if n.op in ("get_attr", "output"):
             return super().run_node(n)
         args, kwargs = self.fetch_args_kwargs_from_env(n)
+        if self.exact and any(i.name in self.exact for i in n.all_input_nodes):
+            return self._from_exact(n, args, kwargs)
         try:
             if not any_interval(args) and not any_interval(kwargs):
                 out = super().run_node(n)  # constants only: compute it
@@ -163,6 +177,31 @@ class IntervalInterpreter(fx.Interpreter):
             out = self._fall_back(n, f"{type(exc).__name__} in rule: {exc}")
         if any(i.name in self.calibrated for i in n.all_input_nodes):
             self.calibrated.add(n.name)
+        out = _no_nan(out)
+        if is_interval(out):
+            self.boxes[n.name] = out
+        return out
+
+    def _from_exact(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
+        """A node that reads an exact input's value (or a value computed from one)."""
+        module = self.fetch_attr(n.target) if n.op == "call_module" else None
+        if isinstance(module, nn.Embedding) and not any_interval(args):
+            out = embedding(module.weight, args[0].shape)
+        elif n.op == "call_function" and n.target is F.embedding and not any_interval(args):
+            w = kwargs.get("weight", args[1] if len(args) > 1 else None)
+            out = embedding(w, args[0].shape)
+        else:
+            out = None
+            if not any_interval(args) and not any_interval(kwargs):
+                try:
+                    value = super().run_node(n)
+                except Exception:  # noqa: BLE001 - any failure: bound it by calibration
+                    value = None
+                if value is not None and not _has_float(value):
+                    self.exact.add(n.name)  # integer / bool / shape results: still exact
+                    return value
+            out = self._fall_back(n, "computed from an integer input without an interval "
+                                     "rule (embedding is the one that is sound)")
         out = _no_nan(out)
         if is_interval(out):
             self.boxes[n.name] = out

@@ -1,9 +1,11 @@
 """Value ranges of every activation: sound boxes from the input box, and calibration ranges.
 
-`node_ranges(graph, example_input, box, calibration, ...)` returns one `NodeRange` per
-fx node with a float tensor value: the elementwise box from interval propagation (batch 1), the
-calibration elementwise min / max (and a sample of calibration values for bit attribution), and
-per-channel interval and calibration ranges. Calibration ranges are widened by `margin` x their
+`node_ranges(graph, example_input, inputs, calibration, ...)` returns one `NodeRange` per
+fx node with a float tensor value (example and calibration are `core.inputs.InputBatch`es, one
+tensor per model input; `inputs` gives each input's box, integer inputs are exact): the
+elementwise box from interval propagation (batch 1), the calibration elementwise min / max (and
+a sample of calibration values for bit attribution), and per-channel interval and calibration
+ranges. Calibration ranges are widened by `margin` x their
 width on each side, then clipped to the interval box.
 
 The interval box is *sound* (holds for every input in the box) only where every op on the way
@@ -26,6 +28,7 @@ import torch
 
 from save_ros.core.box import InputBox
 from save_ros.core.graph import ModelGraph
+from save_ros.core.inputs import InputBatch, ModelInputs
 from save_ros.core.select.intervals import Interval
 from save_ros.core.select.propagate import IntervalInterpreter
 
@@ -96,7 +99,7 @@ def _positions(numel: int, cap: int, seed: int, device) -> torch.Tensor | None:
     return torch.randperm(numel, generator=g)[:cap].sort().values.to(device)
 
 
-def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_size: int = 256,
+def calibrate(graph: ModelGraph, calibration: InputBatch, keep: int, batch_size: int = 256,
               attr_elements: int = 1 << 18, pools: dict[str, int] | None = None,
               seed: int = 0, outputs: list | None = None) -> dict[str, _Stats]:
     """Run calibration batches; per node the min / max along the batch and kept values.
@@ -107,12 +110,14 @@ def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_siz
     from save_ros.core.select.attribution import pool_other_max
 
     pools = pools or {}
-    one_out, one = graph.record(calibration[:1])
+    if isinstance(calibration, torch.Tensor):  # one input
+        calibration = InputBatch((calibration,))
+    one_out, one = graph.record(*calibration[:1].tensors)
     del one_out
     stats: dict[str, _Stats] = {}
     for start in range(0, len(calibration), batch_size):
         chunk = calibration[start : start + batch_size]
-        out, values = graph.record(chunk)
+        out, values = graph.record(*chunk.tensors)
         if outputs is not None and isinstance(out, torch.Tensor):
             outputs.append(out.detach().float())
         for name, v in values.items():
@@ -146,11 +151,24 @@ def calibrate(graph: ModelGraph, calibration: torch.Tensor, keep: int, batch_siz
     return stats
 
 
+def _input_boxes(inputs: ModelInputs, example: InputBatch) -> list:
+    """What each placeholder starts from: a float input's box (batch 1), an exact input's
+    example value (its interval rules treat it as any valid value, `propagate`)."""
+    out = []
+    for slot, t in zip(inputs.slots, example.tensors, strict=True):
+        if slot.box is None:
+            out.append(t)
+            continue
+        lo, hi = slot.box.to(t.device).expand((1, *slot.shape))
+        out.append(Interval(lo, hi))
+    return out
+
+
 def node_ranges(
     graph: ModelGraph,
-    example_input: torch.Tensor,
-    box: InputBox,
-    calibration: torch.Tensor | None,
+    example_input: InputBatch | torch.Tensor,
+    inputs: ModelInputs | InputBox,
+    calibration: InputBatch | torch.Tensor | None,
     margin: float = 0.1,
     keep: int = 64,
     attr_elements: int = 1 << 18,
@@ -160,21 +178,27 @@ def node_ranges(
 ) -> tuple[dict[str, NodeRange], list[str]]:
     """Interval and calibration ranges of every float node; also the ops that fell back.
 
+    A single input may come as a tensor with an `InputBox` (the one-input form).
     `outputs`: a list the model's outputs on the calibration batches are appended to."""
     if graph.gm is None:
         raise NotImplementedError("interval propagation needs an fx capture")
+    if isinstance(example_input, torch.Tensor):
+        if not isinstance(inputs, ModelInputs):
+            inputs = ModelInputs.of(None, example_input, inputs)
+        example_input = InputBatch((example_input,))
+    if isinstance(calibration, torch.Tensor):
+        calibration = InputBatch((calibration,))
     with torch.no_grad():
         calib = calibrate(graph, calibration if calibration is not None else example_input, keep,
                           batch_size, attr_elements, pools, outputs=outputs)
-        _, one = graph.record(example_input[:1])
+        _, one = graph.record(*example_input[:1].tensors)
         shapes = dict(one)  # example values: the structure of unbounded fallbacks
         fallback = {}
         for n, s in calib.items():
             w = s.hi - s.lo
             fallback[n] = (s.lo - margin * w, s.hi + margin * w)
         interp = IntervalInterpreter(graph.gm, fallback, shapes)
-        lo, hi = box.to(example_input.device).expand((1, *example_input.shape[1:]))
-        boxes = interp.propagate(Interval(lo, hi))
+        boxes = interp.propagate(*_input_boxes(inputs, example_input[:1]))
         del one, shapes
     kinds = {layer.name: layer.kind for layer in graph.layers}
     out: dict[str, NodeRange] = {}

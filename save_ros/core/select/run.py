@@ -1,7 +1,8 @@
 """`analyze()`: SAVE Selection end to end, and `key_for()`, the key it gives without running it.
 
 `analyze(model, example_input, input_range, calibration=None)` captures the graph, propagates
-the input box (sound ranges, `ranges`), runs the calibration inputs (observed ranges, widened by
+the input boxes (sound ranges, `ranges`; one per input, `core.inputs`: a model may take several
+inputs, integer ones exact), runs the calibration inputs (observed ranges, widened by
 `margin`), bounds the first-order sensitivity of the model's answer to each element
 (`sensitivity`) and classifies every single-bit flip of every element (`tensors`,
 `attribution`). It runs on the model's own device, in exact fp32 (TF32 off; a model stored in
@@ -24,8 +25,8 @@ import torch
 from torch import nn
 
 from save_ros.core.analysis import Analysis, TensorAnalysis, analysis_key
-from save_ros.core.box import InputBox
 from save_ros.core.graph import ModelGraph, capture
+from save_ros.core.inputs import InputBatch, ModelInputs
 from save_ros.core.select.attribution import FlipRule
 from save_ros.core.select.config import (
     TASKS,
@@ -52,8 +53,8 @@ from save_ros.core.select.tensors import (
 )
 
 
-def _covered_samples(calib: torch.Tensor, outputs: torch.Tensor, cfg: SelectConfig,
-                     n: int) -> torch.Tensor:
+def _covered_samples(calib: InputBatch, outputs: torch.Tensor, cfg: SelectConfig,
+                     n: int) -> InputBatch:
     """The sensitivity samples: half of them the calibration inputs with the smallest top-1
     gaps (at or above the gap quantile), half the first others.
 
@@ -76,38 +77,39 @@ def _covered_samples(calib: torch.Tensor, outputs: torch.Tensor, cfg: SelectConf
     return calib[pick.sort().values.to(calib.device)]
 
 
-def key_for(model: nn.Module, example_input: torch.Tensor, input_range,
+def key_for(model: nn.Module, example_input, input_range,
             config: SelectConfig | None = None) -> str:
     """The key `analyze` would give: compare with a saved Analysis before re-running it."""
-    graph = capture(model.eval(), example_input[:1])
-    box = InputBox.of(input_range, example_input.shape[1:])
-    return analysis_key(model, graph.architecture(), box.as_record(),
+    inputs = ModelInputs.of(model, example_input, input_range)
+    ex = inputs.batch(example_input, "example_input")
+    graph = capture(model.eval(), ex[:1].tensors)
+    return analysis_key(model, graph.architecture(), inputs.record(),
                         asdict(config or SelectConfig()))
 
 
-def _model_outputs(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+def _model_outputs(model: nn.Module, x: InputBatch, batch: int) -> torch.Tensor:
     """The model's outputs on x, in batches (no grad)."""
     with torch.no_grad():
-        return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
+        return torch.cat([model(*x[i : i + batch].tensors) for i in range(0, len(x), batch)])
 
 
-def _runnable_batch(graph: ModelGraph, calib: torch.Tensor, batch: int) -> int:
+def _runnable_batch(graph: ModelGraph, calib: InputBatch, batch: int) -> int:
     """`batch`, or 1 for a model that takes only one input at a time (a torch.export program
     exported with batch 1 guards its batch size)."""
     if batch <= 1 or len(calib) < 2:
         return batch
     try:
         with torch.no_grad():
-            graph.run(calib[:2])
+            graph.run(*calib[:2].tensors)
     except Exception:  # a guard, a reshape to batch 1: calibrate one input at a time
         return 1
     return batch
 
 
-def _forward_bytes(model: nn.Module, graph: ModelGraph, x: torch.Tensor) -> tuple[int, int]:
+def _forward_bytes(model: nn.Module, graph: ModelGraph, x: InputBatch) -> tuple[int, int]:
     """(weights + one sample's activations, one sample's activations) in bytes."""
     with torch.no_grad():
-        _, values = graph.record(x)
+        _, values = graph.record(*x.tensors)
     acts = sum(v.numel() * v.element_size() for v in values.values()
                if isinstance(v, torch.Tensor))
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -163,11 +165,13 @@ class _ExactFp32:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._saved
 
 
-def analyze(model: nn.Module, example_input: torch.Tensor, input_range,
-            calibration: torch.Tensor | None = None, margin: float = 0.1,
+def analyze(model: nn.Module, example_input, input_range,
+            calibration=None, margin: float = 0.1,
             config: SelectConfig | None = None) -> Analysis:
     """Run SAVE Selection on `model` for inputs inside `input_range`, on the model's device.
 
+    `example_input` and `calibration`: a tensor, or a tuple / list / dict of tensors (or an
+    `InputBatch`); `input_range`: one box per input, or a `ModelInputs` (`core.inputs`).
     Runs in exact fp32 (TF32 off); see the module docstring."""
     with _ExactFp32():
         return _analyze(model, example_input, input_range, calibration, margin, config)
@@ -175,9 +179,9 @@ def analyze(model: nn.Module, example_input: torch.Tensor, input_range,
 
 def _analyze(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input,
     input_range,
-    calibration: torch.Tensor | None = None,
+    calibration=None,
     margin: float = 0.1,
     config: SelectConfig | None = None,
 ) -> Analysis:
@@ -189,27 +193,34 @@ def _analyze(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model.eval()
+    inputs = ModelInputs.of(model, example_input, input_range)
     model = _float_model(model)
-    example_input = example_input.float()
-    graph = capture(model, example_input[:1])
-    box = InputBox.of(input_range, example_input.shape[1:])
-    record = box.as_record()
+    ex = example_input if isinstance(example_input, InputBatch) else \
+        inputs.batch(example_input, "example_input")
+    ex = ex.float()
+    graph = capture(model, ex[:1].tensors)
+    record = inputs.record()
     key = analysis_key(model, graph.architecture(), record, asdict(cfg))
     timings["capture"] = time.perf_counter() - t0
-    calib = calibration if calibration is not None else example_input
-    calib = calib.to(example_input.device, torch.float32)
+    if calibration is None:
+        calib = ex
+    elif isinstance(calibration, InputBatch):
+        calib = calibration
+    else:
+        calib = inputs.batch(inputs.to(calibration, ex.device), "calibration")
+    calib = calib.to(ex.device, torch.float32)
     weights = weights_of(model, graph)
     if graph.capture != "fx":
         return _hooks_analysis(model, graph, key, record, cfg, weights, timings)
 
     t = time.perf_counter()
-    fwd_bytes, act_bytes = _forward_bytes(model, graph, example_input[:1])
+    fwd_bytes, act_bytes = _forward_bytes(model, graph, ex[:1])
     batch = max(1, min(cfg.calib_batch, int(cfg.memory_factor * fwd_bytes // act_bytes)))
     batch = _runnable_batch(graph, calib, batch)
     pools = {layer.name: k for layer in graph.layers
              if (k := pool_kernel(graph, layer)) is not None}
     outs: list[torch.Tensor] = []
-    ranges, unsupported = node_ranges(graph, example_input[:1], box, calib, cfg.margin,
+    ranges, unsupported = node_ranges(graph, ex[:1], inputs, calib, cfg.margin,
                                       cfg.calib_keep, cfg.attr_elements, pools, batch, outs)
     outputs = torch.cat(outs) if outs else _model_outputs(model, calib, batch).float()
     timings["ranges"] = time.perf_counter() - t
@@ -219,7 +230,7 @@ def _analyze(
 
     t = time.perf_counter()
     with torch.no_grad():
-        out = model(calib[:1])
+        out = model(*calib[:1].tensors)
     task = detect_task(out, cfg.task)
     n_params = sum(p.numel() for p in model.parameters())
     sens, sens_in, extra = _sensitivity(model, graph, calib, weights, acts, cfg, task, n_params,
@@ -242,7 +253,7 @@ def _analyze(
     settings = asdict(cfg) | extra | {
         "calibration_samples": len(calib), "sens_samples": len(sens_in),
         "sens_directions": sens.directions, "sens_batched": sens.batched,
-        "device": str(example_input.device), "parameters": n_params,
+        "device": str(ex.device), "parameters": n_params,
         "forward_bytes": fwd_bytes, "calib_batch_used": batch,
         "min_gap": float(gaps.min()) if len(gaps) else None}
     analysis = Analysis(key=key, capture=graph.capture,

@@ -40,6 +40,7 @@ import torch
 from torch import fx, nn
 
 from save_ros.core.graph import ModelGraph
+from save_ros.core.inputs import InputBatch
 
 GRAD_BUDGET_BYTES = 1 << 30  # per chunk of directions: gradients of every weight + activation
 
@@ -76,7 +77,7 @@ def top1_gaps(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return top, logits.gather(1, top[:, None]) - logits
 
 
-def margin_sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[str],
+def margin_sensitivity(graph: ModelGraph, samples: InputBatch, weights: list[str],
                        activations: list[str], competitors: int = 16,
                        min_gap: float = 1e-6, grad_budget: int = GRAD_BUDGET_BYTES
                        ) -> Sensitivity:
@@ -99,7 +100,7 @@ def margin_sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[s
     return _sensitivity(graph, samples, weights, activations, directions, True, grad_budget)
 
 
-def output_sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[str],
+def output_sensitivity(graph: ModelGraph, samples: InputBatch, weights: list[str],
                        activations: list[str], tolerance: torch.Tensor,
                        grad_budget: int = GRAD_BUDGET_BYTES) -> Sensitivity:
     """R for continuous outputs: |dy_j / dx_i| / tolerance_j, over every output j."""
@@ -115,7 +116,7 @@ def output_sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[s
     return _sensitivity(graph, samples, weights, activations, directions, False, grad_budget)
 
 
-def _sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[str],
+def _sensitivity(graph: ModelGraph, samples: InputBatch, weights: list[str],
                  activations: list[str],
                  directions: Callable[[torch.Tensor], tuple[torch.Tensor, float]],
                  track_gaps: bool, grad_budget: int = GRAD_BUDGET_BYTES) -> Sensitivity:
@@ -141,7 +142,7 @@ def _sensitivity(graph: ModelGraph, samples: torch.Tensor, weights: list[str],
         for b in range(len(samples)):
             with torch.enable_grad():
                 interp = fx.Interpreter(graph.gm, garbage_collect_values=False)
-                z = interp.run(samples[b : b + 1])
+                z = interp.run(*samples[b : b + 1].tensors)  # an InputBatch
                 acts = {n: interp.env[nodes[n]] for n in keep
                         if n in nodes and isinstance(interp.env.get(nodes[n]), torch.Tensor)
                         and interp.env[nodes[n]].requires_grad}

@@ -49,8 +49,8 @@ class Repairs(Protocol):
 class LayerChecker:
     """Runs the planned checks of one inference and says which failed."""
 
-    def __init__(self, inst: Instrumented, store: WeightStore, editor: Repairs, box: InputBox,
-                 confirm_range_alarms: bool = True) -> None:
+    def __init__(self, inst: Instrumented, store: WeightStore, editor: Repairs,
+                 box: InputBox | None, confirm_range_alarms: bool = True) -> None:
         self.inst = inst
         self.store = store
         self.editor = editor
@@ -68,7 +68,8 @@ class LayerChecker:
         plan: CheckPlan = job.plan
         st = FaultStatus(job.inference_id, forward_s=job.t_end - job.t_start,
                          queue_s=t_v - job.t_end)
-        st.input_out_of_range = not self.in_box(job.inputs[0])
+        # box None: the runtime checked every input before inference (core.inputs)
+        st.input_out_of_range = self.box is not None and not self.in_box(job.inputs[0])
         fails: Failures = []
         if job.check_weights:
             st.weights_checked = True

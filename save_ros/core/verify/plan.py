@@ -242,8 +242,8 @@ def plan_checks(inst: Instrumented, analysis: Analysis | None, placement: Placem
 _SLACK = {torch.float32: 2.0**-10, torch.float16: 2.0**-6, torch.bfloat16: 2.0**-4}
 
 
-def fit_ranges(plan: CheckPlan, inst: Instrumented, calibration: torch.Tensor | None,
-               example: torch.Tensor) -> None:
+def fit_ranges(plan: CheckPlan, inst: Instrumented, calibration: Any,
+               example: Any) -> None:
     """Widen every range check to what this runtime computes: its dtype and math mode.
 
     The analysis runs in exact fp32; the runtime may not (TF32 convolutions, an fp16 model).
@@ -259,13 +259,13 @@ def fit_ranges(plan: CheckPlan, inst: Instrumented, calibration: torch.Tensor | 
     seen_hi = [None] * len(checks)
     if calibration is not None:
         n = len(example)
-        calib = calibration.to(example.device, example.dtype)
+        calib = calibration.to(example.device, example.dtype)  # InputBatch: floats cast
         batches = [calib[i : i + n] for i in range(0, min(len(calib), 256), n)
                    if len(calib[i : i + n]) == n]
         slices = _owner_slices(plan.range_batch)
         with torch.inference_mode():
             for xb in batches:
-                _, values = inst.forward(xb)
+                _, values = inst.forward(*xb.tensors)  # an InputBatch (core.inputs)
                 mn, mx = plan.range_batch.reduce(values)
                 mn, mx = mn.cpu(), mx.cpu()
                 for k, (a, b) in enumerate(slices):

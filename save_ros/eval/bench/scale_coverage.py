@@ -157,7 +157,7 @@ def activation_trials(pm, inputs, refs, answer: Answer, n: int, seed: int, mode:
     sites = pm.activation_sites()
     names = list(sites)
     sizes = torch.tensor([float(sites[k]) for k in names])
-    width = bits.layout_of(pm._example.dtype).width
+    width = bits.layout_of(pm._example[0].dtype).width
     o, t0 = Outcome(), time.perf_counter()
     while o.trials < n and time.perf_counter() - t0 < seconds:
         name = names[int(torch.multinomial(sizes, 1, generator=gen))]
