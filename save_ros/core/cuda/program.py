@@ -36,10 +36,10 @@ from torch import fx
 
 from save_ros.core import bits
 from save_ros.core.cuda import triton_available
+from save_ros.core.cuda.memsums import DeviceSums
 from save_ros.core.cuda.range_check import Kernels, RangeChecker
 from save_ros.core.instrument import Instrumented
 from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_differs
-from save_ros.core.verify.memsum import bitsum
 from save_ros.core.verify.plan import CheckPlan
 from save_ros.core.weights import WeightStore
 
@@ -137,17 +137,10 @@ class CheckProgram:
             start = end
         self._pending_binds: list[tuple[RangeChecker, Any]] = []
         self._by_end = {g.after: g for g in self.groups}
-        # memory checksums: write sums on the main stream right after each producer (before
-        # its fault site), read sums on the side stream after the last reader; one flag
-        self.summed = list(plan.checksummed)
-        self._sum_pos = {c.index: k for k, c in enumerate(self.summed)}
-        self._reads_after: dict[int, list[int]] = {}
-        for c in self.summed:
-            self._reads_after.setdefault(plan.last_read.get(c.index, -1), []).append(c.index)
+        self.sums = DeviceSums(plan.checksummed, plan.last_read)  # memory checksums
+        self.summed = self.sums.checks
         self.sum_slot = slot
         slot += 1
-        self.written: torch.Tensor | None = None  # the last run's sums (static in a graph)
-        self.read: torch.Tensor | None = None
         self.input_slot = slot
         self.weight_slots = list(range(slot + 1, slot + 1 + len(store.groups)))
         self.n_slots = slot + 1 + len(store.groups)
@@ -261,23 +254,18 @@ class CheckProgram:
         for k, p in enumerate(inst.placeholders):
             vals[p] = xs[k] if k < len(xs) else self._defaults[k]
         sites = self.sites.rows if self.sites is not None else {}
-        writes: dict[int, torch.Tensor] = {}
-        reads: dict[int, torch.Tensor] = {}
+        sums = self.sums
+        sums.start()
         for i, node in enumerate(inst.nodes):
             if node.op == "placeholder":
                 continue
             vals[i] = inst.recompute(i, vals)
-            if i in self._sum_pos:
-                writes[i] = bitsum(vals[i])
+            sums.after(i, vals, self._side, main, self._keep)  # write sum before the site
             if i in sites:
                 self._inject(sites[i], vals[i])
-            if i in self._reads_after:
-                self._read_sums(self._reads_after[i], vals, reads, main)
             g = self._by_end.get(i)
             if g is not None:
                 self._launch_group(g, vals, main)
-        if -1 in self._reads_after:
-            self._read_sums(self._reads_after[-1], vals, reads, main)
         out = fx.node.map_arg(inst._out_template, lambda n: vals[inst.index[n.name]])
         if check_weights:
             # after the forward, never beside it: a flip that lands while the forward runs
@@ -285,12 +273,7 @@ class CheckProgram:
             self._launch_weights(main)
         if self._side is not None:
             main.wait_stream(self._side)
-        if self.summed:
-            self.written = torch.stack([writes[c.index] for c in self.summed])
-            self.read = torch.stack([reads[c.index] for c in self.summed])
-            self.flags[self.sum_slot] = (self.written != self.read).any()
-        else:
-            self.flags[self.sum_slot] = False
+        self.flags[self.sum_slot] = sums.flag(vals, self._side, main, self._keep, self._false)
         if check_weights and self._cs is not None:
             main.wait_stream(self._cs)
         if copy_flags:
@@ -298,23 +281,9 @@ class CheckProgram:
         self._keep = []
         return out, vals
 
-    def _read_sums(self, nodes: list[int], vals: Sequence[Any], reads: dict, main) -> None:
-        """Read sums of `nodes`, whose memory has had its last reader (side stream when set)."""
-        ctx = nullcontext()
-        if self._side is not None:
-            self._side.wait_stream(main)
-            ctx = torch.cuda.stream(self._side)
-        with ctx:
-            for j in nodes:
-                reads[j] = bitsum(vals[j])
-        self._keep += [reads[j] for j in nodes]
-
     def summed_failures(self) -> list[str]:
         """Layers whose read sum differed from their write sum in the last run."""
-        if self.written is None:
-            return []
-        bad = (self.written != self.read).nonzero().flatten().tolist()
-        return [self.summed[k].name for k in bad]
+        return self.sums.failures()
 
     def _inputs_bad(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """One device flag: some input outside its box (NaN compares False: outside)."""
