@@ -47,7 +47,7 @@ def test_inference_begun_during_a_clean_restore_is_verified_not_faulty():
 def test_inference_whose_weights_were_restored_under_it_is_rerun():
     pm, x = _protected()
     clean = pm.infer(x, wait=True).output
-    for name, w in reversed(pm.normal_tensors().items()):  # a flip that changes the output
+    for _name, w in reversed(pm.normal_tensors().items()):  # a flip that changes the output
         bits.int_view(w).view(-1)[0] ^= 1 << 30  # an exponent flip
         r = pm.infer(x, wait=False)  # computes with it
         if not torch.equal(r.output, clean):
@@ -56,7 +56,7 @@ def test_inference_whose_weights_were_restored_under_it_is_rerun():
         pm.run_pending_checks(5.0)
     assert not torch.equal(r.output, clean)
     rep = pm.recover()  # restores the flip before the checks of that inference run
-    assert name in rep.tensors
+    assert _name in rep.tensors
     pm.run_pending_checks(5.0)
     st = r.verdict.result(timeout=5)
     assert st.restore_overlap == "rerun"

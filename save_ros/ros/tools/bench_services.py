@@ -28,6 +28,7 @@ from lifecycle_msgs.srv import GetState
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import QoSProfile
 from std_srvs.srv import Trigger
 
 from save_ros.argtypes import positive_float, positive_int, standalone
@@ -42,8 +43,15 @@ SERVICES = {"get_state": GetState, "recover": Trigger, "reanalyze": Trigger}
 
 
 def burst(fqn: str, clients: int, services: tuple[str, ...] = tuple(SERVICES),
-          timeout: float = 60.0) -> dict[str, object]:
-    """`clients` separate clients each call one service once, all at once; count the answers."""
+          timeout: float = 60.0, client_depth: int = 10) -> dict[str, object]:
+    """`clients` separate clients each call one service once, all at once; count the answers.
+
+    `client_depth` is each client's reply history (rclpy's default: 10). rmw_fastrtps hands
+    every reply of a service to every client's reply reader, which keeps only the last
+    `client_depth`: with hundreds of clients spun by one executor in one process, a reply is
+    pushed out by others' before its client takes it (measured: 300 of 300 answered with
+    depth 1000, 45 with 10, on a node that took and answered all 300).
+    """
     import rclpy
 
     context = Context()
@@ -56,7 +64,8 @@ def burst(fqn: str, clients: int, services: tuple[str, ...] = tuple(SERVICES),
                         start_parameter_services=False, enable_rosout=False)
             name = services[i % len(services)]
             nodes.append(node)
-            calls.append((name, node.create_client(SERVICES[name], f"{fqn}/{name}")))
+            calls.append((name, node.create_client(SERVICES[name], f"{fqn}/{name}",
+                                                   qos_profile=QoSProfile(depth=client_depth))))
             executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
@@ -94,7 +103,8 @@ def burst(fqn: str, clients: int, services: tuple[str, ...] = tuple(SERVICES),
         per[name] = {"sent": sent, "answered": len(mine), "unanswered": sent - len(mine),
                      "refused": len(refused),
                      "refusals": sorted({r.message[:120] for r in refused})}
-    return {"clients": clients, "answered": len(got), "unanswered": len(calls) - len(got),
+    return {"clients": clients, "client_depth": client_depth, "answered": len(got),
+            "unanswered": len(calls) - len(got),
             "last_answer_s": round(max((t for _, t, _ in got), default=0.0), 3),
             "timeout_s": timeout, "per_service": per}
 
@@ -193,11 +203,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=positive_int, default=30, help="burst: clients")
     parser.add_argument("--services", default=",".join(SERVICES),
                         help="burst: services called round robin (get_state,recover,reanalyze)")
+    parser.add_argument("--client-depth", type=positive_int, default=10,
+                        help="burst: reply history of each client (rclpy's default 10)")
     parser.add_argument("--timeout", type=positive_float, default=60.0,
                         help="burst: seconds to wait for every answer")
     parser.add_argument("--calls", type=positive_int, default=20, help="reanalyze: calls")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="Hz of the input stream (reanalyze: default 100)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="a node parameter (repeatable), e.g. services.qos_depth:=10")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON record here")
 
 
@@ -213,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(SERVICES)}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="bench_services_") as tmp:
-        proc = node(args.config, f"bench_services_{os.getpid()}", {}, Path(tmp))
+        overrides = dict(p.split(":=", 1) for p in args.param if ":=" in p)
+        proc = node(args.config, f"bench_services_{os.getpid()}", overrides, Path(tmp))
         try:
             with ReplayClient(node_fqn=proc.fqn) as client:
                 client.wait_for_node(proc, timeout=120.0)
@@ -221,17 +236,22 @@ def run(args: argparse.Namespace) -> int:
                 if args.mode == "burst":
                     if rate:
                         with Stream(client, rate):
-                            figures = burst(proc.fqn, args.clients, services, args.timeout)
+                            figures = burst(proc.fqn, args.clients, services, args.timeout,
+                                            args.client_depth)
                     else:
-                        figures = burst(proc.fqn, args.clients, services, args.timeout)
+                        figures = burst(proc.fqn, args.clients, services, args.timeout,
+                                            args.client_depth)
                     figures["rate_hz"] = rate
                 else:
                     figures = reanalyze_under_stream(proc, client, args.calls, rate)
         finally:
             code = proc.stop()
         figures["node_exit_code"] = code
-        figures["traceback_in_log"] = "Traceback" in proc.output()
-    record = {**run_record(f"ros_services_{args.mode}"), **figures}
+        log = proc.output()
+        figures["traceback_in_log"] = "Traceback" in log
+        figures["node_log_errors"] = [line[:200] for line in log.splitlines()
+                                      if "ERROR" in line or "WARN" in line][:10]
+    record = {**run_record(f"ros_services_{args.mode}"), "parameters": overrides, **figures}
     print(json.dumps({k: v for k, v in record.items() if k != "rss_per_call_mb"}, indent=1))
     if args.out:
         write_json(args.out, record)
