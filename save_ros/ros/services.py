@@ -13,6 +13,8 @@ Every request is answered (success, or a refusal whose message says why and what
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
 
@@ -22,6 +24,19 @@ from std_srvs.srv import Trigger
 
 from save_ros.ros import params
 from save_ros.ros.backend import BackendError
+
+
+def release_freed_memory() -> None:
+    """Give the memory a re-analysis freed back to the OS (glibc `malloc_trim`; elsewhere a
+    no-op). Selection allocates and frees some 100 MB per run on whichever executor thread
+    serves the request; glibc kept the freed pages in per-thread arenas, and the node's RSS rose
+    by 143 MB over 20 re-analyses under a 100 Hz stream, although no Python object outlived
+    them (issue 19)."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc
+        pass
 
 
 class NodeServices:
@@ -74,6 +89,7 @@ class NodeServices:
             self._since = time.monotonic()
             return self._call(resp, lambda b: b.reanalyze())
         finally:
+            release_freed_memory()
             self._reanalysis.release()
 
     def live_calibration(self, samples: torch.Tensor) -> None:
@@ -86,6 +102,7 @@ class NodeServices:
             with self._reanalysis:
                 self._since = time.monotonic()
                 msg = backend.reanalyze(samples)
+                release_freed_memory()
             node.health.calibration = f"Selection redone with {len(samples)} live inputs"
             node.get_logger().info(f"live calibration ({len(samples)} inputs): {msg}")
         except BackendError as exc:

@@ -169,19 +169,20 @@ def reanalyze_under_stream(proc: NodeProcess, client: ReplayClient, calls: int, 
     after = client.latest_diagnostics(timeout=5.0)
     rss.append(rss_mb(pid))
     with client._cond:
-        values = [v for vs in client.result.statuses.values() for v in vs]
-    published_unverified = sum(1 for v in values if v.get("published") == "True"
-                               and v.get("verified") != "True")
+        values = [v for vs in client.result.statuses.values() for _, v in vs]
+    published_unverified = sum(1 for v in values if v.get("published") == "true"
+                               and v.get("verified") != "true")
     return {
         "calls": calls, "rate_hz": rate, "seconds": round(elapsed, 1), "answered": answers,
         "refused": len(refusals), "refusals": sorted(set(refusals)),
         "frames_sent": stream.sent, "statuses": len(values),
-        "verified": sum(1 for v in values if v.get("verified") == "True"),
-        "dropped": sum(1 for v in values if v.get("dropped") == "True"),
+        "verified": sum(1 for v in values if v.get("verified") == "true"),
+        "dropped": sum(1 for v in values if v.get("dropped") == "true"),
         "published_unverified": published_unverified,
         "faults_detected": _counter(after, "faults_detected") - _counter(before,
                                                                          "faults_detected"),
-        "repaired": _counter(after, "repaired") - _counter(before, "repaired"),
+        "tensors_repaired": _counter(after, "tensors_repaired") - _counter(before,
+                                                                           "tensors_repaired"),
         "awaiting_verdict_max": _counter(after, "awaiting_verdict_max"),
         "rss_start_mb": round(rss[0], 1), "rss_peak_mb": round(max(rss), 1),
         "rss_end_mb": round(rss[-1], 1), "rss_growth_mb": round(rss[-1] - rss[0], 1),
