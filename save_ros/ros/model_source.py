@@ -104,7 +104,9 @@ def describe_choices() -> str:
 def load(req: ModelRequest) -> LoadedModel:
     """Load the model `req` describes, on the CPU in eval mode (fp32)."""
     if is_export_path(req.model) or is_export_path(req.model_file):
-        return _exported(req, Path(req.model if is_export_path(req.model) else req.model_file))
+        # errors name the parameter the user set (issue 19: `model:=x.pt2` said model_file)
+        param = "model" if is_export_path(req.model) else "model_file"
+        return _exported(req, Path(getattr(req, param)), param)
     if is_import_path(req.model):
         return _imported(req)
     if req.model_file:
@@ -117,13 +119,16 @@ def load(req: ModelRequest) -> LoadedModel:
     return _bundled(req, None)
 
 
-def _existing(file: str) -> Path:
+def _existing(file: str, param: str = "model_file") -> Path:
+    """The file the parameter `param` names, or ModelLoadError naming that parameter."""
     path = Path(file).expanduser()
     if path.is_dir():
-        raise ModelLoadError(f"model file {str(path)!r} is a directory; give the file itself")
+        raise ModelLoadError(f"{param} {str(path)!r} is a directory; give the file itself")
     if not path.is_file():
-        raise ModelLoadError(f"model_file {str(path)!r} does not exist; give the path of a "
-                             "state-dict, .pt2 or TorchScript file, or leave it empty")
+        what = ("a torch.export .pt2 file, a bundled name or 'package.module:factory'"
+                if param == "model" else "a state-dict, .pt2 or TorchScript file, or leave it "
+                "empty")
+        raise ModelLoadError(f"{param} {str(path)!r} does not exist; give the path of {what}")
     return path
 
 
@@ -251,9 +256,9 @@ def _imported(req: ModelRequest) -> LoadedModel:
                        calibration=None, source="import")
 
 
-def _exported(req: ModelRequest, path: Path) -> LoadedModel:
+def _exported(req: ModelRequest, path: Path, param: str = "model_file") -> LoadedModel:
     """A torch.export program: its module is an fx GraphModule that SAVE instruments."""
-    path = _existing(str(path))
+    path = _existing(str(path), param)
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # a file of another kind, or another torch's format

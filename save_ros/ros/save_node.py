@@ -211,14 +211,18 @@ class SaveNode(LifecycleNode):
         cfg, loaded = self.cfg, self.loaded
         if cfg.calibration_file:
             loaded.calibration = calibration.from_file(cfg.calibration_file, loaded.input,
-                                                       cfg.calibration_max)
+                                                       cfg.calibration_max, self._warn)
         elif cfg.calibration_bag:
             loaded.calibration = calibration.from_bag(
                 cfg.calibration_bag, cfg.calibration_topic, INPUT_TYPES[cfg.input_type][1],
-                lambda msg: decode_input(cfg, loaded, msg), loaded.input, cfg.calibration_max)
+                lambda msg: decode_input(cfg, loaded, msg), loaded.input, cfg.calibration_max,
+                self._warn)
         else:
             return
         self.get_logger().info(f"calibration: {len(loaded.calibration)} inputs")
+
+    def _warn(self, text: str) -> None:
+        self.get_logger().warning(text)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to the input; publishers go live."""
