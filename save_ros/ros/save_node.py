@@ -185,13 +185,28 @@ class SaveNode(LifecycleNode):
             Publishers(self._guarded(out), self._guarded(provisional), self._guarded(status)),
             self.get_logger(),
             f"{self.get_fully_qualified_name()}/inference",
-            lambda: self.get_clock().now().to_msg(), self._infer_gc.trigger,
-            self._verify_gc.trigger, self._diag_gc.trigger)
+            lambda: self.get_clock().now().to_msg(), self._wake(self._infer_gc),
+            self._wake(self._verify_gc), self._wake(self._diag_gc))
         self.pipeline.on_live_calibration = self._start_live_calibration
         self.get_logger().info(
             f"configured {loaded.name} ({loaded.task}, input {loaded.input.shape}, "
             f"{loaded.source}) on {cfg.device}: {self.backend.describe()}; ~/output is "
             f"{self.encoder.describe()}")
+
+    @staticmethod
+    def _wake(guard):
+        """guard.trigger that does nothing once the guard condition is destroyed: verdict
+        callbacks and the failover reporter run on threads of their own and may outlive it
+        (an InvalidHandle traceback at shutdown, issue 19)."""
+        from rclpy.impl.implementation_singleton import rclpy_implementation
+
+        def trigger() -> None:
+            try:
+                guard.trigger()
+            except rclpy_implementation.InvalidHandle:
+                pass
+
+        return trigger
 
     def _guarded(self, pub):
         """pub.publish that logs, not raises, if the publisher is already destroyed (a verdict
@@ -346,7 +361,7 @@ class SaveNode(LifecycleNode):
         if event.is_error:
             self.health.on_worker_failure(f"worker {event.pid} {event.kind.value}: "
                                           f"{event.detail}")
-            self._diag_gc.trigger()
+            self._wake(self._diag_gc)()
         elif event.kind.value == "failover":
             self.health.on_failover(bool(event.warm))
 
