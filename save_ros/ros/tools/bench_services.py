@@ -18,6 +18,7 @@ Two measurements on one `save_node` process (`config/digits_cnn.yaml` by default
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import threading
@@ -35,7 +36,7 @@ from save_ros.argtypes import positive_float, positive_int, standalone
 from save_ros.eval.record import run_record, write_json
 from save_ros.ros.bags import read_messages
 from save_ros.ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
-from save_ros.ros.tools.client import ReplayClient
+from save_ros.ros.tools.client import ReplayClient, stamp_key
 from save_ros.ros.tools.hostile_suite import rss_mb
 from save_ros.ros.tools.process import NodeProcess
 
@@ -110,10 +111,15 @@ def burst(fqn: str, clients: int, services: tuple[str, ...] = tuple(SERVICES),
 
 
 class Stream:
-    """Publishes the digits frames in a loop at `rate` Hz on its own thread until stopped."""
+    """Publishes the digits frames in a loop at `rate` Hz on its own thread until stopped;
+    `keys` are the stamps it sent (unique across the streams of one process)."""
+
+    _streams = itertools.count()
 
     def __init__(self, client: ReplayClient, rate: float) -> None:
         self.client, self.rate, self.sent = client, rate, 0
+        self.keys: set[int] = set()
+        self._sec = 100_000 * (1 + next(self._streams))
         self.frames = [m.msg for m in read_messages(BAGS_DIR / DIGITS_BAG)][:64]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stream", daemon=True)
@@ -122,8 +128,9 @@ class Stream:
         t0 = time.monotonic()
         while not self._stop.is_set():
             msg = self.frames[self.sent % len(self.frames)]
-            msg.header.stamp.sec, msg.header.stamp.nanosec = 100 + self.sent // 1000, \
+            msg.header.stamp.sec, msg.header.stamp.nanosec = self._sec + self.sent // 1000, \
                 (self.sent % 1000) * 1_000_000
+            self.keys.add(stamp_key(msg.header))
             self.client.pub.publish(msg)
             self.sent += 1
             self._stop.wait(max(0.0, t0 + self.sent / self.rate - time.monotonic()))
@@ -159,23 +166,26 @@ def reanalyze_under_stream(proc: NodeProcess, client: ReplayClient, calls: int, 
                 refusals.append(resp.message[:120])
             rss.append(rss_mb(pid))
         elapsed = time.monotonic() - t0
-    deadline = time.monotonic() + settle  # the backlog drains: every frame answered
+    # the backlog drains: every frame the node received is answered (best-effort input QoS
+    # may lose frames before the node; the node's `received` counter says how many it took)
+    deadline, last = time.monotonic() + settle, (-1, -1)
     while time.monotonic() < deadline:
+        after = client.latest_diagnostics(timeout=2.0)
         with client._cond:
-            statuses = sum(len(v) for v in client.result.statuses.values())
-        if statuses >= stream.sent:
+            values = [v for key in stream.keys for _, v in client.result.statuses.get(key, ())]
+        now = (len(values), _counter(after, "received"))
+        if now[0] >= now[1] - _counter(before, "received") or now == last:
             break
-        time.sleep(0.2)
-    after = client.latest_diagnostics(timeout=5.0)
+        last = now
     rss.append(rss_mb(pid))
-    with client._cond:
-        values = [v for vs in client.result.statuses.values() for _, v in vs]
     published_unverified = sum(1 for v in values if v.get("published") == "true"
                                and v.get("verified") != "true")
     return {
         "calls": calls, "rate_hz": rate, "seconds": round(elapsed, 1), "answered": answers,
         "refused": len(refusals), "refusals": sorted(set(refusals)),
-        "frames_sent": stream.sent, "statuses": len(values),
+        "frames_sent": stream.sent,
+        "received_by_node": _counter(after, "received") - _counter(before, "received"),
+        "statuses": len(values),
         "verified": sum(1 for v in values if v.get("verified") == "true"),
         "dropped": sum(1 for v in values if v.get("dropped") == "true"),
         "published_unverified": published_unverified,
