@@ -1,6 +1,6 @@
 """save_node's services under load, the node as a real process over DDS (issue 19).
 
-Default suite (sized for 2 cores): a burst of 30 separate clients over `~/get_state`,
+Default suite (sized for 2 cores): a burst of 100 separate clients over `~/get_state`,
 `~/recover` and `~/reanalyze`, every one answered; re-analyses while frames stream, with no
 fault counted, a bounded number of inferences awaiting a verdict and nothing unverified
 published; clean recovers while frames stream, never a fault nor a repair. `-m slow`: 300
@@ -39,10 +39,11 @@ def _check_burst(got: dict, clients: int) -> None:
         assert message.startswith("busy: a re-analysis started"), message
 
 
-def test_a_burst_of_30_clients_is_answered_every_one(node):
+def test_a_burst_of_100_clients_is_answered_every_one(node):
+    """(30 answered all even with the old request depth of 10 here; 100 did not.)"""
     proc, _ = node
     # client_depth: rmw_fastrtps hands every reply to every client's reply reader (see burst)
-    _check_burst(burst(proc.fqn, 30, timeout=120.0, client_depth=100), 30)
+    _check_burst(burst(proc.fqn, 100, timeout=120.0, client_depth=1000), 100)
 
 
 def test_reanalyses_under_a_stream_count_no_fault_and_bound_the_backlog(node):
