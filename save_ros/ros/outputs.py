@@ -36,6 +36,8 @@ class OutputKind(enum.Enum):
     JOINT_STATE = "joint_state"
     CLASSIFICATION = "classification"  # vision_msgs/Classification
     FLOAT64_MULTI_ARRAY = "float64_multi_array"
+    JOINT_TRAJECTORY = "joint_trajectory"  # an action chunk (policy_io.ChunkEncoder)
+    FLOAT32_MULTI_ARRAY = "float32_multi_array"  # an action chunk, chunk x joints
 
 
 class OutputTypeError(UserError, ValueError):

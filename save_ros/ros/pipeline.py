@@ -30,6 +30,7 @@ from save_ros.ros.health import ERROR, OK, WARN, Health, Outcome
 from save_ros.ros.intake import InputQueue
 from save_ros.ros.model_source import LoadedModel
 from save_ros.ros.outputs import OutputEncoder
+from save_ros.ros.policy_io import MatchedInputs
 
 DROP_TEXT = {"superseded": "dropped: superseded by a newer input (queue_order newest_first)",
              "queue_full": "dropped: inference queue full",
@@ -281,6 +282,8 @@ class Pipeline:
 
 def decode_input(cfg: params.NodeConfig, loaded: LoadedModel, msg) -> torch.Tensor:
     """A message as a model input on cfg.device (dtype, box checked); InputError if it cannot."""
+    if isinstance(msg, MatchedInputs):  # a policy's set, decoded and checked per input
+        return msg.x
     spec, dev = loaded.input, torch.device(cfg.device)
     if cfg.input_type is params.InputType.IMAGE:
         x = convert.image_to_tensor(msg, spec, cfg.image, dev)

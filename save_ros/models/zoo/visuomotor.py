@@ -83,6 +83,10 @@ class VisuomotorPolicy(nn.Module):
         return self.action_head(self.ln_f(x))
 
 
+# the node's CPU tests: 64 px images, a 4-action chunk, one narrow encoder and decoder layer
+TINY = VisuomotorConfig(image_size=64, chunk=4, dim=32, heads=2, enc_layers=1, dec_layers=1)
+
+
 def visuomotor(cfg: VisuomotorConfig = VisuomotorConfig()) -> VisuomotorPolicy:
     """The visuomotor policy at 224 px, 7 joints, a chunk of 16 actions."""
     return VisuomotorPolicy(cfg)
