@@ -3,7 +3,7 @@
 - `decision_transformer`: rtg (N,20,1), states (N,20,17), actions (N,20,6), timesteps (N,20)
   int64 -> actions (N,20,6);
 - `visuomotor`: image (N,3,224,224) in [0,1], joint_state (N,7) -> an action chunk (N,16,7);
-- `visuomotor_tiny`: the same at 64 px, width 32, one encoder and decoder layer -> (N,4,7);
+- `visuomotor_tiny`: the same form at 64 px, a 5-conv trunk, width 32 -> (N,4,7) (CPU tests);
 - `rdt_policy`: noise (N,64,14), state (N,14), lang (N,32,4096), img (N,64,1152) -> the clean
   chunk (N,64,14) after 5 DDIM steps;
 - `rdt_policy_tiny`: the same architecture, narrow (CPU tests): lang (N,8,32), img (N,8,48).
@@ -58,7 +58,7 @@ _POLICIES: dict[str, PolicyEntry] = {
         lambda **kw: vm.example_inputs(vm.TINY, **kw),
         lambda: vm.input_boxes(vm.TINY),
         ("image", "joint_state"),
-        "visuomotor's architecture at 64 px, width 32, a 4 x 7 chunk (CPU tests of the node)"),
+        "visuomotor at 64 px with a small conv trunk, width 32, a 4 x 7 chunk (CPU tests)"),
     "rdt_policy": PolicyEntry(
         lambda: rdt.rdt_policy(rdt.RDTConfig()),
         lambda **kw: rdt.example_inputs(rdt.RDTConfig(), **kw),
