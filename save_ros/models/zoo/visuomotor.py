@@ -54,7 +54,7 @@ class VisuomotorPolicy(nn.Module):
         if cfg.small_trunk:
             c = cfg.small_trunk
             widths = (3, c, 2 * c, 2 * c, 4 * c, 4 * c)
-            self.trunk = nn.Sequential(*(layer for a, b in zip(widths, widths[1:])
+            self.trunk = nn.Sequential(*(layer for a, b in zip(widths[:-1], widths[1:], strict=True)
                                          for layer in (nn.Conv2d(a, b, 3, 2, 1), nn.ReLU())))
             trunk_out = widths[-1]
         else:
