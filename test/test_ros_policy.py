@@ -7,6 +7,8 @@ same two inputs at 64 px); the tests run in file order.
 """
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -259,3 +261,28 @@ def test_an_injected_weight_flip_is_repaired_and_the_chunk_equals_the_clean_one(
         assert status["verified"] == "true"
         detected += int(status.get("detected", 0))
     assert detected > 0  # the flips were found (and repaired: the chunks are clean)
+
+
+def test_save_ros_watch_shows_the_chunks(node):
+    """What the README tells a user to run (the PyPI install has no `ros2 topic echo`)."""
+    proc, client = node
+    watch = subprocess.Popen([sys.executable, "-m", "save_ros.cli", "watch", proc.fqn,
+                              "--once", "--seconds", "60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seed, deadline = 0, time.monotonic() + 60
+        while watch.poll() is None and time.monotonic() < deadline:
+            t = T0 + 200 + seed
+            client.send(_image(seed % 4, t), _joints(seed % 4, t + 0.005))
+            seed += 1
+            time.sleep(0.5)
+        out, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, (out, err)
+    lines = out.splitlines()
+    assert lines[0].startswith(f"watching {proc.fqn}: {proc.fqn}/output "
+                               "(trajectory_msgs/msg/JointTrajectory)")
+    assert any(ln.startswith("output ") for ln in lines), lines

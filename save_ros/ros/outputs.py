@@ -145,4 +145,6 @@ def output_values(msg) -> list[float]:
         return [float(h.score) for h in msg.results]
     if hasattr(msg, "position"):
         return list(msg.position)
+    if hasattr(msg, "points"):  # JointTrajectory: the chunk, point by point
+        return [v for p in msg.points for v in p.positions]
     return list(msg.data)
