@@ -10,6 +10,7 @@
 `~/output` carries only verified or repaired results (a bare, protect=false node publishes its
 unverified results there: it was asked to serve without SAVE). Every received input gets exactly
 one `~/fault_status`: rejected, dropped (superseded, queue full, shutdown), failed, or its verdict.
+A policy's matched set of messages (`policy_io.MatchedInputs`) is one input here.
 """
 
 from __future__ import annotations

@@ -1,0 +1,56 @@
+"""A policy's action chunk as ~/output messages (policy_io.ChunkEncoder), without a node."""
+
+import pytest
+
+pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
+pytest.importorskip("trajectory_msgs", reason="trajectory_msgs is not installed")
+
+import torch  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from save_ros.preprocess import InputSpec  # noqa: E402
+from save_ros.ros.model_source import LoadedModel  # noqa: E402
+from save_ros.ros.outputs import OutputKind, output_values  # noqa: E402
+from save_ros.ros.policy_io import ChunkEncoder, PolicyConfigError  # noqa: E402
+
+JOINTS = ("a", "b", "c")
+
+
+def _loaded(chunk: int = 4, joints: int = 3) -> LoadedModel:
+    spec = InputSpec(shape=(joints,), low=(0.0,) * joints, high=(1.0,) * joints)
+    return LoadedModel(module=torch.nn.Identity(), name="policy", task="control", input=spec,
+                       num_outputs=chunk * joints, calibration=None, inputs=(spec, spec),
+                       input_names=("x", "y"), output_shape=(chunk, joints))
+
+
+def test_joint_trajectory_points_carry_the_chunk_and_time_from_start():
+    enc = ChunkEncoder(OutputKind.JOINT_TRAJECTORY, "control", [], _loaded(), JOINTS, 0.7)
+    chunk = torch.arange(12, dtype=torch.float32).reshape(1, 4, 3) / 8
+    header = Header(frame_id="cam")
+    header.stamp.sec, header.stamp.nanosec = 12, 345
+    msg = enc.message(chunk, header)
+    assert msg.header.stamp.sec == 12 and msg.header.stamp.nanosec == 345
+    assert msg.header.frame_id == "cam" and list(msg.joint_names) == list(JOINTS)
+    assert [list(p.positions) for p in msg.points] == (chunk[0].double()).tolist()
+    # (k + 1) * 0.7 s: 0.7, 1.4, 2.1, 2.8 (sec, nanosec), no float drift in nanosec
+    assert [(p.time_from_start.sec, p.time_from_start.nanosec) for p in msg.points] == [
+        (0, 700_000_000), (1, 400_000_000), (2, 100_000_000), (2, 800_000_000)]
+    assert output_values(msg) == chunk.reshape(-1).double().tolist()
+    assert "4 x 3 action chunk" in enc.describe()
+
+
+def test_float32_multi_array_is_chunk_by_joints():
+    enc = ChunkEncoder(OutputKind.FLOAT32_MULTI_ARRAY, "control", [], _loaded(), JOINTS, 0.1)
+    chunk = torch.linspace(-1, 1, 12).reshape(1, 4, 3)
+    msg = enc.message(chunk, Header())
+    assert [(d.label, d.size, d.stride) for d in msg.layout.dim] == [("chunk", 4, 12),
+                                                                     ("joints", 3, 3)]
+    assert list(msg.data) == chunk.reshape(-1).tolist()
+
+
+def test_joint_names_must_name_every_joint_and_default_to_indices():
+    with pytest.raises(PolicyConfigError, match="joint_names has 2 names but policy's actions "
+                       "have 3 joints"):
+        ChunkEncoder(OutputKind.JOINT_TRAJECTORY, "control", [], _loaded(), ("a", "b"), 0.1)
+    enc = ChunkEncoder(OutputKind.JOINT_TRAJECTORY, "control", [], _loaded(), (), 0.1)
+    assert enc.joint_names == ["joint_0", "joint_1", "joint_2"]
