@@ -54,3 +54,16 @@ def test_joint_names_must_name_every_joint_and_default_to_indices():
         ChunkEncoder(OutputKind.JOINT_TRAJECTORY, "control", [], _loaded(), ("a", "b"), 0.1)
     enc = ChunkEncoder(OutputKind.JOINT_TRAJECTORY, "control", [], _loaded(), (), 0.1)
     assert enc.joint_names == ["joint_0", "joint_1", "joint_2"]
+
+
+def test_the_bare_backend_runs_a_policy_of_two_inputs():
+    from save_ros.models import zoo
+    from save_ros.ros import model_source
+    from save_ros.ros.backend import BareBackend
+
+    loaded = model_source.load(model_source.ModelRequest("visuomotor_tiny"))
+    image, joints = zoo.example_inputs("visuomotor_tiny", batch=1, seed=4)
+    output, verdict = BareBackend(loaded, "cpu").infer((image, joints))
+    with torch.no_grad():
+        assert torch.equal(output, loaded.module(image, joints))
+    assert not verdict.result().verified

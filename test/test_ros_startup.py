@@ -90,6 +90,12 @@ def test_bad_settings_are_refused_with_a_reason(context, overrides, error, messa
         _build(context, **overrides)
 
 
+def test_a_policy_of_two_topics_configures(context):
+    node = _build(context, model="visuomotor_tiny", input_topics=["image", "joint_states"],
+                  input_types=["image", "joint_state"], output_type="float32_multi_array")
+    assert node.policy_cfg.multi and node.configure_error is None
+
+
 def test_state_dict_of_the_wrong_architecture_is_refused(context, tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(models.load("cartpole_policy").state_dict(), path)
