@@ -67,3 +67,30 @@ def test_the_bare_backend_runs_a_policy_of_two_inputs():
     with torch.no_grad():
         assert torch.equal(output, loaded.module(image, joints))
     assert not verdict.result().verified
+
+
+def test_sync_status_warns_on_late_messages_and_on_no_match():
+    from types import SimpleNamespace
+
+    from save_ros.ros.params import InputType
+    from save_ros.ros.policy_io import PolicyIntake
+    from save_ros.ros.policy_params import PolicyConfig
+
+    pcfg = PolicyConfig(topics=("a", "b"), types=(InputType.IMAGE, InputType.JOINT_STATE),
+                        slop_s=0.01)
+    intake = PolicyIntake(SimpleNamespace(intake_node=None), None, pcfg, _loaded(), None, {})
+    health = SimpleNamespace(name="ns/save_node", hardware_id="cpu")
+    ms = 1_000_000
+    intake.sync.add(0, 100 * ms, "img")
+    intake.sync.add(1, 105 * ms, "joints")  # a set
+    status = intake.status(health)
+    assert status.name == "ns/save_node: sync" and status.level == b"\x00"
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["matched_sets"] == "1" and values["x.matched"] == "1"
+    intake.sync.add(0, 90 * ms, "old")  # late
+    assert intake.status(health).level == b"\x01"
+    intake.sync.add(0, 200 * ms, "img")
+    intake.sync.add(1, 300 * ms, "joints")  # 100 ms apart: no set
+    status = intake.status(health)
+    assert status.level == b"\x01" and "sync.slop" in status.message
+    assert intake.status(health).level == b"\x00"  # nothing new since the last report
