@@ -49,6 +49,9 @@ BENCH: dict[str, tuple[str, str]] = {
                    "a camera stream through save_node: latency, freshness, faults"),
     "ros-failover": ("save_ros.ros.tools.bench_failover",
                      "worker crash to next output through save_node (isolation=process)"),
+    "ros-services": ("save_ros.ros.tools.bench_services",
+                     "save_node's services under load: request bursts, re-analyses under a "
+                     "stream, RSS"),
 }
 BENCH_HELP = "measure: " + ", ".join(BENCH)
 

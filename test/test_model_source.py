@@ -70,7 +70,10 @@ def test_exported_program_is_loaded_with_its_input_shape(tmp_path):
         (ModelRequest("robot_nets:ArmPolicy", input_shape=(5,), input_low=(0.0,),
                       input_high=(1.0,)), "fails on an input of shape (1, 5)"),
         (ModelRequest("resnet9000"), "unknown model 'resnet9000'; give a bundled model"),
-        (ModelRequest("/nonexistent/net.pt2"), "does not exist"),
+        # the parameter the user set is named (issue 19: this said model_file)
+        (ModelRequest("/nonexistent/net.pt2"), "model '/nonexistent/net.pt2' does not exist"),
+        (ModelRequest("digits_cnn", model_file="/nonexistent/net.pt2"),
+         "model_file '/nonexistent/net.pt2' does not exist"),
     ],
 )
 def test_bad_model_requests_say_what_to_fix(request_, message):

@@ -151,3 +151,17 @@ def test_a_copy_published_again_is_counted_as_such_not_as_a_node_fault():
     assert loss["republished_duplicates"] == 1 and loss["stray_statuses"] == 0
     assert loss["unanswered_in_node"] == 0 and loss["lost_before_node"] == 0
     assert "published again" in " ".join(loss["causes"])
+
+
+def test_rejected_dropped_and_unverified_are_counted_apart():
+    """Issue 19: 5 rejected inputs were printed as "unverified"; each outcome has its count."""
+    result = ReplayResult()
+    records = _sent(result, range(10))
+    kinds = ["verified"] * 4 + ["rejected"] * 3 + ["dropped"] * 2 + ["unverified"]
+    for record, kind in zip(records, kinds, strict=True):
+        _status(result, record.stamp, record.sent_at + 0.001, verified=kind == "verified",
+                rejected=kind == "rejected", dropped=kind == "dropped",
+                published=kind == "verified")
+    s = result.summary()
+    assert (s["verified"], s["rejected"], s["unverified"]) == (4, 3, 1)
+    assert s["losses"]["dropped_by_node"] == 2

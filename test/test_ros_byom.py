@@ -118,3 +118,19 @@ def test_a_non_finite_output_is_a_model_problem_not_a_fault(tmp_path):
     assert result.final_output(stamp_key(grey.header)) is not None
     assert counters["faults_detected"] == "0" and counters["unrepaired"] == "0"
     assert counters["nonfinite_outputs"] == "1"
+
+
+def test_results_that_stay_unverified_never_reach_output(tmp_path):
+    """A fault that persists through re-runs (NoisyNet: every re-computation differs): each
+    input is answered ERROR, unverified, and nothing at all is published on ~/output."""
+    served, log = _serve("robot_nets:NoisyNet", {"input_shape": [3, 16, 16]}, tmp_path,
+                         "noisy")
+    result = served["result"]
+    stamps = [stamp_key(f.header) for f in served["frames"]]
+    for stamp in stamps:
+        status = result.final_status(stamp)
+        assert status is not None, stamp
+        assert status["verified"] == "false" and status["published"] == "false", status
+        assert status["_level"] == "2" and status.get("rejected") != "true", status
+    assert not result.outputs, "an unverified result was published on ~/output"
+    assert result.summary()["unverified"] == len(stamps)

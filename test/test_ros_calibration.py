@@ -23,6 +23,25 @@ def test_samples_from_pt_and_npy_files_out_of_box_ones_skipped(tmp_path):
     assert from_file(str(tmp_path / "s.pt"), DIGITS, limit=2).shape == (2, 1, 8, 8)
 
 
+def test_non_finite_calibration_inputs_are_dropped_and_counted(tmp_path):
+    samples = torch.rand(10, 1, 8, 8)
+    samples[:, 0, 3, 3] = float("nan")  # one NaN pixel per input, as issue 19 found accepted
+    samples[0] = torch.rand(1, 8, 8)  # one clean input
+    samples[1, 0, 0, 0] = float("inf")
+    torch.save(samples, tmp_path / "nan.pt")
+    warnings: list[str] = []
+    got = from_file(str(tmp_path / "nan.pt"), DIGITS, 100, warnings.append)
+    assert got.shape == (1, 1, 8, 8) and torch.equal(got[0], samples[0])
+    assert warnings == [f"calibration.file {tmp_path / 'nan.pt'}: dropped 9 of 10 calibration "
+                        "inputs (9 with NaN or infinite values, 0 outside the declared input "
+                        "box); calibrating with 1"]
+    samples[0, 0, 1, 1] = float("nan")
+    torch.save(samples, tmp_path / "all_nan.pt")
+    with pytest.raises(CalibrationError, match="no usable calibration input of 10 "
+                       r"\(10 with NaN or infinite values"):
+        from_file(str(tmp_path / "all_nan.pt"), DIGITS, 100)
+
+
 def test_bad_calibration_files_say_what_to_fix(tmp_path):
     with pytest.raises(CalibrationError, match="does not exist"):
         from_file(str(tmp_path / "none.pt"), DIGITS, 10)

@@ -1,12 +1,32 @@
-"""The node's Health (/diagnostics) and its input queue, without a node process."""
+"""The node's Health (/diagnostics) and its input queue, without a node process.
 
-import time
+Time-dependent rules (a fault level held, a stale input) run on a clock the test moves: they
+are asserted on the clock's events, never on how long a sleep took on a loaded machine.
+"""
 
 import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
+from save_ros.ros import health as health_module  # noqa: E402
 from save_ros.ros.health import ERROR, OK, WARN, Health, Outcome  # noqa: E402
+
+
+class _Clock:
+    """Stands in for the `time` module inside health.py: `monotonic` moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> _Clock:
+    c = _Clock()
+    monkeypatch.setattr(health_module, "time", c)
+    return c
 from save_ros.ros.intake import InputQueue  # noqa: E402
 
 
@@ -47,22 +67,25 @@ def test_drops_are_not_faults_and_faults_are_not_input_warnings():
     assert "fault detected" in inference.message and "drop" not in inference.message
 
 
-def test_a_fault_level_is_held_for_fault_hold_seconds():
+def test_a_fault_level_is_held_for_fault_hold_seconds(clock):
     health = Health("n", "cpu", fault_hold=0.5, input_timeout=0.0)
     health.on_outcome(Outcome(verified=False, detected=1, repaired=0, unrepaired=1,
                               latency_s=0.01))
     assert health.report()[1].level == ERROR
     held = health.report()[1]  # a new window with nothing new: still shown
     assert held.level == ERROR and "(held)" in held.message
-    time.sleep(0.6)
+    clock.now += 0.49
+    assert health.report()[1].level == ERROR  # still within fault_hold
+    clock.now += 0.02
     assert health.report()[1].level == OK
 
 
-def test_no_input_while_active_is_stale():
+def test_no_input_while_active_is_stale(clock):
     health = Health("n", "cuda:0 (test)", input_timeout=0.05)
     assert health.report()[0].level == OK  # inactive: no input expected
     health.set_active(True)
-    time.sleep(0.1)
+    assert health.report()[0].level == OK  # active, but not yet input_timeout without input
+    clock.now += 0.1
     inputs, _ = health.report()
     assert inputs.level == WARN and "no input yet" in inputs.message
     assert inputs.hardware_id == "cuda:0 (test)"

@@ -78,11 +78,25 @@ def managed():
 
 def test_transitions_over_the_lifecycle_services(managed):
     proc, client = managed
+    from lifecycle_msgs.msg import TransitionEvent
+    from rclpy.qos import QoSProfile
+
+    events: list[tuple[str, str]] = []  # (start, goal), as launch_ros's LifecycleNode reads them
+    sub = client.node.create_subscription(
+        TransitionEvent, f"{proc.fqn}/transition_event",
+        lambda e: events.append((e.start_state.label, e.goal_state.label)), QoSProfile(depth=100))
+    deadline = time.monotonic() + 30
+    while not sub.get_publisher_count() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert _state(client) == "unconfigured"
     assert client.pub.get_subscription_count() == 0  # nothing subscribed before activate
     assert client.call("recover").message.startswith("not configured")
     assert _change(client, Transition.TRANSITION_CONFIGURE)
     assert _state(client) == "inactive"
+    deadline = time.monotonic() + 10
+    while ("configuring", "inactive") not in events and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert events[-2:] == [("unconfigured", "configuring"), ("configuring", "inactive")], events
     time.sleep(0.5)
     assert client.pub.get_subscription_count() == 0
     assert _change(client, Transition.TRANSITION_ACTIVATE)

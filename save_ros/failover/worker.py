@@ -143,7 +143,12 @@ def worker_main(conn: Connection, spec: WorkerSpec, shared_model: nn.Module | No
 
     def send(message: tuple) -> None:
         with send_lock:
-            conn.send(message)
+            try:
+                conn.send(message)
+            except (BrokenPipeError, ConnectionResetError, EOFError):
+                # the parent closed the pipe (it is shutting down, e.g. a signal during its
+                # start-up): leave quietly, no traceback on the node's terminal (issue 19)
+                os._exit(0)
 
     config = spec.config
     device = config.device

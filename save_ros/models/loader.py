@@ -133,8 +133,10 @@ def existing_file(file: str | Path, what: str = "model_file") -> Path:
     if path.is_dir():
         raise ModelLoadError(f"{what} {str(path)!r} is a directory; give the file itself")
     if not path.is_file():
-        raise ModelLoadError(f"{what} {str(path)!r} does not exist; give the path of a "
-                             "state-dict, .pt2 or TorchScript file, or leave it empty")
+        kinds = ("a torch.export .pt2 file, a bundled name or 'package.module:factory'"
+                 if what == "model" else "a state-dict, .pt2 or TorchScript file, or leave "
+                 "it empty")
+        raise ModelLoadError(f"{what} {str(path)!r} does not exist; give the path of {kinds}")
     return path
 
 
@@ -221,7 +223,8 @@ def load(model: str, model_file: str | Path = "", args: tuple[Any, ...] = ()) ->
     """
     file = str(model_file) if model_file else ""
     if is_export_path(model) or is_export_path(file):
-        path = existing_file(model if is_export_path(model) else file)
+        # errors name the parameter the user set (`model:=x.pt2` is not `model_file`)
+        path = existing_file(model, "model") if is_export_path(model) else existing_file(file)
         module, shapes = load_export(path)
         return Loaded(module, path.name, Source.EXPORT, shapes)
     if is_import_path(model):

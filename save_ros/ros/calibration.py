@@ -3,12 +3,15 @@
 Selection tightens its interval ranges with the values that real inputs produce. A file holds
 model inputs as they are (a `.pt` tensor of shape (N, *input_shape), or a `.npy` array); a bag
 holds messages, decoded by the node's own decoder (so calibration sees exactly what inference
-will). Samples outside the declared input box are skipped and counted: they would widen the
-ranges past what SAVE's checks assume.
+will). Samples are checked as live inputs are: one with a NaN or infinite value, or outside the
+declared input box, is dropped (it would widen the ranges past what SAVE's checks assume, or
+poison them) and the `warn` callback says how many and why; none left is a CalibrationError
+(the node: one line, exit 2).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +26,8 @@ class CalibrationError(UserError, ValueError):
     """The calibration source cannot be used; says what to fix."""
 
 
-def from_file(path: str, spec: InputSpec, limit: int) -> torch.Tensor:
+def from_file(path: str, spec: InputSpec, limit: int,
+              warn: Callable[[str], None] | None = None) -> torch.Tensor:
     """Inputs from a .pt tensor (or a dict with 'inputs') or a .npy array, shaped (N, *shape)."""
     p = Path(path).expanduser()
     if not p.is_file():
@@ -45,11 +49,12 @@ def from_file(path: str, spec: InputSpec, limit: int) -> torch.Tensor:
     if tuple(data.shape[1:]) != spec.shape:
         raise CalibrationError(f"calibration.file {path} has shape {tuple(data.shape)}; the "
                                f"model takes (N, {', '.join(map(str, spec.shape))})")
-    return _in_box(list(data[:limit].unsqueeze(1)), spec, path)
+    return _checked(list(data[:limit].unsqueeze(1)), spec, f"calibration.file {path}", warn)
 
 
 def from_bag(path: str, topic: str, msgtype: str, decode: Callable[[object], torch.Tensor],
-             spec: InputSpec, limit: int) -> torch.Tensor:
+             spec: InputSpec, limit: int,
+             warn: Callable[[str], None] | None = None) -> torch.Tensor:
     """Inputs decoded from the messages of one topic of a rosbag2 folder."""
     from save_ros.ros.bags import BagError, read_messages, topics
 
@@ -67,31 +72,46 @@ def from_bag(path: str, topic: str, msgtype: str, decode: Callable[[object], tor
     elif topic not in found or found[topic][0] != msgtype:
         raise CalibrationError(f"calibration.bag {path} has no topic {topic!r} of type "
                                f"{msgtype}")
-    samples, bad = [], 0
+    samples, bad = [], Counter()
     try:
         for item in read_messages(path, (topic,)):
             try:
                 samples.append(decode(item.msg).cpu())
-            except InputError:
-                bad += 1
+            except InputError as exc:  # the live decoder's own checks (finite, in the box)
+                bad[exc.kind] += 1
             if len(samples) >= limit:
                 break
     except BagError as exc:
         raise CalibrationError(str(exc)) from exc
+    why = ", ".join(f"{n} {kind}" for kind, n in sorted(bad.items()))
     if not samples:
         raise CalibrationError(f"calibration.bag {path} topic {topic}: no usable input "
-                               f"({bad} rejected)")
+                               f"({sum(bad.values())} rejected: {why})")
+    if bad and warn is not None:
+        warn(f"calibration.bag {path} topic {topic}: dropped {sum(bad.values())} of "
+             f"{len(samples) + sum(bad.values())} inputs ({why}); calibrating with "
+             f"{len(samples)}")
     return torch.cat(samples)
 
 
-def _in_box(samples: list[torch.Tensor], spec: InputSpec, source: str) -> torch.Tensor:
-    kept = []
+def _checked(samples: list[torch.Tensor], spec: InputSpec, source: str,
+             warn: Callable[[str], None] | None) -> torch.Tensor:
+    """The samples that are finite and inside the box; the others dropped, counted, warned."""
+    kept, nonfinite, outside = [], 0, 0
     for x in samples:
+        if not bool(torch.isfinite(x).all()):  # NaN compares false: the box alone passes it
+            nonfinite += 1
+            continue
         try:
             kept.append(check_in_box(x, spec))
         except InputError:
-            continue
+            outside += 1
+    why = (f"{nonfinite} with NaN or infinite values, {outside} outside the declared input "
+           "box")
     if not kept:
-        raise CalibrationError(f"every calibration input of {source} lies outside the "
-                               "declared input box; check its units or input_low/input_high")
+        raise CalibrationError(f"{source}: no usable calibration input of {len(samples)} "
+                               f"({why}); check its units or input_low/input_high")
+    if (nonfinite or outside) and warn is not None:
+        warn(f"{source}: dropped {nonfinite + outside} of {len(samples)} calibration inputs "
+             f"({why}); calibrating with {len(kept)}")
     return torch.cat(kept)

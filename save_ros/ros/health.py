@@ -86,6 +86,8 @@ class Health:
         self.failovers = 0
         self.cold_failovers = 0  # no warm standby was ready: a new worker had to start
         self.calibration = ""  # live calibration progress
+        self.awaiting_verdict = 0  # inferences waiting for a verdict now (max_awaiting_verdict)
+        self.awaiting_verdict_max = 0  # ... the most at once since start
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._since_report: Counter[str] = Counter()
         self._last_input = time.monotonic()
@@ -120,6 +122,12 @@ class Health:
         """`n` inputs were dropped unanswered by inference (superseded, queue_full, shutdown)."""
         with self._lock:
             self.dropped[reason] += n
+
+    def on_awaiting(self, n: int) -> None:
+        """`n` inferences wait for their verdict now."""
+        with self._lock:
+            self.awaiting_verdict = n
+            self.awaiting_verdict_max = max(self.awaiting_verdict_max, n)
 
     def on_inferred(self) -> None:
         """An inference ran."""
@@ -287,6 +295,8 @@ class Health:
                 "faults_injected": self.injected, "recoveries": self.recoveries,
                 "worker_failures": self.worker_failures, "failovers": self.failovers,
                 "cold_failovers": self.cold_failovers,
+                "awaiting_verdict": self.awaiting_verdict,
+                "awaiting_verdict_max": self.awaiting_verdict_max,
             }
             values.update(percentiles)
             if level != OK and self.last_problem:

@@ -150,6 +150,12 @@ SPECS: tuple[ParamSpec, ...] = (
               int_range=(1, 1000)),
     ParamSpec("qos.reliability", "best_effort", T.PARAMETER_STRING,
               "input subscription reliability", choices=("best_effort", "reliable")),
+    ParamSpec("services.qos_depth", 1000, T.PARAMETER_INTEGER,
+              "requests each service (~/recover, ~/reanalyze, lifecycle) keeps until taken; at "
+              "least the number of clients that may call at one moment", int_range=(1, 100_000)),
+    ParamSpec("max_awaiting_verdict", 8, T.PARAMETER_INTEGER,
+              "inferences waiting for a verdict at most; at the bound inference pauses and "
+              "newer inputs replace waiting ones (dropped, counted)", int_range=(1, 10_000)),
     ParamSpec("queue_size", 1, T.PARAMETER_INTEGER,
               "inputs waiting for inference; when full one is dropped (see queue_order) and "
               "counted", read_only=False, int_range=(1, 1000)),
@@ -258,6 +264,8 @@ class NodeConfig:
     verify_timeout: float
     shutdown_timeout: float
     diagnostics_period: float
+    services_qos_depth: int = 1000
+    max_awaiting_verdict: int = 8
     fault_injection: FaultInjection = field(
         default_factory=lambda: FaultInjection(False, 1, "weights", 0, ()))
     isolation: Isolation = Isolation.NONE
@@ -390,7 +398,9 @@ def read(node: Node) -> NodeConfig:
         device=p["device"], protect=p["protect"], input_topic=p["input_topic"],
         input_type=InputType(p["input_type"]), joint_names=_strings(p["joint_names"]),
         qos_depth=p["qos.depth"], qos_reliability=p["qos.reliability"],
-        queue_size=p["queue_size"], publish_policy=PublishPolicy(p["publish_policy"]),
+        queue_size=p["queue_size"], services_qos_depth=p["services.qos_depth"],
+        max_awaiting_verdict=p["max_awaiting_verdict"],
+        publish_policy=PublishPolicy(p["publish_policy"]),
         # the ROS parameter keeps its published name (users' configs); here, and only here, it
         # becomes ProtectConfig.reliable_budget_bytes (-1: the runtime's default share)
         reliable_budget_bytes=(p["reliable_memory_bytes"] if p["reliable_memory_bytes"] >= 0

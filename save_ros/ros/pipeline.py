@@ -161,8 +161,15 @@ class Pipeline:
 
     # -- inference ------------------------------------------------------------------------
     def drain(self) -> None:
-        """Infer waiting inputs until the queue is empty (or closed)."""
+        """Infer waiting inputs until the queue is empty (or closed), or `max_awaiting_verdict`
+        inferences wait for their verdict: then inference pauses (a verdict wakes it again) and
+        the inputs arriving meanwhile replace waiting ones in the queue, each answered as
+        dropped and counted. This bounds the memory of saved values (a re-analysis or a slow
+        verifier once let 2,399 inferences wait, issue 19)."""
         while True:
+            with self._in_flight_lock:
+                if len(self._in_flight) >= self.cfg.max_awaiting_verdict:
+                    return
             item, stale = self.queue.take()
             self._report_dropped(stale, "superseded")
             if item is None:
@@ -193,6 +200,7 @@ class Pipeline:
             self.health.on_published(provisional=True)
         with self._in_flight_lock:
             self._in_flight.add(verdict)
+            self.health.on_awaiting(len(self._in_flight))
         verdict.add_done_callback(lambda f: self._on_verdict(item, output, f, provisional))
         self._wake_verifier()
 
@@ -204,6 +212,11 @@ class Pipeline:
         finally:  # only now: finish() waits until this input's status is out
             with self._in_flight_lock:
                 self._in_flight.discard(future)
+                self.health.on_awaiting(len(self._in_flight))
+            try:  # inference may have paused at max_awaiting_verdict
+                self._wake_inference()
+            except Exception:  # its guard condition is gone (shutdown): nothing to wake
+                pass
 
     def _publish_verdict(self, item: Pending, output: torch.Tensor, future: Future,
                          provisional: bool) -> None:

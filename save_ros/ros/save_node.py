@@ -20,17 +20,24 @@ from dataclasses import replace
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Header
-from std_srvs.srv import Trigger
 
 from save_ros.preprocess import DTYPES
-from save_ros.ros import calibration, convert, model_source, params, policy_io, policy_params
+from save_ros.ros import (
+    calibration,
+    convert,
+    lifecycle_iface,
+    model_source,
+    params,
+    policy_io,
+    policy_params,
+)
 from save_ros.ros.backend import Backend, BackendError, hardware_id, make_backend
 from save_ros.ros.health import Health
 from save_ros.ros.outputs import (
@@ -39,6 +46,7 @@ from save_ros.ros.outputs import (
     vision_msgs_available,
 )
 from save_ros.ros.pipeline import Pipeline, Publishers, decode_input
+from save_ros.ros.services import NodeServices
 
 INPUT_TYPES = {
     params.InputType.IMAGE: (Image, "sensor_msgs/msg/Image"),
@@ -72,12 +80,14 @@ class SaveNode(LifecycleNode):
     """Serves a SAVE-protected model; raises ParameterError for bad parameters at construction."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__("save_node", **kwargs)
+        # rclpy's lifecycle services keep 10 requests: lifecycle_iface offers them deeper
+        super().__init__("save_node", enable_communication_interface=False, **kwargs)
         # the lifecycle (and parameter) services use the node's default group
         self.lifecycle_group = self.default_callback_group
         params.declare(self)
         self.cfg = params.read(self)
         self.policy_cfg = policy_params.declare_and_read(self)  # input_topics, sync.*, ...
+        lifecycle_iface.attach(self, self.cfg.services_qos_depth, self.lifecycle_group)
         _check_output_names(self.cfg)
         for warning in params.unknown_overrides(policy_params.others(self._parameter_overrides)):
             self.get_logger().warning(warning)
@@ -93,6 +103,8 @@ class SaveNode(LifecycleNode):
         self.inference_group = MutuallyExclusiveCallbackGroup()
         self.verifier_group = MutuallyExclusiveCallbackGroup()
         self.services_group = MutuallyExclusiveCallbackGroup()
+        # reentrant: while one re-analysis runs, a second request is refused at once
+        self.reanalysis_group = ReentrantCallbackGroup()
         self.diagnostics_group = MutuallyExclusiveCallbackGroup()
         self.configure_error: ConfigureError | None = None
         self.loaded: model_source.LoadedModel | None = None
@@ -102,7 +114,6 @@ class SaveNode(LifecycleNode):
         self._sub, self._policy_intake = None, None  # one input topic, or several (policy_io)
         self._pubs: list = []
         self._timers: list = []
-        self._inject_seed = self.cfg.fault_injection.seed
         self.on_finalized = None  # called after the shutdown transition (main: end the process)
         fqn = self.get_fully_qualified_name().lstrip("/")
         # diagnostic_aggregator groups by the part before ':'; the FQN keeps namespaces apart
@@ -121,13 +132,7 @@ class SaveNode(LifecycleNode):
                                              self.publish_diagnostics,
                                              callback_group=self.diagnostics_group)
         self._last_level = None
-        for name, cb in (("~/recover", self._srv_recover), ("~/reanalyze", self._srv_reanalyze)):
-            self.create_service(Trigger, name, cb, callback_group=self.services_group)
-        if self.cfg.fault_injection.enabled:
-            self.create_service(Trigger, "~/inject_faults", self._srv_inject,
-                                callback_group=self.services_group)
-            self.create_service(Trigger, "~/inject_crash", self._srv_inject_crash,
-                                callback_group=self.services_group)
+        self.trigger_services = NodeServices(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -191,8 +196,8 @@ class SaveNode(LifecycleNode):
             Publishers(self._guarded(out), self._guarded(provisional), self._guarded(status)),
             self.get_logger(),
             f"{self.get_fully_qualified_name()}/inference",
-            lambda: self.get_clock().now().to_msg(), self._infer_gc.trigger,
-            self._verify_gc.trigger, self._diag_gc.trigger)
+            lambda: self.get_clock().now().to_msg(), self._wake(self._infer_gc),
+            self._wake(self._verify_gc), self._wake(self._diag_gc))
         self.pipeline.on_live_calibration = self._start_live_calibration
         if self.policy_cfg.multi:
             self._policy_intake = policy_io.PolicyIntake(self, cfg, self.policy_cfg, loaded,
@@ -201,6 +206,21 @@ class SaveNode(LifecycleNode):
             f"configured {loaded.name} ({loaded.task}, input {loaded.input.shape}, "
             f"{loaded.source}) on {cfg.device}: {self.backend.describe()}; ~/output is "
             f"{self.encoder.describe()}")
+
+    @staticmethod
+    def _wake(guard):
+        """guard.trigger that does nothing once the guard condition is destroyed: verdict
+        callbacks and the failover reporter run on threads of their own and may outlive it
+        (an InvalidHandle traceback at shutdown, issue 19)."""
+        from rclpy.impl.implementation_singleton import rclpy_implementation
+
+        def trigger() -> None:
+            try:
+                guard.trigger()
+            except rclpy_implementation.InvalidHandle:
+                pass
+
+        return trigger
 
     def _guarded(self, pub):
         """pub.publish that logs, not raises, if the publisher is already destroyed (a verdict
@@ -220,14 +240,18 @@ class SaveNode(LifecycleNode):
         cfg, loaded = self.cfg, self.loaded
         if cfg.calibration_file:
             loaded.calibration = calibration.from_file(cfg.calibration_file, loaded.input,
-                                                       cfg.calibration_max)
+                                                       cfg.calibration_max, self._warn)
         elif cfg.calibration_bag:
             loaded.calibration = calibration.from_bag(
                 cfg.calibration_bag, cfg.calibration_topic, INPUT_TYPES[cfg.input_type][1],
-                lambda msg: decode_input(cfg, loaded, msg), loaded.input, cfg.calibration_max)
+                lambda msg: decode_input(cfg, loaded, msg), loaded.input, cfg.calibration_max,
+                self._warn)
         else:
             return
         self.get_logger().info(f"calibration: {len(loaded.calibration)} inputs")
+
+    def _warn(self, text: str) -> None:
+        self.get_logger().warning(text)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to the input; publishers go live."""
@@ -348,67 +372,18 @@ class SaveNode(LifecycleNode):
         if self.health.level() != self._last_level:
             self.publish_diagnostics()
 
-    # -- services and parameters ----------------------------------------------------------
-    def _call(self, resp: Trigger.Response, fn, *args) -> Trigger.Response:
-        backend = self.backend
-        if backend is None:
-            resp.success, resp.message = False, "not configured: configure the node first"
-            return resp
-        try:
-            resp.message = fn(backend, *args)
-            resp.success = True
-        except BackendError as exc:
-            resp.success, resp.message = False, str(exc)
-        return resp
-
-    def _srv_recover(self, _req, resp: Trigger.Response) -> Trigger.Response:
-        """Restore every normal-memory tensor from its golden copy."""
-        self._call(resp, lambda b: b.recover())
-        if resp.success:
-            self.health.on_recovered()
-        self.publish_diagnostics()
-        return resp
-
-    def _srv_reanalyze(self, _req, resp: Trigger.Response) -> Trigger.Response:
-        """Redo Selection and Allocation (and update the analysis cache)."""
-        return self._call(resp, lambda b: b.reanalyze())
-
-    def _srv_inject(self, _req, resp: Trigger.Response) -> Trigger.Response:
-        """Flip bits in normal-memory tensors per the fault_injection.* parameters."""
-        fi = params.read(self).fault_injection
-        self._call(resp, lambda b: b.inject(fi.count, fi.target, self._inject_seed, fi.bits))
-        if resp.success:
-            self.health.on_injected(fi.count)
-            self._inject_seed += 1
-        return resp
-
-    def _srv_inject_crash(self, _req, resp: Trigger.Response) -> Trigger.Response:
-        """Make the active inference worker fail (fault_injection.crash_kind) on its next input."""
-        kind = params.read(self).fault_injection.crash_kind
-        return self._call(resp, lambda b: b.inject_crash(kind))
-
+    # -- services (ros/services.py) and parameters ----------------------------------------
     def _start_live_calibration(self, samples: torch.Tensor) -> None:
         """The first N live inputs are in: redo Selection with them, off the intake thread."""
-        def run() -> None:
-            backend = self.backend
-            if backend is None:
-                return
-            try:
-                msg = backend.reanalyze(samples)
-                self.health.calibration = f"Selection redone with {len(samples)} live inputs"
-                self.get_logger().info(f"live calibration ({len(samples)} inputs): {msg}")
-            except BackendError as exc:
-                self.health.calibration = f"live calibration failed: {exc}"
-                self.get_logger().error(f"live calibration failed: {exc}")
-
-        threading.Thread(target=run, name="live_calibration", daemon=True).start()
+        threading.Thread(target=self.trigger_services.live_calibration, args=(samples,),
+                         name="live_calibration", daemon=True).start()
 
     def _on_worker_event(self, event) -> None:
         """A FailoverEvent (failover reporter thread): count it; an error goes out at once."""
         if event.is_error:
             self.health.on_worker_failure(f"worker {event.pid} {event.kind.value}: "
                                           f"{event.detail}")
-            self._diag_gc.trigger()
+            self._wake(self._diag_gc)()
         elif event.kind.value == "failover":
             self.health.on_failover(bool(event.warm))
 
@@ -425,7 +400,7 @@ class SaveNode(LifecycleNode):
         if name == "publish_policy":
             cfg = replace(cfg, publish_policy=params.PublishPolicy(value))
         elif name == "fault_injection.seed":
-            self._inject_seed = int(value)
+            self.trigger_services.inject_seed = int(value)
         elif name in ("queue_size", "queue_order"):
             cfg = (replace(cfg, queue_size=int(value)) if name == "queue_size"
                    else replace(cfg, queue_order=params.QueueOrder(value)))

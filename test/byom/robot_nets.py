@@ -94,3 +94,18 @@ class SEBackbone(nn.Module):
 def se_backbone() -> nn.Module:
     """Factory: `model: robot_nets:se_backbone` (input_shape [3, 224, 224])."""
     return SEBackbone()
+
+
+class NoisyNet(nn.Module):
+    """A 3x16x16 classifier whose output carries fresh noise on every run: to SAVE, a fault that
+    persists through every re-run (its range check fails again on each re-computation), so no
+    result of it is ever verified (the tests that nothing unverified reaches ~/output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x.mean(dim=(2, 3)))
+        return h + torch.rand_like(h) * 1e-3

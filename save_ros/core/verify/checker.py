@@ -39,8 +39,10 @@ class Repairs(Protocol):
     def restore(self, chunks: list[tuple[int, int]] | None = None) -> Repair:
         """Restore weights from their golden copies (all if None)."""
 
+    epoch: int  # repair sequence number (odd while a repair writes)
+
     def stale(self, epoch: int) -> list[str] | None:
-        """Weights restored since repair epoch `epoch` (None: all)."""
+        """Weights changed by restores since repair epoch `epoch` (None: all)."""
 
     def first_reader(self, plan: CheckPlan, names: list[str]) -> int:
         """Position of the first layer that reads any of the named weights."""
@@ -87,6 +89,8 @@ class LayerChecker:
         # After the checksum: a repair by another thread may have erased the traces of a flip
         # this inference computed with, while the checksum ran; the repair log remembers it.
         stale = self.editor.stale(job.epoch)
+        if self.editor.epoch != job.epoch:  # a restore overlapped: say what that meant here
+            st.restore_overlap = "rerun" if stale is None or stale else "verified"
         if stale is None or [n for n in stale if n not in st.repaired]:
             names = [n for n in stale if n not in st.repaired] if stale else \
                 list(self.store.slots)

@@ -52,6 +52,10 @@ class FaultStatus:
     repair_s: float = 0.0  # restore + re-run + re-check
     detection_latency_s: float | None = None  # inference start -> verdict, when faulty
     error: str | None = None  # the verifier itself failed (the result is then unverified)
+    # a weight restore (recover, reanalyze, another inference's repair) overlapped this
+    # inference: "verified": it changed no weight, the checks ran against the weights the
+    # inference used; "rerun": weights changed under it, re-run from their first reader
+    restore_overlap: str = ""
 
     @property
     def faulty(self) -> bool:
@@ -74,4 +78,5 @@ class FaultStatus:
             "notes": list(self.notes), "forward_s": self.forward_s, "queue_s": self.queue_s,
             "verify_s": self.verify_s, "repair_s": self.repair_s,
             "detection_latency_s": self.detection_latency_s, "error": self.error,
+            "restore_overlap": self.restore_overlap,
         }

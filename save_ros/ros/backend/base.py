@@ -161,6 +161,8 @@ def to_verdict(st: FaultStatus) -> Verdict:
         values["rerun_from"] = st.rerun_from or ""
     if st.detection_latency_s is not None:
         values["detection_latency_ms"] = st.detection_latency_s * 1e3
+    if getattr(st, "restore_overlap", ""):  # a weight restore overlapped: verified or re-run
+        values["restore_overlap"] = st.restore_overlap
     if st.error:
         values["error"] = st.error
     return Verdict(verified=st.verified, level=level, message=message, detected=detected,

@@ -268,7 +268,10 @@ class ReplayResult:
             "dropped": self.counter_delta("dropped") or 0,
             "rejected": sum(1 for s in statuses if _is_true(s, "rejected")),
             "verified": sum(1 for s in statuses if _is_true(s, "verified")),
-            "unverified": sum(1 for s in statuses if not _is_true(s, "verified")),
+            # inferred but not verified: a rejected or dropped input was never inferred, and
+            # is counted as such above (issue 19: 5 rejected were printed as "unverified")
+            "unverified": sum(1 for s in statuses if not _is_true(s, "verified")
+                              and not _is_true(s, "rejected") and not _is_true(s, "dropped")),
             "detected": sum(int(s.get("detected", "0")) for s in statuses),
             "inferences_with_detection": sum(1 for s in statuses
                                              if int(s.get("detected", "0")) > 0),
