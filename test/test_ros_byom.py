@@ -121,9 +121,10 @@ def test_a_non_finite_output_is_a_model_problem_not_a_fault(tmp_path):
 
 
 def test_results_that_stay_unverified_never_reach_output(tmp_path):
-    """A fault that persists through re-runs (NoisyNet: every re-computation differs): each
-    input is answered ERROR, unverified, and nothing at all is published on ~/output."""
-    served, log = _serve("robot_nets:NoisyNet", {"input_shape": [3, 16, 16]}, tmp_path,
+    """A fault that persists through re-runs (StuckCellNet: a memory cell of the head's
+    output flips on every write, re-runs included): each input is answered ERROR, unverified,
+    and nothing at all is published on ~/output."""
+    served, log = _serve("robot_nets:StuckCellNet", {"input_shape": [3, 16, 16]}, tmp_path,
                          "noisy")
     result = served["result"]
     stamps = [stamp_key(f.header) for f in served["frames"]]

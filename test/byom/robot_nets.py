@@ -96,6 +96,28 @@ def se_backbone() -> nn.Module:
     return SEBackbone()
 
 
+def _stuck_bit(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+    """A memory cell of the output that flips bit 30 of element 0 on every write."""
+    out.view(torch.int32).view(-1)[0] ^= 1 << 30
+
+
+class StuckCellNet(nn.Module):
+    """A 3x16x16 classifier whose head output has a stuck memory cell: bit 30 of its first
+    element flips right after every write (a forward hook, i.e. in memory, after the producer's
+    write sum), in the first run and in every re-run. To SAVE a fault that survives every
+    repair, so no result of it is ever verified (the tests that nothing unverified reaches
+    ~/output, with the default memory-checksum plan)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.head = nn.Linear(3, 4)
+        self.head.register_forward_hook(_stuck_bit)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.mean(dim=(2, 3))) * 1.0
+
+
 class NoisyNet(nn.Module):
     """A 3x16x16 classifier whose output carries fresh noise on every run: to SAVE, a fault that
     persists through every re-run (its range check fails again on each re-computation), so no
