@@ -111,7 +111,8 @@ def test_watch_shows_what_a_running_node_publishes(tmp_path_factory) -> None:
     with running_node(CONFIG, f"watch_{os.getpid()}", overrides, tmp_path_factory) as (proc,
                                                                                       client):
         watch = subprocess.Popen(
-            [sys.executable, "-m", "save_ros.cli", "watch", proc.fqn.rsplit("/", 1)[-1],
+            # the full name: a node of another test still shutting down may share the short one
+            [sys.executable, "-m", "save_ros.cli", "watch", proc.fqn,
              "--count", "12", "--seconds", "150"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out: list[str] = []
