@@ -38,6 +38,7 @@ setup(
             "ros-std-srvs",
             "ros-diagnostic-msgs",
             "ros-geometry-msgs",
+            "ros-trajectory-msgs",  # JointTrajectory: a policy's action chunk on ~/output
         ],
     },
     zip_safe=False,

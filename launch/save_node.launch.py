@@ -2,10 +2,13 @@
 
 Arguments: `model` (a bundled name, `package.module:factory` or a `.pt2` path; default: the
 config's), `config` (a parameters YAML; default: the package's config/<model>.yaml, or
-config/digits_cnn.yaml for a model that is not bundled), `namespace`, `input_topic` (the topic to
-serve), `use_sim_time`, `autostart` (true: this launch file configures and then
-activates the node through lifecycle events; false: leave it unconfigured for a lifecycle
-manager such as nav2_lifecycle_manager), `fault_injection`, `log_level`.
+config/digits_cnn.yaml for a model that is not bundled; config/visuomotor_policy.yaml for the zoo's
+visuomotor policies), `namespace`, `input_topic` (the topic to serve), `input_topics` and
+`input_types` (a policy of several inputs: comma-separated, one per input in the policy's order,
+e.g. `input_topics:=/camera/image_raw,/joint_states`), `use_sim_time`, `autostart` (true: this
+launch file configures and then activates the node through lifecycle events; false: leave it
+unconfigured for a lifecycle manager such as nav2_lifecycle_manager), `fault_injection`,
+`log_level`.
 """
 
 import os  # noqa: I001 (ruff takes launch/ here for first-party; it is the ROS package)
@@ -22,6 +25,12 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 
 BUNDLED = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole_policy")
+POLICY_CONFIGS = {"visuomotor": "visuomotor_policy", "visuomotor_tiny": "visuomotor_policy"}
+
+
+def _names(text: str) -> list[str]:
+    """`a,b` or `[a, b]` as a list of names (a launch argument is one string)."""
+    return [t.strip().strip("'\"") for t in text.strip().strip("[]").split(",") if t.strip()]
 
 
 def _node(context, *args, **kwargs):
@@ -29,7 +38,7 @@ def _node(context, *args, **kwargs):
     model = LaunchConfiguration("model").perform(context)
     config = LaunchConfiguration("config").perform(context)
     if not config:
-        name = model if model in BUNDLED else "digits_cnn"
+        name = model if model in BUNDLED else POLICY_CONFIGS.get(model, "digits_cnn")
         config = os.path.join(get_package_share_directory("save_ros"), "config", f"{name}.yaml")
     overrides = {
         "fault_injection.enabled":
@@ -43,6 +52,10 @@ def _node(context, *args, **kwargs):
     topic = LaunchConfiguration("input_topic").perform(context)
     if topic:  # a parameter, not a remap: it wins over whatever input_topic the config names
         overrides["input_topic"] = topic
+    for name in ("input_topics", "input_types"):  # policies: one per input, matched in time
+        values = _names(LaunchConfiguration(name).perform(context))
+        if values:
+            overrides[name] = values
     node = LifecycleNode(
         package="save_ros",
         executable="save_node",
@@ -81,6 +94,12 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("input_topic", default_value="",
                               description="topic to serve (default: the config's "
                               "input_topic, ~/input)"),
+        DeclareLaunchArgument("input_topics", default_value="",
+                              description="a policy's input topics, comma-separated in its "
+                              "input order (default: the config's input_topics)"),
+        DeclareLaunchArgument("input_types", default_value="",
+                              description="their message types, comma-separated: image, "
+                              "joint_state, float32_multi_array (default: the config's)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock (a rosbag played with --clock)"),
         DeclareLaunchArgument("autostart", default_value="true",

@@ -28,7 +28,7 @@ MAX_LINES = 450
 LONG_MODULES: dict[str, str] = {}
 ROS_ROOTS = {"rclpy", "rosbags", "rosidl_runtime_py", "builtin_interfaces", "std_msgs",
              "std_srvs", "sensor_msgs", "diagnostic_msgs", "lifecycle_msgs", "vision_msgs",
-             "geometry_msgs", "launch", "launch_ros", "ament_index_python"}
+             "geometry_msgs", "trajectory_msgs", "launch", "launch_ros", "ament_index_python"}
 # package -> the save_ros packages (and modules) it may import besides itself
 ALLOWED = {
     "save_ros.errors": set(),

@@ -149,6 +149,15 @@ def test_unknown_names_and_missing_files_say_what_to_give(tmp_path):
         loader.load("/nonexistent/net.pt2")
 
 
-def test_the_node_refuses_a_multi_input_policy_with_a_reason():
-    with pytest.raises(ModelLoadError, match="takes 4 inputs .*the node serves models with one"):
-        model_source.load(model_source.ModelRequest("rdt_policy_tiny"))
+def test_the_node_loads_a_zoo_policy_with_a_spec_per_input():
+    loaded = model_source.load(model_source.ModelRequest("visuomotor_tiny"))
+    assert loaded.multi and loaded.input_names == ("image", "joint_state")
+    assert [s.shape for s in loaded.inputs] == [(3, 64, 64), (7,)]
+    assert loaded.inputs[1].low == zoo.input_boxes("visuomotor_tiny")[1][0]
+    assert loaded.output_shape == (4, 7) and loaded.num_outputs == 28
+    assert loaded.task == "control"
+    image, joints = loaded.example_input()
+    assert image.shape == (1, 3, 64, 64) and joints.shape == (1, 7)
+    assert [len(c) for c in loaded.calibration] == [8, 8]
+    with pytest.raises(ModelLoadError, match="declares its inputs; leave input_shape"):
+        model_source.load(model_source.ModelRequest("visuomotor_tiny", input_shape=(7,)))

@@ -64,11 +64,36 @@ def _build(context, **overrides) -> SaveNode:
         ({"output_names": ["a", "b"]}, ParameterError, "output_names has 2 names but"),
         ({"preprocess.mean": [0.5], "preprocess.std": [0.0]}, ParameterError, "must be > 0"),
         ({"model_file": "/nonexistent/model.pt"}, ModelLoadError, "does not exist"),
+        # a policy of several inputs: one topic and type per input, in its order
+        ({"model": "visuomotor_tiny"}, ParameterError,
+         "visuomotor_tiny takes 2 inputs"),
+        ({"input_topics": ["a"], "input_types": ["image"]}, ParameterError, "names one topic"),
+        ({"input_topics": ["a", "b"], "input_types": ["image"]}, ParameterError,
+         "input_types has 1 entries for 2"),
+        ({"input_topics": ["a", "b"], "input_types": ["image", "lidar"]}, ParameterError,
+         "input_types ['lidar'] not allowed"),
+        ({"model": "visuomotor_tiny", "input_topics": ["a", "b", "c"],
+          "input_types": ["image", "joint_state", "image"]}, ParameterError,
+         "names 3 topics but visuomotor_tiny takes 2 inputs"),
+        ({"model": "visuomotor_tiny", "input_topics": ["a", "b"],
+          "input_types": ["joint_state", "image"]}, ParameterError,
+         "input 'image' has shape [3, 64, 64]; a joint_state topic gives a 1-d input"),
+        ({"model": "visuomotor_tiny", "input_topics": ["a", "b"],
+          "input_types": ["image", "joint_state"], "output_type": "joint_trajectory",
+          "joint_names": ["j1", "j2"]}, ParameterError, "joint_names has 2 names but"),
+        ({"input_topics": ["a", "b"], "input_types": ["image", "image"]}, ParameterError,
+         "takes one input; use input_topic"),
     ],
 )
 def test_bad_settings_are_refused_with_a_reason(context, overrides, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
         _build(context, **overrides)
+
+
+def test_a_policy_of_two_topics_configures(context):
+    node = _build(context, model="visuomotor_tiny", input_topics=["image", "joint_states"],
+                  input_types=["image", "joint_state"], output_type="float32_multi_array")
+    assert node.policy_cfg.multi and node.configure_error is None
 
 
 def test_state_dict_of_the_wrong_architecture_is_refused(context, tmp_path):

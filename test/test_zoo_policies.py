@@ -28,8 +28,8 @@ def _run(model, inputs):
 
 
 def test_the_zoo_lists_and_builds_its_policies_by_name():
-    assert zoo.available_policies() == ["decision_transformer", "visuomotor", "rdt_policy",
-                                        "rdt_policy_tiny"]
+    assert zoo.available_policies() == ["decision_transformer", "visuomotor", "visuomotor_tiny",
+                                        "rdt_policy", "rdt_policy_tiny"]
     assert "rdt_policy" not in zoo.available()  # the image classifiers keep their own list
     model = zoo.build("rdt_policy_tiny")
     assert isinstance(model, rdt.RDTPolicy) and not model.training

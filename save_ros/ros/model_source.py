@@ -18,6 +18,7 @@ The input box comes from `input_low`/`input_high`, else the bundled model's, els
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from save_ros.models.loader import (  # noqa: F401 (is_export_path: part of this
     is_import_path,
 )
 from save_ros.preprocess import InputSpec
+from save_ros.ros import policy_model
 
 
 @dataclass(frozen=True)
@@ -64,25 +66,57 @@ class LoadedModel:
     source: str = "bundled"  # bundled | import | export | torchscript
     why_unprotectable: str = ""  # set for a TorchScript module
     dtype: torch.dtype = torch.float32
+    # a policy of several inputs (`input` is then the first): one spec and name per input,
+    # in the forward's order; the calibration is then a tuple, a batch per input
+    inputs: tuple[InputSpec, ...] = ()
+    input_names: tuple[str, ...] = ()
+    output_shape: tuple[int, ...] = ()  # one output without the batch dim, e.g. (16, 7)
+
+    @property
+    def multi(self) -> bool:
+        """True for a policy of several inputs (its inputs, boxes and examples are tuples)."""
+        return len(self.inputs) > 1
 
     def to_dtype(self, dtype: torch.dtype) -> None:
         """Convert the model (and calibration) to `dtype` (the preprocess.dtype parameter)."""
         if dtype != self.dtype:
             self.module = self.module.to(dtype)
             if self.calibration is not None:
-                self.calibration = self.calibration.to(dtype)
+                self.calibration = to_device(self.calibration, dtype=dtype)
             self.dtype = dtype
 
-    def input_box(self) -> InputBox:
-        """The input box SAVE analyses and checks (`input_low`/`input_high`, or the model's)."""
+    def input_box(self):
+        """The input box SAVE analyses and checks (`input_low`/`input_high`, or the model's);
+        a tuple of boxes for a policy of several inputs."""
+        if self.multi:
+            return tuple(spec.box() for spec in self.inputs)
         return self.input.box()
 
-    def example_input(self) -> torch.Tensor:
-        """One input in the box: a calibration sample, or the box's centre."""
-        if self.calibration is not None and len(self.calibration):
-            return self.calibration[:1].clone()
-        low, high = self.input_box().expand((1, *self.input.shape))
-        return ((low + high) / 2).to(self.dtype)
+    def example_input(self):
+        """One input in the box: a calibration sample, or the box's centre (a tuple for a
+        policy of several inputs)."""
+        if self.calibration is not None:
+            if self.multi:
+                return tuple(c[:1].clone() for c in self.calibration)
+            if len(self.calibration):
+                return self.calibration[:1].clone()
+        specs = self.inputs if self.multi else (self.input,)
+        centres = []
+        for spec in specs:
+            low, high = spec.box().expand((1, *spec.shape))
+            centres.append(((low + high) / 2).to(self.dtype))
+        return tuple(centres) if self.multi else centres[0]
+
+
+def to_device(value, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    """A tensor, InputBox, or a tuple of them, moved to `device` / converted to float `dtype`."""
+    if isinstance(value, InputBox):  # a NamedTuple: before the tuple case
+        return value.to(device) if device is not None else value
+    if isinstance(value, tuple | list):
+        return tuple(to_device(v, device, dtype) for v in value)
+    if dtype is not None and value.is_floating_point():
+        value = value.to(dtype)
+    return value.to(device) if device is not None else value
 
 
 def describe_choices() -> str:
@@ -103,12 +137,20 @@ def load(req: ModelRequest) -> LoadedModel:
     if loaded.source is Source.TORCHSCRIPT:
         return _torchscript(req, loaded)
     if loaded.source is Source.ZOO_POLICY:
-        from save_ros.models import zoo
-
-        names = zoo.input_names(req.model)
-        raise ModelLoadError(f"zoo policy {req.model!r} takes {len(names)} inputs "
-                             f"({', '.join(names)}); the node serves models with one input")
+        return _zoo_policy(req, loaded.module)
     return _bundled(req, loaded.module)
+
+
+def _zoo_policy(req: ModelRequest, module: nn.Module) -> LoadedModel:
+    """A zoo policy of several inputs: a spec and a calibration batch per input, task control."""
+    if req.input_shape or req.input_low:
+        raise ModelLoadError(f"zoo policy {req.model!r} declares its inputs; leave "
+                             "input_shape, input_low and input_high unset")
+    p = policy_model.zoo_policy_inputs(req.model, module)
+    return LoadedModel(module=module, name=req.model, task=req.task or "control",
+                       input=p.specs[0], num_outputs=math.prod(p.output_shape),
+                       calibration=p.calibration, source="zoo_policy", inputs=p.specs,
+                       input_names=p.names, output_shape=p.output_shape)
 
 
 def _box(req: ModelRequest, shape: tuple[int, ...], low: tuple[float, ...] = (),

@@ -36,6 +36,8 @@ class OutputKind(enum.Enum):
     JOINT_STATE = "joint_state"
     CLASSIFICATION = "classification"  # vision_msgs/Classification
     FLOAT64_MULTI_ARRAY = "float64_multi_array"
+    JOINT_TRAJECTORY = "joint_trajectory"  # an action chunk (policy_io.ChunkEncoder)
+    FLOAT32_MULTI_ARRAY = "float32_multi_array"  # an action chunk, chunk x joints
 
 
 class OutputTypeError(UserError, ValueError):
@@ -143,4 +145,6 @@ def output_values(msg) -> list[float]:
         return [float(h.score) for h in msg.results]
     if hasattr(msg, "position"):
         return list(msg.position)
+    if hasattr(msg, "points"):  # JointTrajectory: the chunk, point by point
+        return [v for p in msg.points for v in p.positions]
     return list(msg.data)

@@ -98,8 +98,10 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("output_type", "auto", T.PARAMETER_STRING,
               "~/output message: auto (vision_msgs/Classification for a classifier where "
               "vision_msgs is installed, else sensor_msgs/JointState), joint_state, "
-              "classification, float64_multi_array",
-              choices=("auto", "joint_state", "classification", "float64_multi_array")),
+              "classification, float64_multi_array; for an action chunk joint_trajectory or "
+              "float32_multi_array", choices=("auto", "joint_state", "classification",
+                                              "float64_multi_array", "joint_trajectory",
+                                              "float32_multi_array")),
     ParamSpec("device", "cpu", T.PARAMETER_STRING, "torch device: cpu, cuda or cuda:N"),
     ParamSpec("protect", True, T.PARAMETER_BOOL,
               "false serves the bare model (a baseline for latency), without SAVE; its "

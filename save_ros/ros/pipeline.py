@@ -10,6 +10,7 @@
 `~/output` carries only verified or repaired results (a bare, protect=false node publishes its
 unverified results there: it was asked to serve without SAVE). Every received input gets exactly
 one `~/fault_status`: rejected, dropped (superseded, queue full, shutdown), failed, or its verdict.
+A policy's matched set of messages (`policy_io.MatchedInputs`) is one input here.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from save_ros.ros.health import ERROR, OK, WARN, Health, Outcome
 from save_ros.ros.intake import InputQueue
 from save_ros.ros.model_source import LoadedModel
 from save_ros.ros.outputs import OutputEncoder
+from save_ros.ros.policy_io import MatchedInputs
 
 DROP_TEXT = {"superseded": "dropped: superseded by a newer input (queue_order newest_first)",
              "queue_full": "dropped: inference queue full",
@@ -294,6 +296,8 @@ class Pipeline:
 
 def decode_input(cfg: params.NodeConfig, loaded: LoadedModel, msg) -> torch.Tensor:
     """A message as a model input on cfg.device (dtype, box checked); InputError if it cannot."""
+    if isinstance(msg, MatchedInputs):  # a policy's set, decoded and checked per input
+        return msg.x
     spec, dev = loaded.input, torch.device(cfg.device)
     if cfg.input_type is params.InputType.IMAGE:
         x = convert.image_to_tensor(msg, spec, cfg.image, dev)

@@ -29,11 +29,18 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Header
 
 from save_ros.preprocess import DTYPES
-from save_ros.ros import calibration, convert, lifecycle_iface, model_source, params
+from save_ros.ros import (
+    calibration,
+    convert,
+    lifecycle_iface,
+    model_source,
+    params,
+    policy_io,
+    policy_params,
+)
 from save_ros.ros.backend import Backend, BackendError, hardware_id, make_backend
 from save_ros.ros.health import Health
 from save_ros.ros.outputs import (
-    OutputEncoder,
     OutputTypeError,
     choose_output,
     vision_msgs_available,
@@ -79,9 +86,10 @@ class SaveNode(LifecycleNode):
         self.lifecycle_group = self.default_callback_group
         params.declare(self)
         self.cfg = params.read(self)
+        self.policy_cfg = policy_params.declare_and_read(self)  # input_topics, sync.*, ...
         lifecycle_iface.attach(self, self.cfg.services_qos_depth, self.lifecycle_group)
         _check_output_names(self.cfg)
-        for warning in params.unknown_overrides(list(self._parameter_overrides)):
+        for warning in params.unknown_overrides(policy_params.others(self._parameter_overrides)):
             self.get_logger().warning(warning)
         # The input subscription lives on a helper node of its own, spun by a single-threaded
         # executor (`node.py`): rclpy's MultiThreadedExecutor (Kilted) delivered 15-36 of 150
@@ -103,7 +111,7 @@ class SaveNode(LifecycleNode):
         self.backend: Backend | None = None
         self.pipeline: Pipeline | None = None
         self.names: list[str] = []
-        self._sub = None
+        self._sub, self._policy_intake = None, None  # one input topic, or several (policy_io)
         self._pubs: list = []
         self._timers: list = []
         self.on_finalized = None  # called after the shutdown transition (main: end the process)
@@ -147,6 +155,9 @@ class SaveNode(LifecycleNode):
             loaded = model_source.load(cfg.model_request())
             names = convert.output_names(loaded.task, loaded.num_outputs, cfg.output_names)
             kind, note = choose_output(loaded.task, cfg.output_type, vision_msgs_available())
+            policy_io.check_fit(cfg, self.policy_cfg, loaded)
+            encoder = policy_io.make_encoder(kind, loaded.task, names, loaded, cfg,
+                                             self.policy_cfg)
         except (ValueError, OutputTypeError) as exc:  # output_names / output_type: a parameter
             raise ConfigureError(str(exc), 2) from exc
         except model_source.ModelLoadError as exc:
@@ -155,7 +166,7 @@ class SaveNode(LifecycleNode):
             self.get_logger().warning(note)
         loaded.to_dtype(DTYPES[cfg.image.dtype])
         self.loaded, self.names = loaded, names
-        self.encoder = OutputEncoder(kind, loaded.task, names)
+        self.encoder = encoder
         try:
             self._load_calibration()
             self.backend = make_backend(cfg, loaded, self.get_logger(), self._on_worker_event)
@@ -188,6 +199,9 @@ class SaveNode(LifecycleNode):
             lambda: self.get_clock().now().to_msg(), self._wake(self._infer_gc),
             self._wake(self._verify_gc), self._wake(self._diag_gc))
         self.pipeline.on_live_calibration = self._start_live_calibration
+        if self.policy_cfg.multi:
+            self._policy_intake = policy_io.PolicyIntake(self, cfg, self.policy_cfg, loaded,
+                                                         self.pipeline, INPUT_TYPES)
         self.get_logger().info(
             f"configured {loaded.name} ({loaded.task}, input {loaded.input.shape}, "
             f"{loaded.source}) on {cfg.device}: {self.backend.describe()}; ~/output is "
@@ -247,15 +261,19 @@ class SaveNode(LifecycleNode):
                                       "reliable" else ReliabilityPolicy.BEST_EFFORT))
         self.pipeline.unseal()
         ret = super().on_activate(state)
-        self._sub = self.intake_node.create_subscription(
-            INPUT_TYPES[cfg.input_type][0], self.resolve_topic_name(cfg.input_topic),
-            self.pipeline.on_input, qos)
+        if self._policy_intake is not None:  # several inputs, matched in time
+            inputs = self._policy_intake.subscribe(qos)
+        else:
+            self._sub = self.intake_node.create_subscription(
+                INPUT_TYPES[cfg.input_type][0], self.resolve_topic_name(cfg.input_topic),
+                self.pipeline.on_input, qos)
+            inputs = f"{self._sub.topic_name} [{cfg.input_type.value}]"
         if self._label_pub is not None:
             self._label_pub.publish(self.encoder.label_info(
                 Header(stamp=self.get_clock().now().to_msg())))
         self.health.set_active(True)
         self.get_logger().info(
-            f"active: {self._sub.topic_name} [{cfg.input_type.value}] -> "
+            f"active: {inputs} -> "
             f"{self.get_fully_qualified_name()}/output, publish policy "
             f"{cfg.publish_policy.value}, queue {cfg.queue_order.value} x{cfg.queue_size}")
         self.publish_diagnostics()
@@ -287,6 +305,8 @@ class SaveNode(LifecycleNode):
         if self._sub is not None:
             self.intake_node.destroy_subscription(self._sub)
             self._sub = None
+        if self._policy_intake is not None:
+            self._policy_intake.unsubscribe()
         if pipeline is not None:
             pipeline.seal(timeout=2.0)
         self.publish_diagnostics()
@@ -305,7 +325,7 @@ class SaveNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """From any state: stop serving and release."""
-        if self._sub is not None:
+        if self._sub is not None or (self._policy_intake and self._policy_intake.subs):
             self._stop_serving()
         self._release()
         if self.on_finalized is not None:
@@ -323,6 +343,7 @@ class SaveNode(LifecycleNode):
         for pub in self._pubs:
             self.destroy_lifecycle_publisher(pub)
         self._pubs, self.backend, self.pipeline = [], None, None
+        self._policy_intake = None
 
     # -- threads --------------------------------------------------------------------------
     def _drain(self) -> None:
@@ -342,6 +363,7 @@ class SaveNode(LifecycleNode):
     def publish_diagnostics(self) -> None:
         """The node's health on /diagnostics (periodic, and on level changes)."""
         statuses = self.health.report(reset=True)
+        statuses += [self._policy_intake.status(self.health)] if self._policy_intake else []
         self._last_level = max(s.level for s in statuses)
         msg = convert.diagnostic_array(Header(stamp=self.get_clock().now().to_msg()), statuses)
         self.diag_pub.publish(msg)

@@ -36,6 +36,7 @@ def _default(value: object) -> str:
 def help_text(width: int = 100) -> str:
     """The full `save_node --help` text."""
     from save_ros.ros.params import SPECS
+    from save_ros.ros.policy_params import SPECS as POLICY_SPECS
     from save_ros.ros.tools.bundled import CONFIG_DIR
 
     lines = [
@@ -53,7 +54,7 @@ def help_text(width: int = 100) -> str:
                        width),
     ]
     indent = " " * 6
-    for spec in SPECS:
+    for spec in SPECS + POLICY_SPECS:
         runtime = "" if spec.read_only else "  [runtime]"
         lines.append(f"  {spec.name} = {_default(spec.default)}{runtime}")
         choices = (" (one of: " + ", ".join(c or "''" for c in spec.choices) + ")"

@@ -3,6 +3,7 @@
 - `decision_transformer`: rtg (N,20,1), states (N,20,17), actions (N,20,6), timesteps (N,20)
   int64 -> actions (N,20,6);
 - `visuomotor`: image (N,3,224,224) in [0,1], joint_state (N,7) -> an action chunk (N,16,7);
+- `visuomotor_tiny`: the same form at 64 px, a 5-conv trunk, width 32 -> (N,4,7) (CPU tests);
 - `rdt_policy`: noise (N,64,14), state (N,14), lang (N,32,4096), img (N,64,1152) -> the clean
   chunk (N,64,14) after 5 DDIM steps;
 - `rdt_policy_tiny`: the same architecture, narrow (CPU tests): lang (N,8,32), img (N,8,48).
@@ -52,6 +53,12 @@ _POLICIES: dict[str, PolicyEntry] = {
         lambda: vm.input_boxes(vm.VisuomotorConfig()),
         ("image", "joint_state"),
         "ACT-style visuomotor policy: ResNet-18 trunk + joint token -> 16 x 7 action chunk"),
+    "visuomotor_tiny": PolicyEntry(
+        lambda: vm.visuomotor(vm.TINY),
+        lambda **kw: vm.example_inputs(vm.TINY, **kw),
+        lambda: vm.input_boxes(vm.TINY),
+        ("image", "joint_state"),
+        "visuomotor at 64 px with a small conv trunk, width 32, a 4 x 7 chunk (CPU tests)"),
     "rdt_policy": PolicyEntry(
         lambda: rdt.rdt_policy(rdt.RDTConfig()),
         lambda **kw: rdt.example_inputs(rdt.RDTConfig(), **kw),

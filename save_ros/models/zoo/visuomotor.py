@@ -38,6 +38,9 @@ class VisuomotorConfig:
     heads: int = 8
     enc_layers: int = 2
     dec_layers: int = 2
+    # 0: the ResNet-18 trunk; c > 0: five stride-2 3x3 convs (c, 2c, 2c, 4c, 4c channels), the
+    # same 32x downsampling at a fraction of the weights (the node's CPU tests)
+    small_trunk: int = 0
 
 
 class VisuomotorPolicy(nn.Module):
@@ -48,13 +51,21 @@ class VisuomotorPolicy(nn.Module):
         if cfg.image_size % 32:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of 32")
         self.cfg = cfg
-        r = resnet18()
-        self.trunk = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2,
-                                   r.layer3, r.layer4)
+        if cfg.small_trunk:
+            c = cfg.small_trunk
+            widths = (3, c, 2 * c, 2 * c, 4 * c, 4 * c)
+            self.trunk = nn.Sequential(*(layer for a, b in zip(widths[:-1], widths[1:], strict=True)
+                                         for layer in (nn.Conv2d(a, b, 3, 2, 1), nn.ReLU())))
+            trunk_out = widths[-1]
+        else:
+            r = resnet18()
+            self.trunk = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2,
+                                       r.layer3, r.layer4)
+            trunk_out = 512
         grid = (cfg.image_size // 32) ** 2
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
-        self.input_proj = nn.Conv2d(512, cfg.dim, kernel_size=1)
+        self.input_proj = nn.Conv2d(trunk_out, cfg.dim, kernel_size=1)
         self.image_pos = nn.Parameter(torch.zeros(1, grid, cfg.dim))
         self.joint_proj = nn.Linear(cfg.joints, cfg.dim)
         self.joint_pos = nn.Parameter(torch.zeros(1, 1, cfg.dim))
@@ -81,6 +92,12 @@ class VisuomotorPolicy(nn.Module):
         for block in self.decoder:
             x = block(x, memory)
         return self.action_head(self.ln_f(x))
+
+
+# the node's CPU tests: 64 px images, a small conv trunk, a 4-action chunk, one narrow encoder
+# and decoder layer
+TINY = VisuomotorConfig(image_size=64, chunk=4, dim=32, heads=2, enc_layers=1, dec_layers=1,
+                        small_trunk=8)
 
 
 def visuomotor(cfg: VisuomotorConfig = VisuomotorConfig()) -> VisuomotorPolicy:

@@ -9,7 +9,7 @@ import torch
 
 from save_ros.faults import RandomFlips, Target, inject_weights
 from save_ros.ros.backend.base import Backend, BackendError, Verdict, flips_report, resolve
-from save_ros.ros.model_source import LoadedModel
+from save_ros.ros.model_source import LoadedModel, to_device
 
 
 class BareBackend(Backend):
@@ -28,7 +28,8 @@ class BareBackend(Backend):
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, Future]:
         """Run the model; the verdict is ready at once and says 'not verified'."""
         with self._lock, torch.no_grad():
-            output = self.module(x.to(self.device)).cpu()
+            xs = to_device(x, self.device)  # a tuple for a policy of several inputs
+            output = (self.module(*xs) if isinstance(xs, tuple) else self.module(xs)).cpu()
         future: Future = Future()
         resolve(future, Verdict.unprotected())
         return output, future

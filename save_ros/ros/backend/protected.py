@@ -15,7 +15,7 @@ from save_ros.core.protect import ProtectedModel, UnsupportedModelError, protect
 from save_ros.faults import EmptyTargetError, NoBitsError, RandomFlips, Target, inject_weights
 from save_ros.ros.backend.base import Backend, BackendError, flips_report, resolve, to_verdict
 from save_ros.ros.backend.prepare import cache_path, protect_config, save_cached, starting_analysis
-from save_ros.ros.model_source import LoadedModel
+from save_ros.ros.model_source import LoadedModel, to_device
 from save_ros.ros.params import NodeConfig
 
 
@@ -28,9 +28,9 @@ class ProtectedBackend(Backend):
         self.logger = logger
         self.device = torch.device(cfg.device)
         module = loaded.module.to(self.device)
-        example = loaded.example_input().to(self.device)
-        box = loaded.input_box().to(self.device)
-        calibration = (loaded.calibration.to(self.device)
+        example = to_device(loaded.example_input(), self.device)  # a tuple: several inputs
+        box = to_device(loaded.input_box(), self.device)
+        calibration = (to_device(loaded.calibration, self.device)
                        if loaded.calibration is not None else None)
         config = protect_config(cfg, calibration, verifier="external")
         self._cache = cache_path(cfg, loaded)
@@ -50,7 +50,7 @@ class ProtectedBackend(Backend):
 
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, Future]:
         """Infer at once; the verdict future resolves when the verifier thread has checked it."""
-        result = self.pm.infer(x.to(self.device), wait=False)
+        result = self.pm.infer(to_device(x, self.device), wait=False)
         verdict: Future = Future()
 
         def done(f: Future) -> None:

@@ -71,6 +71,8 @@ def output_values(msg) -> list[float]:
     """
     if hasattr(msg, "position"):
         return [float(v) for v in msg.position]
+    if hasattr(msg, "points"):  # JointTrajectory: the chunk, point by point
+        return [float(v) for p in msg.points for v in p.positions]
     if hasattr(msg, "data"):
         return [float(v) for v in msg.data]
     if hasattr(msg, "results"):

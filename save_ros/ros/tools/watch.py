@@ -76,6 +76,10 @@ def output_record(msg) -> OutputRecord:
         prob = (float(probs[decision]) if decision is not None and decision < len(probs)
                 else None)
         return OutputRecord(_stamp(msg), kind, values, list(msg.name), decision, prob)
+    if hasattr(msg, "points"):  # JointTrajectory (an action chunk): point k's joints, in order
+        values = [float(v) for p in msg.points for v in p.positions]
+        names = [f"{j}[{k}]" for k in range(len(msg.points)) for j in msg.joint_names]
+        return OutputRecord(_stamp(msg), kind, values, names)
     values = [float(v) for v in getattr(msg, "data", [])]
     return OutputRecord(_stamp(msg), kind, values)
 
