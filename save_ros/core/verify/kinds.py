@@ -67,7 +67,8 @@ def describe_failure(kind: CheckKind | str, detail: str = "") -> str:
     return f"{spec.failure}: {detail}" if detail else spec.failure
 
 
-def _time(fn, reps: int = 9, cuda: bool = False) -> float:
+def best_time(fn, reps: int = 15, cuda: bool = False) -> float:
+    """Best-of wall time of one call (seconds); on CUDA, of the call and its kernels."""
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     fn()
     sync()
@@ -93,7 +94,7 @@ def offer_checksum(c: LayerCheck, values: Sequence[Any], force: str, owns_memory
         return
     if c.kind not in (CheckKind.DMR, CheckKind.ABFT, CheckKind.RANGE):
         return
-    cost = 2 * _time(lambda: bitsum(v), cuda=v.is_cuda)
+    cost = 2 * best_time(lambda: bitsum(v), reps=9, cuda=v.is_cuda)
     c.cost_s["checksum"] = cost
     before = c.cost_s.get(c.kind.value) if c.kind is not CheckKind.RANGE else range_cost
     # "auto" takes it wherever eligible: besides its own cost (two reads, against a
@@ -110,9 +111,10 @@ def offer_checksum(c: LayerCheck, values: Sequence[Any], force: str, owns_memory
 def range_cost(c: LayerCheck, value: torch.Tensor) -> float:
     """Measured cost of one range check's reduction on `value` (its channel min and max)."""
     if c.channel_dim is None:
-        return _time(lambda: torch.aminmax(value), cuda=value.is_cuda)
+        return best_time(lambda: torch.aminmax(value), reps=9, cuda=value.is_cuda)
     dims = [d for d in range(value.dim()) if d != c.channel_dim]
-    return _time(lambda: (value.amin(dim=dims), value.amax(dim=dims)), cuda=value.is_cuda)
+    return best_time(lambda: (value.amin(dim=dims), value.amax(dim=dims)), reps=9,
+                     cuda=value.is_cuda)
 
 
 def checksum_failures(checks: Sequence[LayerCheck], sums: tuple[torch.Tensor, torch.Tensor],

@@ -11,7 +11,6 @@ hit and gets a cheap DMR.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from save_ros.core.analysis import Analysis
 from save_ros.core.graph import node_params
 from save_ros.core.instrument import Instrumented
 from save_ros.core.verify.checks import AbftCheck, CheckKind, LayerCheck, RangeBatch, abft_for
+from save_ros.core.verify.kinds import best_time as _time
 from save_ros.core.verify.kinds import offer_checksum, range_cost
 from save_ros.core.weights import WeightStore
 from save_ros.errors import UserError
@@ -64,20 +64,6 @@ class CheckPlan:
         for c in self.checks:
             out[c.kind.value] = out.get(c.kind.value, 0) + 1
         return out
-
-
-def _time(fn, reps: int = 15, cuda: bool = False) -> float:
-    """Best-of wall time of one call (seconds); on CUDA, of the call and its kernels."""
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def _aliases_input(out: Any, ins: Sequence[Any]) -> bool:
