@@ -161,7 +161,6 @@ def test_building_leaves_the_global_rng_alone_and_the_seed_decides():
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
-@pytest.mark.xfail(reason="needs multi-input protect (branch multiin)", strict=False)
 @pytest.mark.parametrize("name", ["decision_transformer", "rdt_policy_tiny"])
 def test_protect_takes_a_policy_with_its_inputs_and_boxes(name):
     from save_ros import protect
