@@ -209,9 +209,9 @@ SPECS: tuple[ParamSpec, ...] = (
 _BY_NAME = {s.name: s for s in SPECS}
 
 
-def declare(node: Node) -> None:
+def declare(node: Node, specs: tuple[ParamSpec, ...] = SPECS) -> None:
     """Declare every parameter with its descriptor (type, range, read-only, description)."""
-    for spec in SPECS:
+    for spec in specs:
         choices = ", ".join(c or repr(c) for c in spec.choices)
         desc = ParameterDescriptor(
             name=spec.name, type=spec.type, read_only=spec.read_only,

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rcl_interfaces.msg import ParameterType as T
 from rclpy.node import Node
 
+from save_ros.ros import params
 from save_ros.ros.params import InputType, ParameterError, ParamSpec, _check_topic
 
 SPECS: tuple[ParamSpec, ...] = (
@@ -68,16 +68,7 @@ def declare_and_read(node: Node) -> PolicyConfig:
 
 def declare(node: Node) -> None:
     """Declare the policy parameters with their descriptors."""
-    for spec in SPECS:
-        desc = ParameterDescriptor(name=spec.name, type=spec.type, read_only=True,
-                                   description=spec.description)
-        if spec.int_range is not None:
-            desc.integer_range = [IntegerRange(from_value=spec.int_range[0],
-                                               to_value=spec.int_range[1], step=0)]
-        if spec.float_range is not None:
-            desc.floating_point_range = [FloatingPointRange(
-                from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)]
-        node.declare_parameter(spec.name, spec.default, desc)
+    params.declare(node, SPECS)
 
 
 def read(node: Node) -> PolicyConfig:
