@@ -153,6 +153,18 @@ def test_crash_is_answered_by_the_warm_standby(served, recorder, kind):
     expected = {CrashKind.SEGFAULT: "SIGSEGV", CrashKind.ABORT: "SIGABRT",
                 CrashKind.EXIT: "exit code 1", CrashKind.KILL: "SIGKILL"}[kind]
     assert expected in crash_event.detail
+    # a fatal signal is seen from the worker's fault handler, before the kernel's teardown
+    assert ("fault handler" in crash_event.detail) == (kind in (CrashKind.SEGFAULT,
+                                                                 CrashKind.ABORT))
+    assert crash_event.detected_at is not None
+    times = result.timeline  # one monotonic clock across processes
+    assert (times["submitted"] <= times["sent"] <= times["worker_received"]
+            <= times["worker_done"] <= times["answered"])
+    assert times["detected"] == crash_event.detected_at <= times["sent"]  # re-sent after it
+    assert times["crashed"] <= times["detected"]
+    deadline = time.monotonic() + 10
+    while alive(crashed) and time.monotonic() < deadline:  # reaped in the background
+        time.sleep(0.01)
     assert not alive(crashed) and os.getpid() > 0  # the worker is gone, we are not
 
 

@@ -51,6 +51,9 @@ class FailoverConfig:
     num_threads: int = 1  # torch threads inside a worker
     start_method: StartMethod = StartMethod.FORKSERVER
     restart_backoff_s: float = 0.5  # pause after a worker failed to start, doubled up to 8 s
+    # pause between a takeover and starting the next standby, so that the new process's start
+    # (fork, CUDA context) does not compete with the takeover's first inference
+    respawn_delay_s: float = 0.1
 
     def __post_init__(self) -> None:
         for name, enum_type in (
@@ -68,6 +71,8 @@ class FailoverConfig:
         for name in ("hang_timeout_s", "startup_timeout_s", "restart_backoff_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if not self.respawn_delay_s >= 0:
+            raise ConfigError(f"respawn_delay_s must be >= 0 seconds, got {self.respawn_delay_s!r}")
         for name in ("queue_size", "max_attempts", "num_threads"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")

@@ -91,12 +91,22 @@ class DispatchLoop:
                 self._on_failure(worker, EventKind.CRASH, "pipe to worker broken")
                 return
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready = wait_any([worker.conn, worker.process.sentinel, self._wake_r], timeout)
+        watched = [worker.conn, worker.process.sentinel, self._wake_r]
+        if not worker.death_closed:
+            watched.append(worker.death)
+        ready = wait_any(watched, timeout)
         if self._wake_r in ready:
             try:
                 os.read(self._wake_r, 4096)
             except BlockingIOError:
                 pass
+        if worker.death in ready and worker.read_fault_report():
+            # the worker's fault handler spoke from inside its signal handler: it is dying
+            self._drain(worker)  # answers it sent before the fault still count
+            self._on_failure(worker, EventKind.CRASH,
+                             f"killed by {worker.fatal_signal()}, reported by its fault handler",
+                             early=True)
+            return
         dead = False
         if worker.conn in ready or worker.process.sentinel in ready:
             dead = not self._drain(worker)
@@ -140,16 +150,24 @@ class DispatchLoop:
                 request.output_done = True
                 request.future.set_result(message[2])
             elif op == "output":
-                _, _, array, status, verdict_follows = message
+                _, _, array, status, verdict_follows, (received, computed) = message
                 if request.output_done:  # a re-run for the verdict only
                     if request.verdict is not None and not request.verdict.done():
                         request.verdict.set_result(status)
                 else:
                     request.output_done = True
                     self._counts["answered"] += 1
+                    now = time.monotonic()
+                    timeline = {"submitted": request.submitted_at, "sent": request.sent_at,
+                                "worker_received": received, "worker_done": computed,
+                                "answered": now}
+                    if request.failure is not None:
+                        crashed, timeline["detected"] = request.failure
+                        if crashed is not None:
+                            timeline["crashed"] = crashed
                     request.future.set_result(FailoverResult(
                         torch.from_numpy(array), status, request.verdict, request.id, worker.pid,
-                        request.attempts, time.monotonic() - request.submitted_at))
+                        request.attempts, now - request.submitted_at, timeline))
                     if request.verdict is not None and not verdict_follows:
                         request.verdict.set_result(status)
                     done = not verdict_follows
@@ -160,11 +178,18 @@ class DispatchLoop:
             if done:
                 del self._inflight[rid]
 
-    def _on_failure(self, worker: WorkerProcess, kind: EventKind, detail: str) -> None:
-        """The active worker died or hung: kill it, requeue its requests, hand over."""
+    def _on_failure(self, worker: WorkerProcess, kind: EventKind, detail: str,
+                    early: bool = False) -> None:
+        """The active worker died or hung: kill it, requeue its requests, hand over.
+
+        `early`: its fault handler reported a fatal signal; the process is still being torn
+        down, so it is reaped in the background and the standby takes over at once."""
         failed_at = time.monotonic()
-        worker.kill()
-        how = describe_exit(worker.process.exitcode)
+        worker.kill(wait=not early)
+        if early:
+            log.error("failover: worker %s crashed; its fault handler wrote:\n%s", worker.pid,
+                      _head(worker.fault_report))
+        how = "being torn down" if early else describe_exit(worker.process.exitcode)
         dropped = []
         with self._cond:
             self._active = None
@@ -172,6 +197,7 @@ class DispatchLoop:
             held = sorted(self._inflight.values(), key=lambda r: r.id)
             self._inflight.clear()
             for request in reversed(held):
+                request.failure = (worker.crashed_at, failed_at)
                 if request.attempts >= self.config.max_attempts:
                     dropped.append(request)
                 else:
@@ -183,7 +209,7 @@ class DispatchLoop:
         self._emit(FailoverEvent(kind, worker.pid, f"{injected}{detail} ({how}); "
                                  f"{len(held) - len(dropped)} request(s) resubmitted",
                                  duration_s=None if worker.crashed_at is None
-                                 else failed_at - worker.crashed_at))
+                                 else failed_at - worker.crashed_at, detected_at=failed_at))
         for request in dropped:
             fail(request, RequestDroppedError(
                 f"request {request.id} took down {request.attempts} workers; dropped "
@@ -206,3 +232,10 @@ class DispatchLoop:
                 duration_s=time.monotonic() - failed_at, warm=warm, new_pid=self._active.pid)
             self._emit(event)  # the condition's lock is re-entrant
         return True
+
+
+def _head(report: str, lines: int = 12) -> str:
+    """The first lines of a fault-handler report (the signal and the innermost frames)."""
+    kept = report.strip().splitlines()
+    return "\n".join(kept[:lines] + ([f"... ({len(kept) - lines} more lines)"]
+                                     if len(kept) > lines else []))

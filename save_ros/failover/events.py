@@ -36,6 +36,8 @@ class FailoverEvent:
     duration_s: float | None = None
     warm: bool | None = None  # FAILOVER only: a warm standby was ready at the failure
     new_pid: int | None = None  # FAILOVER only: the worker that took over
+    # CRASH/HANG of the active worker: monotonic time the failure was noticed
+    detected_at: float | None = None
     time: float = field(default_factory=time.time)
 
     @property

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from save_ros.failover.config import FailoverConfig
 from save_ros.failover.events import EventKind, FailoverEvent, describe_exit
+from save_ros.failover.packed import PackedWeights
 from save_ros.failover.process import WorkerProcess
 from save_ros.failover.worker import WorkerSpec
 
@@ -20,7 +20,7 @@ MAX_BACKOFF_S = 8.0
 class StandbyPool:
     """Keeps `wanted()` ready workers idle; shares the supervisor's condition (and its lock)."""
 
-    def __init__(self, ctx: Any, spec: WorkerSpec, shared_model: torch.nn.Module | None,
+    def __init__(self, ctx: Any, spec: WorkerSpec, shared_model: PackedWeights | None,
                  config: FailoverConfig, cond: threading.Condition, wanted: Callable[[], int],
                  emit: Callable[[FailoverEvent], None], wake: Callable[[], None]) -> None:
         self._ctx, self._spec, self._shared_model = ctx, spec, shared_model
@@ -30,6 +30,7 @@ class StandbyPool:
         self.starting: WorkerProcess | None = None
         self.start_error: str | None = None  # why the very first worker could not start
         self.taken = False  # a worker was taken at least once
+        self.taken_at = 0.0  # monotonic time of the last take
         self.closing = False  # set by the supervisor, under the lock
         self._thread = threading.Thread(target=self._loop, name="failover-spawn", daemon=True)
 
@@ -47,6 +48,7 @@ class StandbyPool:
         if not self.idle:
             return None
         self.taken = True
+        self.taken_at = time.monotonic()
         self._cond.notify_all()
         return self.idle.popleft()
 
@@ -66,6 +68,9 @@ class StandbyPool:
                 while not self.closing and len(self.idle) >= self._wanted():
                     self._cond.wait(0.2)
                     self.drop_dead()
+                # let a takeover's first inference run before a new process starts beside it
+                self._cond.wait_for(lambda: self.closing, max(
+                    0.0, self.taken_at + self._config.respawn_delay_s - time.monotonic()))
                 if self.closing:
                     return
             worker, error = self._start_one()

@@ -22,6 +22,10 @@ class FailoverResult:
     worker_pid: int  # the worker that produced the output
     attempts: int  # 1 unless a worker died while holding the request
     latency_s: float  # submit to output
+    # monotonic times (one clock for every process): submitted, sent (last attempt),
+    # worker_received, worker_done (output on the worker's CPU), answered (here); after a
+    # failover also detected (the failure was noticed) and, for an injected crash, crashed
+    timeline: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,6 +43,8 @@ class Request:
     output_done: bool = False
     attempts: int = 0
     sent_at: float = 0.0
+    # the last failure of a worker that held it: (crash time if injected, else None; noticed)
+    failure: tuple[float | None, float] | None = None
 
 
 def to_array(x: torch.Tensor | np.ndarray) -> np.ndarray:

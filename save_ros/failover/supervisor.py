@@ -77,10 +77,12 @@ class FailoverModel(DispatchLoop):
             # No effect when this process already started a fork server.
             self._ctx.set_forkserver_preload(["__main__", "torch", "save_ros.failover.worker"])
         # The parent's view of the shared weights (None when every worker loads its own).
-        self.model = (None if self.config.weight_sharing is WeightSharing.NONE
-                      else prepare_shared(module if module is not None else self.source.load(),
-                                          self.config.weight_sharing,
-                                          self.config.device))
+        shared = (None if self.config.weight_sharing is WeightSharing.NONE
+                  else module if module is not None else self.source.load())
+        self._packed = (None if shared is None
+                        else prepare_shared(shared, self.config.weight_sharing,
+                                            self.config.device))
+        self.model = shared  # runs on the packed (shared) memory
         example = to_array(example_input)
         self._spec = WorkerSpec(self.source, example, self.config, input_range,
                                 *protect_parts(self.config, self.model, self.source, example,
@@ -99,7 +101,7 @@ class FailoverModel(DispatchLoop):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._pool = StandbyPool(self._ctx, self._spec, self.model, self.config, self._cond,
+        self._pool = StandbyPool(self._ctx, self._spec, self._packed, self.config, self._cond,
                                  self._wanted, self._emit, self._wake)
         self._reporter = threading.Thread(target=self._report_loop, name="failover-report",
                                           daemon=True)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from save_ros.failover.config import FailoverConfig, WeightSharing, WorkerModel
+from save_ros.failover.packed import PackedWeights
 from save_ros.models import loader
 
 
@@ -47,16 +48,18 @@ class ModelSource:
         return loader.load_factory(self.factory, self.args).eval()
 
 
-def prepare_shared(model: nn.Module, sharing: WeightSharing, device: str) -> nn.Module | None:
-    """Put the parent's copy where workers can map it; None when workers load their own."""
+def prepare_shared(model: nn.Module, sharing: WeightSharing,
+                   device: str) -> PackedWeights | None:
+    """Put the parent's copy where workers can map it, packed one buffer per dtype (the
+    parent's `model` runs on it from now on); None when workers load their own."""
     if sharing is WeightSharing.NONE:
         return None
     if sharing is WeightSharing.SHARED_MEMORY:
-        return model.cpu().share_memory()
+        return PackedWeights(model.cpu())
     if not torch.cuda.is_available():
         raise RuntimeError("weight_sharing='cuda_ipc' needs CUDA; this torch has none "
                            "(use 'shared_memory')")
-    return model.to(device)
+    return PackedWeights(model.to(device))
 
 
 def shared_bytes(model: nn.Module, received: dict[str, int]) -> int:

@@ -4,7 +4,9 @@ Protocol, parent -> worker: ("infer", id, array, wait), ("call", id, function, a
 operation of `failover.remote` on the model), ("arm", CrashKind) (fail on the next request,
 before answering it), ("crash", CrashKind) (fail now), ("stop",). Worker -> parent: ("result",
 id, value) for a call,
-("ready", info), ("start_failed", text), ("output", id, array, status, verdict_follows),
+("ready", info), ("start_failed", text), ("output", id, array, status, verdict_follows,
+(received, computed): the worker's monotonic times of reading the request and of having the
+output on the CPU),
 ("verdict", id, status), ("error", id, exception) for a bad input (the worker lives on),
 ("fatal", id, text) just before the worker exits because its device context is lost,
 ("crashing", id, monotonic time) just before an injected crash.
@@ -13,6 +15,7 @@ Arrays travel by value (numpy pickles); only the weights are shared.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import signal
@@ -31,6 +34,7 @@ from torch import nn
 from save_ros.failover import crash
 from save_ros.failover.config import FailoverConfig, WorkerModel
 from save_ros.failover.events import RemoteError
+from save_ros.failover.packed import PackedWeights
 from save_ros.failover.weights import ModelSource, shared_bytes, storage_pointers
 
 FATAL_EXIT_CODE = 3  # the worker quit on purpose: its CUDA context is unusable
@@ -132,10 +136,17 @@ def _as_array(output: Any) -> np.ndarray:
     return output.detach().cpu().numpy()
 
 
-def worker_main(conn: Connection, spec: WorkerSpec, shared_model: nn.Module | None,
-                spawned_at: float) -> None:
-    """Entry point of a worker process (target of multiprocessing.Process)."""
+def worker_main(conn: Connection, spec: WorkerSpec, shared_model: PackedWeights | None,
+                spawned_at: float, death: Connection | None = None) -> None:
+    """Entry point of a worker process (target of multiprocessing.Process).
+
+    `death` is the write end of a pipe that the fault handler writes to on SIGSEGV, SIGABRT,
+    SIGBUS, SIGFPE or SIGILL (the signal's name and the Python traceback): the parent sees the
+    crash at once instead of when the kernel has torn the process down.
+    """
     entered = time.monotonic()
+    if death is not None:
+        faulthandler.enable(file=death.fileno(), all_threads=True)
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _watch_parent()
@@ -154,7 +165,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, shared_model: nn.Module | No
     device = config.device
     try:
         torch.set_num_threads(config.num_threads)
-        model = spec.source.load() if shared_model is None else shared_model
+        model = spec.source.load() if shared_model is None else shared_model.module()
         model = model.to(device).eval()
         received = storage_pointers(model) if shared_model is not None else {}
         loaded = time.monotonic()
@@ -208,12 +219,15 @@ def worker_main(conn: Connection, spec: WorkerSpec, shared_model: nn.Module | No
                 crash.perform(message[1], device)
                 continue
             _, rid, array, wait = message
+            received = time.monotonic()
             if armed is not None:
                 kind, armed = armed, None
                 send(("crashing", rid, time.monotonic()))
                 crash.perform(kind, device)
             output, status, verdict = runner.infer(torch.from_numpy(array).to(device), wait)
-            send(("output", rid, _as_array(output), _picklable(status), verdict is not None))
+            array = _as_array(output)
+            send(("output", rid, array, _picklable(status), verdict is not None,
+                  (received, time.monotonic())))
             if verdict is not None:
                 verdict.add_done_callback(
                     lambda f, rid=rid: send(("verdict", rid, _picklable(f.result()))

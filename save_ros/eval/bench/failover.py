@@ -31,6 +31,8 @@ from save_ros.failover.config import FailoverConfig
 from save_ros.failover.crash import CrashKind
 from save_ros.failover.events import EventKind, FailoverEvent
 from save_ros.failover.supervisor import FailoverModel
+from save_ros.failover.weights import ModelSource
+from save_ros.models import zoo
 
 MODES = ("warm_standby", "cold_forkserver", "cold_spawn")
 
@@ -57,16 +59,18 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 def in_process_latency(name: str, backend: str, x: torch.Tensor, repeats: int) -> list[float]:
     """Latency of the same inference run in this process (no worker), for the IPC overhead."""
-    model = models.load(name).to(x.device)
+    bundled = name in models.available()
+    load = (lambda: models.load(name)) if bundled else (lambda: zoo.build(name))
+    model = load().to(x.device)
     run = model
     protected = None
     if backend == "protect":
         from save_ros.core.protect import ProtectConfig, protect
         from save_ros.core.select import analyze
 
-        box = models.get_spec(name).input_range()
+        box = models.get_spec(name).input_range() if bundled else (0.0, 1.0)
         # Selection on a CPU copy, as FailoverModel does, then protect on the device.
-        analysis = analyze(models.load(name), x[:1].cpu(), box)
+        analysis = analyze(load(), x[:1].cpu(), box)
         protected = protect(model, x[:1], box, ProtectConfig(analysis=analysis))
         run = protected
     times = []
@@ -82,23 +86,59 @@ def in_process_latency(name: str, backend: str, x: torch.Tensor, repeats: int) -
     return times
 
 
+# the crashed request's path, one clock (CLOCK_MONOTONIC) across processes
+BREAKDOWN = {
+    "detection": "the worker crashes -> the supervisor notices",
+    "activation": "noticed -> the standby has read the re-sent request",
+    "inference": "the standby's verified inference, output on its CPU",
+    "return": "output -> answered in the supervisor",
+    "crash_to_answer": "the worker crashes -> the crashed request is answered",
+}
+
+
+def _split(parts: dict[str, list[float]], timeline: dict[str, float]) -> None:
+    """Add one failed-over request's phases: detection, activation, inference, return, total."""
+    if "crashed" not in timeline:
+        return
+    parts["detection"].append(timeline["detected"] - timeline["crashed"])
+    parts["activation"].append(timeline["worker_received"] - timeline["detected"])
+    parts["inference"].append(timeline["worker_done"] - timeline["worker_received"])
+    parts["return"].append(timeline["answered"] - timeline["worker_done"])
+    parts["crash_to_answer"].append(timeline["answered"] - timeline["crashed"])
+
+
 def bench_mode(mode: str, name: str, base: dict[str, Any], crash: CrashKind, reps: int,
-               burst: int, samples: torch.Tensor, references: list[torch.Tensor],
+               burst: int, samples: torch.Tensor, references: list[torch.Tensor] | None,
                steady: int) -> dict[str, Any]:
-    """Run one mode: steady-state latency, then `reps` crashes each followed by a burst."""
+    """Run one mode: steady-state latency, then `reps` crashes each followed by a burst.
+
+    `references` None: the fault-free outputs are those the first worker gives in the steady
+    phase (a zoo model, whose plain eager output on the GPU need not match the worker's)."""
+    steady_outputs: list[torch.Tensor] = []
     events: list[FailoverEvent] = []
     started = time.perf_counter()
-    served = FailoverModel.for_model(name, mode_config(mode, base), on_event=events.append)
+    config = mode_config(mode, base)
+    if name in models.available():
+        served = FailoverModel.for_model(name, config, on_event=events.append)
+    else:  # a zoo model (robot scale): served from its name, inputs in [0, 1]
+        served = FailoverModel(ModelSource.named(name), samples[:1], (0.0, 1.0), config,
+                               on_event=events.append)
     startup_s = time.perf_counter() - started
     try:
         wanted = served.config.standby
         # Steady state means the standby is up: its start-up would compete for the CPU.
         served.wait_ready(served.config.startup_timeout_s)
         steady_times = []
-        for i in range(steady):
-            result = served.infer(samples[i % len(samples)].unsqueeze(0), timeout=60)
+        for i in range(max(steady, len(samples) if references is None else 0)):
+            result = served.infer(samples[i % len(samples)].unsqueeze(0), timeout=120)
             steady_times.append(result.latency_s)
+            if references is None and i < len(samples):
+                steady_outputs.append(result.output)
+        if references is None:  # the fault-free outputs of this worker pipeline
+            references = steady_outputs
         crash_to_result, detect, lost, answered, warm_flags = [], [], 0, 0, []
+        parts: dict[str, list[float]] = {k: [] for k in BREAKDOWN}
+        first_results = []
         for rep in range(reps):
             if not served.wait_ready(served.config.startup_timeout_s):
                 raise RuntimeError(f"{mode}: no ready worker (standby={wanted})")
@@ -115,6 +155,7 @@ def bench_mode(mode: str, name: str, base: dict[str, Any], crash: CrashKind, rep
                     continue
                 if j == 0:
                     crash_to_result.append(time.perf_counter() - start)
+                    first_results.append(result)
                 if torch.equal(result.output, references[k]):
                     answered += 1
                 else:
@@ -129,6 +170,8 @@ def bench_mode(mode: str, name: str, base: dict[str, Any], crash: CrashKind, rep
                         and e.time >= wall and e.role == "active"]
             if failures and failures[0].duration_s is not None:
                 detect.append(failures[0].duration_s)
+                if first_results and first_results[-1].attempts > 1:
+                    _split(parts, first_results[-1].timeline)
         takeover = [e.duration_s for e in events if e.kind is EventKind.FAILOVER]
         ready = [e.duration_s for e in events if e.kind is EventKind.STANDBY_READY]
         info = {k: v for k, v in served.worker_info().items() if k != "warm_output"}
@@ -142,6 +185,7 @@ def bench_mode(mode: str, name: str, base: dict[str, Any], crash: CrashKind, rep
         "crash_to_result": _quantiles(crash_to_result), "crash_to_result_all_s": crash_to_result,
         "crash_to_detection": _quantiles(detect),
         "failover_takeover": _quantiles(takeover), "worker_ready": _quantiles(ready),
+        "breakdown": {k: _quantiles(v) for k, v in parts.items()},
         "requests": reps * burst, "answered_correct": answered, "lost": lost,
         "warm_failovers": sum(warm_flags), "failovers": len(warm_flags),
         "last_worker_info": info, "stats": stats,
@@ -150,7 +194,11 @@ def bench_mode(mode: str, name: str, base: dict[str, Any], crash: CrashKind, rep
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `save-ros bench failover`."""
-    parser.add_argument("--model", default=models.DEFAULT_MODEL, choices=models.available())
+    parser.add_argument("--model", default=models.DEFAULT_MODEL,
+                        choices=models.available() + zoo.available(),
+                        help="a bundled model, or a zoo model (224 px, robot scale)")
+    parser.add_argument("--samples", type=positive_int, default=64,
+                        help="distinct inputs (a zoo model's references cost one each)")
     parser.add_argument("--backend", default="protect", choices=("plain", "protect"))
     parser.add_argument("--device", default="cpu", help="cpu or cuda (skips without CUDA)")
     parser.add_argument("--crash", default="segfault", choices=[k.value for k in CrashKind])
@@ -178,10 +226,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(args.threads)
     crash = CrashKind(args.crash)
-    samples = models.dataset(args.model, "test")[0][:64]
-    reference_model = models.load(args.model).to(args.device)
-    with torch.inference_mode():
-        references = [reference_model(s.unsqueeze(0).to(args.device)).cpu() for s in samples]
+    if args.model in models.available():
+        samples = models.dataset(args.model, "test")[0][:args.samples]
+        reference_model = models.load(args.model).to(args.device)
+        with torch.inference_mode():
+            references = [reference_model(s.unsqueeze(0).to(args.device)).cpu()
+                          for s in samples]
+    else:
+        samples, references = zoo.images(args.samples, 224, seed=7), None
     base = {"backend": args.backend, "device": args.device, "hang_timeout_s": args.hang_timeout,
             "num_threads": args.threads, "queue_size": max(16, args.burst)}
     in_process = _quantiles(in_process_latency(args.model, args.backend,
@@ -229,6 +281,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['worker_ready'].get('median_s', float('nan')) * 1e3:.0f} | "
             f"{r['steady_latency'].get('median_s', float('nan')) * 1e3:.2f} | "
             f"{r['lost']} / {r['requests']} |")
+    lines += ["", "The crashed request, median (p95) ms. "
+              + "; ".join(f"{k}: {v}" for k, v in BREAKDOWN.items()) + ".", "",
+              "| mode | " + " | ".join(BREAKDOWN) + " |", "|---" * (len(BREAKDOWN) + 1) + "|"]
+    for mode, r in rows.items():
+        cells = [f"{q['median_s'] * 1e3:.1f} ({q['p95_s'] * 1e3:.1f})" if q else "-"
+                 for q in (r.get("breakdown", {}).get(k, {}) for k in BREAKDOWN)]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -55,6 +55,10 @@ class FailoverBackend(Backend):
         if scripted:  # a ScriptModule does not pickle: each worker loads the file itself
             source = ModelSource.named(cfg.model, str(Path(cfg.model_file).expanduser()))
             sharing = WeightSharing.NONE
+        elif str(cfg.device).startswith("cuda") and torch.cuda.is_available():
+            # one copy on the device, mapped by every worker through CUDA IPC handles: a
+            # standby starts from device memory (device-to-device copy), not from the host
+            source, sharing = loaded.module, WeightSharing.CUDA_IPC
         else:  # one copy in shared memory, mapped by every worker
             source, sharing = loaded.module, WeightSharing.SHARED_MEMORY
         config = FailoverConfig(backend="protect" if cfg.protect else "plain",
@@ -112,6 +116,7 @@ class FailoverBackend(Backend):
             raise BackendError(f"no worker answered within {self._infer_timeout:.0f} s") from exc
         verdict: Future = Future()
         attempts, pid = result.attempts, result.worker_pid
+        phases = self._phases(result.timeline) if attempts > 1 else ""
 
         def done(f: Future) -> None:
             try:
@@ -127,6 +132,8 @@ class FailoverBackend(Backend):
                 value.level = max(value.level, WARN)
                 value.message += (f"; re-run on worker {pid} after the worker holding it failed "
                                   f"(attempt {attempts})")
+                value.values["failover_phases_ms"] = phases
+                value.values["answered_monotonic"] = result.timeline.get("answered", 0.0)
             resolve(verdict, value)
 
         if result.verdict is None:
@@ -134,6 +141,20 @@ class FailoverBackend(Backend):
         else:
             result.verdict.add_done_callback(done)
         return result.output.detach().cpu(), verdict
+
+    @staticmethod
+    def _phases(timeline: dict[str, float]) -> str:
+        """Where a failed-over input's time went, in ms: detection (crash -> noticed; only
+        for an injected crash, whose time is known), activation (-> the standby read it),
+        inference, return (-> answered here)."""
+        if "detected" not in timeline:
+            return ""
+        parts = {"detection": timeline["detected"] - timeline["crashed"]
+                 if "crashed" in timeline else None,
+                 "activation": timeline["worker_received"] - timeline["detected"],
+                 "inference": timeline["worker_done"] - timeline["worker_received"],
+                 "return": timeline["answered"] - timeline["worker_done"]}
+        return " ".join(f"{k}={v * 1e3:.2f}" for k, v in parts.items() if v is not None)
 
     def recover(self) -> str:
         """Restore the active worker's weights from their golden copies."""
