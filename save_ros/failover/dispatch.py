@@ -186,9 +186,6 @@ class DispatchLoop:
         down, so it is reaped in the background and the standby takes over at once."""
         failed_at = time.monotonic()
         worker.kill(wait=not early)
-        if early:
-            log.error("failover: worker %s crashed; its fault handler wrote:\n%s", worker.pid,
-                      _head(worker.fault_report))
         how = "being torn down" if early else describe_exit(worker.process.exitcode)
         dropped = []
         with self._cond:
@@ -205,6 +202,9 @@ class DispatchLoop:
                     self._counts["resubmitted"] += 1
             self._failure = (failed_at, worker.pid, bool(self._pool.idle))
             self._cond.notify_all()
+        if early:  # after the hand-over: logging is not on the crashed request's path
+            log.error("failover: worker %s crashed; its fault handler wrote:\n%s", worker.pid,
+                      _head(worker.fault_report))
         injected = "" if worker.crashed_at is None else "injected crash, "
         self._emit(FailoverEvent(kind, worker.pid, f"{injected}{detail} ({how}); "
                                  f"{len(held) - len(dropped)} request(s) resubmitted",

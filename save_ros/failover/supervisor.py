@@ -292,12 +292,12 @@ class FailoverModel(DispatchLoop):
         with self._cond:
             self._history.append(event)
             self._counts[event.kind.value] += 1
-        (log.error if event.is_error else log.info)("failover: %s pid=%s %s", event.kind.value,
-                                                   event.pid, event.detail)
-        self._events.put(event)
+        self._events.put(event)  # logged and reported on the reporter thread, off the path
 
     def _report_loop(self) -> None:
         while (event := self._events.get()) is not None:
+            (log.error if event.is_error else log.info)("failover: %s pid=%s %s",
+                                                       event.kind.value, event.pid, event.detail)
             if self._on_event is None:
                 continue
             try:
