@@ -106,6 +106,10 @@ def test_worker_crash_fails_over_and_every_input_gets_the_fault_free_output(node
     status = result.final_status(failed_over[0])
     assert status["attempts"] == "2" and status["_level"] == "1"  # WARN: re-run, verified
     assert "after the worker holding it failed" in status["_message"]
+    # where its time went: an injected crash has all four phases, each a duration in ms
+    phases = dict(p.split("=") for p in status["failover_phases_ms"].split())
+    assert set(phases) == {"detection", "activation", "inference", "return"}
+    assert all(float(v) >= 0 for v in phases.values())
 
     # /diagnostics went to ERROR, naming the crash; the counters show one failover
     errors = [d for d in result.diagnostics if d["_level"] == "2"]
