@@ -179,11 +179,16 @@ def test_each_kind_object_checks_its_own_faults(kind, device):
             for c in mine:
                 bad = list(clean)
                 bad[c.index] = _flipped(clean[c.index])
-                if kind == "checksum":  # the write sum of the clean value, read after the flip
-                    w, r = bitsum(clean[c.index]).reshape(1), bitsum(bad[c.index]).reshape(1)
-                    assert obj.failures([c], (w, w.clone())) == []
-                    (i, d), = obj.failures([c], (w, r))
+                assert obj.describe_check(c).startswith(f"{c.name}: {kind}")
+                if kind == "checksum":  # the write sums of the clean values, read after the flip
+                    w = torch.stack([bitsum(clean[s.index]) for s in plan.checksummed])
+                    r = torch.stack([bitsum(bad[s.index]) for s in plan.checksummed])
+                    ok = EagerRun(plan, clean, 0, True, FaultStatus(0), inst, (w, w.clone()))
+                    hit = EagerRun(plan, bad, 0, True, FaultStatus(0), inst, (w, r))
+                    assert obj.eager_batch(ok) == [] and obj.eager_check(c, ok) is None
+                    (i, d), = obj.eager_batch(hit)
                     assert i == c.index and d.check == "checksum" and d.layer == c.name
+                    assert obj.eager_check(c, hit) == (i, d)
                     sums = obj.device_sums([c], {c.index: -1})
                     for vals, want in ((clean, False), (bad, True)):
                         sums.start()

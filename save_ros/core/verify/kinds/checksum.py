@@ -87,7 +87,7 @@ class ChecksumKind(Kind):
         """One checksummed layer: its sums from the run, else its re-computation (DMR)."""
         if run.sums is None:
             return DMR.eager_check(c, run)
-        k = run.plan.checksummed.index(c)
+        k = next(k for k, x in enumerate(run.plan.checksummed) if x is c)
         fails = self.failures([c], (run.sums[0][k : k + 1], run.sums[1][k : k + 1]))
         return fails[0] if fails else None
 
