@@ -232,3 +232,36 @@ def test_device_flags_read_back_as_their_kind():
         assert site in prog.localize(raised, vals)
     finally:
         pm.close()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_weights_and_input_kinds_check_their_own_faults(device):
+    """The program-wide kinds: the weight chunk sums (device flag, and the eager check that
+    restores) and the input box (NaN and a value outside it; an open box lets Inf in)."""
+    from save_ros.core.verify.kinds import INPUT, WEIGHTS
+    from save_ros.core.verify.status import FaultStatus
+
+    pm, x, _ = _protect("checksum", "cpu" if device == "cpu" else "graph")
+    try:
+        store, plan = pm._store, pm._plan
+        assert not any(bool(WEIGHTS.device_flag(g)[0]) for g in store.groups)
+        bits.flip_(pm.normal_tensors()["fc.weight"], 3, 30)
+        assert any(bool(WEIGHTS.device_flag(g)[0]) for g in store.groups)
+        st = FaultStatus(0)
+        fails = WEIGHTS.eager_store(store, pm._editor, plan, pm._inst, (0, None), st)
+        assert [(d.check, d.tensor) for _, d in fails] == [("weights", "fc.weight")]
+        assert st.repaired == {"fc.weight": 1} and not store.check()
+        false = torch.zeros((), dtype=torch.bool, device=x.device)
+        box = INPUT.device_inputs(pm._inputs.bounds(x.device), (x,), x.device)
+        assert not bool(box.flag((x,), false))
+        for bad in (float("nan"), 1.5, -0.5):
+            y = x.clone()
+            y[0, 0, 0, 0] = bad
+            assert bool(box.flag((y,), false)), bad
+        inf = x.clone()
+        inf[0, 0, 0, 0] = float("inf")
+        open_box = INPUT.device_inputs([(torch.tensor(0.0), torch.tensor(float("inf")))], (x,),
+                                       x.device)
+        assert bool(open_box.flag((inf,), false)) and not bool(open_box.flag((x,), false))
+    finally:
+        pm.close()
