@@ -47,7 +47,7 @@ from save_ros.core.analysis import Analysis
 from save_ros.core.cuda.program import CheckProgram
 from save_ros.core.inputs import InputError
 from save_ros.core.runtime import InferenceResult, ProtectedModel
-from save_ros.core.verify.kinds import WEIGHTS
+from save_ros.core.verify.kinds import WEIGHTS, Slot
 from save_ros.core.verify.plan import CheckPlan
 from save_ros.core.verify.status import FaultStatus
 from save_ros.core.verify.verifier import Job, VerifierMode
@@ -301,7 +301,7 @@ class CudaProtectedModel(ProtectedModel):
         failed = [f for f in job.failed if not f.kind.input_error]
         st.input_out_of_range = len(failed) < len(job.failed)
         prev_out, transient = job.output, False
-        detections: dict = {}  # slot -> its detection (None: reported by the repair)
+        detections: dict[Slot, Any] = {}  # its detection (None: reported by the repair)
         with self._editor.lock, torch.inference_mode():
             for _attempt in range(max(1, self.config.max_reruns) + 1):
                 rep = self._editor.restore(None)
