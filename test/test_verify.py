@@ -10,7 +10,10 @@ from torch import nn
 
 from save_ros.core import bits
 from save_ros.core.verify import FaultStatus, Job, Verifier
-from save_ros.core.verify.checks import CheckKind, LayerCheck, RangeBatch, abft_for, dmr_mismatch
+from save_ros.core.verify.checks import CheckKind, LayerCheck
+from save_ros.core.verify.kinds.abft import abft_for
+from save_ros.core.verify.kinds.dmr import dmr_mismatch
+from save_ros.core.verify.kinds.range import RangeBatch
 
 
 def _abft(m: nn.Module):

@@ -21,7 +21,8 @@ class ProtectConfig:
     reliable_budget_bytes: int | None = None  # None: reliable_budget_fraction of weight bytes
     reliable_budget_fraction: float = DEFAULT_BUDGET_FRACTION
     verifier: str = "thread"  # "thread" or "external" (run_pending_checks drives it)
-    checks: str = "auto"  # auto | dmr | abft | range | none: force one kind (ablations)
+    checks: str = "auto"  # or force one kind on every layer (ablations): none, range, dmr,
+    # abft, checksum (`core.verify.kinds.FORCE_KINDS`; each kind is an object there)
     weight_check_interval: int = 1  # checksum normal-memory weights every N-th inference; 0: never
     weight_check_budget_s: float | None = None  # else: rotate chunks, this much time each
     weight_chunk: int = 256  # elements per checksum chunk

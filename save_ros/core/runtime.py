@@ -44,7 +44,8 @@ from save_ros.core.inputs import InputBatch, InputError, ModelInputs
 from save_ros.core.instrument import Instrumented, UnsupportedModelError
 from save_ros.core.select import analyze
 from save_ros.core.verify.checker import LayerChecker
-from save_ros.core.verify.plan import CheckPlan, fit_ranges, plan_checks
+from save_ros.core.verify.kinds import RANGE
+from save_ros.core.verify.plan import CheckPlan, plan_checks
 from save_ros.core.verify.status import FaultStatus
 from save_ros.core.verify.verifier import Job, Verifier
 from save_ros.core.weights import Repair, WeightStore
@@ -135,7 +136,7 @@ class ProtectedModel:
                                self.config.min_vulnerable_share, self.config.chain_dmr,
                                self.config.redundancy_budget,
                                self.config.memory_checksums and self._memory_checksums)
-            fit_ranges(plan, self._inst, calib, InputBatch(self._example))
+            RANGE.fit(plan, self._inst, calib, InputBatch(self._example))
             if self._eager_forward and (plan.checksummed or self.fault_sites):
                 self._sites = self._site_table(plan, values) if self.fault_sites else {}
                 plan.keep = self._kept(plan)

@@ -16,7 +16,8 @@ for i in range(2):
     out, vals = cap.run((calib[i : i + 1],), True)
     fs = prog.failed_slots()
     bad = prog.localize(fs, vals)
-    print(i, "flags", fs, "layers", bad[:8], "notes", r.status.notes[:1], flush=True)
+    print(i, "flags", [s.label for s in fs], "layers", bad[:8], "notes", r.status.notes[:1],
+          flush=True)
     checks = {c.name: c for c in pm._plan.range_batch.checks}
     for b in bad[:4]:
         c = checks.get(b)

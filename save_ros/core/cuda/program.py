@@ -1,22 +1,24 @@
 """One inference as a fixed sequence of device work: forward, checks, flags. Graph-capturable.
 
 `CheckProgram(inst, plan, store, ...)` runs the model's fx nodes one by one (the same
-callables `Instrumented` uses, so the same kernels and bits) and, after the last layer of each
-check group, enqueues that group's checks on a side stream while the forward goes on:
+callables `Instrumented` uses, so the same kernels and bits) and schedules every planned check;
+what each check computes on the device is its kind object's (`core.verify.kinds`):
 
-- range checks: every element of the layer outputs against its own channel's analysed bounds
-  (or the tensor's, `core.cuda.range_check`), one flag per group;
-- redundancy: DMR (re-compute the layer from its saved inputs, compare) or ABFT (golden column
-  sums), one flag per check;
-- the weights: the 64-bit chunk sums of the flat weight store against the golden sums, once the
-  forward is done (a flip that lands during the forward is then seen by the checksum whenever
-  the forward could have read it), one flag per dtype group;
-- every input against its declared box (`core.inputs`: one per input; NaN fails, and Inf where
-  the box is finite), one flag; an integer input only against its valid values, if given.
+- after the last layer of each check group, on a side stream while the forward goes on: the
+  kinds that batch a group's layers under one flag (`Kind.device_batch`: the range kernel, the
+  fused bit-exact DMR compare), then one flag per remaining layer check (`Kind.device_check`:
+  ABFT, inexact or tuple-valued DMR);
+- the memory checksums (`CHECKSUM.device_sums`): write sums right after each producer, read
+  sums after the last reader, one flag at the end;
+- the weights (`WEIGHTS.device_flag`): the chunk sums of the flat weight store against the
+  golden sums, once the forward is done, one flag per dtype group;
+- every input against its declared box (`INPUT.device_inputs`), one flag.
 
-Every flag is written into one small device tensor, copied to pinned host memory at the end.
-Nothing in `run` synchronises with the host, so the whole of it can be captured once in a CUDA
-graph and replayed; on a CPU (tests) it runs eagerly without streams.
+Every flag is written into one small device tensor, copied to pinned host memory at the end,
+and described by a `Slot` (its kind object and the layers it covers): `failed_slots()` reads
+the raised ones back, and each dispatches to its kind (`slot.detection()`). Nothing in `run`
+synchronises with the host, so the whole of it can be captured once in a CUDA graph and
+replayed; on a CPU (tests) it runs eagerly without streams.
 
 Fault sites (campaigns only, `fault_sites=True`): after every injectable node the program XORs
 one element with a mask read from a device table (zero: no change), so a transient activation
@@ -26,7 +28,7 @@ output and before anything reads it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,32 +37,22 @@ import torch
 from torch import fx
 
 from save_ros.core import bits
-from save_ros.core.cuda import triton_available
-from save_ros.core.cuda.memsums import DeviceSums
-from save_ros.core.cuda.range_check import Kernels, RangeChecker
 from save_ros.core.instrument import Instrumented
-from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_differs
+from save_ros.core.verify.checks import LayerCheck
+from save_ros.core.verify.kinds import CHECKSUM, INPUT, KINDS, WEIGHTS, Slot, kind_of
 from save_ros.core.verify.plan import CheckPlan
 from save_ros.core.weights import WeightStore
 
 
 @dataclass
 class _Group:
-    """Checks launched together once the forward has passed layer `after`.
-
-    flags[slot]: the range checks; flags[slot + 1]: the fused bit-exact DMR compare;
-    flags[slot + 2 + k]: redundant check k of `redundant` (ABFT, inexact DMR, tuple outputs).
-    """
+    """Checks launched together once the forward has passed layer `after`: the kinds' batches
+    (flag slot, part) and then one flag per single check, from slot `first_single` on."""
 
     after: int
-    ranges: list[LayerCheck] = field(default_factory=list)  # per layer, torch reductions
-    chunked: list[LayerCheck] = field(default_factory=list)  # one multi-tensor range launch
-    ranger: RangeChecker | None = None
-    low: torch.Tensor | None = None
-    high: torch.Tensor | None = None
-    fused: list[LayerCheck] = field(default_factory=list)  # exact DMR, one compare per dtype
-    redundant: list[LayerCheck] = field(default_factory=list)
-    slot: int = 0
+    parts: list[tuple[int, Any]] = field(default_factory=list)
+    singles: list[LayerCheck] = field(default_factory=list)
+    first_single: int = 0
 
 
 @dataclass
@@ -99,51 +91,34 @@ class CheckProgram:
         self.inst, self.plan, self.store = inst, plan, store
         example = tuple(example)
         self.device = example[0].device
-        # (input position, low, high, the box is open: Inf would pass the compare)
-        self.bounds = []
-        for k, (b, x) in enumerate(zip(bounds, example, strict=True)):
-            if b is not None:
-                lo, hi = b[0].to(self.device), b[1].to(self.device)
-                finite = bool(torch.isfinite(lo).all() and torch.isfinite(hi).all())
-                self.bounds.append((k, lo, hi, x.is_floating_point() and not finite))
+        self.inputs = INPUT.device_inputs(bounds, example, self.device)
         # placeholders past the given inputs take forward's defaults
         self._defaults = [n.args[0] if n.args else None
                           for n in (inst.nodes[p] for p in inst.placeholders)]
-        checks = {c.index: c for c in plan.range_batch.checks}
-        red = {c.index: c for c in plan.redundant}
-        checked = sorted(set(checks) | set(red))
+        layer = {c.index: c for c in (*plan.range_batch.checks, *plan.redundant)}
+        checked = sorted(layer)
         with torch.inference_mode():
             _, values = inst.forward(*example)
-        backend = Kernels.TRITON if self.device.type == "cuda" and triton_available() \
-            else Kernels.TORCH
+        self.slots: list[Slot] = []  # flag k is described by slots[k]
+        self._parts: dict[Slot, Any] = {}  # a group flag's slot -> the part that writes it
+        self._readback: dict[int, Callable[[], list[Slot]]] = {}  # flags that name layers
         self.groups: list[_Group] = []
-        slot = 0
-        ends = _split(checked, groups)
         start = -1
-        for end in ends:
-            g = _Group(end, slot=slot)
-            members = [i for i in checked if start < i <= end]
-            self._plan_ranges(g, [checks[i] for i in members if i in checks], values, backend)
-            for i in (i for i in members if i in red):
-                c = red[i]
-                v = values[c.index]
-                if c.kind is CheckKind.DMR and c.exact and c.head is None \
-                        and isinstance(v, torch.Tensor) and v.dtype in bits.LAYOUTS:
-                    g.fused.append(c)
-                else:
-                    g.redundant.append(c)
-            slot += 2 + len(g.redundant)
-            self.groups.append(g)
+        for end in _split(checked, groups):
+            self.groups.append(self._group(end, [layer[i] for i in checked if start < i <= end],
+                                           values))
             start = end
-        self._pending_binds: list[tuple[RangeChecker, Any]] = []
         self._by_end = {g.after: g for g in self.groups}
-        self.sums = DeviceSums(plan.checksummed, plan.last_read)  # memory checksums
+        self.sums = CHECKSUM.device_sums(plan.checksummed, plan.last_read)  # memory checksums
         self.summed = self.sums.checks
-        self.sum_slot = slot
-        slot += 1
-        self.input_slot = slot
-        self.weight_slots = list(range(slot + 1, slot + 1 + len(store.groups)))
-        self.n_slots = slot + 1 + len(store.groups)
+        self.sum_slot = self._slot(Slot(CHECKSUM, CHECKSUM.name, tuple(c.name for c in
+                                                                      self.summed),
+                                        CHECKSUM.device_detail))
+        self._readback[self.sum_slot] = self.sums.raised
+        self.input_slot = self._slot(Slot(INPUT, INPUT.name))
+        self.weight_slots = [self._slot(Slot(WEIGHTS, f"{WEIGHTS.name}[{k}]"))
+                             for k in range(len(store.groups))]
+        self.n_slots = len(self.slots)
         self.flags = torch.zeros(self.n_slots, dtype=torch.bool, device=self.device)
         self.flags_host = torch.zeros(self.n_slots, dtype=torch.bool,
                                       pin_memory=self.device.type == "cuda")
@@ -155,80 +130,59 @@ class CheckProgram:
         self.sites = self._fault_sites(example) if fault_sites else None
         self.checks_run = len(plan.range_batch.checks) + len(plan.redundant) + len(self.summed)
 
-    def _plan_ranges(self, g: _Group, ranges: list[LayerCheck], values, backend) -> None:
-        """Split a group's range checks: one fused per-channel launch, or per layer (torch)."""
-        dtype = None
-        for c in ranges:
-            v = values[c.index]
-            ok = isinstance(v, torch.Tensor) and v.is_contiguous() and v.numel() > 0 \
-                and v.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            if ok and dtype in (None, v.dtype):
-                dtype = v.dtype
-                g.chunked.append(c)
-            else:
-                g.ranges.append(c)
-        if g.ranges:
-            g.low, g.high = self.plan.range_batch.bounds_of(g.ranges, self.device)
-        if not g.chunked:
-            return
-        vs = [values[c.index] for c in g.chunked]
-        g.ranger = RangeChecker([c.name for c in g.chunked], [tuple(v.shape) for v in vs],
-                                [c.channel_dim for c in g.chunked],
-                                [c.range_low for c in g.chunked],
-                                [c.range_high for c in g.chunked], dtype, self.device, backend)
+    def _slot(self, slot: Slot) -> int:
+        """Give `slot` the next flag; its position."""
+        self.slots.append(slot)
+        return len(self.slots) - 1
+
+    def _group(self, end: int, members: list[LayerCheck], values: Sequence[Any]) -> _Group:
+        """One group's flags: each kind's batch of its layers, then the single checks."""
+        g = _Group(end)
+        by_kind: dict[Any, list[LayerCheck]] = {}
+        for c in members:
+            by_kind.setdefault(kind_of(c), []).append(c)
+        taken: set[int] = set()
+        for kind in KINDS.values():
+            part = kind.device_batch(by_kind[kind], values, self.device) \
+                if kind in by_kind else None
+            if part is None:
+                continue
+            slot = Slot(kind, f"{kind.name}@{end}", tuple(c.name for c in part.checks),
+                        part.detail)
+            g.parts.append((self._slot(slot), part))
+            self._parts[slot] = part
+            taken.update(id(c) for c in part.checks)
+        g.singles = [c for c in members if id(c) not in taken]
+        g.first_single = len(self.slots)
+        for c in g.singles:
+            self._slot(Slot(kind_of(c), c.name, (c.name,)))
+        return g
 
     def finish_capture(self) -> None:
-        """Point the range checkers at the tensors the captured graph uses."""
-        for rc, ptrs in self._pending_binds:
-            rc.bind((), ptrs)
-        self._pending_binds = []
+        """Point the kinds' kernels at the tensors the captured graph uses."""
+        for g in self.groups:
+            for _, part in g.parts:
+                if hasattr(part, "finish_capture"):
+                    part.finish_capture()
 
-    def localize(self, failed: list[str], values: Sequence[Any]) -> list[str]:
-        """Layer names behind group flags, re-checked eagerly on the saved values."""
+    def localize(self, failed: list[Slot], values: Sequence[Any]) -> list[str]:
+        """Layer names behind raised flags; group flags re-checked eagerly on the saved values."""
         out = []
-        for name in failed:
-            g = next((g for g in self.groups if name in (f"range@{g.after}",
-                                                         f"dmr@{g.after}")), None)
-            if g is None:
-                out.append(name)
-            elif name.startswith("dmr@"):
-                out += [c.name for c in g.fused
-                        if bool(dmr_differs(c.recompute(values), values[c.index], True))]
-            else:
-                every = g.ranges + g.chunked
-                lo, hi = self.plan.range_batch.bounds_of(every, self.device)
-                mn, mx = self.plan.range_batch.reduce(values, every)
-                bad = (~((mn >= lo) & (mx <= hi))).tolist()
-                owners = [c.name for c in every for _ in range(
-                    c.range_low.numel() if c.channel_dim is not None else 1)]
-                out += list(dict.fromkeys(n for n, b in zip(owners, bad, strict=True) if b))
+        for slot in failed:
+            part = self._parts.get(slot)
+            out += part.localize(values) if part is not None else [slot.label]
         return out
 
     # ---- what failed --------------------------------------------------------------------
-    def failed_slots(self) -> list[str]:
-        """Names of the raised flags (after the host copy landed)."""
+    def failed_slots(self) -> list[Slot]:
+        """The raised flags (after the host copy landed), each as what it checked."""
         f = self.flags_host.tolist()
-        out = []
-        for g in self.groups:
-            if f[g.slot]:
-                out.append(f"range@{g.after}")
-            if f[g.slot + 1]:
-                out.append(f"dmr@{g.after}")
-            out += [c.name for k, c in enumerate(g.redundant) if f[g.slot + 2 + k]]
-        if f[self.sum_slot]:
-            out += [f"checksum@{name}" for name in self.summed_failures()] or ["checksum@?"]
-        if f[self.input_slot]:
-            out.append("input")
-        out += [f"weights[{k}]" for k, s in enumerate(self.weight_slots) if f[s]]
+        out: list[Slot] = []
+        for k, slot in enumerate(self.slots):
+            if f[k]:
+                read = self._readback.get(k)
+                out += read() if read is not None else [slot]
         return out
-
-    def kind_of(self, name: str) -> str:
-        """dmr | abft for a redundant check's layer name."""
-        for g in self.groups:
-            for c in g.redundant:
-                if c.name == name:
-                    return c.kind.value
-        return "dmr"
 
     def reader_of(self, weight: str) -> str:
         """The first layer that reads a weight (for reports)."""
@@ -248,7 +202,7 @@ class CheckProgram:
         if check_weights is False:
             for s in self.weight_slots:
                 self.flags[s] = False
-        self.flags[self.input_slot] = self._inputs_bad(xs)
+        self.flags[self.input_slot] = self.inputs.flag(xs, self._false)
         inst = self.inst
         vals: list[Any] = [None] * len(inst.nodes)
         for k, p in enumerate(inst.placeholders):
@@ -285,24 +239,10 @@ class CheckProgram:
         """Layers whose read sum differed from their write sum in the last run."""
         return self.sums.failures()
 
-    def _inputs_bad(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """One device flag: some input outside its box (NaN compares False: outside)."""
-        bad = []
-        for k, lo, hi, open_box in self.bounds:
-            x = xs[k]
-            ok = ((x >= lo) & (x <= hi)).all()
-            if open_box:
-                ok = ok & torch.isfinite(x).all()
-            bad.append(~ok)
-        if not bad:
-            return self._false
-        return bad[0] if len(bad) == 1 else torch.stack(bad).any()
-
     def run_weights(self) -> None:
         """Only the weight checksums, on the current stream (their own graph on CUDA)."""
         for s, g in zip(self.weight_slots, self.store.groups, strict=True):
-            sums = g._live_words.sum(1)
-            self.flags[s] = (sums != g.golden_sums).any()
+            self.flags[s] = WEIGHTS.device_flag(g)[0]
 
     def clear_weight_flags(self) -> None:
         """Weight flags to False (an inference whose turn it is not)."""
@@ -316,65 +256,30 @@ class CheckProgram:
             ctx = torch.cuda.stream(self._cs)
         with ctx:
             for s, g in zip(self.weight_slots, self.store.groups, strict=True):
-                sums = g._live_words.sum(1)
-                bad = (sums != g.golden_sums).any()
+                bad, sums = WEIGHTS.device_flag(g)
                 self.flags[s] = bad
                 self._keep += [sums, bad]
 
     def _launch_group(self, g: _Group, vals: Sequence[Any], main) -> None:
-        """Enqueue one group's checks (side stream when set)."""
+        """Enqueue one group's checks (side stream when set): each kind's own."""
         ctx = nullcontext()
         if self._side is not None:
             self._side.wait_stream(main)
             ctx = torch.cuda.stream(self._side)
         with ctx:
-            bads = []
-            if g.ranges:
-                mn, mx = self.plan.range_batch.reduce(vals, g.ranges)
-                bads.append(~((mn >= g.low) & (mx <= g.high)).all())
-                self._keep += [mn, mx]
-            if g.chunked:
-                tensors = [vals[c.index] for c in g.chunked]
-                rc = g.ranger
-                if rc.backend is Kernels.TRITON and torch.cuda.is_current_stream_capturing():
-                    self._pending_binds.append((rc, rc.pointers(tensors)))
-                else:
-                    rc.bind(tensors)
-                rc.launch(tensors)
-                bads.append(rc.failed())
-            self.flags[g.slot] = torch.stack(bads).any() if bads else self._false
-            self._keep += bads
-            self.flags[g.slot + 1] = self._fused_dmr(g, vals)
+            for s, part in g.parts:
+                f = part.launch(vals, self._keep)
+                self.flags[s] = f if f is not None else self._false
             fails = []
-            for c in g.redundant:
-                if c.kind is CheckKind.ABFT:
-                    node = self.inst.node_of(c.index)
-                    xin = vals[self.inst.index[node.args[0].name]]
-                    f = c.abft.fails(xin, vals[c.index])
-                else:
-                    f = dmr_differs(c.recompute(vals), vals[c.index], c.exact)
+            for c in g.singles:
+                f = kind_of(c).device_check(c, vals, self.inst)
                 fails.append(f if isinstance(f, torch.Tensor) else ~self._false if f
                              else self._false)
             if fails:
-                a = g.slot + 2
+                a = g.first_single
                 stacked = torch.stack([f.reshape(()) for f in fails])
                 self.flags[a : a + len(fails)] = stacked
                 self._keep += [*fails, stacked]
-
-    def _fused_dmr(self, g: _Group, vals: Sequence[Any]) -> torch.Tensor:
-        """Re-compute the group's exact-DMR layers; one bit-exact compare per dtype."""
-        if not g.fused:
-            return self._false
-        by_dtype: dict[torch.dtype, tuple[list, list]] = {}
-        for c in g.fused:
-            again, saved = c.recompute(vals), vals[c.index]
-            a, b = by_dtype.setdefault(saved.dtype, ([], []))
-            a.append(bits.int_view(again.contiguous()).reshape(-1))
-            b.append(bits.int_view(saved.contiguous()).reshape(-1))
-        flags = [(torch.cat(a) != torch.cat(b)).any() for a, b in by_dtype.values()]
-        out = flags[0] if len(flags) == 1 else torch.stack(flags).any()
-        self._keep += [*flags, out, by_dtype]
-        return out
 
     # ---- fault sites (campaigns) --------------------------------------------------------
     def _fault_sites(self, example: Sequence[torch.Tensor]) -> FaultSites:

@@ -47,10 +47,9 @@ from save_ros.core.analysis import Analysis
 from save_ros.core.cuda.program import CheckProgram
 from save_ros.core.inputs import InputError
 from save_ros.core.runtime import InferenceResult, ProtectedModel
-from save_ros.core.verify.checks import CheckKind
-from save_ros.core.verify.kinds import describe_failure
+from save_ros.core.verify.kinds import WEIGHTS, Slot
 from save_ros.core.verify.plan import CheckPlan
-from save_ros.core.verify.status import Detection, FaultStatus
+from save_ros.core.verify.status import FaultStatus
 from save_ros.core.verify.verifier import Job, VerifierMode
 from save_ros.errors import UserError
 
@@ -143,20 +142,6 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, (tuple, list)):
         return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
     return a == b
-
-
-def _describe(slot: str, prog: _Captured) -> tuple[str, str]:
-    """(check kind, detail) of a raised flag's name, in the words of its kind (`KINDS`)."""
-    if slot.startswith("range@"):
-        return "range", describe_failure(CheckKind.RANGE, "device per-channel check")
-    if slot.startswith("weights["):
-        return "weights", describe_failure(CheckKind.WEIGHTS)
-    if slot.startswith("checksum@"):
-        return "checksum", describe_failure(CheckKind.CHECKSUM, "device bit sums")
-    if slot.startswith("dmr@"):
-        return "dmr", describe_failure(CheckKind.DMR, "fused bit-exact compare of the group")
-    kind = prog.program.kind_of(slot)
-    return kind, describe_failure(kind)
 
 
 def _clone(out: Any) -> Any:
@@ -265,7 +250,7 @@ class CudaProtectedModel(ProtectedModel):
             raised = bool(prog.program.flags_host.any())
             job.program = prog
             job.failed = prog.program.failed_slots() if raised else []
-            if "input" in job.failed:
+            if any(s.kind.input_error for s in job.failed):
                 self._reject_values(xs)
             if not raised and self._editor.stale(epoch) == [] and plan is self._plan:
                 st = FaultStatus(i, verified=True, checks_run=prog.program.checks_run,
@@ -312,27 +297,28 @@ class CudaProtectedModel(ProtectedModel):
         st = FaultStatus(job.inference_id, forward_s=job.t_end - job.t_start,
                          queue_s=t_v - job.t_end, checks_run=prog.program.checks_run,
                          weights_checked=job.check_weights)
-        failed = [f for f in job.failed if f != "input"]
-        st.input_out_of_range = "input" in job.failed
+        # a raised flag is a Slot: its kind object says what it means (`core.verify.kinds`)
+        failed = [f for f in job.failed if not f.kind.input_error]
+        st.input_out_of_range = len(failed) < len(job.failed)
         prev_out, transient = job.output, False
-        detections: dict[str, tuple[str, str]] = {}
+        detections: dict[Slot, Any] = {}  # its detection (None: reported by the repair)
         with self._editor.lock, torch.inference_mode():
             for _attempt in range(max(1, self.config.max_reruns) + 1):
                 rep = self._editor.restore(None)
                 for name, n in rep.elements.items():
                     st.repaired[name] = st.repaired.get(name, 0) + n
                 out, _ = prog.run(prog.static_in, True)
-                again = [f for f in prog.program.failed_slots() if f != "input"]
+                again = [f for f in prog.program.failed_slots() if not f.kind.input_error]
                 same = again == failed and _equal(out, prev_out)
+                confirm = same and self.config.confirm_range_alarms
                 for f in failed:
-                    if not (same and f.startswith("range@") and self.config.confirm_range_alarms):
-                        detections.setdefault(f, _describe(f, prog))
-                if not again or (same and self.config.confirm_range_alarms
-                                 and all(f.startswith("range@") for f in again)):
+                    if not (confirm and f.kind.confirmable):
+                        detections.setdefault(f, f.detection())
+                if not again or (confirm and all(f.kind.confirmable for f in again)):
                     if again:
-                        st.notes.append(f"{', '.join(again)}: the range alarm recurs with the "
-                                        "same output on golden weights: input-driven, not a "
-                                        "fault")
+                        st.notes.append(f"{', '.join(f.label for f in again)}: the range alarm "
+                                        "recurs with the same output on golden weights: "
+                                        "input-driven, not a fault")
                     transient = bool(detections) or bool(st.repaired)
                     st.verified = not st.input_out_of_range
                     prev_out = out
@@ -340,13 +326,9 @@ class CudaProtectedModel(ProtectedModel):
                 failed, prev_out = again, _clone(out)
             else:
                 st.error = "faults persist after re-runs; result unverified"
-        st.detections = [Detection(layer.removeprefix("checksum@"),
-                                   layer.removeprefix("checksum@"), kind, detail)
-                         for layer, (kind, detail) in detections.items()]
-        st.detections += [Detection(prog.program.reader_of(n), n, "weights",
-                                    f"{k} element(s) differ from the golden copy")
+        st.detections = [d for d in detections.values() if d is not None]
+        st.detections += [WEIGHTS.repaired(prog.program.reader_of(n), n, k)
                           for n, k in st.repaired.items()]
-        st.detections = [d for d in st.detections if not d.layer.startswith("weights[")]
         if st.detections or transient or st.error:
             st.output = _clone(prev_out)
             st.rerun_from = "input (graph replay)"

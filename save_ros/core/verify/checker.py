@@ -3,8 +3,9 @@
 For one `Job`, `LayerChecker.check` tests the input against the declared box, checksums the
 weights the schedule asks for (a failing chunk has every weight compared with its golden copy
 and restored), asks the editor which weights another thread restored while the inference ran,
-and runs every planned layer check (`checks`: the range checks in one batch, then DMR / ABFT per
-layer). It returns the status so far and the failures as (layer position, detection); the
+and runs every planned layer check through its kind object (`core.verify.kinds`): the kinds
+that compare all their layers at once (memory sums, then ranges), then DMR / ABFT per layer.
+It returns the status so far and the failures as (layer position, detection); the
 `ProtectedModel` hands failures to Edit, which re-runs and calls `run` again on the layers it
 re-computed.
 
@@ -22,8 +23,10 @@ import torch
 
 from save_ros.core.box import InputBox
 from save_ros.core.instrument import Instrumented
-from save_ros.core.verify.checks import CheckKind, LayerCheck, dmr_mismatch
-from save_ros.core.verify.kinds import checksum_failures
+from save_ros.core.verify.checks import LayerCheck
+from save_ros.core.verify.kinds import EAGER_BATCHES, INPUT, WEIGHTS, kind_of
+from save_ros.core.verify.kinds.base import EagerRun
+from save_ros.core.verify.kinds.dmr import dmr_mismatch
 from save_ros.core.verify.plan import CheckPlan
 from save_ros.core.verify.status import Detection, FaultStatus
 from save_ros.core.verify.verifier import Job
@@ -62,7 +65,7 @@ class LayerChecker:
     def in_box(self, x: torch.Tensor) -> bool:
         """The input lies in the declared box (NaN does not)."""
         self.box = self.box.to(x.device)  # once: the inputs stay on one device
-        return self.box.contains(x)
+        return INPUT.contains(self.box, x)
 
     def check(self, job: Job) -> tuple[FaultStatus, Failures]:
         """Every check of one inference: the status so far and the failures, first layer first."""
@@ -74,18 +77,8 @@ class LayerChecker:
         st.input_out_of_range = self.box is not None and not self.in_box(job.inputs[0])
         fails: Failures = []
         if job.check_weights:
-            st.weights_checked = True
-            lo, hi = job.weight_window
-            if self.store.check(lo=lo, hi=hi):
-                # compare everything exactly, not only the failing chunks: flips that cancel in
-                # a chunk's sum (same bit, opposite directions) hide there only while no other
-                # flip shows, so one visible flip is enough to find them all
-                rep = self.editor.restore(None)
-                for name, n in rep.elements.items():
-                    k = self.editor.first_reader(plan, [name])
-                    fails.append((k, Detection(self.inst.names[k], name, "weights",
-                                               f"{n} element(s) differ from the golden copy")))
-                    st.repaired[name] = st.repaired.get(name, 0) + n
+            fails += WEIGHTS.eager_store(self.store, self.editor, plan, self.inst,
+                                         job.weight_window, st)
         # After the checksum: a repair by another thread may have erased the traces of a flip
         # this inference computed with, while the checksum ran; the repair log remembers it.
         stale = self.editor.stale(job.epoch)
@@ -95,7 +88,7 @@ class LayerChecker:
             names = [n for n in stale if n not in st.repaired] if stale else \
                 list(self.store.slots)
             k = self.editor.first_reader(plan, names)
-            fails.append((k, Detection(self.inst.names[k], ", ".join(names[:4]), "weights",
+            fails.append((k, Detection(self.inst.names[k], ", ".join(names[:4]), WEIGHTS.name,
                                        "restored while this inference ran")))
         if plan.redundant or plan.range_batch.checks or plan.checksummed:  # else all reliable
             fails += self.run(plan, job.values, 0, not st.input_out_of_range, st,
@@ -112,57 +105,30 @@ class LayerChecker:
         `sums`: the inference's memory checksums (write, read); a re-run by Edit has none, and
         its checksummed layers are re-computed and compared instead (DMR of the re-run).
         """
+        run = EagerRun(plan, values, start, in_range, st, self.inst, sums,
+                       self._benign_in(plan, values) if self.confirm_range_alarms else None)
         fails: Failures = []
-        if plan.checksummed:
-            st.checks_run += len(plan.checksummed)
-            if sums is not None:
-                fails += checksum_failures(plan.checksummed, sums, start)
-            else:
-                for c in plan.checksummed:
-                    if c.index >= start:
-                        msg = dmr_mismatch(c.recompute(values), values[c.index], c.exact)
-                        if msg:
-                            fails.append((c.index, Detection(c.name, c.name, "dmr", msg)))
-        if in_range and plan.range_batch.checks:
-            st.checks_run += len(plan.range_batch.checks)
-            for c, detail in plan.range_batch.failures(values):
-                if c.index < start:
-                    continue
-                if self.confirm_range_alarms and self._benign(plan, c, values):
-                    st.notes.append(f"{c.name}: {detail}; re-computed equal with golden "
-                                    "weights: input-driven, not a fault")
-                    continue
-                fails.append((c.index, Detection(c.name, c.name, "range", detail)))
+        for kind in EAGER_BATCHES:  # memory sums, ranges: all their layers in one compare
+            fails += kind.eager_batch(run)
         checks = plan.redundant
         if start or restored:
             checks = [c for c in checks if c.index >= start and not (restored and any(
                 restored.intersection(plan.layer_params.get(j, ()))
                 for j in c.members or (c.index,)))]
         st.checks_run += len(checks)
-        tensor, equal, abft = torch.Tensor, torch.equal, CheckKind.ABFT
-        for c in checks:
-            i = c.index
-            if c.kind is abft:
-                node = self.inst.node_of(i)
-                x = values[self.inst.index[node.args[0].name]]
-                excess, diff = c.abft.violation(x, values[i])
-                if excess > 0:
-                    fails.append((i, Detection(
-                        c.name, c.name, "abft", f"|sum(y) - c.x| = {diff:.4g} exceeds the "
-                        f"tolerance by {excess:.4g}")))
-                continue
-            saved, again = values[i], c.recompute(values)
-            # the common case, bit-equal tensors, without dmr_mismatch's call and type tests
-            if again.__class__ is tensor and saved.__class__ is tensor and equal(again, saved):
-                continue
-            msg = dmr_mismatch(again, saved, c.exact)
-            if msg:  # a chained segment re-runs from its first layer
-                fails.append((i if c.head is None else c.head,
-                              Detection(c.name, c.name, "dmr", msg)))
+        for c in checks:  # one layer at a time (DMR, ABFT), in layer order
+            fail = kind_of(c).eager_check(c, run)
+            if fail is not None:
+                fails.append(fail)
         return fails
 
-    def _benign(self, plan: CheckPlan, c: LayerCheck, values: Sequence[Any]) -> bool:
-        """A range excursion whose layer re-computes equal with golden weights is input-driven."""
-        if self.store.corrupted(plan.layer_params.get(c.index, [])):
-            return False
-        return dmr_mismatch(c.recompute(values), values[c.index], c.exact) is None
+    def _benign_in(self, plan: CheckPlan, values: Sequence[Any]):
+        """The test of a range excursion on these values: input-driven when the layer
+        re-computes equal with golden weights (its weights are not corrupted)."""
+
+        def benign(c: LayerCheck) -> bool:
+            if self.store.corrupted(plan.layer_params.get(c.index, [])):
+                return False
+            return dmr_mismatch(c.recompute(values), values[c.index], c.exact) is None
+
+        return benign
