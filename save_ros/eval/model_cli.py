@@ -1,10 +1,12 @@
 """The `--model` option of the evaluation CLIs: a registry name, an import path, a `.pt2` file.
 
 `save-ros campaign | pvf | analyze --model NAME` takes a bundled or zoo model
-(`save_ros.models`), or a user's model by import path, `my_pkg.nets:make_net`, whose factory
-(called once, with no arguments) returns an `nn.Module`, or a torch.export program
-`path/model.pt2` (its input shape comes from the program). Models load through
-`save_ros.models.loader` (its import-path rule, its `ModelLoadError`). Such a model brings no
+(`save_ros.models`), one of the zoo's policies (`decision_transformer`, `visuomotor`,
+`rdt_policy`, ...: their own seeded inputs, task control, `--tolerance` applies), or a
+user's model by import path, `my_pkg.nets:make_net`, whose factory (called once, with no
+arguments) returns an `nn.Module`, or a torch.export program `path/model.pt2` (its input shape
+comes from the program). Models load through `save_ros.models.loader` (its import-path rule,
+its `ModelLoadError`). Such a model brings no
 input constraints, so the command needs them:
 
     --input-shape 3,224,224      one input, without the batch dimension
@@ -209,8 +211,6 @@ class ImportedSpec:
 
 def foreign_setup(args: argparse.Namespace, batch: int) -> EvalSetup:
     """An EvalSetup for a model given by import path (module docstring)."""
-    from save_ros.models import ModelSpec, Task
-
     path = args.model
     model, own_shape = load_user_model(path)
     if own_shape is not None and args.input_shape and \
@@ -234,11 +234,43 @@ def foreign_setup(args: argparse.Namespace, batch: int) -> EvalSetup:
         raise ModelLoadError(f"--model {path}: forward must return one tensor with the batch "
                             f"first, got {type(clean).__name__}")
     task = args.task or "classification"
-    if task == "control":
-        task = "regression"  # every action element within the tolerance
     if task == "classification" and clean.dim() != 2:
         raise ModelLoadError(f"--model {path}: a classifier returns (N, classes) logits, got "
                             f"shape {tuple(clean.shape)}; use --task regression")
+    return _setup(path, model, test, calib, clean, clean_calib, shapes, boxes, task,
+                  args.tolerance, data)
+
+
+def policy_setup(name: str, batch: int, tolerance: tuple[float, float] | None = None
+                 ) -> EvalSetup:
+    """An EvalSetup for one of the zoo's policies (`models.zoo.policies`): its own seeded
+    inputs inside its boxes (test: seed 0, calibration: seed 1), task control: a sample is
+    changed when any action element leaves the tolerance around the clean chunk."""
+    from save_ros.models.zoo import policies
+
+    model = policies.build_policy(name)
+    test = InputBatch(list(policies.example_inputs(name, batch=batch, seed=DATA_SEED)))
+    calib = InputBatch(list(policies.example_inputs(name, batch=CALIB_INPUTS,
+                                                    seed=DATA_SEED + 1)))
+    with torch.no_grad():
+        clean, clean_calib = model(*test.tensors), model(*calib.tensors)
+    shapes = [tuple(t.shape[1:]) for t in test.tensors]
+    data = {"inputs": f"policies.example_inputs({name!r}, seed={DATA_SEED})", "n": batch,
+            "calib": CALIB_INPUTS, "input_names": list(policies.input_names(name))}
+    return _setup(name, model, test, calib, clean, clean_calib, shapes,
+                  list(policies.input_boxes(name)), "control", tolerance, data,
+                  f"{name}: {policies.describe(name)}")
+
+
+def _setup(path: str, model: nn.Module, test: Any, calib: Any, clean: torch.Tensor,
+           clean_calib: torch.Tensor, shapes: list, boxes: list, task: str,
+           tolerance: tuple[float, float] | None, data: dict[str, Any],
+           description: str | None = None) -> EvalSetup:
+    """The EvalSetup of a model with its inputs and its clean outputs."""
+    from save_ros.models import ModelSpec, Task
+
+    if task == "control":
+        task = "regression"  # every action element within the tolerance
     if len(shapes) == 1:
         shape, (lo, hi) = shapes[0], boxes[0]
         channels = shape[0] if shape else 1
@@ -250,9 +282,10 @@ def foreign_setup(args: argparse.Namespace, batch: int) -> EvalSetup:
                               loader=lambda: copy.deepcopy(model))
     else:
         spec = ImportedSpec(path, Task(task), tuple(shapes), tuple(boxes),
-                            int(clean[0].numel()), f"{path} (import path, {len(shapes)} inputs)")
+                            int(clean[0].numel()),
+                            description or f"{path} (import path, {len(shapes)} inputs)")
     classification = task == "classification"
-    tolerance = None if classification else tuple(args.tolerance or DEFAULT_TOLERANCE)
+    tolerance = None if classification else tuple(tolerance or DEFAULT_TOLERANCE)
     return EvalSetup(
         name=path, build=lambda: copy.deepcopy(model), x=test,
         y=clean.argmax(1) if classification else None, task=task, spec=spec,
@@ -267,9 +300,17 @@ def setup_from_args(args: argparse.Namespace, batch: int, episodes: int = 0) -> 
         return foreign_setup(args, batch)
     if ":" in args.model:  # meant as an import path, but not one
         loader.load_factory(args.model, label=f"--model {args.model}")
+    from save_ros.models.zoo import policies
+
+    policy = args.model in policies.available_policies()
     given = [o for o in ("input_shape", "input_range", "task", "tolerance", "inputs")
-             if getattr(args, o, None) is not None]
+             if getattr(args, o, None) is not None
+             and not (policy and o in ("task", "tolerance"))]
     if given:
         raise ModelLoadError(f"--{given[0].replace('_', '-')} is for a model given by import "
                             f"path; {args.model!r} is a registry model with its own inputs")
+    if policy:
+        if getattr(args, "task", None) not in (None, "control", "regression"):
+            raise ModelLoadError(f"--task {args.task}: {args.model} is a policy (task control)")
+        return policy_setup(args.model, batch, getattr(args, "tolerance", None))
     return registry_setup(args.model, batch, episodes)
