@@ -115,6 +115,8 @@ def to_device(value, device: torch.device | str | None = None, dtype: torch.dtyp
         return value.to(device) if device is not None else value
     if isinstance(value, tuple | list):
         return tuple(to_device(v, device, dtype) for v in value)
+    if not isinstance(value, torch.Tensor):  # an integer input's valid values, or None
+        return value
     if dtype is not None and value.is_floating_point():
         value = value.to(dtype)
     return value.to(device) if device is not None else value

@@ -141,7 +141,12 @@ class SaveNode(LifecycleNode):
         """Load and protect the model (or load its cached Analysis); create the publishers."""
         self.configure_error = None
         try:
-            self._configure()
+            try:
+                self._configure()
+            except ConfigureError:
+                raise
+            except Exception as exc:  # a bug or a model's own error: one line, not silence
+                raise ConfigureError(f"{type(exc).__name__}: {exc}", 3) from exc
         except ConfigureError as exc:
             self.configure_error = exc
             if not self.cfg.autostart:  # with autostart, main prints it as the one exit line
