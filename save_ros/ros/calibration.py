@@ -249,7 +249,7 @@ def sets_from_bag(path: str, topics: tuple[str, ...],
             try:
                 x = decoders[i](item.msg).cpu()
             except InputError as exc:  # the live decoder's own checks
-                bad[f"{names[i]} {exc.kind}"] += 1
+                bad[f"{names[i]} ({exc.kind})"] += 1
                 continue
             match = sync.add(i, stamp, x)
             if match is not None:
@@ -266,6 +266,6 @@ def sets_from_bag(path: str, topics: tuple[str, ...],
             f"({stats.total('received')} messages, {sum(bad.values())} rejected: {why}); check "
             "the stamps or widen sync.slop")
     if bad and warn is not None:
-        warn(f"calibration.bag {path}: rejected {sum(bad.values())} messages ({why}); "
+        warn(f"calibration.bag {path}: rejected {sum(bad.values())} messages: {why}; "
              f"calibrating with {len(sets)} matched sets")
     return tuple(torch.cat(parts) for parts in zip(*sets, strict=True))
