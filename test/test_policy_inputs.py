@@ -116,8 +116,7 @@ def test_one_input_shape_for_a_policy_of_several_inputs_points_to_input_topics()
                           input_high=(1.0,)))
     with pytest.raises(ModelLoadError, match="zoo policy 'visuomotor_tiny' declares its inputs"):
         load(ModelRequest("visuomotor_tiny", inputs=_requests()))
-    with pytest.raises(ModelLoadError, match="digits_cnn is a bundled model of one input"):
-        load(ModelRequest("digits_cnn", inputs=_requests()))
+    assert not load(ModelRequest("digits_cnn", inputs=_requests())).multi  # check_fit refuses
 
 
 def test_integer_inputs_are_exact_and_checked_against_their_valid_values():

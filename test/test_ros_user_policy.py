@@ -264,7 +264,8 @@ def test_isolated_workers_calibrated_from_a_bag_serve_the_same_chunks(isolated):
     proc, client = isolated
     log = proc.output()
     assert f"calibration: {BAG_SETS} inputs" in log, log[-3000:]
-    assert "rejected 1 messages: 1 state (names); calibrating with 6 matched sets" in log, log[:1500]
+    assert "rejected 1 messages: 1 state (names); calibrating with 6 matched sets" in log, \
+        log[:1500]
     for seed in range(2):
         k = _send(client, seed)
         assert _chunk(client.wait_output(k, proc, timeout=60.0)) == _expected(seed)

@@ -133,9 +133,6 @@ def load(req: ModelRequest) -> LoadedModel:
         raise ModelLoadError(f"{req.model} is a model from your module: set input_shape "
                              "(without the batch dimension, e.g. [3, 224, 224])")
     loaded = loader.load(req.model, req.model_file)
-    if req.inputs and loaded.source not in (Source.IMPORT, Source.ZOO_POLICY):
-        raise ModelLoadError(f"input_topics names {len(req.inputs)} topics, but {req.model} "
-                             f"is a {loaded.source.value} model of one input; use input_topic")
     if loaded.source is Source.EXPORT:
         return _exported(req, loaded)
     if loaded.source is Source.IMPORT:
