@@ -136,7 +136,8 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("preprocess.dtype", "float32", T.PARAMETER_STRING, "dtype of the model input",
               choices=("float32", "float16", "bfloat16")),
     ParamSpec("calibration.file", "", T.PARAMETER_STRING,
-              "calibration inputs for Selection: a .pt tensor (N, *input_shape) or .npy file"),
+              "calibration inputs for Selection: a .pt tensor (N, *input_shape) or .npy file; "
+              "a policy: a .pt tuple of batches or dict by input name, or an .npz by name"),
     ParamSpec("calibration.bag", "", T.PARAMETER_STRING,
               "calibration inputs from a rosbag2 folder (decoded as live inputs are)"),
     ParamSpec("calibration.topic", "", T.PARAMETER_STRING,
