@@ -178,3 +178,11 @@ def test_bad_calibration_files_of_several_inputs_say_what_to_fix(tmp_path):
         torch.save(data, tmp_path / name)
         with pytest.raises(CalibrationError, match=match):
             sets_from_file(str(tmp_path / name), names, specs, 10)
+
+
+def test_a_zoo_policys_integer_input_is_exact_in_the_node():
+    loaded = load(ModelRequest("decision_transformer"))
+    timesteps = loaded.inputs[loaded.input_names.index("timesteps")]
+    assert timesteps.integer and timesteps.protect_range() == (0, 999)
+    assert loaded.example_input()[3].dtype == torch.int64
+    assert loaded.calibration[3].dtype == torch.int64

@@ -242,7 +242,8 @@ def _exported(req: ModelRequest, loaded: Loaded) -> LoadedModel:
     shapes = loaded.input_shapes or ()
     if len(shapes) != 1:
         raise ModelLoadError(f"{loaded.name} takes {len(shapes)} inputs; the node serves "
-                             "programs with one input tensor")
+                             "programs with one input tensor (a policy of several inputs: "
+                             "serve it from its import path, on input_topics)")
     shape = shapes[0]
     if req.input_shape and req.input_shape != shape:
         raise ModelLoadError(f"input_shape {list(req.input_shape)} differs from the program's "

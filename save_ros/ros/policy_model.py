@@ -41,11 +41,14 @@ class InputRequest:
     image: bool = False  # an image topic: an empty range is the preprocessing's box
 
 
-def _spec(name: str, shape: tuple[int, ...], box) -> InputSpec:
-    """An InputSpec from a zoo box: (low, high) of scalars or per-channel tuples; None: an
-    integer input (any value)."""
-    if box is None:
-        return InputSpec(shape=shape, low=(), high=(), integer=True)
+def _spec(name: str, shape: tuple[int, ...], box, integer: bool = False) -> InputSpec:
+    """An InputSpec from a zoo box: (low, high) of scalars or per-channel tuples; an integer
+    input's box is its inclusive valid values, or None (any value)."""
+    if integer or box is None:
+        if box is None:
+            return InputSpec(shape=shape, low=(), high=(), integer=True)
+        return InputSpec(shape=shape, low=(float(int(box[0])),), high=(float(int(box[1])),),
+                         integer=True)
     low, high = box
     channels = shape[0] if shape else 1
     low = tuple(low) if isinstance(low, tuple | list) else (float(low),) * channels
@@ -130,7 +133,7 @@ def zoo_policy_inputs(name: str, module: nn.Module) -> PolicyInputs:
 
     names = tuple(zoo.input_names(name))
     examples = zoo.example_inputs(name, batch=CALIBRATION_BATCH, seed=1)
-    specs = tuple(_spec(n, tuple(x.shape[1:]), b)
+    specs = tuple(_spec(n, tuple(x.shape[1:]), b, not x.is_floating_point())
                   for n, x, b in zip(names, examples, zoo.input_boxes(name), strict=True))
     out = _output(name, module, tuple(x[:1] for x in examples))
     return PolicyInputs(names, specs, tuple(examples), out)
