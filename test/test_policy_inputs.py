@@ -186,3 +186,40 @@ def test_a_zoo_policys_integer_input_is_exact_in_the_node():
     assert timesteps.integer and timesteps.protect_range() == (0, 999)
     assert loaded.example_input()[3].dtype == torch.int64
     assert loaded.calibration[3].dtype == torch.int64
+
+
+@pytest.mark.ros
+def test_calibration_bags_of_several_topics_are_matched_like_live_ones(tmp_path):
+    pytest.importorskip("rclpy")
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Int32MultiArray
+
+    from save_ros.ros.bags import BagWriter
+    from save_ros.ros.calibration import bag_topics, sets_from_bag
+
+    with BagWriter(tmp_path / "bag") as bag:
+        for i, t in enumerate((1.0, 2.0, 3.0, 4.0)):
+            joints = JointState(name=["a", "b"], position=[0.1 * i, -0.1 * i])
+            joints.header.stamp.sec = int(t)
+            bag.write("/joints", joints, round(t * 1e9))
+            if t != 3.0:  # no task at 3 s: that joint state stays unmatched
+                bag.write("/task", Int32MultiArray(data=[i]), round((t + 0.01) * 1e9))
+        bag.write("/other_joints", JointState(), round(9e9))
+    path = str(tmp_path / "bag")
+    types = ("sensor_msgs/msg/JointState", "std_msgs/msg/Int32MultiArray")
+    assert bag_topics(path, types, ("/ns/j", "/task"), ("/joints", "")) == ("/joints", "/task")
+    with pytest.raises(CalibrationError, match="has no topic /ns/j and 2 topics of type "
+                       "sensor_msgs/msg/JointState; set calibration.topics"):
+        bag_topics(path, types, ("/ns/j", "/ns/t"), ())
+    with pytest.raises(CalibrationError, match="no topic '/nope' of type"):
+        bag_topics(path, types, ("/ns/j", "/task"), ("/nope", ""))
+    int_spec = InputSpec((1,), (0.0,), (3.0,), integer=True)
+    decoders = (lambda m: torch.tensor([list(m.position)], dtype=torch.float32),
+                lambda m: check_in_box(int_array_to_input(m.data, int_spec, "m"), int_spec))
+    joints, tasks = sets_from_bag(path, ("/joints", "/task"), decoders, ("state", "task"),
+                                  slop_ns=50_000_000, queue_size=10, limit=100)
+    assert tasks.tolist() == [[0], [1], [3]] and joints[:, 0].tolist() == pytest.approx(
+        [0.0, 0.1, 0.3])
+    with pytest.raises(CalibrationError, match="no matched set within sync.slop"):
+        sets_from_bag(path, ("/joints", "/task"), decoders, ("state", "task"), slop_ns=1,
+                      queue_size=10, limit=100)
