@@ -5,10 +5,10 @@ config's), `config` (a parameters YAML; default: the package's config/<model>.ya
 config/digits_cnn.yaml for a model that is not bundled; config/visuomotor_policy.yaml for the zoo's
 visuomotor policies), `namespace`, `input_topic` (the topic to serve), `input_topics` and
 `input_types` (a policy of several inputs: comma-separated, one per input in the policy's order,
-e.g. `input_topics:=/camera/image_raw,/joint_states`), `use_sim_time`, `autostart` (true: this
-launch file configures and then activates the node through lifecycle events; false: leave it
-unconfigured for a lifecycle manager such as nav2_lifecycle_manager), `fault_injection`,
-`log_level`.
+e.g. `input_topics:=/camera/image_raw,/joint_states`; `input_names` binds each to a forward
+parameter), `use_sim_time`, `autostart` (true: this launch file configures and then activates
+the node through lifecycle events; false: leave it unconfigured for a lifecycle manager such as
+nav2_lifecycle_manager), `fault_injection`, `log_level`.
 """
 
 import os  # noqa: I001 (ruff takes launch/ here for first-party; it is the ROS package)
@@ -52,7 +52,7 @@ def _node(context, *args, **kwargs):
     topic = LaunchConfiguration("input_topic").perform(context)
     if topic:  # a parameter, not a remap: it wins over whatever input_topic the config names
         overrides["input_topic"] = topic
-    for name in ("input_topics", "input_types"):  # policies: one per input, matched in time
+    for name in ("input_topics", "input_types", "input_names"):  # policies: one per input
         values = _names(LaunchConfiguration(name).perform(context))
         if values:
             overrides[name] = values
@@ -99,7 +99,11 @@ def generate_launch_description() -> LaunchDescription:
                               "input order (default: the config's input_topics)"),
         DeclareLaunchArgument("input_types", default_value="",
                               description="their message types, comma-separated: image, "
-                              "joint_state, float32_multi_array (default: the config's)"),
+                              "joint_state, float32_multi_array, int32_multi_array (default: "
+                              "the config's)"),
+        DeclareLaunchArgument("input_names", default_value="",
+                              description="the forward parameter each input topic feeds, "
+                              "comma-separated (default: the config's)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock (a rosbag played with --clock)"),
         DeclareLaunchArgument("autostart", default_value="true",

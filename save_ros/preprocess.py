@@ -60,19 +60,33 @@ class Resize(enum.Enum):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model expects: shape without the batch dim and the per-channel value box."""
+    """What the model expects: shape without the batch dim and the per-channel value box.
+
+    `integer`: an exact input (token ids, discrete commands; int64): `low`/`high` then hold its
+    inclusive valid values, one each, or are empty for any integer; it has no float box.
+    """
 
     shape: tuple[int, ...]
     low: tuple[float, ...]
     high: tuple[float, ...]
+    integer: bool = False
 
     def numel(self) -> int:
         """Number of elements of one input."""
         return int(np.prod(self.shape))
 
     def box(self) -> InputBox:
-        """The declared box as SAVE analyses and checks it."""
+        """The declared box as SAVE analyses and checks it (float inputs)."""
+        if self.integer:
+            raise ValueError("an integer input has no float box; see protect_range()")
         return InputBox.of((self.low, self.high), self.shape)
+
+    def protect_range(self) -> InputBox | tuple[int, int] | None:
+        """This input's entry of protect()'s input_range: the box, or an integer input's
+        inclusive (low, high), or None (any integer)."""
+        if not self.integer:
+            return self.box()
+        return (int(self.low[0]), int(self.high[0])) if self.low else None
 
 
 @dataclass(frozen=True)
@@ -236,13 +250,35 @@ def array_to_input(values: Sequence[float], spec: InputSpec, what: str,
     return torch.from_numpy(data.copy()).reshape(1, *spec.shape).to(device)
 
 
+def int_array_to_input(values: Sequence[int], spec: InputSpec, what: str,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """A flat integer sequence as a (1, *shape) int64 input on `device` (an exact input)."""
+    data = np.asarray(values, dtype=np.int64)
+    if data.size != spec.numel():
+        raise InputError(f"{what} has {data.size} values, the model takes {spec.numel()} "
+                         f"(shape {spec.shape})", "shape")
+    return torch.from_numpy(data.copy()).reshape(1, *spec.shape).to(device)
+
+
 def check_in_box(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """`x` inside the declared input box, or InputError (kind out_of_range).
 
     SAVE's guarantees hold for inputs inside the box it analysed; an input outside it is an
     input error (a sensor glitch, wrong units or encoding), not a hardware fault. Rounding of the
-    preprocessing (up to 1e-6 of the box width) is clamped back into the box.
+    preprocessing (up to 1e-6 of the box width) is clamped back into the box. An integer input
+    is compared exactly with its valid values (nothing is clamped).
     """
+    if spec.integer:
+        if x.is_floating_point():
+            raise InputError("an integer input got float values", "dtype")
+        if spec.low:
+            lo, hi = int(spec.low[0]), int(spec.high[0])
+            bad = (x < lo) | (x > hi)
+            if bool(bad.any()):
+                raise InputError(f"integer input holds {int(x[bad][0])}, outside its valid "
+                                 f"values [{lo}, {hi}] ({int(bad.sum())} elements)",
+                                 "out_of_range")
+        return x
     low, high = spec.box().to(x.device)
     slack = (high - low) * 1e-6
     xf = x.float()

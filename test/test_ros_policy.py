@@ -9,7 +9,6 @@ same two inputs at 64 px); the tests run in file order.
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -19,15 +18,8 @@ import torch
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 pytest.importorskip("trajectory_msgs", reason="trajectory_msgs is not installed")
 
-import rclpy  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from policy_client import PolicyClient  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from save_ros.models import zoo  # noqa: E402
 from save_ros.preprocess import ImageOptions  # noqa: E402
@@ -42,106 +34,6 @@ SLOP = 0.02
 T0 = 1000  # s: the first stamp of the test's sets
 
 
-class PolicyClient:
-    """Publishes images and joint states to the node, records ~/output, statuses, diagnostics."""
-
-    def __init__(self, fqn: str) -> None:
-        self.fqn = fqn
-        self.context = Context()
-        rclpy.init(args=[], context=self.context)
-        self.node = Node(f"policy_client_{os.getpid()}", context=self.context)
-        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pub = self.node.create_publisher(Image, f"{fqn}/image", reliable)
-        self.joint_pub = self.node.create_publisher(JointState, f"{fqn}/joint_states", reliable)
-        self.outputs: dict[tuple[int, int], JointTrajectory] = {}
-        self.statuses: list[DiagnosticArray] = []
-        self.sync_diag: list[dict[str, str]] = []
-        self.cond = threading.Condition()
-        self.node.create_subscription(JointTrajectory, f"{fqn}/output", self._on_output, reliable)
-        self.node.create_subscription(DiagnosticArray, f"{fqn}/fault_status",
-                                      self._on_status, reliable)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, reliable)
-        self.inject = self.node.create_client(Trigger, f"{fqn}/inject_faults")
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _on_output(self, msg: JointTrajectory) -> None:
-        with self.cond:
-            self.outputs[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
-            self.cond.notify_all()
-
-    def _on_status(self, msg: DiagnosticArray) -> None:
-        with self.cond:
-            self.statuses.append(msg)
-            self.cond.notify_all()
-
-    def _on_diag(self, msg: DiagnosticArray) -> None:
-        for s in msg.status:
-            if s.name.startswith(self.fqn.lstrip("/")) and s.name.endswith(": sync"):
-                with self.cond:
-                    self.sync_diag.append({kv.key: kv.value for kv in s.values})
-                    self.cond.notify_all()
-
-    def wait_ready(self, proc: NodeProcess, timeout: float = 120.0) -> None:
-        """Until the node's inputs, output and inject service are matched with this client."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc.check_alive()
-            if (self.image_pub.get_subscription_count() and self.joint_pub.get_subscription_count()
-                    and self.node.count_publishers(f"{self.fqn}/output")
-                    and self.inject.service_is_ready()):
-                time.sleep(1.0)  # the node discovers this client's publishers too
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"the node did not come up:\n{proc.output()[-3000:]}")
-
-    def send(self, image: Image | None, joints: JointState | None) -> None:
-        if image is not None:
-            self.image_pub.publish(image)
-        if joints is not None:
-            self.joint_pub.publish(joints)
-
-    def wait_output(self, key: tuple[int, int], proc: NodeProcess,
-                    timeout: float = 30.0) -> JointTrajectory:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while key not in self.outputs:
-                proc.check_alive()
-                left = deadline - time.monotonic()
-                assert left > 0, f"no ~/output stamped {key}:\n{proc.output()[-2000:]}"
-                self.cond.wait(min(left, 0.5))
-            return self.outputs[key]
-
-    def wait_status(self, key: tuple[int, int], timeout: float = 30.0) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for msg in self.statuses:
-                    if (msg.header.stamp.sec, msg.header.stamp.nanosec) == key:
-                        return {kv.key: kv.value for kv in msg.status[0].values} | {
-                            "_message": msg.status[0].message}
-                left = deadline - time.monotonic()
-                assert left > 0, f"no ~/fault_status stamped {key}"
-                self.cond.wait(min(left, 0.5))
-
-    def wait_sync(self, ok, timeout: float = 15.0) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not (self.sync_diag and ok(self.sync_diag[-1])):
-                left = deadline - time.monotonic()
-                assert left > 0, f"/diagnostics sync never as expected: {self.sync_diag[-1:]}"
-                self.cond.wait(min(left, 0.5))
-            return self.sync_diag[-1]
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-        self.thread.join(timeout=5.0)
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "save_ros_analysis" / "visuomotor_tiny.json"
@@ -152,7 +44,7 @@ def node(tmp_path_factory):
         "fault_injection.enabled": True, "fault_injection.count": 8,
         "fault_injection.seed": 3, "diagnostics_period": 0.2, "analysis_cache": str(cache),
     }).start()
-    client = PolicyClient(proc.fqn)
+    client = PolicyClient(proc.fqn, {"image": Image, "joint_states": JointState})
     try:
         client.wait_ready(proc)
         yield proc, client
@@ -245,12 +137,8 @@ def test_unmatched_and_late_messages_are_counted_never_mixed(node):
 def test_an_injected_weight_flip_is_repaired_and_the_chunk_equals_the_clean_one(node):
     proc, client = node
     assert CLEAN, "runs after the matched-pairs test"
-    reply = client.inject.call_async(Trigger.Request())
-    deadline = time.monotonic() + 30
-    while not reply.done():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert reply.result().success, reply.result().message
+    reply = client.call_inject()
+    assert reply.success, reply.message
     detected = 0
     for seed, clean in CLEAN.items():
         t = T0 + 100 + seed

@@ -77,7 +77,7 @@ def _build(context, **overrides) -> SaveNode:
          "names 3 topics but visuomotor_tiny takes 2 inputs"),
         ({"model": "visuomotor_tiny", "input_topics": ["a", "b"],
           "input_types": ["joint_state", "image"]}, ParameterError,
-         "input 'image' has shape [3, 64, 64]; a joint_state topic gives a 1-d input"),
+         "has shape [3, 64, 64]; a joint_state topic gives a 1-d input"),
         ({"model": "visuomotor_tiny", "input_topics": ["a", "b"],
           "input_types": ["image", "joint_state"], "output_type": "joint_trajectory",
           "joint_names": ["j1", "j2"]}, ParameterError, "joint_names has 2 names but"),

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from save_ros.core.inputs import InputBatch
+
+# what a request carries: one input, or several (positional tuple, or keyword dict)
+Payload = np.ndarray | tuple[np.ndarray, ...] | dict[str, np.ndarray]
 
 
 @dataclass
@@ -33,7 +38,7 @@ class Request:
     """One queued inference (or remote call) and the futures its caller holds."""
 
     id: int
-    array: np.ndarray | None  # None for a call
+    array: Payload | None  # the input(s); None for a call
     wait: bool
     submitted_at: float
     timeout_s: float  # the watchdog's limit for this request
@@ -47,13 +52,47 @@ class Request:
     failure: tuple[float | None, float] | None = None
 
 
-def to_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A private contiguous copy, so the caller may reuse its buffer at once."""
+def _one(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"input must be a torch.Tensor or numpy array, got {type(x).__name__}")
     return np.array(x, copy=True, order="C")
+
+
+def to_array(x: Any) -> Payload:
+    """A private contiguous copy, so the caller may reuse its buffer at once: of one input
+    (a tensor or array), or of several (a tuple / list / dict / InputBatch of them), in that
+    structure (a tuple or a dict of arrays)."""
+    if isinstance(x, InputBatch):
+        x = x.tensors
+    if isinstance(x, Mapping):
+        return {str(k): _one(v) for k, v in x.items()}
+    if isinstance(x, tuple | list):
+        if not x:
+            raise TypeError("input is an empty sequence; give one tensor per model input")
+        return tuple(_one(v) for v in x)
+    return _one(x)
+
+
+def as_tensors(payload: Payload, device: torch.device | str | None = None) -> Any:
+    """A request's payload as tensors (on `device`), in its structure: what the model takes."""
+    def one(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        return t.to(device) if device is not None else t
+
+    if isinstance(payload, dict):
+        return {k: one(v) for k, v in payload.items()}
+    if isinstance(payload, tuple):
+        return tuple(one(v) for v in payload)
+    return one(payload)
+
+
+def run_plain(model: Any, x: Any) -> Any:
+    """`model` on one input or several (a tuple: positional, a dict: keyword arguments)."""
+    if isinstance(x, dict):
+        return model(**x)
+    return model(*x) if isinstance(x, tuple) else model(x)
 
 
 def fail(request: Request, exc: BaseException) -> None:

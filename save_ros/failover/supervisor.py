@@ -26,7 +26,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
@@ -56,7 +55,7 @@ class FailoverModel(DispatchLoop):
     """A model served by worker processes with a warm standby; survives worker crashes and hangs."""
 
     def __init__(self, source: ModelSource | str | torch.nn.Module,
-                 example_input: torch.Tensor | np.ndarray,
+                 example_input: Any,
                  input_range: Any = None, config: FailoverConfig | None = None,
                  on_event: Callable[[FailoverEvent], None] | None = None,
                  protect_config: Any = None) -> None:
@@ -136,12 +135,14 @@ class FailoverModel(DispatchLoop):
 
     # ---- inference API (that of ProtectedModel) ----
 
-    def infer(self, x: torch.Tensor | np.ndarray, wait: bool = True,
+    def infer(self, x: Any, wait: bool = True,
               timeout: float | None = None) -> FailoverResult:
-        """Run one inference; blocks through failover until the answer (or `timeout`)."""
+        """Run one inference; blocks through failover until the answer (or `timeout`).
+
+        `x`: one tensor, or several (a tuple / list / dict / InputBatch) as `example_input`."""
         return self.submit(x, wait).result(timeout)
 
-    def submit(self, x: torch.Tensor | np.ndarray, wait: bool = True, block: bool = True,
+    def submit(self, x: Any, wait: bool = True, block: bool = True,
                timeout: float | None = None) -> Future:
         """Queue one input; the Future resolves to a `FailoverResult`."""
         request = Request(next(self._ids), to_array(x), wait, time.monotonic(),

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from save_ros.failover.config import FailoverConfig, WeightSharing, WorkerModel
 from save_ros.failover.packed import PackedWeights
+from save_ros.failover.requests import as_tensors
 from save_ros.models import loader
 
 
@@ -79,7 +79,7 @@ def storage_pointers(model: nn.Module) -> dict[str, int]:
 
 
 def protect_parts(config: FailoverConfig, model: nn.Module | None, source: ModelSource,
-                   example: np.ndarray, input_range: Any,
+                   example: Any, input_range: Any,
                    protect_config: Any) -> tuple[Any, dict[str, Any] | None]:
     """The ProtectConfig a worker gets (its Analysis taken out) and the Analysis as a dict."""
     if config.backend is not WorkerModel.PROTECT:
@@ -94,6 +94,6 @@ def protect_parts(config: FailoverConfig, model: nn.Module | None, source: Model
     if analysis is None and config.share_analysis:
         if model is None or config.weight_sharing is WeightSharing.CUDA_IPC:
             model = source.load()  # analyse a CPU copy
-        analysis = analyze(model, torch.from_numpy(example), input_range,
+        analysis = analyze(model, as_tensors(example), input_range,
                            protect_config.calibration, protect_config.margin)
     return worker_config, None if analysis is None else analysis.to_dict()

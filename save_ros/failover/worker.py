@@ -10,7 +10,8 @@ output on the CPU),
 ("verdict", id, status), ("error", id, exception) for a bad input (the worker lives on),
 ("fatal", id, text) just before the worker exits because its device context is lost,
 ("crashing", id, monotonic time) just before an injected crash.
-Arrays travel by value (numpy pickles); only the weights are shared.
+Arrays travel by value (numpy pickles; several inputs as a tuple or dict of arrays, one per
+input); only the weights are shared.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from save_ros.failover import crash
 from save_ros.failover.config import FailoverConfig, WorkerModel
 from save_ros.failover.events import RemoteError
 from save_ros.failover.packed import PackedWeights
+from save_ros.failover.requests import Payload, as_tensors, run_plain
 from save_ros.failover.weights import ModelSource, shared_bytes, storage_pointers
 
 FATAL_EXIT_CODE = 3  # the worker quit on purpose: its CUDA context is unusable
@@ -49,7 +51,7 @@ class WorkerSpec:
     """Everything a worker needs to build its model; pickled into the new process."""
 
     source: ModelSource
-    example_input: np.ndarray  # one batch, for the warm-up (and for protect's analysis)
+    example_input: Payload  # one batch (of each input), for the warm-up and the analysis
     config: FailoverConfig
     input_range: Any = None  # passed through to protect()
     protect_config: Any = None  # a ProtectConfig without its analysis, or None for defaults
@@ -67,7 +69,7 @@ class _Runner:
             from save_ros.core.analysis import Analysis
             from save_ros.core.protect import ProtectConfig, protect
 
-            example = torch.from_numpy(spec.example_input).to(device)
+            example = as_tensors(spec.example_input, device)
             config = spec.protect_config or ProtectConfig()
             if spec.analysis is not None:
                 analysis = Analysis.from_dict(spec.analysis)
@@ -75,7 +77,7 @@ class _Runner:
                 # Selection runs on a CPU copy, as the parent does (its gradients are CPU-only).
                 from save_ros.core.select import analyze
 
-                analysis = analyze(spec.source.load(), torch.from_numpy(spec.example_input),
+                analysis = analyze(spec.source.load(), as_tensors(spec.example_input),
                                    spec.input_range, config.calibration, config.margin)
             else:
                 analysis = None  # protect() analyses
@@ -88,11 +90,11 @@ class _Runner:
         """What remote operations act on: the ProtectedModel, else the plain model."""
         return self.protected if self.protected is not None else self.model
 
-    def infer(self, x: torch.Tensor, wait: bool) -> tuple[torch.Tensor, Any, Future | None]:
+    def infer(self, x: Any, wait: bool) -> tuple[torch.Tensor, Any, Future | None]:
         """One forward pass; with protect and wait=False the verdict follows as a future."""
         if self.protected is None:
             with torch.inference_mode():
-                return self.model(x), None, None
+                return run_plain(self.model, x), None, None
         result = self.protected.infer(x, wait=wait)
         # With wait=True the status is already in; a verdict follows only with wait=False.
         return result.output, result.status, None if wait else result.verdict
@@ -171,8 +173,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, shared_model: PackedWeights 
         loaded = time.monotonic()
         runner = _Runner(model, spec, device)
         prepared = time.monotonic()
-        warm_output, _, warm_verdict = runner.infer(torch.from_numpy(spec.example_input).to(device),
-                                                    True)
+        warm_output, _, warm_verdict = runner.infer(as_tensors(spec.example_input, device), True)
         if warm_verdict is not None:
             warm_verdict.result()
         warmed = time.monotonic()
@@ -224,7 +225,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, shared_model: PackedWeights 
                 kind, armed = armed, None
                 send(("crashing", rid, time.monotonic()))
                 crash.perform(kind, device)
-            output, status, verdict = runner.infer(torch.from_numpy(array).to(device), wait)
+            output, status, verdict = runner.infer(as_tensors(array, device), wait)
             array = _as_array(output)
             send(("output", rid, array, _picklable(status), verdict is not None,
                   (received, time.monotonic())))

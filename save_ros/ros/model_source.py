@@ -4,7 +4,8 @@
 - a bundled model (`digits_cnn`, ...): its weights, input box, task and calibration set; with
   `model_file`, a state dict loaded into that architecture;
 - an import path `package.module:factory`: `factory()` returns an `nn.Module` (a class or a
-  function); with `model_file`, a state dict loaded into it. `input_shape` is required;
+  function); with `model_file`, a state dict loaded into it. `input_shape` is required; a
+  policy of several inputs gives one `policy_model.InputRequest` per topic instead (`inputs`);
 - a torch.export program `path/to/model.pt2` (`torch.export.save`): its graph is an fx graph, so
   SAVE protects it; the input shape comes from the program.
 A TorchScript `model_file` (torch.jit.save) is served only unprotected: SAVE needs the fx graph.
@@ -27,6 +28,7 @@ from torch import nn
 
 from save_ros import models
 from save_ros.core.box import InputBox
+from save_ros.core.input_forms import forward_params
 from save_ros.models import loader
 from save_ros.models.loader import (  # noqa: F401 (is_export_path: part of this module's API)
     Loaded,
@@ -51,6 +53,8 @@ class ModelRequest:
     input_high: tuple[float, ...] = ()
     # channels -> (low, high): the box image preprocessing produces (None for vector inputs)
     default_box: Callable[[int], tuple[tuple[float, ...], tuple[float, ...]]] | None = None
+    # a policy of several inputs: one per input topic (names, shapes, ranges), topic order
+    inputs: tuple[policy_model.InputRequest, ...] = ()
 
 
 @dataclass
@@ -87,9 +91,9 @@ class LoadedModel:
 
     def input_box(self):
         """The input box SAVE analyses and checks (`input_low`/`input_high`, or the model's);
-        a tuple of boxes for a policy of several inputs."""
+        a tuple for a policy of several inputs (an integer input's entry: its valid values)."""
         if self.multi:
-            return tuple(spec.box() for spec in self.inputs)
+            return tuple(spec.protect_range() for spec in self.inputs)
         return self.input.box()
 
     def example_input(self):
@@ -101,10 +105,7 @@ class LoadedModel:
             if len(self.calibration):
                 return self.calibration[:1].clone()
         specs = self.inputs if self.multi else (self.input,)
-        centres = []
-        for spec in specs:
-            low, high = spec.box().expand((1, *spec.shape))
-            centres.append(((low + high) / 2).to(self.dtype))
+        centres = [policy_model.example_of(spec, self.dtype) for spec in specs]
         return tuple(centres) if self.multi else centres[0]
 
 
@@ -114,6 +115,8 @@ def to_device(value, device: torch.device | str | None = None, dtype: torch.dtyp
         return value.to(device) if device is not None else value
     if isinstance(value, tuple | list):
         return tuple(to_device(v, device, dtype) for v in value)
+    if not isinstance(value, torch.Tensor):  # an integer input's valid values, or None
+        return value
     if dtype is not None and value.is_floating_point():
         value = value.to(dtype)
     return value.to(device) if device is not None else value
@@ -126,14 +129,15 @@ def describe_choices() -> str:
 
 def load(req: ModelRequest) -> LoadedModel:
     """Load the model `req` describes (through `save_ros.models.loader`), on the CPU, eval."""
-    if is_import_path(req.model) and not req.input_shape:
+    if is_import_path(req.model) and not req.input_shape and not req.inputs:
         raise ModelLoadError(f"{req.model} is a model from your module: set input_shape "
                              "(without the batch dimension, e.g. [3, 224, 224])")
     loaded = loader.load(req.model, req.model_file)
     if loaded.source is Source.EXPORT:
         return _exported(req, loaded)
     if loaded.source is Source.IMPORT:
-        return _imported(req, loaded.module)
+        return _imported_policy(req, loaded.module) if req.inputs else _imported(req,
+                                                                                  loaded.module)
     if loaded.source is Source.TORCHSCRIPT:
         return _torchscript(req, loaded)
     if loaded.source is Source.ZOO_POLICY:
@@ -143,13 +147,26 @@ def load(req: ModelRequest) -> LoadedModel:
 
 def _zoo_policy(req: ModelRequest, module: nn.Module) -> LoadedModel:
     """A zoo policy of several inputs: a spec and a calibration batch per input, task control."""
-    if req.input_shape or req.input_low:
+    if req.input_shape or req.input_low or any(r.shape or r.range for r in req.inputs):
         raise ModelLoadError(f"zoo policy {req.model!r} declares its inputs; leave "
-                             "input_shape, input_low and input_high unset")
+                             "input_shape(s), input_low, input_high and input_ranges unset")
     p = policy_model.zoo_policy_inputs(req.model, module)
     return LoadedModel(module=module, name=req.model, task=req.task or "control",
                        input=p.specs[0], num_outputs=math.prod(p.output_shape),
                        calibration=p.calibration, source="zoo_policy", inputs=p.specs,
+                       input_names=p.names, output_shape=p.output_shape)
+
+
+def _imported_policy(req: ModelRequest, module: nn.Module) -> LoadedModel:
+    """`package.module:factory` of several inputs: specs from the per-topic requests."""
+    if req.input_shape or req.input_low:
+        raise ModelLoadError(f"{req.model} is served on {len(req.inputs)} input topics: give "
+                             "input_shapes and input_ranges (one per topic) instead of "
+                             "input_shape, input_low and input_high")
+    p = policy_model.user_policy_inputs(req.model, module, req.inputs, req.default_box)
+    return LoadedModel(module=module.eval(), name=req.model, task=req.task or "control",
+                       input=p.specs[0], num_outputs=math.prod(p.output_shape),
+                       calibration=None, source="import", inputs=p.specs,
                        input_names=p.names, output_shape=p.output_shape)
 
 
@@ -209,6 +226,11 @@ def _probe(module: nn.Module, shape: tuple[int, ...], what: str) -> int:
 
 def _imported(req: ModelRequest, module: nn.Module) -> LoadedModel:
     """`package.module:factory` (with its state dict already loaded)."""
+    required = [q.name for q in forward_params(module) or [] if q.default is q.empty]
+    if len(required) > 1:
+        raise ModelLoadError(f"{req.model}.forward takes {len(required)} inputs "
+                             f"({', '.join(required)}): serve it on input_topics, with "
+                             "input_types, input_shapes and input_ranges (one per input)")
     return LoadedModel(module=module, name=req.model, task=req.task or "classification",
                        input=_box(req, req.input_shape),
                        num_outputs=_probe(module, req.input_shape, req.model),
@@ -220,7 +242,8 @@ def _exported(req: ModelRequest, loaded: Loaded) -> LoadedModel:
     shapes = loaded.input_shapes or ()
     if len(shapes) != 1:
         raise ModelLoadError(f"{loaded.name} takes {len(shapes)} inputs; the node serves "
-                             "programs with one input tensor")
+                             "programs with one input tensor (a policy of several inputs: "
+                             "serve it from its import path, on input_topics)")
     shape = shapes[0]
     if req.input_shape and req.input_shape != shape:
         raise ModelLoadError(f"input_shape {list(req.input_shape)} differs from the program's "

@@ -56,6 +56,7 @@ class InputType(enum.Enum):
     IMAGE = "image"
     FLOAT32_MULTI_ARRAY = "float32_multi_array"
     JOINT_STATE = "joint_state"
+    INT32_MULTI_ARRAY = "int32_multi_array"  # an integer input of a policy (input_types only)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ SPECS: tuple[ParamSpec, ...] = (
               "killed and the standby takes over", float_range=(0.05, 600.0)),
     ParamSpec("input_topic", "~/input", T.PARAMETER_STRING, "topic the node subscribes to"),
     ParamSpec("input_type", "image", T.PARAMETER_STRING, "message type of the input topic",
-              choices=tuple(t.value for t in InputType)),
+              choices=("image", "float32_multi_array", "joint_state")),
     ParamSpec("joint_names", [""], T.PARAMETER_STRING_ARRAY,
               "for joint_state input: joint order the policy expects; ['']: message order"),
     ParamSpec("preprocess.resize", "stretch", T.PARAMETER_STRING,
@@ -135,7 +136,8 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("preprocess.dtype", "float32", T.PARAMETER_STRING, "dtype of the model input",
               choices=("float32", "float16", "bfloat16")),
     ParamSpec("calibration.file", "", T.PARAMETER_STRING,
-              "calibration inputs for Selection: a .pt tensor (N, *input_shape) or .npy file"),
+              "calibration inputs for Selection: a .pt tensor (N, *input_shape) or .npy file; "
+              "a policy: a .pt tuple of batches or dict by input name, or an .npz by name"),
     ParamSpec("calibration.bag", "", T.PARAMETER_STRING,
               "calibration inputs from a rosbag2 folder (decoded as live inputs are)"),
     ParamSpec("calibration.topic", "", T.PARAMETER_STRING,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from std_msgs.msg import Header
 
+from save_ros.core.inputs import InputBatch
 from save_ros.preprocess import InputError, check_in_box
 from save_ros.ros import convert, params
 from save_ros.ros.backend import Backend, Verdict, resolve
@@ -80,8 +81,8 @@ class Pipeline:
         self._intake = threading.Condition()
         self._intake_busy = 0  # intake callbacks running now
         self._sealed = False  # after seal(): an input is neither counted nor answered
-        self.live_samples: list[torch.Tensor] = []
-        self.on_live_calibration: Callable[[torch.Tensor], None] | None = None
+        self.live_samples: list = []  # tensors, or a policy's tuples
+        self.on_live_calibration: Callable[[object], None] | None = None
 
     # -- intake ---------------------------------------------------------------------------
     def decode(self, msg) -> torch.Tensor:
@@ -143,10 +144,14 @@ class Pipeline:
         want = self.cfg.calibration_live
         if not want or self.on_live_calibration is None or len(self.live_samples) >= want:
             return
-        self.live_samples.append(x.detach().cpu())
+        self.live_samples.append(x.detach().cpu() if isinstance(x, torch.Tensor)
+                                 else tuple(t.detach().cpu() for t in x))
         self.health.calibration = f"recording {len(self.live_samples)}/{want} live inputs"
         if len(self.live_samples) == want:
-            self.on_live_calibration(torch.cat(self.live_samples))
+            first = self.live_samples[0]
+            self.on_live_calibration(  # a policy's matched sets: one batch per input
+                torch.cat(self.live_samples) if isinstance(first, torch.Tensor) else
+                InputBatch(tuple(torch.cat(p) for p in zip(*self.live_samples, strict=True))))
 
     def _report_dropped(self, dropped: list[Pending], reason: str) -> None:
         """Say so, stamped, so a controller waiting on a dropped input moves on."""

@@ -1,8 +1,10 @@
 """A policy's topics: several inputs matched in time in, an action chunk out.
 
-`PolicyIntake` subscribes to one topic per model input (`input_topics`, `input_types`), decodes
-each message with its own input's spec as it arrives (images through the node's preprocessing,
-`preprocess.*`; JointState by `joint_names`; every input checked against its box), and offers it
+`PolicyIntake` subscribes to one topic per model input (`input_topics`, `input_types`;
+`input_names` says which forward parameter each feeds, `topic_inputs`), decodes each message
+with its own input's spec as it arrives (images through the node's preprocessing,
+`preprocess.*`; JointState by `joint_names`; Int32MultiArray as an exact integer input; every
+input checked against its box or valid values), and offers it
 to an `ApproximateSync` (`sync.slop`). A bad message is rejected there with a `~/fault_status`
 and counted; it never enters a set. A matched set goes to the pipeline as one input
 (`MatchedInputs`), stamped with the newest stamp of the set (and that message's frame_id), so
@@ -25,8 +27,8 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension
 
-from save_ros.preprocess import InputError, InputSpec, check_in_box
-from save_ros.ros import convert, params
+from save_ros.preprocess import InputError, InputSpec, check_in_box, int_array_to_input
+from save_ros.ros import calibration, convert, params
 from save_ros.ros.model_source import LoadedModel
 from save_ros.ros.outputs import OutputEncoder, OutputKind
 from save_ros.ros.policy_params import PolicyConfig
@@ -47,6 +49,18 @@ class MatchedInputs:
     x: tuple[torch.Tensor, ...]
 
 
+def topic_inputs(pcfg: PolicyConfig, loaded: LoadedModel) -> tuple[int, ...]:
+    """The model input (forward position) each topic feeds: by `input_names`, else in order."""
+    if not pcfg.names:
+        return tuple(range(len(pcfg.topics)))
+    names = list(loaded.input_names)
+    unknown = [n for n in pcfg.names if n not in names]
+    if unknown or len(set(pcfg.names)) != len(pcfg.names):
+        raise PolicyConfigError(f"input_names {list(pcfg.names)} must name each input of "
+                                f"{loaded.name} once ({', '.join(names)})")
+    return tuple(names.index(n) for n in pcfg.names)
+
+
 def check_fit(cfg: params.NodeConfig, pcfg: PolicyConfig, loaded: LoadedModel) -> None:
     """Raise PolicyConfigError unless the topics and types fit the model's inputs."""
     if loaded.multi and not pcfg.multi:
@@ -62,17 +76,18 @@ def check_fit(cfg: params.NodeConfig, pcfg: PolicyConfig, loaded: LoadedModel) -
         raise PolicyConfigError(
             f"input_topics names {len(pcfg.topics)} topics but {loaded.name} takes "
             f"{len(loaded.inputs)} inputs ({', '.join(loaded.input_names)})")
-    for name, kind, spec in zip(loaded.input_names, pcfg.types, loaded.inputs, strict=True):
-        want = 3 if kind is params.InputType.IMAGE else 1
-        if len(spec.shape) != want:
-            raise PolicyConfigError(f"input {name!r} has shape {list(spec.shape)}; a "
-                                    f"{kind.value} topic gives a {want}-d input")
-    if cfg.isolation is not params.Isolation.NONE:
-        raise PolicyConfigError("isolation=process does not serve policies of several inputs "
-                                "yet; use isolation none")
-    if cfg.calibration_file or cfg.calibration_bag or cfg.calibration_live:
-        raise PolicyConfigError("calibration.* does not take policies of several inputs yet; "
-                                "the policy's own calibration set is used")
+    for topic, kind, k in zip(pcfg.topics, pcfg.types, topic_inputs(pcfg, loaded), strict=True):
+        name, spec = loaded.input_names[k], loaded.inputs[k]
+        where = f"input {name!r} (topic {topic}, {kind.value})"
+        if spec.integer != (kind is params.InputType.INT32_MULTI_ARRAY):
+            raise PolicyConfigError(
+                f"{where} is an integer input: give it an int32_multi_array topic"
+                if spec.integer else f"{where}: an int32_multi_array topic feeds an integer "
+                "input only (input_ranges 'int:LOW,HIGH')")
+        want = {params.InputType.IMAGE: 3, params.InputType.JOINT_STATE: 1}.get(kind)
+        if want is not None and len(spec.shape) != want:
+            raise PolicyConfigError(f"{where} has shape {list(spec.shape)}; a {kind.value} "
+                                    f"topic gives a {want}-d input")
 
 
 def decode(kind: params.InputType, msg, spec: InputSpec, cfg: params.NodeConfig,
@@ -83,9 +98,36 @@ def decode(kind: params.InputType, msg, spec: InputSpec, cfg: params.NodeConfig,
         x = convert.image_to_tensor(msg, spec, cfg.image, dev)
     elif kind is params.InputType.JOINT_STATE:
         x = convert.joint_state_to_tensor(msg, spec, cfg.joint_names, dev).to(dtype)
+    elif kind is params.InputType.INT32_MULTI_ARRAY:  # exact: no float conversion
+        x = int_array_to_input(msg.data[msg.layout.data_offset:], spec, "Int32MultiArray", dev)
     else:
         x = convert.multiarray_to_tensor(msg, spec, dev).to(dtype)
     return check_in_box(x, spec)
+
+
+def calibration_sets(cfg: params.NodeConfig, pcfg: PolicyConfig, loaded: LoadedModel,
+                     resolve, msg_types: dict, warn) -> tuple[torch.Tensor, ...]:
+    """One calibration batch per input (forward order) from `calibration.file` or `.bag`; a
+    bag's topics are decoded per input and matched like live ones. `resolve` expands a topic
+    name as the node does; `msg_types` maps an InputType to (class, type name)."""
+    if cfg.calibration_topic:
+        raise PolicyConfigError("calibration.topic names one topic; a policy of several inputs "
+                                "takes calibration.topics, one per input topic")
+    if cfg.calibration_file:
+        return calibration.sets_from_file(cfg.calibration_file, loaded.input_names,
+                                          loaded.inputs, cfg.calibration_max, warn)
+    order = topic_inputs(pcfg, loaded)
+    topics = calibration.bag_topics(cfg.calibration_bag,
+                                    tuple(msg_types[kind][1] for kind in pcfg.types),
+                                    tuple(resolve(t) for t in pcfg.topics),
+                                    pcfg.calibration_topics)
+    decoders = tuple((lambda msg, kind=kind, k=k: decode(kind, msg, loaded.inputs[k], cfg,
+                                                         loaded.dtype))
+                     for kind, k in zip(pcfg.types, order, strict=True))
+    per_topic = calibration.sets_from_bag(
+        cfg.calibration_bag, topics, decoders, tuple(loaded.input_names[k] for k in order),
+        round(pcfg.slop_s * 1e9), pcfg.sync_queue, cfg.calibration_max, warn)
+    return in_forward_order(order, list(per_topic))
 
 
 def _ns(stamp) -> int:
@@ -102,8 +144,10 @@ class PolicyIntake:
         self.node, self.intake_node, self.cfg, self.pcfg = node, node.intake_node, cfg, pcfg
         self.loaded, self.pipeline = loaded, pipeline
         self.msg_types = {kind: cls for kind, (cls, _) in msg_types.items()}
+        self.inputs = topic_inputs(pcfg, loaded)  # the model input each topic feeds
         self.sync: ApproximateSync = ApproximateSync(
-            loaded.input_names, round(pcfg.slop_s * 1e9), pcfg.sync_queue)
+            [loaded.input_names[k] for k in self.inputs], round(pcfg.slop_s * 1e9),
+            pcfg.sync_queue)
         self.subs: list = []
         self._last = self.sync.stats()
         self._lock = threading.Lock()
@@ -129,9 +173,10 @@ class PolicyIntake:
         header = getattr(msg, "header", None)
         if header is None:  # Float32MultiArray: stamped on arrival
             header = Header(stamp=self.node.get_clock().now().to_msg())
-        name = self.loaded.input_names[index]
+        k = self.inputs[index]
+        name = self.loaded.input_names[k]
         try:
-            x = decode(self.pcfg.types[index], msg, self.loaded.inputs[index], self.cfg,
+            x = decode(self.pcfg.types[index], msg, self.loaded.inputs[k], self.cfg,
                        self.loaded.dtype)
         except InputError as exc:
             p = self.pipeline
@@ -153,7 +198,7 @@ class PolicyIntake:
         set_header = match.items[newest][0]
         self.pipeline.on_input(MatchedInputs(
             Header(stamp=set_header.stamp, frame_id=set_header.frame_id),
-            tuple(x for _, x in match.items)))
+            in_forward_order(self.inputs, [x for _, x in match.items])))
 
     def status(self, health) -> DiagnosticStatus:
         """`<node>: sync` for /diagnostics: counters per input; WARN on late messages or when
@@ -173,6 +218,14 @@ class PolicyIntake:
         return convert.diagnostic_status(f"{health.name}: sync", health.hardware_id, level,
                                          message,
                                          sync_values(now, self.pcfg.slop_s))
+
+
+def in_forward_order(inputs: tuple[int, ...], per_topic: list) -> tuple:
+    """Items given per topic, placed at the model input each topic feeds."""
+    out: list = [None] * len(inputs)
+    for topic, k in enumerate(inputs):
+        out[k] = per_topic[topic]
+    return tuple(out)
 
 
 def sync_values(stats: SyncStats, slop_s: float) -> dict[str, object]:

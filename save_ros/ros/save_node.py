@@ -26,7 +26,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32MultiArray, Header
+from std_msgs.msg import Float32MultiArray, Header, Int32MultiArray
 
 from save_ros.preprocess import DTYPES
 from save_ros.ros import (
@@ -52,6 +52,7 @@ INPUT_TYPES = {
     params.InputType.IMAGE: (Image, "sensor_msgs/msg/Image"),
     params.InputType.FLOAT32_MULTI_ARRAY: (Float32MultiArray, "std_msgs/msg/Float32MultiArray"),
     params.InputType.JOINT_STATE: (JointState, "sensor_msgs/msg/JointState"),
+    params.InputType.INT32_MULTI_ARRAY: (Int32MultiArray, "std_msgs/msg/Int32MultiArray"),
 }
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
@@ -140,7 +141,12 @@ class SaveNode(LifecycleNode):
         """Load and protect the model (or load its cached Analysis); create the publishers."""
         self.configure_error = None
         try:
-            self._configure()
+            try:
+                self._configure()
+            except ConfigureError:
+                raise
+            except Exception as exc:  # a bug or a model's own error: one line, not silence
+                raise ConfigureError(f"{type(exc).__name__}: {exc}", 3) from exc
         except ConfigureError as exc:
             self.configure_error = exc
             if not self.cfg.autostart:  # with autostart, main prints it as the one exit line
@@ -152,7 +158,7 @@ class SaveNode(LifecycleNode):
     def _configure(self) -> None:
         cfg = self.cfg
         try:
-            loaded = model_source.load(cfg.model_request())
+            loaded = model_source.load(policy_params.model_request(cfg, self.policy_cfg))
             names = convert.output_names(loaded.task, loaded.num_outputs, cfg.output_names)
             kind, note = choose_output(loaded.task, cfg.output_type, vision_msgs_available())
             policy_io.check_fit(cfg, self.policy_cfg, loaded)
@@ -203,7 +209,8 @@ class SaveNode(LifecycleNode):
             self._policy_intake = policy_io.PolicyIntake(self, cfg, self.policy_cfg, loaded,
                                                          self.pipeline, INPUT_TYPES)
         self.get_logger().info(
-            f"configured {loaded.name} ({loaded.task}, input {loaded.input.shape}, "
+            f"configured {loaded.name} ({loaded.task}, input "
+            f"{[s.shape for s in loaded.inputs] if loaded.multi else loaded.input.shape}, "
             f"{loaded.source}) on {cfg.device}: {self.backend.describe()}; ~/output is "
             f"{self.encoder.describe()}")
 
@@ -238,7 +245,10 @@ class SaveNode(LifecycleNode):
 
     def _load_calibration(self) -> None:
         cfg, loaded = self.cfg, self.loaded
-        if cfg.calibration_file:
+        if loaded.multi and (cfg.calibration_file or cfg.calibration_bag):  # a batch per input
+            loaded.calibration = policy_io.calibration_sets(
+                cfg, self.policy_cfg, loaded, self.resolve_topic_name, INPUT_TYPES, self._warn)
+        elif cfg.calibration_file:
             loaded.calibration = calibration.from_file(cfg.calibration_file, loaded.input,
                                                        cfg.calibration_max, self._warn)
         elif cfg.calibration_bag:
@@ -248,7 +258,8 @@ class SaveNode(LifecycleNode):
                 self._warn)
         else:
             return
-        self.get_logger().info(f"calibration: {len(loaded.calibration)} inputs")
+        count = len(loaded.calibration[0] if loaded.multi else loaded.calibration)
+        self.get_logger().info(f"calibration: {count} inputs")
 
     def _warn(self, text: str) -> None:
         self.get_logger().warning(text)

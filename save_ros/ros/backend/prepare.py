@@ -42,7 +42,10 @@ def cache_path(cfg: NodeConfig, loaded: LoadedModel) -> Path | None:
     calib = loaded.calibration
     if calib is None or not (cfg.calibration_file or cfg.calibration_bag):
         return path
-    digest = hashlib.sha256(calib.detach().float().cpu().contiguous().numpy().tobytes())
+    digest = hashlib.sha256()
+    for t in (calib if isinstance(calib, tuple | list) else (calib,)):  # a batch per input
+        t = t.detach().float() if t.is_floating_point() else t.detach()  # numpy has no bf16
+        digest.update(t.cpu().contiguous().numpy().tobytes())
     return path.with_name(f"{path.stem}.calib-{digest.hexdigest()[:12]}{path.suffix}")
 
 
