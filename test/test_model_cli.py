@@ -181,3 +181,21 @@ def test_campaign_on_a_torch_export_file(capsys, tmp_path):
     code, _, err = run_cli(capsys, "campaign", "--model", str(tmp_path / "s.pt2"),
                            "--input-range", "0,1", "--quiet")
     assert code == 2 and "export it with a dynamic batch dimension" in err
+
+
+def test_campaign_on_a_zoo_policy_by_name(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "campaign", "--model", "visuomotor_tiny",
+                           "--method", "unprotected,save", "--flips", "0,4", "--bits", "30",
+                           "--trials", "2", "--batch", "2", "--target", "weights", "--quiet",
+                           "--tolerance", "1e-3,1e-5", "--json", str(tmp_path / "v.json"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "v.json").read_text())
+    assert res["model"]["task"] == "regression"  # control: every action element in tolerance
+    assert res["model"]["eval_data"]["input_names"] == ["image", "joint_state"]
+    points = {(p["method"], p["flips"]): p for p in res["points"]}
+    assert points[("unprotected", 0)]["changed"]["count"] == 0
+    assert points[("unprotected", 4)]["changed"]["count"] > 0  # exponent flips move actions
+    assert points[("save", 4)]["sdc"]["count"] == 0
+    # a policy has its own inputs: --input-shape is refused with one line
+    code, _, err = run_cli(capsys, "campaign", "--model", "visuomotor_tiny", *SHAPE)
+    assert code == 2 and "registry model with its own inputs" in err
