@@ -52,7 +52,7 @@ def test_help_and_bench_help_exit_0_on_stdout(capsys) -> None:
 @pytest.mark.skipif(not HAVE_ROS, reason="ROS 2 (rclpy) is not installed")
 def test_save_node_help_prints_usage_and_does_not_start_the_node() -> None:
     from save_ros.ros.params import SPECS
-    from save_ros.ros.tools.process import node_command
+    from save_ros.tools.process import node_command
 
     done = subprocess.run([*node_command(), "--help"], capture_output=True, text=True,
                           timeout=120)

@@ -1,6 +1,6 @@
 """Hostile inputs through real save_node processes, and replay that loses nothing by default.
 
-Every input type gets the hostile bag (`save_ros.ros.tools.hostile`, written and read back as a
+Every input type gets the hostile bag (`save_ros.tools.hostile`, written and read back as a
 rosbag) and a short seeded fuzz slice, with the model in the node (`isolation: none`) and, for
 images, in a worker process; the >= 1,000-message fuzz of every type and isolation is `slow`.
 The promises (checked by `hostile_suite.check`): the node survives and exits 0 on SIGINT; every
@@ -20,21 +20,21 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from save_ros import cli, models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
 from save_ros.ros.bags import BagWriter, read_messages, topics  # noqa: E402
-from save_ros.ros.tools.bundled import (  # noqa: E402
+from save_ros.tools.bundled import (  # noqa: E402
     BAGS_DIR,
     CARTPOLE_ARRAY_BAG,
     DIGITS_BAG,
     DIGITS_TOPIC,
 )
-from save_ros.ros.tools.fuzz import INPUT_TYPES, fuzz_messages  # noqa: E402
-from save_ros.ros.tools.hostile import (  # noqa: E402
+from save_ros.tools.fuzz import INPUT_TYPES, fuzz_messages  # noqa: E402
+from save_ros.tools.hostile import (  # noqa: E402
     TOPICS,
     case_labels,
     hostile_cases,
     write_hostile_bag,
 )
-from save_ros.ros.tools.hostile_suite import hostile_nodes, run_session  # noqa: E402
-from save_ros.ros.tools.replay import load_inputs  # noqa: E402
+from save_ros.tools.hostile_suite import hostile_nodes, run_session  # noqa: E402
+from save_ros.tools.replay import load_inputs  # noqa: E402
 
 FUZZ_SLICE = 30  # the default suite's share of the fuzz (the slow test sends 1,000 per type)
 FUZZ_FULL = 1000

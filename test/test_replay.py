@@ -9,7 +9,7 @@ pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
 from save_ros import cli  # noqa: E402
 from save_ros.ros.bags import read_messages, topics  # noqa: E402
-from save_ros.ros.tools.bundled import BAGS_DIR, CARTPOLE_BAG  # noqa: E402
+from save_ros.tools.bundled import BAGS_DIR, CARTPOLE_BAG  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "cartpole_policy.yaml")
@@ -46,7 +46,7 @@ def test_replay_with_injected_faults_matches_the_clean_run(tmp_path, capsys):
 
 def test_replay_refuses_a_bag_without_the_input_type(tmp_path):
     from save_ros.ros.bags import BagError
-    from save_ros.ros.tools.replay import load_inputs
+    from save_ros.tools.replay import load_inputs
 
     with pytest.raises(BagError, match="0 topics of type sensor_msgs/msg/Image"):
         load_inputs(BAGS_DIR / CARTPOLE_BAG, "image", None)

@@ -3,5 +3,5 @@
 `cpu` (+ `cpu_faults`, `report`): SAVE vs unprotected vs baselines at batch 1 on the bundled
 models; `scale` (+ `scale_coverage`): robot-scale models through `protect()`; `failover`: worker
 crash to next result, warm vs cold standby; `fx_sites`: what fx-node fault sites cost a
-campaign. The ROS node's measurements need a node process and live in `save_ros.ros.tools`.
+campaign. The ROS node's measurements need a node process and live in `save_ros.tools`.
 """

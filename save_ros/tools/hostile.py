@@ -11,7 +11,7 @@ The raw message builders and the fuzz are in `fuzz`. The messages target the bun
 images for `digits_cnn` (1x8x8, values in [0, 1]), JointState / Float32MultiArray for
 `cartpole_policy` (4 values; joints `CARTPOLE_JOINTS`).
 
-`python -m save_ros.ros.tools.hostile OUT` writes them as a rosbag2: one topic per input type,
+`python -m save_ros.tools.hostile OUT` writes them as a rosbag2: one topic per input type,
 `/hostile/image`, `/hostile/joint_state`, `/hostile/float32_multi_array`; bursts are 1 ns apart in
 bag time (a flood under `--pace realtime`), the rest 10 ms apart.
 """
@@ -30,8 +30,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header
 
 from save_ros.ros.bags import BagWriter, read_messages
-from save_ros.ros.tools.bundled import BAGS_DIR, CARTPOLE_JOINTS, DIGITS_BAG, T0_NS
-from save_ros.ros.tools.fuzz import (
+from save_ros.tools.bundled import BAGS_DIR, CARTPOLE_JOINTS, DIGITS_BAG, T0_NS
+from save_ros.tools.fuzz import (
     HUGE,
     INPUT_TYPES,
     U32_MAX,

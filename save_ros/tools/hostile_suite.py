@@ -16,7 +16,7 @@ must be accepted must also be verified), that the node's
 /diagnostics and fault statuses stay bounded in size, and that its memory does not grow (RSS of
 the node and its workers before and after). The node is then stopped with SIGINT: exit code 0.
 
-`python -m save_ros.ros.tools.hostile_suite --fuzz 1000 --json docs/results/hostile.json`
+`python -m save_ros.tools.hostile_suite --fuzz 1000 --json docs/results/hostile.json`
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from pathlib import Path
 
 from save_ros.eval.record import run_record, write_json
 from save_ros.ros.bags import read_messages
-from save_ros.ros.tools.bundled import CONFIG_DIR
-from save_ros.ros.tools.client import ReplayClient
-from save_ros.ros.tools.fuzz import INPUT_TYPES, fuzz_messages
-from save_ros.ros.tools.hostile import (
+from save_ros.tools.bundled import CONFIG_DIR
+from save_ros.tools.client import ReplayClient
+from save_ros.tools.fuzz import INPUT_TYPES, fuzz_messages
+from save_ros.tools.hostile import (
     ACCEPT,
     REJECT,
     TOPICS,
@@ -45,8 +45,8 @@ from save_ros.ros.tools.hostile import (
     hostile_cases,
     write_hostile_bag,
 )
-from save_ros.ros.tools.process import NodeProcess
-from save_ros.ros.tools.replay_result import FAULT_COUNTERS, LARGE_SAMPLE_BYTES, ReplayResult
+from save_ros.tools.process import NodeProcess
+from save_ros.tools.replay_result import FAULT_COUNTERS, LARGE_SAMPLE_BYTES, ReplayResult
 
 CONFIGS = {"image": "digits_cnn.yaml", "joint_state": "cartpole_policy.yaml",
            "float32_multi_array": "cartpole_policy.yaml"}
