@@ -155,9 +155,9 @@ def test_bad_model_arguments_are_one_line_exit_2(capsys, argv, needle, command):
 def test_console_command_exit_code(tmp_path):
     """The real entry point: a bad import path exits 2 with one line on stderr."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-    proc = subprocess.run([sys.executable, "-m", "save_ros.cli", "campaign", "--model",
-                           "foreign_nets:not_a_model", *SHAPE], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "save_ros.cli", "robustness", "campaign",
+                           "--model", "foreign_nets:not_a_model", *SHAPE], capture_output=True,
+                          text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not a torch.nn.Module" in proc.stderr
 

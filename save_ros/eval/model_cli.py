@@ -1,6 +1,6 @@
 """The `--model` option of the evaluation CLIs: a registry name, an import path, a `.pt2` file.
 
-`save-ros campaign | pvf | analyze --model NAME` takes a bundled or zoo model
+`save-ros robustness campaign | pvf | analyze --model NAME` takes a bundled or zoo model
 (`save_ros.models`), or a user's model by import path, `my_pkg.nets:make_net`, whose factory
 (called once, with no arguments) returns an `nn.Module`, or a torch.export program
 `path/model.pt2` (its input shape comes from the program). Models load through
