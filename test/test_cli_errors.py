@@ -62,6 +62,10 @@ def assert_one_line(err: str, *needles: str) -> None:
     (("robustness", "training", "--stuck-bit", "40"), ("--stuck-bit", "0..31")),
     (("robustness", "training", "--spike-factor", "0"), ("--spike-factor", "> 1")),
     (("nosuch",), ("save-ros: error:", "invalid choice: 'nosuch'", "bench")),
+    (("robustness", "nosuch"), ("save-ros robustness: error:", "invalid choice: 'nosuch'",
+                                "campaign")),
+    (("maintainer", "nosuch"), ("save-ros maintainer: error:", "invalid choice: 'nosuch'",
+                                "train-zoo")),
 ])
 def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
     """Values that used to divide by zero, hang, or print a table of NaN are refused up front."""
