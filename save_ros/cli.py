@@ -43,11 +43,17 @@ class Group:
     word: str = "VERB"  # the sub-verb's name in the usage line
 
 
-ROBUSTNESS = Group("measure robustness: fault campaigns, PVF, faults during training", {
+ROBUSTNESS = Group("measure robustness: fault campaigns, PVF, faults during training, hostile "
+                   "inputs", {
     "campaign": Verb("save_ros.eval.campaign_cli", "seeded fault-injection campaign on a model"),
     "demo": Verb("save_ros.eval.demo", "a one-minute campaign on the default model"),
     "training": Verb("save_ros.eval.training_cli", "faults during a fine-tune, with rollback"),
     "pvf": Verb("save_ros.eval.pvf", "per-layer parameter vulnerability factor (PVF)"),
+    "hostile": Verb("save_ros.tools.hostile_cli",
+                    "hostile and fuzzed inputs through real save_node processes: the promises "
+                    "the node keeps"),
+    "hostile-bag": Verb("save_ros.tools.hostile",
+                        "write the hostile-input bag (replay it into a node with save-ros replay)"),
 }, word="MEASUREMENT")
 BENCH = Group("benchmark: speed and overhead, in-process and through save_node", {
     "cpu": Verb("save_ros.eval.bench.cpu",
@@ -58,6 +64,8 @@ BENCH = Group("benchmark: speed and overhead, in-process and through save_node",
                      "worker crash to next result: warm vs cold standby (no ROS)"),
     "policies": Verb("save_ros.eval.bench.policies",
                      "the zoo's policies unprotected: parameters, forward time per dtype"),
+    "fx-sites": Verb("save_ros.eval.bench.fx_sites",
+                     "what fx-node activation fault sites cost a forward pass, as ratios"),
     "ros": Verb("save_ros.tools.bench_node",
                 "save_node over DDS: latency, capacity, rate ladder, bare vs SAVE"),
     "ros-stream": Verb("save_ros.tools.bench_stream",
@@ -72,6 +80,10 @@ MAINTAINER = Group("the maintainer's verbs: build the models the package ships",
     "train": Verb("save_ros.models.train", "re-train the bundled reference models (fixed seeds)"),
     "train-zoo": Verb("save_ros.models.zoo.train_cli",
                       "train the zoo's robot-scale models on procedural scenes (GPU, minutes)"),
+    "zoo-report": Verb("save_ros.eval.zoo_report",
+                       "decision diversity of the zoo's models: plain init vs input-dependent"),
+    "bags": Verb("save_ros.tools.bundled",
+                 "re-write the committed bags under bags/ (digits, CartPole): the same messages"),
 })
 # the user's jobs, in the order a newcomer meets them
 COMMANDS: dict[str, Verb | Group] = {

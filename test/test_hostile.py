@@ -70,6 +70,40 @@ def test_hostile_bag_holds_every_case_of_every_input_type(hostile_bag, tmp_path)
                                                                               (topic,)))
 
 
+def test_the_hostile_bag_verb_writes_the_same_bag_and_keeps_an_existing_one(hostile_bag,
+                                                                            tmp_path, capsys):
+    """`save-ros robustness hostile-bag OUT`: the bag of `write_hostile_bag`; OUT not replaced."""
+    from save_ros import cli
+
+    out = tmp_path / "bag"
+    assert cli.main(["robustness", "hostile-bag", str(out), "--types", "image"]) == 0
+    topic = TOPICS["image"]
+    assert list(topics(out)) == [topic]
+    assert _msgs(read_messages(out, (topic,))) == _msgs(read_messages(hostile_bag, (topic,)))
+    capsys.readouterr()
+    assert cli.main(["robustness", "hostile-bag", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"save-ros robustness hostile-bag: error: {out} exists; --force "
+                           "replaces it, or choose another path")
+
+
+def test_the_hostile_verb_runs_the_suite_and_records_it(tmp_path, capsys):
+    """`save-ros robustness hostile`: one session, every promise kept, the JSON record."""
+    import json
+
+    from save_ros import cli
+
+    out = tmp_path / "hostile.json"
+    assert cli.main(["robustness", "hostile", "--types", "float32_multi_array", "--isolation",
+                     "none", "--fuzz", "5", "--no-burst", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "VIOLATION" not in printed and "float32_multi_array" in printed
+    record = json.loads(out.read_text())
+    assert record["kind"] == "save_ros.hostile_suite" and record["violations"] == []
+    assert [(s["input_type"], s["isolation"]) for s in record["sessions"]] == [
+        ("float32_multi_array", "none")]
+
+
 @pytest.mark.parametrize("input_type", INPUT_TYPES)
 def test_fuzz_is_seeded_and_hits_every_kind_of_bad_field(input_type):
     msgs = fuzz_messages(input_type, FUZZ_FULL, seed=3)

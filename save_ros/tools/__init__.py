@@ -10,5 +10,6 @@ outputs and statuses over DDS), `replay_result` (what a replay saw, compared), `
 `bundled` (the committed bags and how they are made), `bench_node`, `bench_stream`,
 `bench_failover`, `bench_services` (`save-ros bench ros | ros-stream | ros-failover |
 ros-services`), `fuzz`, `hostile` and `hostile_suite` (malformed and adversarial inputs, and the
-promises the node keeps under them).
+promises the node keeps under them), `hostile_cli` (`save-ros robustness hostile`; the bag alone
+is `robustness hostile-bag`).
 """

@@ -2,7 +2,7 @@
 
 Where config/ and bags/ are is `save_ros.ros.share` (the node needs it); re-exported here.
 
-`python -m save_ros.tools.bundled` writes the committed bags under `bags/`:
+`save-ros maintainer bags` writes the committed bags under `bags/`:
 - `bags/digits_mono8`: digits test images as 64x64 mono8 sensor_msgs/Image (each 8x8 pixel
   is an 8x8 block) at 30 Hz on `/camera/image`; the node area-averages them back to 8x8.
 - `bags/cartpole_states`: CartPole-v1 states of held-out rollouts as sensor_msgs/JointState at
@@ -22,6 +22,7 @@ import numpy as np
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Header
 
+from save_ros.argtypes import standalone
 from save_ros.ros.bags import BagWriter, topics
 from save_ros.ros.share import BAGS_DIR as BAGS_DIR  # re-exported: the tools find bags here
 from save_ros.ros.share import CONFIG_DIR as CONFIG_DIR
@@ -90,12 +91,15 @@ def make_cartpole_array_bag(out: Path, count: int = 200, hz: float = 50.0) -> Pa
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write the committed bags (replacing them with --force)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=BAGS_DIR)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `save-ros maintainer bags`."""
+    parser.add_argument("--out-dir", type=Path, default=BAGS_DIR,
+                        help=f"where the bags go (default {BAGS_DIR})")
     parser.add_argument("--force", action="store_true", help="replace existing bags")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the committed bags (replacing them with --force)."""
     for name, make in ((DIGITS_BAG, make_digits_bag), (CARTPOLE_BAG, make_cartpole_bag),
                        (CARTPOLE_ARRAY_BAG, make_cartpole_array_bag)):
         out = args.out_dir / name
@@ -107,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         make(out)
         print(f"{out}: {topics(out)}")
     return 0
+
+
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.tools.bundled")
 
 
 if __name__ == "__main__":
