@@ -1,10 +1,10 @@
 """The `save-ros` command: one verb per user job, each in the module that owns the job.
 
 The jobs: try it (`demo`), serve a model (`serve`: save_node itself), `analyze` a model, measure
-its `robustness` (campaigns, PVF, faults during training), `bench` it, and the node's user tools
-(`replay` a bag through it, `watch` it). A maintainer's verbs sit under `maintainer`. The old
-flat names (`campaign`, `pvf`, `train`, ...) still work as hidden aliases that print one
-deprecation line on stderr.
+its `robustness` (campaigns, PVF, faults during training, hostile inputs), `bench` it, and the
+node's user tools (`replay` a bag through it, `watch` it). A maintainer's verbs (model and bag
+building) sit under `maintainer`. The old flat names (`campaign`, `pvf`, `train`, ...) still
+work as hidden aliases that print one deprecation line on stderr.
 
 A verb's module provides `add_arguments(parser)` and `run(args) -> int`; `serve` hands its
 arguments untouched to save_node's `main`. Modules are imported only when their verb runs, so
