@@ -27,7 +27,7 @@ setup(
     extras_require={
         "test": ["pytest", "ruff"],
         "plot": ["matplotlib"],
-        # campaigns sharded over a Ray cluster (save-ros campaign --ray); imported lazily
+        # campaigns sharded over a Ray cluster (save-ros robustness campaign --ray); imported lazily
         "cluster": ["ray>=2.40"],
         # ROS 2 Kilted's core from PyPI, for machines without a sourced ROS 2 distribution.
         "ros-pypi": [

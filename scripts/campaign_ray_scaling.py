@@ -3,7 +3,7 @@
     .venv/bin/python scripts/campaign_ray_scaling.py --out docs/results/campaigns_ray_scaling.json
 
 Each run starts a fresh cluster (test/raycluster.py: a head without CPUs and N worker nodes, all
-processes of this machine), runs the same `save-ros campaign --ray ADDRESS` and stops the
+processes of this machine), runs the same `save-ros robustness campaign --ray ADDRESS` and stops the
 cluster; an in-process run (no Ray) is the baseline. Every run's execution block (trials/s end
 to end, and steady: after the first chunk came back, once the workers had started and prepared
 the model) is kept, with the machine's load average, since the machine may be shared.
@@ -31,8 +31,8 @@ CAMPAIGN = ["--model", "digits_cnn", "--target", "both", "--flips", "1,16", "--t
 def campaign(extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-m", "save_ros.cli", "campaign", *CAMPAIGN, "--json", str(out),
-               *extra]
+        cmd = [sys.executable, "-m", "save_ros.cli", "robustness", "campaign", *CAMPAIGN,
+               "--json", str(out), *extra]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         res = json.loads(out.read_text())
     ex = res["execution"]

@@ -5,8 +5,8 @@
 # - ROS 2: where a ROS 2 distribution is sourced ($ROS_DISTRO set and rclpy importable), the venv
 #   sees its packages (--system-site-packages) and nothing from PyPI replaces them; elsewhere
 #   ROS 2 Kilted's core comes from PyPI as wheels (extra "ros-pypi").
-# - Ray (extra "cluster", for `save-ros campaign --ray`): installed too, as the tests start a
-#   local Ray cluster; SAVE_ROS_EXTRAS replaces the extras list (e.g. test,plot without it).
+# - Ray (extra "cluster", for `save-ros robustness campaign --ray`): installed too, as the tests
+#   start a local Ray cluster; SAVE_ROS_EXTRAS replaces the extras list (e.g. test,plot without it).
 # Only package registries are used; nothing else is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."

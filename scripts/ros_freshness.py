@@ -47,8 +47,8 @@ def _frames(count: int, rate: float):
 
 def run_once(name: str, overrides: dict, frames, model_s: float) -> dict:
     """One node, one stream; latencies of the inputs that got a result."""
-    from save_ros.ros.tools.client import ReplayClient
-    from save_ros.ros.tools.process import NodeProcess
+    from save_ros.tools.client import ReplayClient
+    from save_ros.tools.process import NodeProcess
 
     env = {"PYTHONPATH": os.pathsep.join([str(BYOM), os.environ.get("PYTHONPATH", "")]),
            "ROBOT_NETS_SLOW_S": str(model_s)}

@@ -14,10 +14,10 @@ import threading
 import time
 
 from save_ros.ros.bags import read_messages
-from save_ros.ros.tools.bench_node import _restamped
-from save_ros.ros.tools.bundled import BAGS_DIR, DIGITS_BAG
-from save_ros.ros.tools.client import ReplayClient
-from save_ros.ros.tools.process import NodeProcess
+from save_ros.tools.bench_node import _restamped
+from save_ros.tools.bundled import BAGS_DIR, DIGITS_BAG
+from save_ros.tools.client import ReplayClient
+from save_ros.tools.process import NodeProcess
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from save_ros.ros.tools.process import NodeProcess
+from save_ros.tools.process import NodeProcess
 
 
 class PolicyClient:

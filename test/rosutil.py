@@ -11,9 +11,9 @@ from rcl_interfaces.msg import ParameterType, ParameterValue, SetParametersResul
 from rcl_interfaces.srv import SetParameters
 
 from save_ros.ros.bags import read_messages
-from save_ros.ros.tools.bundled import BAGS_DIR, DIGITS_BAG
-from save_ros.ros.tools.client import ReplayClient
-from save_ros.ros.tools.process import NodeProcess
+from save_ros.tools.bundled import BAGS_DIR, DIGITS_BAG
+from save_ros.tools.client import ReplayClient
+from save_ros.tools.process import NodeProcess
 
 
 @contextmanager

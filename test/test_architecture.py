@@ -11,8 +11,12 @@ The import graph is read from the source with `ast` (nothing is imported): `impo
     models, preprocess    reference models; camera frames and state vectors -> inputs
     failover              crash-isolated workers (no ROS)
     eval                  campaigns and measurements
-    ros                   the node and its tools (the only package that imports ROS)
+    ros                   the node and what it needs at run time (imports ROS)
+    tools                 the users' tools around a node process: replay, watch, demo, ROS
+                          benchmarks, hostile suites (imports ROS; the node never imports it)
     cli                   the save-ros command
+
+Only `ros` and `tools` import ROS libraries (rclpy, messages, rosbags, launch).
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ ALLOWED = {
     "save_ros.eval": {"save_ros.errors", "save_ros.argtypes", "save_ros.core", "save_ros.faults",
                       "save_ros.models", "save_ros.failover"},
 }
+ALLOWED["save_ros.ros"] = {"save_ros.preprocess", "save_ros.eval"} | ALLOWED["save_ros.eval"]
+ALLOWED["save_ros.tools"] = {"save_ros.ros"} | ALLOWED["save_ros.ros"]
+# the packages that may import ROS libraries
+ROS_LAYERS = ("save_ros.ros", "save_ros.tools")
 
 
 def _modules() -> dict[str, Path]:
@@ -156,6 +164,8 @@ def test_the_reader_sees_the_whole_package():
     assert "save_ros.core.select" in GRAPH["save_ros.core.runtime"][0]
     assert "save_ros.core.cuda.runtime" in GRAPH["save_ros.core.protect"][0]
     assert "rclpy" in GRAPH["save_ros.ros.node"][1]
+    assert "save_ros.ros.share" in GRAPH["save_ros.tools.bundled"][0]
+    assert {_layer("save_ros.ros.node"), _layer("save_ros.tools.demo")} == set(ROS_LAYERS)
 
 
 def test_no_import_cycles():
@@ -169,10 +179,19 @@ def test_each_layer_imports_only_below_it(layer):
     assert {m: t for m, t in bad.items() if t} == {}
 
 
-def test_only_the_ros_package_imports_ros():
+def test_only_the_ros_layers_import_ros():
     bad = {m: sorted(other & ROS_ROOTS) for m, (_, other) in GRAPH.items()
-           if not m.startswith("save_ros.ros") and other & ROS_ROOTS}
+           if _layer(m) not in ROS_LAYERS and other & ROS_ROOTS}
     assert bad == {}
+
+
+def test_the_node_does_not_import_its_tools():
+    """ros/ holds the node and what it needs; the tools around it live above it."""
+    assert {m: sorted(t for t in ours if _layer(t) == "save_ros.tools")
+            for m, (ours, _) in GRAPH.items()
+            if _layer(m) == "save_ros.ros" and any(_layer(t) == "save_ros.tools" for t in ours)
+            } == {}
+    assert "save_ros.ros.tools" not in MODULES
 
 
 def test_no_library_module_imports_the_command_line():

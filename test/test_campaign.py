@@ -132,7 +132,7 @@ def test_cli_campaign_on_the_bundled_default_model(tmp_path, capsys):
     from save_ros.cli import main
 
     out = tmp_path / "c.json"
-    rc = main(["campaign", "--model", "digits_cnn", "--flips", "0,4", "--trials", "2",
+    rc = main(["robustness", "campaign", "--model", "digits_cnn", "--flips", "0,4", "--trials", "2",
                "--batch", "32", "--method", "unprotected,ecc_oracle", "--json", str(out),
                "--quiet"])
     assert rc == 0
@@ -142,15 +142,16 @@ def test_cli_campaign_on_the_bundled_default_model(tmp_path, capsys):
     assert res["model"]["eval_data"]["n"] == 32
     assert res["points"][0]["sdc"]["count"] == 0
     assert "SDC rate" in capsys.readouterr().out
-    assert main(["campaign", "--model", "nope", "--trials", "1", "--quiet"]) == 2
+    assert main(["robustness", "campaign", "--model", "nope", "--trials", "1", "--quiet"]) == 2
 
 
 def test_cli_campaign_on_the_policy_measures_task_success(tmp_path):
     from save_ros.cli import main
 
     out = tmp_path / "p.json"
-    assert main(["campaign", "--model", "cartpole_policy", "--flips", "0,4096", "--trials", "1",
-                 "--batch", "32", "--episodes", "1", "--json", str(out), "--quiet"]) == 0
+    assert main(["robustness", "campaign", "--model", "cartpole_policy", "--flips", "0,4096",
+                 "--trials", "1", "--batch", "32", "--episodes", "1", "--json", str(out),
+                 "--quiet"]) == 0
     res = json.loads(out.read_text())
     clean, wrecked = res["points"]
     assert res["methods"]["unprotected"]["clean_success"] == 1.0

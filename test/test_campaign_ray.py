@@ -1,10 +1,10 @@
 """A campaign on a real Ray cluster of three node processes loses a worker node and carries on.
 
 The cluster (test/raycluster.py) is a head without CPUs and two worker nodes of one CPU each,
-all `ray start` processes of this machine; the campaign is `save-ros campaign --ray ADDRESS` in
-a process of its own. As soon as a worker node has delivered trials, it is SIGKILLed with all
-its processes; Ray retries its chunks on the other node. The store must then hold every trial once,
-each equal to the one-process run.
+all `ray start` processes of this machine; the campaign is `save-ros robustness campaign --ray
+ADDRESS` in a process of its own. As soon as a worker node has delivered trials, it is SIGKILLed
+with all its processes; Ray retries its chunks on the other node. The store must then hold every
+trial once, each equal to the one-process run.
 """
 
 import json
@@ -53,7 +53,7 @@ def cluster():
 
 def test_campaign_survives_a_killed_worker_node(cluster, tmp_path):
     store, out = tmp_path / "c.sqlite", tmp_path / "c.json"
-    cmd = [sys.executable, "-m", "save_ros.cli", "campaign", "--model", "digits_cnn",
+    cmd = [sys.executable, "-m", "save_ros.cli", "robustness", "campaign", "--model", "digits_cnn",
            "--target", "both", "--flips", "1,16", "--trials", str(CFG.trials), "--batch",
            str(CFG.batch), "--device", "cpu", "--ray", cluster.address, "--store", str(store),
            "--json", str(out), "--quiet"]
@@ -91,7 +91,7 @@ def test_campaign_survives_a_killed_worker_node(cluster, tmp_path):
 def test_a_killed_ray_campaign_resumes_on_the_cluster(cluster, tmp_path):
     """The driver dies (SIGKILL) mid-campaign; --resume on the same cluster finishes it."""
     store = tmp_path / "c.sqlite"
-    cmd = [sys.executable, "-m", "save_ros.cli", "campaign", "--model", "digits_cnn",
+    cmd = [sys.executable, "-m", "save_ros.cli", "robustness", "campaign", "--model", "digits_cnn",
            "--target", "both", "--flips", "1,16", "--trials", str(CFG.trials), "--batch",
            str(CFG.batch), "--device", "cpu", "--ray", cluster.address, "--store", str(store),
            "--quiet"]
@@ -115,8 +115,8 @@ def test_a_killed_ray_campaign_resumes_on_the_cluster(cluster, tmp_path):
 
 @pytest.mark.slow
 def test_train_campaign_on_ray_equals_one_process(cluster, tmp_path):
-    """`train-campaign --ray`: the same rows (crashed fine-tunes included) as in one process."""
-    base = [sys.executable, "-m", "save_ros.cli", "train-campaign", "--targets", "weights",
+    """`robustness training --ray`: the same rows (crashed fine-tunes too) as in one process."""
+    base = [sys.executable, "-m", "save_ros.cli", "robustness", "training", "--targets", "weights",
             "--flips", "4096", "--stuck-bit", "-1", "--trials", "3", "--epochs", "1",
             "--rollback", "--quiet"]
     out = {}

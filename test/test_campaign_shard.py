@@ -99,7 +99,7 @@ def _rows(path) -> int:
 
 
 def campaign_cmd(store, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "save_ros.cli", "campaign", "--model", "digits_cnn",
+    return [sys.executable, "-m", "save_ros.cli", "robustness", "campaign", "--model", "digits_cnn",
             "--target", "both", "--flips", "1,16", "--trials", str(LONG.trials), "--batch", "32",
             "--method", "unprotected,ecc_oracle", "--device", "cpu", "--store", str(store),
             "--quiet", *extra]
@@ -183,7 +183,8 @@ def test_ray_is_imported_only_by_the_module_that_runs_on_ray():
 def test_ray_missing_is_a_clear_error():
     code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
             "from save_ros.cli import main\n"
-            "sys.exit(main(['campaign', '--trials', '1', '--flips', '1', '--ray', 'auto']))")
+            "sys.exit(main(['robustness', 'campaign', '--trials', '1', '--flips', '1',"
+            " '--ray', 'auto']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2, out.stderr
@@ -191,7 +192,8 @@ def test_ray_missing_is_a_clear_error():
 
 
 def test_bad_worker_options_are_clear_errors(tmp_path):
-    base = [sys.executable, "-m", "save_ros.cli", "campaign", "--trials", "1", "--flips", "1"]
+    base = [sys.executable, "-m", "save_ros.cli", "robustness", "campaign", "--trials", "1",
+            "--flips", "1"]
     import torch
 
     cases = [(["--resume"], "--resume needs --store"),

@@ -43,24 +43,29 @@ def assert_one_line(err: str, *needles: str) -> None:
     (("demo", "--flips", "-3"), ("--flips", ">= 1")),
     (("replay", BAG, "--config", CONFIG, "--rate", "nan"), ("--rate", "finite")),
     (("replay", BAG, "--config", CONFIG, "--limit", "-1"), ("--limit", ">= 0")),
-    (("pvf", "--batch", "0"), ("--batch", ">= 1")),
+    (("robustness", "pvf", "--batch", "0"), ("--batch", ">= 1")),
     (("bench", "failover", "--reps", "0"), ("--reps", ">= 1")),
     (("bench", "failover", "--burst", "-1"), ("--burst", ">= 0")),
     (("bench", "failover", "--hang-timeout", "0"), ("--hang-timeout",)),
-    (("train", "--threads", "0"), ("--threads", ">= 1")),
+    (("maintainer", "train", "--threads", "0"), ("--threads", ">= 1")),
     (("analyze", "--per-class", "0"), ("--per-class", ">= 1")),
-    (("campaign", "--flips", "abc"), ("save-ros campaign: error:", "--flips", "--help")),
-    (("campaign", "--bits", "31-23"), ("--bits", "low-high")),
-    (("campaign", "--method", ","), ("--method",)),
+    (("robustness", "campaign", "--flips", "abc"),
+     ("save-ros robustness campaign: error:", "--flips", "--help")),
+    (("robustness", "campaign", "--bits", "31-23"), ("--bits", "low-high")),
+    (("robustness", "campaign", "--method", ","), ("--method",)),
     (("bench", "cpu", "--n", "0"), ("--n", ">= 1")),
     (("bench", "cpu", "--sweep", "abc"), ("--sweep", "fraction")),
     (("bench", "scale", "--dtypes", "fp8"), ("'fp8'", "fp32,fp16")),
     (("bench", "scale", "--batches", "1,0"), ("--batches", ">= 1")),
     (("bench", "ros-failover", "--crashes", "0"), ("--crashes", ">= 1")),
     (("bench", "nosuch"), ("save-ros bench: error:", "invalid choice: 'nosuch'", "ros-failover")),
-    (("train-campaign", "--stuck-bit", "40"), ("--stuck-bit", "0..31")),
-    (("train-campaign", "--spike-factor", "0"), ("--spike-factor", "> 1")),
+    (("robustness", "training", "--stuck-bit", "40"), ("--stuck-bit", "0..31")),
+    (("robustness", "training", "--spike-factor", "0"), ("--spike-factor", "> 1")),
     (("nosuch",), ("save-ros: error:", "invalid choice: 'nosuch'", "bench")),
+    (("robustness", "nosuch"), ("save-ros robustness: error:", "invalid choice: 'nosuch'",
+                                "campaign")),
+    (("maintainer", "nosuch"), ("save-ros maintainer: error:", "invalid choice: 'nosuch'",
+                                "train-zoo")),
 ])
 def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
     """Values that used to divide by zero, hang, or print a table of NaN are refused up front."""
@@ -70,16 +75,16 @@ def test_bad_argument_value_is_one_argparse_line(capsys, argv, needles) -> None:
 
 
 @pytest.mark.parametrize("argv, needles", [
-    (("campaign-demo", "--model", "nosuch"), ("unknown model 'nosuch'", "digits_cnn")),
+    (("robustness", "demo", "--model", "nosuch"), ("unknown model 'nosuch'", "digits_cnn")),
     (("bench", "cpu", "--model", "nosuch"), ("save-ros bench cpu: error:",
                                               "unknown model 'nosuch'")),
     (("demo", "--model", "nosuch"), ("unknown model 'nosuch'",)),
     (("demo", "--model", "cartpole_policy"), ("control model", "digits_cnn")),
-    (("campaign-demo", "--trials", "0"), ("trials",)),
+    (("robustness", "demo", "--trials", "0"), ("trials",)),
     (("analyze", "--margin", "-1"), ("--margin must be >= 0",)),
     (("analyze", "--fraction", "2"), ("--fraction must lie in (0, 1]",)),
     (("analyze", "--out", "/tmp/analysis.txt"), (".json, .yaml or .yml",)),
-    (("train-campaign", "--targets", "nosuch"), ("'nosuch'", "weights, activations")),
+    (("robustness", "training", "--targets", "nosuch"), ("'nosuch'", "weights, activations")),
     (("replay", BAG, "--config", "/nonexistent/node.yaml"), ("/nonexistent/node.yaml",)),
     (("replay", BAG, "--config", str(REPO / "README.md")), ("not valid YAML",)),
     (("replay", "/nonexistent/bag", "--config", CONFIG), ("/nonexistent/bag", "does not exist")),
@@ -99,8 +104,9 @@ def test_bad_input_found_by_run_is_one_line(capsys, argv, needles) -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ("analyze", "--out"), ("campaign", "--flips", "1", "--trials", "1", "--json"),
-    ("pvf", "--samples", "1", "--json"), ("campaign-demo", "--trials", "1", "--json"),
+    ("analyze", "--out"), ("robustness", "campaign", "--flips", "1", "--trials", "1", "--json"),
+    ("robustness", "pvf", "--samples", "1", "--json"),
+    ("robustness", "demo", "--trials", "1", "--json"),
 ])
 def test_output_under_a_file_is_refused_before_the_run(capsys, tmp_path, argv) -> None:
     """An output path under a regular file fails up front, not after the run with a trace."""
@@ -108,14 +114,16 @@ def test_output_under_a_file_is_refused_before_the_run(capsys, tmp_path, argv) -
     blocker.write_text("x")
     code, err = run_cli(capsys, *argv, str(blocker / "sub" / "x.json"))
     assert code == 2
-    assert_one_line(err, f"save-ros {argv[0]}: error:", f"{blocker} is a file, not a folder")
+    verb = " ".join(w for w in argv if not w.startswith("-") and not w[0].isdigit())
+    assert_one_line(err, f"save-ros {verb}: error:", f"{blocker} is a file, not a folder")
 
 
 def test_train_out_that_is_a_file(capsys, tmp_path) -> None:
     """`train --out FILE` is refused before any training."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, err = run_cli(capsys, "train", "--model", "cartpole_policy", "--out", str(blocker))
+    code, err = run_cli(capsys, "maintainer", "train", "--model", "cartpole_policy",
+                        "--out", str(blocker))
     assert code == 2
     assert_one_line(err, "--out", "is a file")
 
@@ -178,7 +186,7 @@ def test_bug_in_a_subcommand_keeps_its_traceback(monkeypatch) -> None:
 
     monkeypatch.setattr(pvf, "run", broken)
     with pytest.raises(ZeroDivisionError):
-        cli.main(["pvf"])
+        cli.main(["robustness", "pvf"])
 
 
 def test_save_node_missing_or_broken_params_file(capsys, tmp_path) -> None:

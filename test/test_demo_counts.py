@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
-from save_ros.ros.tools.demo import fault_counts  # noqa: E402
-from save_ros.ros.tools.replay_result import InputRecord, ReplayResult  # noqa: E402
+from save_ros.tools.demo import fault_counts  # noqa: E402
+from save_ros.tools.replay_result import InputRecord, ReplayResult  # noqa: E402
 
 
 def _replay(detected: dict[int, int], injections: int, frames: int = 30) -> ReplayResult:

@@ -1,6 +1,6 @@
 """Hostile inputs through real save_node processes, and replay that loses nothing by default.
 
-Every input type gets the hostile bag (`save_ros.ros.tools.hostile`, written and read back as a
+Every input type gets the hostile bag (`save_ros.tools.hostile`, written and read back as a
 rosbag) and a short seeded fuzz slice, with the model in the node (`isolation: none`) and, for
 images, in a worker process; the >= 1,000-message fuzz of every type and isolation is `slow`.
 The promises (checked by `hostile_suite.check`): the node survives and exits 0 on SIGINT; every
@@ -20,21 +20,21 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from save_ros import cli, models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
 from save_ros.ros.bags import BagWriter, read_messages, topics  # noqa: E402
-from save_ros.ros.tools.bundled import (  # noqa: E402
+from save_ros.tools.bundled import (  # noqa: E402
     BAGS_DIR,
     CARTPOLE_ARRAY_BAG,
     DIGITS_BAG,
     DIGITS_TOPIC,
 )
-from save_ros.ros.tools.fuzz import INPUT_TYPES, fuzz_messages  # noqa: E402
-from save_ros.ros.tools.hostile import (  # noqa: E402
+from save_ros.tools.fuzz import INPUT_TYPES, fuzz_messages  # noqa: E402
+from save_ros.tools.hostile import (  # noqa: E402
     TOPICS,
     case_labels,
     hostile_cases,
     write_hostile_bag,
 )
-from save_ros.ros.tools.hostile_suite import hostile_nodes, run_session  # noqa: E402
-from save_ros.ros.tools.replay import load_inputs  # noqa: E402
+from save_ros.tools.hostile_suite import hostile_nodes, run_session  # noqa: E402
+from save_ros.tools.replay import load_inputs  # noqa: E402
 
 FUZZ_SLICE = 30  # the default suite's share of the fuzz (the slow test sends 1,000 per type)
 FUZZ_FULL = 1000
@@ -68,6 +68,40 @@ def test_hostile_bag_holds_every_case_of_every_input_type(hostile_bag, tmp_path)
     for topic in TOPICS.values():
         assert _msgs(read_messages(again, (topic,))) == _msgs(read_messages(hostile_bag,
                                                                               (topic,)))
+
+
+def test_the_hostile_bag_verb_writes_the_same_bag_and_keeps_an_existing_one(hostile_bag,
+                                                                            tmp_path, capsys):
+    """`save-ros robustness hostile-bag OUT`: the bag of `write_hostile_bag`; OUT not replaced."""
+    from save_ros import cli
+
+    out = tmp_path / "bag"
+    assert cli.main(["robustness", "hostile-bag", str(out), "--types", "image"]) == 0
+    topic = TOPICS["image"]
+    assert list(topics(out)) == [topic]
+    assert _msgs(read_messages(out, (topic,))) == _msgs(read_messages(hostile_bag, (topic,)))
+    capsys.readouterr()
+    assert cli.main(["robustness", "hostile-bag", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"save-ros robustness hostile-bag: error: {out} exists; --force "
+                           "replaces it, or choose another path")
+
+
+def test_the_hostile_verb_runs_the_suite_and_records_it(tmp_path, capsys):
+    """`save-ros robustness hostile`: one session, every promise kept, the JSON record."""
+    import json
+
+    from save_ros import cli
+
+    out = tmp_path / "hostile.json"
+    assert cli.main(["robustness", "hostile", "--types", "float32_multi_array", "--isolation",
+                     "none", "--fuzz", "5", "--no-burst", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "VIOLATION" not in printed and "float32_multi_array" in printed
+    record = json.loads(out.read_text())
+    assert record["kind"] == "save_ros.hostile_suite" and record["violations"] == []
+    assert [(s["input_type"], s["isolation"]) for s in record["sessions"]] == [
+        ("float32_multi_array", "none")]
 
 
 @pytest.mark.parametrize("input_type", INPUT_TYPES)

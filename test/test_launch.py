@@ -20,8 +20,8 @@ launch = pytest.importorskip("launch")
 launch_actions = pytest.importorskip("launch.actions")
 launch_sources = pytest.importorskip("launch.launch_description_sources")
 from save_ros.ros.bags import read_messages  # noqa: E402
-from save_ros.ros.tools.bundled import BAGS_DIR, DIGITS_BAG  # noqa: E402
-from save_ros.ros.tools.client import ReplayClient, stamp_key  # noqa: E402
+from save_ros.tools.bundled import BAGS_DIR, DIGITS_BAG  # noqa: E402
+from save_ros.tools.client import ReplayClient, stamp_key  # noqa: E402
 
 pytestmark = pytest.mark.ros
 HERE = os.path.dirname(os.path.abspath(__file__))

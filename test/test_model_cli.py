@@ -32,7 +32,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_campaign_on_a_classifier_by_import_path(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "campaign", "--model", "foreign_nets:make_classifier",
+    code, out, err = run_cli(capsys, "robustness", "campaign",
+                             "--model", "foreign_nets:make_classifier",
                              *SHAPE, "--flips", "0,64", "--trials", "2", "--batch", "16",
                              "--target", "both", "--bits", "30", "--quiet",
                              "--json", str(tmp_path / "c.json"))
@@ -50,7 +51,8 @@ def test_campaign_on_a_classifier_by_import_path(capsys, tmp_path):
 def test_regression_model_is_scored_within_a_tolerance(capsys, tmp_path):
     x = torch.rand(10, 6) * 2 - 1
     torch.save(x, tmp_path / "x.pt")
-    code, out, err = run_cli(capsys, "campaign", "--model", "foreign_nets:make_regressor",
+    code, out, err = run_cli(capsys, "robustness", "campaign",
+                             "--model", "foreign_nets:make_regressor",
                              "--inputs", str(tmp_path / "x.pt"), "--task", "regression",
                              "--flips", "0,1", "--bits", "30", "--trials", "3", "--quiet",
                              "--json", str(tmp_path / "r.json"))
@@ -66,7 +68,8 @@ def test_regression_model_is_scored_within_a_tolerance(capsys, tmp_path):
 
 
 def test_campaign_on_a_two_input_policy_with_two_input_shapes(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "campaign", "--model", "foreign_nets:make_policy",
+    code, out, err = run_cli(capsys, "robustness", "campaign",
+                             "--model", "foreign_nets:make_policy",
                              "--input-shape", "3,8,8", "--input-shape", "7",
                              "--input-range", "0,1", "--input-range=-1,1",
                              "--task", "control", "--method", "unprotected,save",
@@ -89,7 +92,7 @@ def test_pvf_and_analyze_take_a_two_input_policy(capsys):
     policy = ("--model", "foreign_nets:make_policy", "--input-shape", "3,8,8",
               "--input-shape", "7", "--input-range", "0,1", "--input-range=-1,1",
               "--task", "control")
-    code, out, err = run_cli(capsys, "pvf", *policy, "--samples", "4", "--batch", "4")
+    code, out, err = run_cli(capsys, "robustness", "pvf", *policy, "--samples", "4", "--batch", "4")
     assert code == 0, err
     assert "head" in out
     code, out, err = run_cli(capsys, "analyze", *policy, "--calibration", "16", "--validate",
@@ -100,7 +103,8 @@ def test_pvf_and_analyze_take_a_two_input_policy(capsys):
 
 
 def test_campaign_with_an_integer_input(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "campaign", "--model", "foreign_nets:make_token_policy",
+    code, _, err = run_cli(capsys, "robustness", "campaign",
+                           "--model", "foreign_nets:make_token_policy",
                            "--input-shape", "8", "--input-shape", "4",
                            "--input-range", "int:0,19", "--input-range", "0,1",
                            "--task", "regression", "--flips", "0,2", "--trials", "2",
@@ -113,7 +117,8 @@ def test_campaign_with_an_integer_input(capsys, tmp_path):
 
 
 def test_pvf_and_analyze_take_an_import_path(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "pvf", "--model", "foreign_nets:make_classifier", *SHAPE,
+    code, out, err = run_cli(capsys, "robustness", "pvf",
+                             "--model", "foreign_nets:make_classifier", *SHAPE,
                              "--samples", "4", "--batch", "8")
     assert code == 0, err
     assert "3 " in out and out.count("\n") >= 3  # one row per parameterised layer
@@ -144,9 +149,9 @@ def test_pvf_and_analyze_take_an_import_path(capsys, tmp_path):
     (("--model", "foreign_nets:make_policy", "--input-shape", "3,8,8", "--input-range", "0,1"),
      "fails on inputs of shape (N, 3, 8, 8)"),
 ])
-@pytest.mark.parametrize("command", ["campaign", "pvf"])
+@pytest.mark.parametrize("command", ["campaign", "pvf"])  # save-ros robustness COMMAND
 def test_bad_model_arguments_are_one_line_exit_2(capsys, argv, needle, command):
-    code, _, err = run_cli(capsys, command, *argv)
+    code, _, err = run_cli(capsys, "robustness", command, *argv)
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
@@ -155,9 +160,9 @@ def test_bad_model_arguments_are_one_line_exit_2(capsys, argv, needle, command):
 def test_console_command_exit_code(tmp_path):
     """The real entry point: a bad import path exits 2 with one line on stderr."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-    proc = subprocess.run([sys.executable, "-m", "save_ros.cli", "campaign", "--model",
-                           "foreign_nets:not_a_model", *SHAPE], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "save_ros.cli", "robustness", "campaign",
+                           "--model", "foreign_nets:not_a_model", *SHAPE], capture_output=True,
+                          text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not a torch.nn.Module" in proc.stderr
 
@@ -170,7 +175,7 @@ def test_campaign_on_a_torch_export_file(capsys, tmp_path):
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.export.save(torch.export.export(net, (torch.zeros(2, 3, 8, 8),),
                                           dynamic_shapes=({0: batch},)), tmp_path / "n.pt2")
-    code, _, err = run_cli(capsys, "campaign", "--model", str(tmp_path / "n.pt2"),
+    code, _, err = run_cli(capsys, "robustness", "campaign", "--model", str(tmp_path / "n.pt2"),
                            "--input-range", "0,1", "--flips", "0,64", "--trials", "2",
                            "--batch", "16", "--bits", "30", "--quiet",
                            "--json", str(tmp_path / "c.json"))
@@ -178,13 +183,13 @@ def test_campaign_on_a_torch_export_file(capsys, tmp_path):
     zero, many = json.loads((tmp_path / "c.json").read_text())["points"]
     assert zero["sdc"]["count"] == 0 and many["changed"]["count"] > 0
     torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 8, 8),)), tmp_path / "s.pt2")
-    code, _, err = run_cli(capsys, "campaign", "--model", str(tmp_path / "s.pt2"),
+    code, _, err = run_cli(capsys, "robustness", "campaign", "--model", str(tmp_path / "s.pt2"),
                            "--input-range", "0,1", "--quiet")
     assert code == 2 and "export it with a dynamic batch dimension" in err
 
 
 def test_campaign_on_a_zoo_policy_by_name(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "campaign", "--model", "visuomotor_tiny",
+    code, _, err = run_cli(capsys, "robustness", "campaign", "--model", "visuomotor_tiny",
                            "--method", "unprotected,save", "--flips", "0,4", "--bits", "30",
                            "--trials", "2", "--batch", "2", "--target", "weights", "--quiet",
                            "--tolerance", "1e-3,1e-5", "--json", str(tmp_path / "v.json"))
@@ -197,5 +202,6 @@ def test_campaign_on_a_zoo_policy_by_name(capsys, tmp_path):
     assert points[("unprotected", 4)]["changed"]["count"] > 0  # exponent flips move actions
     assert points[("save", 4)]["sdc"]["count"] == 0
     # a policy has its own inputs: --input-shape is refused with one line
-    code, _, err = run_cli(capsys, "campaign", "--model", "visuomotor_tiny", *SHAPE)
+    code, _, err = run_cli(capsys, "robustness", "campaign", "--model", "visuomotor_tiny",
+                           *SHAPE)
     assert code == 2 and "registry model with its own inputs" in err

@@ -54,7 +54,8 @@ def test_missing_weights_error_names_the_command(monkeypatch, tmp_path) -> None:
     spec = models.get_spec("digits_resnet")
     missing = dataclasses.replace(spec, weights_path=tmp_path / "digits_resnet.pt")
     monkeypatch.setitem(models._SPECS, "digits_resnet", missing)
-    with pytest.raises(models.MissingWeightsError, match="save-ros train --model digits_resnet"):
+    with pytest.raises(models.MissingWeightsError,
+                       match="save-ros maintainer train --model digits_resnet"):
         models.load("digits_resnet")
     assert issubclass(models.MissingWeightsError, FileNotFoundError)
 
@@ -162,7 +163,7 @@ def test_policy_input_box_covers_held_out_states() -> None:
 def test_train_rejects_an_unknown_model(capsys) -> None:
     from save_ros.cli import main
 
-    assert main(["train", "--model", "lenet"]) == 2
+    assert main(["maintainer", "train", "--model", "lenet"]) == 2
     assert "bundled models are" in capsys.readouterr().err
 
 

@@ -61,7 +61,7 @@ def test_cli_pvf_on_the_default_model(tmp_path, capsys):
     from save_ros.cli import main
 
     out = tmp_path / "pvf.json"
-    assert main(["pvf", "--model", "digits_cnn", "--samples", "5", "--batch", "16",
+    assert main(["robustness", "pvf", "--model", "digits_cnn", "--samples", "5", "--batch", "16",
                  "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert [r["layer"] for r in res["layers"]] == ["conv1", "conv2", "conv3", "fc1", "fc2"]

@@ -9,7 +9,12 @@ pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
 from save_ros import cli  # noqa: E402
 from save_ros.ros.bags import read_messages, topics  # noqa: E402
-from save_ros.ros.tools.bundled import BAGS_DIR, CARTPOLE_BAG  # noqa: E402
+from save_ros.tools.bundled import (  # noqa: E402
+    BAGS_DIR,
+    CARTPOLE_ARRAY_BAG,
+    CARTPOLE_BAG,
+    DIGITS_BAG,
+)
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "cartpole_policy.yaml")
@@ -46,7 +51,21 @@ def test_replay_with_injected_faults_matches_the_clean_run(tmp_path, capsys):
 
 def test_replay_refuses_a_bag_without_the_input_type(tmp_path):
     from save_ros.ros.bags import BagError
-    from save_ros.ros.tools.replay import load_inputs
+    from save_ros.tools.replay import load_inputs
 
     with pytest.raises(BagError, match="0 topics of type sensor_msgs/msg/Image"):
         load_inputs(BAGS_DIR / CARTPOLE_BAG, "image", None)
+
+
+def test_maintainer_bags_writes_the_committed_messages(tmp_path, capsys):
+    """`save-ros maintainer bags`: the committed bags' messages, stamps and topics, again."""
+    def content(bag):  # repr, not the CDR bytes: their padding is not set
+        return [(m.topic, m.time_ns, repr(m.msg)) for m in read_messages(bag)]
+
+    assert cli.main(["maintainer", "bags", "--out-dir", str(tmp_path)]) == 0
+    for name in (DIGITS_BAG, CARTPOLE_BAG, CARTPOLE_ARRAY_BAG):
+        assert topics(tmp_path / name) == topics(BAGS_DIR / name)
+        assert content(tmp_path / name) == content(BAGS_DIR / name), name
+    capsys.readouterr()
+    assert cli.main(["maintainer", "bags", "--out-dir", str(tmp_path)]) == 0  # kept, not replaced
+    assert capsys.readouterr().out.count("exists (--force replaces it)") == 3

@@ -1,6 +1,6 @@
 """How a replay matches fault statuses and outputs to inputs, and explains losses (no node)."""
 
-from save_ros.ros.tools.replay_result import InputRecord, ReplayResult, compare
+from save_ros.tools.replay_result import InputRecord, ReplayResult, compare
 
 
 def _sent(result: ReplayResult, stamps, t0: float = 100.0) -> list[InputRecord]:

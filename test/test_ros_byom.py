@@ -17,8 +17,8 @@ pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 from sensor_msgs.msg import Image  # noqa: E402
 
 from save_ros.preprocess import ImageOptions, InputSpec, RawImage, Resize, image_to_input  # noqa: E402,I001
-from save_ros.ros.tools.client import ReplayClient, stamp_key  # noqa: E402
-from save_ros.ros.tools.process import NodeProcess  # noqa: E402
+from save_ros.tools.client import ReplayClient, stamp_key  # noqa: E402
+from save_ros.tools.process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 BYOM = os.path.join(os.path.dirname(__file__), "byom")

@@ -59,7 +59,7 @@ def test_samples_from_a_rosbag_are_decoded_like_live_inputs():
     from save_ros.ros import convert
     from save_ros.ros.bags import read_messages
     from save_ros.ros.calibration import from_bag
-    from save_ros.ros.tools.bundled import BAGS_DIR, DIGITS_BAG
+    from save_ros.tools.bundled import BAGS_DIR, DIGITS_BAG
 
     got = from_bag(str(BAGS_DIR / DIGITS_BAG), "", "sensor_msgs/msg/Image",
                    lambda m: convert.image_to_tensor(m, DIGITS), DIGITS, limit=7)
@@ -75,8 +75,8 @@ def test_live_samples_redo_selection_in_the_node(tmp_path):
     pytest.importorskip("rclpy")
     from rosutil import digits_frames
 
-    from save_ros.ros.tools.client import ReplayClient
-    from save_ros.ros.tools.process import NodeProcess
+    from save_ros.tools.client import ReplayClient
+    from save_ros.tools.process import NodeProcess
 
     config = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn.yaml")
     proc = NodeProcess(config, namespace=f"calib_{os.getpid()}", overrides={

@@ -12,7 +12,7 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float32MultiArray, Header  # noqa: E402
 
 from save_ros.ros import convert  # noqa: E402
-from save_ros.ros.tools.bundled import digits_image  # noqa: E402
+from save_ros.tools.bundled import digits_image  # noqa: E402
 
 DIGITS = convert.InputSpec(shape=(1, 8, 8), low=(0.0,), high=(1.0,))
 POLICY = convert.InputSpec(shape=(4,), low=(-1.0,) * 4, high=(1.0,) * 4)

@@ -25,8 +25,8 @@ from save_ros.ros import convert  # noqa: E402
 from save_ros.ros.backend import BackendError  # noqa: E402
 from save_ros.ros.node import SaveNode  # noqa: E402
 from save_ros.ros.params import ParameterError  # noqa: E402
-from save_ros.ros.tools.bench_node import _restamped  # noqa: E402
-from save_ros.ros.tools.client import ReplayClient, stamp_key  # noqa: E402
+from save_ros.tools.bench_node import _restamped  # noqa: E402
+from save_ros.tools.client import ReplayClient, stamp_key  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn_isolated.yaml")

@@ -19,8 +19,8 @@ from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rosutil import set_parameter, string_value  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from save_ros.ros.tools.client import ReplayClient, stamp_key  # noqa: E402
-from save_ros.ros.tools.process import NodeProcess  # noqa: E402
+from save_ros.tools.client import ReplayClient, stamp_key  # noqa: E402
+from save_ros.tools.process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 BYOM = os.path.join(os.path.dirname(__file__), "byom")

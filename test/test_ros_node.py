@@ -22,7 +22,7 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from save_ros import models  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
-from save_ros.ros.tools.client import ReplayResult, stamp_key  # noqa: E402
+from save_ros.tools.client import ReplayResult, stamp_key  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn.yaml")

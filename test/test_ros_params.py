@@ -77,7 +77,7 @@ def test_parameter_errors_exit_2_in_one_line_before_the_model_loads(param, needl
 @pytest.mark.ros
 def test_unknown_parameter_and_foreign_section_are_warned_about(tmp_path):
     pytest.importorskip("rclpy")
-    from save_ros.ros.tools.process import NodeProcess
+    from save_ros.tools.process import NodeProcess
 
     params = tmp_path / "p.yaml"
     params.write_text("/**:\n  ros__parameters:\n    protect: false\n"

@@ -24,7 +24,7 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from save_ros.models import zoo  # noqa: E402
 from save_ros.preprocess import ImageOptions  # noqa: E402
 from save_ros.ros import convert, model_source  # noqa: E402
-from save_ros.ros.tools.process import NodeProcess  # noqa: E402
+from save_ros.tools.process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "visuomotor_policy.yaml")

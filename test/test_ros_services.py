@@ -15,8 +15,8 @@ pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
 from rosutil import running_node  # noqa: E402
 
-from save_ros.ros.tools.bench_services import Stream, burst, reanalyze_under_stream  # noqa: E402
-from save_ros.ros.tools.bundled import CONFIG_DIR  # noqa: E402
+from save_ros.tools.bench_services import Stream, burst, reanalyze_under_stream  # noqa: E402
+from save_ros.tools.bundled import CONFIG_DIR  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = str(CONFIG_DIR / "digits_cnn.yaml")

@@ -20,8 +20,8 @@ pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
 from sensor_msgs.msg import Image  # noqa: E402
 
-from save_ros.ros.tools.client import ReplayClient  # noqa: E402
-from save_ros.ros.tools.process import NodeProcess  # noqa: E402
+from save_ros.tools.client import ReplayClient  # noqa: E402
+from save_ros.tools.process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn.yaml")

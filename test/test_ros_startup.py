@@ -23,7 +23,7 @@ from save_ros.ros.health import WARN  # noqa: E402
 from save_ros.ros.model_source import ModelLoadError  # noqa: E402
 from save_ros.ros.node import EXIT_BAD_PARAMETER, EXIT_MODEL, SaveNode  # noqa: E402
 from save_ros.ros.params import ParameterError  # noqa: E402
-from save_ros.ros.tools.process import NodeProcess  # noqa: E402
+from save_ros.tools.process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "digits_cnn.yaml")

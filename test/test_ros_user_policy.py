@@ -29,7 +29,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from save_ros.preprocess import ImageOptions  # noqa: E402
 from save_ros.ros import convert  # noqa: E402
 from save_ros.ros.bags import BagWriter  # noqa: E402
-from save_ros.ros.tools.process import NodeProcess  # noqa: E402
+from save_ros.tools.process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")

@@ -22,8 +22,8 @@ pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 from rosutil import digits_frames, running_node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from save_ros.ros.tools.watch import Screen, output_record  # noqa: E402
-from save_ros.ros.tools.watch_view import (  # noqa: E402
+from save_ros.tools.watch import Screen, output_record  # noqa: E402
+from save_ros.tools.watch_view import (  # noqa: E402
     DiagRecord,
     StatusRecord,
     WatchView,

@@ -201,9 +201,9 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
 
 def test_train_zoo_verb_writes_weights_and_record_that_build_loads(tmp_path, capsys):
     out = tmp_path / "trained"
-    code = cli_main(["train-zoo", "--models", "mobilenet_v2", "--device", "cpu", "--size", "32",
-                     "--steps", "2", "--batch", "4", "--classes", "3", "--test-images", "6",
-                     "--shard-mib", "4", "--threads", "1", "--out", str(out)])
+    code = cli_main(["maintainer", "train-zoo", "--models", "mobilenet_v2", "--device", "cpu",
+                     "--size", "32", "--steps", "2", "--batch", "4", "--classes", "3",
+                     "--test-images", "6", "--shard-mib", "4", "--threads", "1", "--out", str(out)])
     assert code == 0
     assert "mobilenet_v2: held-out accuracy" in capsys.readouterr().out
     rec = json.loads((out / "mobilenet_v2.json").read_text())
@@ -219,7 +219,7 @@ def test_train_zoo_verb_writes_weights_and_record_that_build_loads(tmp_path, cap
     (["--models", "resnet18,alexnet"], "expected"), (["--steps", "0"], "expected")])
 def test_train_zoo_verb_rejects_bad_options(tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit) as exc:
-        cli_main(["train-zoo", "--out", str(tmp_path), *argv])
+        cli_main(["maintainer", "train-zoo", "--out", str(tmp_path), *argv])
     assert exc.value.code == 2 and match in capsys.readouterr().err
 
 

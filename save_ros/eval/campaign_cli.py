@@ -1,4 +1,4 @@
-"""`save-ros campaign`: run a seeded fault-injection campaign and print / save its figures."""
+"""`save-ros robustness campaign`: a seeded fault-injection campaign; print / save its figures."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from save_ros.models import ModelError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `save-ros campaign`."""
+    """Options of `save-ros robustness campaign`."""
     model_cli.add_arguments(parser)
     parser.add_argument("--target", choices=TARGETS, default="weights",
                         help="memory the flips hit (both = uniform per bit over the union)")
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_where(args, cfg, command)
     except (CampaignError, UnknownMethodError, ModelError, EmptyTargetError, NoBitsError,
             UnknownNameError, StoreError) as exc:  # ModelError: a --model that does not load
-        print(f"save-ros campaign: {exc}", file=sys.stderr)
+        print(f"save-ros robustness campaign: {exc}", file=sys.stderr)
         return 2
     print("\n".join(header_lines(result)))
     if result["activation_sites"]["naming"] != "none":

@@ -1,4 +1,4 @@
-"""`save-ros campaign-demo`: a one-minute campaign on the default model, with a summary.
+"""`save-ros robustness demo`: a one-minute campaign on the default model, with a summary.
 
 Unprotected, SAVE (when its method is registered) and the ECC oracle on `digits_cnn`, weight
 flips 1..4,096 and one activation row, 10 trials per point on 256 test samples; under a minute
@@ -20,7 +20,7 @@ from save_ros.eval.campaign_table import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `save-ros campaign-demo`."""
+    """Options of `save-ros robustness demo`."""
     parser.add_argument("--model", default=None, help="bundled model (default: digits_cnn)")
     parser.add_argument("--trials", type=int, default=10, help="trials per point")
     parser.add_argument("--seed", type=int, default=0)

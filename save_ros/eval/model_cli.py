@@ -1,6 +1,6 @@
 """The `--model` option of the evaluation CLIs: a registry name, an import path, a `.pt2` file.
 
-`save-ros campaign | pvf | analyze --model NAME` takes a bundled or zoo model
+`save-ros robustness campaign | pvf | analyze --model NAME` takes a bundled or zoo model
 (`save_ros.models`), one of the zoo's policies (`decision_transformer`, `visuomotor`,
 `rdt_policy`, ...: their own seeded inputs, task control, `--tolerance` applies), or a
 user's model by import path, `my_pkg.nets:make_net`, whose factory (called once, with no

@@ -1,4 +1,4 @@
-"""`save-ros pvf`: per-layer parameter vulnerability factor of a model's weights.
+"""`save-ros robustness pvf`: per-layer parameter vulnerability factor of a model's weights.
 
 PVF of a layer = the share of single-bit flips in that layer's parameters (weights and bias,
 drawn uniformly per bit) that change the output: the top-1 class (or action) of at least one
@@ -76,7 +76,7 @@ def layer_pvf(setup: EvalSetup, samples: int = 200, seed: int = 0,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `save-ros pvf`."""
+    """Options of `save-ros robustness pvf`."""
     model_cli.add_arguments(parser)
     parser.add_argument("--samples", type=int, default=200, help="single-bit flips per layer")
     parser.add_argument("--batch", type=positive_int, default=128,
@@ -92,12 +92,12 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     if args.samples < 1:
-        print("save-ros pvf: --samples must be >= 1", file=sys.stderr)
+        print("save-ros robustness pvf: --samples must be >= 1", file=sys.stderr)
         return 2
     try:
         setup = model_cli.setup_from_args(args, args.batch, episodes=0)
     except ModelError as exc:  # models.loader.ModelLoadError is one
-        print(f"save-ros pvf: {exc}", file=sys.stderr)
+        print(f"save-ros robustness pvf: {exc}", file=sys.stderr)
         return 2
     started = time.time()
     result = layer_pvf(setup, args.samples, args.seed,

@@ -99,7 +99,7 @@ class Job(Protocol):
 
 @dataclass(frozen=True)
 class CampaignJob:
-    """A `save-ros campaign` for workers: config and model source."""
+    """A `save-ros robustness campaign` for workers: config and model source."""
 
     cfg: CampaignConfig
     source: ModelSource

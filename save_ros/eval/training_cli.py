@@ -1,4 +1,4 @@
-"""`save-ros train-campaign`: faults during a short fine-tune, and what rollback changes.
+"""`save-ros robustness training`: faults during a short fine-tune, and what rollback changes.
 
 For each fault configuration (target x fault model) it runs N seeded faulty fine-tunes of a
 bundled classifier and sorts each into no effect / crash / silent degradation against the
@@ -9,7 +9,7 @@ no NaN/Inf loss (nor spike) is identical with rollback (checkpoints only copy st
 the runs that had one are repeated.
 
 Trials run where `--workers` / `--ray` say and are kept in `--store` (resumable with
-`--resume`), like `save-ros campaign`'s (`save_ros.eval.shard`, `eval.training_trial`).
+`--resume`), like `save-ros robustness campaign`'s (`save_ros.eval.shard`, `eval.training_trial`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def spike_factor(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `save-ros train-campaign`."""
+    """Options of `save-ros robustness training`."""
     parser.add_argument("--model", default="digits_cnn", help="bundled classifier to fine-tune")
     parser.add_argument("--targets", default="weights,activations,gradients,pe",
                         help="comma-separated: weights, activations, gradients, pe")
@@ -169,15 +169,15 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `save-ros train-campaign`."""
+    """Run `save-ros robustness training`."""
     torch.set_num_threads(max(1, args.threads))
     if args.trials < 1:
-        print("save-ros train-campaign: --trials must be >= 1", file=sys.stderr)
+        print("save-ros robustness training: --trials must be >= 1", file=sys.stderr)
         return 2
     try:
         result = run_campaign(args)
     except (TrainingFaultError, ModelError, StoreError, CampaignError, ValueError) as exc:
-        print(f"save-ros train-campaign: {exc}", file=sys.stderr)
+        print(f"save-ros robustness training: {exc}", file=sys.stderr)
         return 2
     ref = result["reference"]
     print(f"{result['model']}: fault-free fine-tune {ref['steps']} steps, held-out accuracy "

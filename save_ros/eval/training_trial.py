@@ -1,4 +1,4 @@
-"""One `train-campaign` trial as a pure function of its key, for `save_ros.eval.shard`.
+"""One `robustness training` trial as a pure function of its key, for `save_ros.eval.shard`.
 
 Trial (config c, trial t) fine-tunes the bundled classifier with fault configuration c and fault
 seed `fault_seed(seed, c, t)` (the training seed stays the campaign seed), and, with rollback,
@@ -51,7 +51,7 @@ def fault_seed(seed: int, config: int, trial: int) -> int:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Everything that decides a training campaign's trials (the `train-campaign` options)."""
+    """Everything that decides a training campaign's trials (the `robustness training` options)."""
 
     model: str
     targets: str
@@ -70,7 +70,7 @@ class TrainSpec:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainSpec:
-        """From the parsed `train-campaign` options."""
+        """From the parsed `robustness training` options."""
         return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__})
 
     def faults(self) -> list[TrainingFault]:

@@ -1,6 +1,6 @@
 """Decision diversity of the zoo's models, plain torchvision init vs input-dependent.
 
-    python -m save_ros.eval.zoo_report [--models resnet18,...] [--images 256] [--json FILE]
+    save-ros maintainer zoo-report [--models resnet18,...] [--images 256] [--json FILE]
 
 For each model: the build time (seeded init, and init + calibration), and `decision_report` over
 the registry's test images (`zoo_data`: seeded, disjoint from the calibration images) for the
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from save_ros.argtypes import positive_int, standalone
 from save_ros.eval.record import run_record, write_json
 
 
@@ -57,27 +58,32 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `save-ros maintainer zoo-report`."""
+    p.add_argument("--models", default=None, help="comma-separated zoo models (default: all)")
+    p.add_argument("--images", type=positive_int, default=256, help="test images per model")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+
+
+def run(args: argparse.Namespace) -> int:
     """Measure, print the table, write the JSON."""
     from save_ros.models import zoo
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(zoo.available()))
-    p.add_argument("--images", type=int, default=256)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    names = (args.models or ",".join(zoo.available())).split(",")
     started = time.time()
-    result = measure([m for m in args.models.split(",") if m], args.images, args.device)
-    result.update(run_record("save_ros.zoo_report", started,
-                             ["python", "-m", "save_ros.eval.zoo_report", *(argv or sys.argv[1:])]))
+    result = measure([m for m in names if m], args.images, args.device)
+    result.update(run_record("save_ros.zoo_report", started))
     result["wall_s"] = time.time() - started
     print(table(result))
     if args.json:
         write_json(args.json, result)
     return 0
+
+
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.eval.zoo_report")
 
 
 if __name__ == "__main__":

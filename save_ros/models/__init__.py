@@ -1,8 +1,9 @@
 """Bundled reference models: specs, committed weights, their data, and how well they do.
 
 Nothing is downloaded: the digits come with scikit-learn, the control task with gymnasium, and
-the trained weights are committed under `save_ros/models/weights/` (`save-ros train` recreates
-them with fixed seeds). Every model is small, fp32, and traceable with `torch.fx.symbolic_trace`.
+the trained weights are committed under `save_ros/models/weights/` (`save-ros maintainer train`
+recreates them with fixed seeds). Every model is small, fp32, and traceable with
+`torch.fx.symbolic_trace`.
 
 The registry also resolves the zoo's standard perception models (`resnet18`, `resnet50`,
 `mobilenet_v2`, `vit_b_16`: torchvision's architectures at 1x3x224x224, see
@@ -199,7 +200,7 @@ def load(name: str, weights_path: Path | str | None = None) -> nn.Module:
     if not path.is_file():
         raise MissingWeightsError(
             f"weights of {name!r} not found at {path}; recreate them with "
-            f"`save-ros train --model {name}`"
+            f"`save-ros maintainer train --model {name}`"
         )
     model = spec.build()
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,4 +1,4 @@
-"""`save-ros train`: re-train the bundled reference models with fixed seeds.
+"""`save-ros maintainer train`: re-train the bundled reference models with fixed seeds.
 
 Each model is trained on its `train` split with a fixed recipe and seed (torch, numpy and the
 gymnasium env seeds), then its weights (`<name>.pt`, a state dict) and a JSON of metrics
@@ -176,7 +176,7 @@ def batch1_forward_us(model: nn.Module, input_shape: tuple[int, ...], runs: int 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `save-ros train`."""
+    """Arguments of `save-ros maintainer train`."""
     parser.add_argument(
         "--model", default="all", help=f"one of {', '.join(models.available())}, or all"
     )
@@ -192,10 +192,10 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             models.get_spec(name)  # fail before any training on a bad name
     except models.UnknownModelError as exc:
-        print(f"save-ros train: {exc}", file=sys.stderr)
+        print(f"save-ros maintainer train: {exc}", file=sys.stderr)
         return 2
     if args.out is not None and args.out.exists() and not args.out.is_dir():
-        print(f"save-ros train: error: --out {args.out} is a file; pass a folder",
+        print(f"save-ros maintainer train: error: --out {args.out} is a file; pass a folder",
               file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)

@@ -3,7 +3,7 @@
 rosbag2 stores messages as CDR, which is exactly what `rclpy.serialization` produces, so a bag
 message becomes an rclpy message with `deserialize_message` and back, with no second type system
 in the way. `rosbags` only supplies the message definitions that rosbag2 metadata records. The
-node reads calibration inputs with it; the tools (`ros.tools`) replay and record bags with it.
+node reads calibration inputs with it; the tools (`save_ros.tools`) replay and record bags with it.
 """
 
 from __future__ import annotations

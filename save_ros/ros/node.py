@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str], signals: _Signals) -> int:
     from save_ros.ros.paramfile import ParamsFileError, check_args
-    from save_ros.ros.usage import help_text, wants_help
+    from save_ros.ros.usage import help_text, program, wants_help
 
     if wants_help(argv):
-        sys.stdout.write(help_text())
+        sys.stdout.write(help_text(prog=program(argv)))
         return EXIT_OK
     try:
         file_warnings = check_args(argv)

@@ -11,11 +11,13 @@ import textwrap
 from pathlib import Path
 
 HELP_FLAGS = ("-h", "--help")
+SERVE_PROG = "save-ros serve"  # argv[0] when the save-ros command started the node
 
 EXAMPLES = """\
 examples:
   save_node --ros-args --params-file {config}/digits_cnn.yaml
   save_node --ros-args -p model:=digits_cnn -p input_topic:=/camera/image_raw -p device:=cuda
+  save-ros serve --ros-args --params-file {config}/digits_cnn.yaml     (the same node)
   ros2 run save_ros save_node --ros-args --params-file my_robot.yaml     (on a ROS 2 distro)
   save-ros watch save_node      (another shell: the node's output, fault status, diagnostics)
 """
@@ -33,15 +35,21 @@ def _default(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def help_text(width: int = 100) -> str:
-    """The full `save_node --help` text."""
+def program(argv: list[str]) -> str:
+    """The name the node was started under: `save-ros serve` (whose argv[0] says so) or
+    save_node."""
+    return SERVE_PROG if argv and argv[0] == SERVE_PROG else "save_node"
+
+
+def help_text(width: int = 100, prog: str = "save_node") -> str:
+    """The full `save_node --help` text (`prog` names the command in the usage line)."""
     from save_ros.ros.params import SPECS
     from save_ros.ros.policy_params import SPECS as POLICY_SPECS
-    from save_ros.ros.tools.bundled import CONFIG_DIR
+    from save_ros.ros.share import CONFIG_DIR
 
     lines = [
-        "usage: save_node [-h] [--ros-args [-p NAME:=VALUE]... [--params-file FILE]",
-        "                 [-r __ns:=/NS] [-r __node:=NAME]]",
+        f"usage: {prog} [-h] [--ros-args [-p NAME:=VALUE]... [--params-file FILE]",
+        " " * len(f"usage: {prog} ") + "[-r __ns:=/NS] [-r __node:=NAME]]",
         "",
         *textwrap.wrap(
             "Serve a SAVE-protected PyTorch model on ROS 2 topics: ~/input -> ~/output (verified "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a lent multi-GPU machine (no Ray there: its wheel cannot be brought): the single-host path
-# of `save-ros campaign`, one worker process per visible GPU, against one GPU, same campaign.
+# of `save-ros robustness campaign`, one worker process per visible GPU, against one GPU, same campaign.
 #   bash scripts/device/campaign_gpus.sh $OUT [MODEL] [TRIALS]
 # Writes $OUT/campaign_gpus_1.json and $OUT/campaign_gpus_all.json (execution block: workers,
 # trials/s end to end and steady), $OUT/campaign_gpus_equal.txt (per-trial records of both runs
@@ -13,11 +13,11 @@ echo "visible GPUs: $N" | tee "$OUT/campaign_gpus.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/campaign_gpus.txt"
 C=(--model "$M" --target weights --flips 1,16 --trials "$T" --batch 32 --device cuda --quiet)
 # a tiny run first: a failure on CUDA shows here in seconds, with its traceback
-timeout 240 python3 -m save_ros.cli campaign "${C[@]}" --trials 2 --workers 1 2>&1 | tail -20
+timeout 240 python3 -m save_ros.cli robustness campaign "${C[@]}" --trials 2 --workers 1 2>&1 | tail -20
 for W in 1 all; do
   n=$([ "$W" = all ] && echo 0 || echo 1)   # --workers 0 = every visible GPU
   rm -f "$OUT/campaign_gpus_$W.sqlite"*
-  timeout 270 python3 -m save_ros.cli campaign "${C[@]}" --workers "$n" \
+  timeout 270 python3 -m save_ros.cli robustness campaign "${C[@]}" --workers "$n" \
     --store "$OUT/campaign_gpus_$W.sqlite" --json "$OUT/campaign_gpus_$W.json" 2>&1 | tail -8
 done
 python3 - "$OUT" <<'PY' | tee -a "$OUT/campaign_gpus.txt" "$OUT/campaign_gpus_equal.txt"

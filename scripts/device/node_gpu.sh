@@ -12,8 +12,8 @@ export PYTHONPATH=$PWD:$PWD/test/byom ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST RO
 export PYTHONUNBUFFERED=1 RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 PY="$V/bin/python"
 timeout 60 "$PY" scripts/device/preprocess_cuda.py 2>&1 | tail -6
-timeout 330 "$PY" -m save_ros.ros.tools.bench_stream --models resnet50,robot_nets:se_backbone \
+timeout 330 "$PY" -m save_ros.tools.bench_stream --models resnet50,robot_nets:se_backbone \
   --device cuda --frames 300 --rate 30 --passes 2 --inject-every 10 \
   --out "$OUT/stream_gpu.json" 2>&1 | grep -v -e Warning -e run_backward | tail -8
-timeout 170 "$PY" -m save_ros.ros.tools.bench_failover --crashes 20 --device cuda --gap 2 \
+timeout 170 "$PY" -m save_ros.tools.bench_failover --crashes 20 --device cuda --gap 2 \
   --out "$OUT/failover_gpu.json" 2>&1 | tail -6

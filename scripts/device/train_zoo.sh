@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (no ROS, no network, nothing installed): train the zoo's ResNet-18,
-# MobileNetV2, ResNet-50 and ViT-B/16 on procedural scenes (save-ros train-zoo), and measure the
+# MobileNetV2, ResNet-50 and ViT-B/16 on procedural scenes (save-ros maintainer train-zoo), and measure the
 # trained models beside their random init with bench scale IN THE SAME CALL: a warm machine is
 # kept only ~30 s after a call, and ResNet-50 / ViT-B/16 weights (51 / 173 MB in fp16) are too
 # big to come back (16 MiB a file), so what needs them runs here.

@@ -29,7 +29,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
-from save_ros.ros.tools.process import NodeProcess
+from save_ros.tools.process import NodeProcess
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "visuomotor_policy.yaml"
 JOINTS = [f"panda_joint{i}" for i in range(1, 8)]

@@ -2,6 +2,6 @@
 
 `cpu` (+ `cpu_faults`, `report`): SAVE vs unprotected vs baselines at batch 1 on the bundled
 models; `scale` (+ `scale_coverage`): robot-scale models through `protect()`; `failover`: worker
-crash to next result, warm vs cold standby; `fx_sites`: what fx-node fault sites cost a
-campaign. The ROS node's measurements need a node process and live in `save_ros.ros.tools`.
+crash to next result, warm vs cold standby; `fx_sites` (`bench fx-sites`): what fx-node fault
+sites cost a campaign. The ROS node's measurements need a node process and live in `save_ros.tools`.
 """

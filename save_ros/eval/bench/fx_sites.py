@@ -1,6 +1,6 @@
 """What fx-node activation sites cost a campaign: forward passes side by side, as ratios.
 
-    python -m save_ros.eval.bench.fx_sites [--reps 200] [--json FILE]
+    save-ros bench fx-sites [--reps 200] [--json FILE]   (python -m save_ros.eval.bench.fx_sites)
 
 Per model, interleaved in one run (CPU latencies only as ratios): the plain model; the model
 inside an fx-site fault context with no fault due (taps fire and return their input); with one
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
+from save_ros.argtypes import positive_int, standalone
 from save_ros.eval.record import run_record, write_json
 from save_ros.faults import ActivationFaults, BitFault, Target, TargetKind, activation_sites
 
@@ -77,16 +78,18 @@ def measure(models: dict[str, tuple[nn.Module, torch.Tensor]], reps: int) -> lis
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `save-ros bench fx-sites`."""
+    p.add_argument("--reps", type=positive_int, default=200, help="timed passes per case")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+
+
+def run(args: argparse.Namespace) -> int:
     """Measure digits_cnn, digits_vit (batch 1) and resnet18 (batch 1, 64 px)."""
     from save_ros import models
     from save_ros.models import zoo
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=200)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     xd = models.dataset("digits_cnn", "test")[0][:1]
     cases = {"digits_cnn": (models.load("digits_cnn"), xd),
@@ -94,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
              "resnet18@64px": (zoo.build("resnet18", image_size=64), torch.rand(1, 3, 64, 64))}
     started = time.time()
     rows = measure(cases, args.reps)
-    result = run_record("save_ros.bench_fx_sites", started,
-                        ["python", "-m", "save_ros.eval.bench.fx_sites", *(argv or sys.argv[1:])])
+    result = run_record("save_ros.bench_fx_sites", started)
     result |= {"reps": args.reps, "rows": rows}
     if args.json:
         write_json(args.json, result)
     return 0
+
+
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.eval.bench.fx_sites")
 
 
 if __name__ == "__main__":

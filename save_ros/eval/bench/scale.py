@@ -11,9 +11,9 @@ or any `package.module:factory`), on the chosen device:
   1,000 inferences with the error rate and repair time the coverage section measured;
 - coverage (fp32, batch 1): weight-flip, activation-flip and clean trials (`scale_coverage`).
 
-With `--trained DIR` (weights from `save-ros train-zoo`) each zoo model also runs trained, as
-row `NAME@trained` beside its random init (`scale_inits`). Writes one JSON (`--out`) and prints a
-table. Absolute times count only from a GPU.
+With `--trained DIR` (weights from `save-ros maintainer train-zoo`) each zoo model also runs
+trained, as row `NAME@trained` beside its random init (`scale_inits`). Writes one JSON (`--out`)
+and prints a table. Absolute times count only from a GPU.
 """
 
 from __future__ import annotations

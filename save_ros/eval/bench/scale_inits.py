@@ -3,8 +3,8 @@ which calibration images.
 
 A random-init row (`random`, key `NAME`) is the zoo's seeded init made input-dependent,
 calibrated on `zoo.images` (photos and digits), as the tables had it. A trained row (`trained`,
-key `NAME@trained`) loads the weights `save-ros train-zoo` wrote to the `--trained` folder and
-is calibrated (and its clean trials run) on held-out scenes of the task it learned
+key `NAME@trained`) loads the weights `save-ros maintainer train-zoo` wrote to the `--trained`
+folder and is calibrated (and its clean trials run) on held-out scenes of the task it learned
 (`scenes(n, size, CALIB_SEED + seed)`), the inputs such a model meets; its training record
 (held-out accuracy, steps, time) goes into the row.
 """
@@ -93,8 +93,8 @@ def describe(weights: Path | None, name: str) -> dict:
 def add_arguments(parser: argparse.ArgumentParser, comma_list) -> None:
     """`--trained DIR` and `--init random,trained`."""
     parser.add_argument("--trained", type=Path, default=None,
-                        help="folder of `save-ros train-zoo` weights: each model also runs "
-                             "trained (row NAME@trained) beside its random init")
+                        help="folder of `save-ros maintainer train-zoo` weights: each model also "
+                             "runs trained (row NAME@trained) beside its random init")
     parser.add_argument("--init", type=comma_list(init_name, "random,trained"), default=None,
                         help="rows per model: random, trained (default: random, and trained "
                              "with --trained)")

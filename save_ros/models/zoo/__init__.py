@@ -116,8 +116,8 @@ def build(name: str, num_classes: int = 1000, image_size: int = 224, seed: int =
           weights: str | Path | None = None) -> nn.Module:
     """A zoo model in eval mode, fp32, on the CPU.
 
-    `weights`: a folder written by `save-ros train-zoo` (or one `.pt` state dict): the trained
-    weights are loaded (strictly, as fp32) instead of calibrating the init; see `zoo.train`.
+    `weights`: a folder written by `save-ros maintainer train-zoo` (or one `.pt` state dict): the
+    trained weights are loaded (strictly, as fp32) instead of calibrating the init; see `zoo.train`.
 
     The architecture is initialised from `seed` (the global RNG is left as it was) as
     torchvision's constructor does; with `input_dependent` (default) it is then calibrated on

@@ -1,4 +1,4 @@
-"""Train the zoo's architectures on procedural scenes: the recipe behind `save-ros train-zoo`.
+"""Train the zoo's architectures on procedural scenes (`save-ros maintainer train-zoo`'s recipe).
 
 The task: `scenes` (10 shape classes under nuisance colour, fill, clutter, light and noise),
 a fresh batch rendered on the device every step (training scene seeds never overlap the held-out

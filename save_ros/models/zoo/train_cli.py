@@ -1,4 +1,4 @@
-"""`save-ros train-zoo`: train the zoo's architectures on procedural scenes (see `zoo.train`).
+"""`save-ros maintainer train-zoo`: train the zoo's architectures on procedural scenes (zoo.train).
 
 Per model it writes `<name>.pt` (the state dict; fp16 by default, in shards of at most
 `--shard-mib` MiB where one file would be larger) and `<name>.json` (the training record:
@@ -47,7 +47,7 @@ def seconds_spec(text: str) -> dict[str, float] | float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `save-ros train-zoo`."""
+    """Options of `save-ros maintainer train-zoo`."""
     parser.add_argument("--models", "--model", type=comma_list(_model_name, ", ".join(RECIPES)),
                         default=tuple(RECIPES), help="comma-separated zoo names (default all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.out.exists() and not args.out.is_dir():
-        print(f"save-ros train-zoo: error: --out {args.out} is a file; pass a folder",
+        print(f"save-ros maintainer train-zoo: error: --out {args.out} is a file; pass a folder",
               file=sys.stderr)
         return 2
     for name in args.models:

@@ -69,8 +69,8 @@ def find(where: str | Path, name: str) -> list[Path]:
                    key=lambda p: int(p.name.removeprefix(f"{name}.part").removesuffix(".pt")))
     if not parts:
         raise WeightsError(f"no trained weights for {name} in {where} (expected {name}.pt or "
-                           f"{name}.part0.pt ...; `save-ros train-zoo --models {name} --out "
-                           f"{where}` writes them)")
+                           f"{name}.part0.pt ...; `save-ros maintainer train-zoo --models {name} "
+                           f"--out {where}` writes them)")
     return parts
 
 

@@ -13,7 +13,7 @@ node replays the stream once clean and once with `~/inject_faults` (weight bit f
 `--inject-every` frames; every output of the faulty pass must equal the clean pass's output for
 the same frame.
 
-`python -m save_ros.ros.tools.bench_stream --models resnet50 --device cuda --out stream.json`
+`python -m save_ros.tools.bench_stream --models resnet50 --device cuda --out stream.json`
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from std_msgs.msg import Header
 from save_ros.argtypes import nonnegative_int, positive_float, positive_int, standalone
 from save_ros.eval.record import run_record, write_json
 from save_ros.eval.timing import summary
-from save_ros.ros.tools.client import ReplayClient, stamp_key
-from save_ros.ros.tools.process import NodeProcess
+from save_ros.tools.client import ReplayClient, stamp_key
+from save_ros.tools.process import NodeProcess
 
 
 def frames(n: int, size: int, seed: int) -> list[Image]:
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.ros.tools.bench_stream")
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.tools.bench_stream")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ each node answered every input with none dropped (with the config's queue_size, 
 stalls of the host count as drops). Both nodes run at once and the
 measurements alternate between them, so the two see the same machine load.
 
-`python -m save_ros.ros.tools.bench_node --out docs/results/ros_bench.json`
+`python -m save_ros.tools.bench_node --out docs/results/ros_bench.json`
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from save_ros.argtypes import positive_int, standalone
 from save_ros.eval.record import run_record, write_json
 from save_ros.eval.timing import summary
 from save_ros.ros.bags import read_messages
-from save_ros.ros.tools.bundled import (
+from save_ros.tools.bundled import (
     BAGS_DIR,
     CARTPOLE_BAG,
     CARTPOLE_TOPIC,
@@ -33,8 +33,8 @@ from save_ros.ros.tools.bundled import (
     DIGITS_BAG,
     DIGITS_TOPIC,
 )
-from save_ros.ros.tools.client import ReplayClient
-from save_ros.ros.tools.process import NodeProcess, config_parameters
+from save_ros.tools.client import ReplayClient
+from save_ros.tools.process import NodeProcess, config_parameters
 
 MODELS = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole_policy")
 RATES_HZ = (50, 100, 200, 400, 800)
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.ros.tools.bench_node")
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.tools.bench_node")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ The raw message builders and the fuzz are in `fuzz`. The messages target the bun
 images for `digits_cnn` (1x8x8, values in [0, 1]), JointState / Float32MultiArray for
 `cartpole_policy` (4 values; joints `CARTPOLE_JOINTS`).
 
-`python -m save_ros.ros.tools.hostile OUT` writes them as a rosbag2: one topic per input type,
+`save-ros robustness hostile-bag OUT` writes them as a rosbag2: one topic per input type,
 `/hostile/image`, `/hostile/joint_state`, `/hostile/float32_multi_array`; bursts are 1 ns apart in
 bag time (a flood under `--pace realtime`), the rest 10 ms apart.
 """
@@ -29,9 +29,11 @@ import numpy as np
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header
 
+from save_ros.argtypes import nonnegative_int, standalone
+from save_ros.errors import UserError
 from save_ros.ros.bags import BagWriter, read_messages
-from save_ros.ros.tools.bundled import BAGS_DIR, CARTPOLE_JOINTS, DIGITS_BAG, T0_NS
-from save_ros.ros.tools.fuzz import (
+from save_ros.tools.bundled import BAGS_DIR, CARTPOLE_JOINTS, DIGITS_BAG, T0_NS
+from save_ros.tools.fuzz import (
     HUGE,
     INPUT_TYPES,
     U32_MAX,
@@ -312,22 +314,29 @@ def write_hostile_bag(out: Path, input_types: tuple[str, ...] = INPUT_TYPES, fuz
     return counts
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write the hostile-input bag."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `save-ros robustness hostile-bag`."""
     parser.add_argument("out", type=Path, help="new rosbag2 directory")
     parser.add_argument("--types", nargs="+", choices=INPUT_TYPES, default=list(INPUT_TYPES))
-    parser.add_argument("--fuzz", type=int, default=0,
+    parser.add_argument("--fuzz", type=nonnegative_int, default=0,
                         help="also this many fuzzed messages per input type")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fuzz")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    args = parser.parse_args(argv)
-    if args.out.exists() and args.force:
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the hostile-input bag."""
+    if args.out.exists() and not args.force:
+        raise UserError(f"{args.out} exists; --force replaces it, or choose another path")
+    if args.out.exists():
         shutil.rmtree(args.out)
     counts = write_hostile_bag(args.out, tuple(args.types), args.fuzz, args.seed)
     for topic, n in counts.items():
         print(f"{args.out}: {n} messages on {topic}")
     return 0
+
+
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.tools.hostile")
 
 
 if __name__ == "__main__":

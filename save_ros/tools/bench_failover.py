@@ -13,7 +13,7 @@ Every crashed input's output is compared bit for bit with the fault-free output 
 Between crashes the bench waits `--gap` seconds so the next standby is warm; the node's
 `cold_failovers` counter says whether any failover had to start a worker instead.
 
-`python -m save_ros.ros.tools.bench_failover --crashes 12 --out docs/results/failover_ros.json`
+`python -m save_ros.tools.bench_failover --crashes 12 --out docs/results/failover_ros.json`
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from save_ros.argtypes import nonnegative_float, nonnegative_int, positive_int, 
 from save_ros.eval.record import run_record, write_json
 from save_ros.eval.timing import summary
 from save_ros.ros.bags import read_messages
-from save_ros.ros.tools.bench_node import _restamped
-from save_ros.ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
-from save_ros.ros.tools.client import InputRecord, ReplayClient, ReplayResult, stamp_key
-from save_ros.ros.tools.process import NodeProcess
+from save_ros.tools.bench_node import _restamped
+from save_ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
+from save_ros.tools.client import InputRecord, ReplayClient, ReplayResult, stamp_key
+from save_ros.tools.process import NodeProcess
 
 
 def _publish_and_wait(client: ReplayClient, msg, timeout: float) -> tuple[float, list | None]:
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.ros.tools.bench_failover")
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.tools.bench_failover")
 
 
 if __name__ == "__main__":

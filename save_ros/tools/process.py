@@ -76,6 +76,7 @@ class NodeProcess:
     namespace: str = ""
     overrides: dict[str, object] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    launcher: list[str] | None = None  # the command before `--ros-args` (None: save_node)
     proc: subprocess.Popen | None = None
     _log: object = None
     _tmp: tempfile.TemporaryDirectory | None = None
@@ -88,7 +89,7 @@ class NodeProcess:
 
     def command(self) -> list[str]:
         """The command line that starts the node."""
-        cmd = node_command() + ["--ros-args"]
+        cmd = [*(self.launcher or node_command()), "--ros-args"]
         if self.config:
             cmd += ["--params-file", str(self._params_file())]
         if self.namespace:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from save_ros.argtypes import positive_float, positive_int, standalone
 from save_ros.ros.bags import read_messages
-from save_ros.ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
-from save_ros.ros.tools.client import ReplayClient, ReplayResult, compare
-from save_ros.ros.tools.process import NodeProcess
+from save_ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
+from save_ros.tools.client import ReplayClient, ReplayResult, compare
+from save_ros.tools.process import NodeProcess
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.ros.tools.demo")
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.tools.demo")
 
 
 if __name__ == "__main__":

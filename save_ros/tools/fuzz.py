@@ -12,7 +12,7 @@ import numpy as np
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension
 
-from save_ros.ros.tools.bundled import CARTPOLE_JOINTS, T0_NS
+from save_ros.tools.bundled import CARTPOLE_JOINTS, T0_NS
 
 INPUT_TYPES = ("image", "joint_state", "float32_multi_array")
 U32_MAX = 2**32 - 1

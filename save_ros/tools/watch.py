@@ -25,7 +25,7 @@ import time
 
 from save_ros.argtypes import positive_float, positive_int
 from save_ros.errors import UserError
-from save_ros.ros.tools.watch_view import DiagRecord, OutputRecord, StatusRecord, WatchView
+from save_ros.tools.watch_view import DiagRecord, OutputRecord, StatusRecord, WatchView
 
 DEFAULT_NODE = "save_node"
 REFRESH_S = 0.25  # panel redraws per second on a terminal: 4

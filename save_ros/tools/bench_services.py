@@ -35,10 +35,10 @@ from std_srvs.srv import Trigger
 from save_ros.argtypes import positive_float, positive_int, standalone
 from save_ros.eval.record import run_record, write_json
 from save_ros.ros.bags import read_messages
-from save_ros.ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
-from save_ros.ros.tools.client import ReplayClient, stamp_key
-from save_ros.ros.tools.hostile_suite import rss_mb
-from save_ros.ros.tools.process import NodeProcess
+from save_ros.tools.bundled import BAGS_DIR, CONFIG_DIR, DIGITS_BAG
+from save_ros.tools.client import ReplayClient, stamp_key
+from save_ros.tools.hostile_suite import rss_mb
+from save_ros.tools.process import NodeProcess
 
 SERVICES = {"get_state": GetState, "recover": Trigger, "reanalyze": Trigger}
 
@@ -269,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.ros.tools.bench_services")
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.tools.bench_services")
 
 
 if __name__ == "__main__":

@@ -16,37 +16,33 @@ must be accepted must also be verified), that the node's
 /diagnostics and fault statuses stay bounded in size, and that its memory does not grow (RSS of
 the node and its workers before and after). The node is then stopped with SIGINT: exit code 0.
 
-`python -m save_ros.ros.tools.hostile_suite --fuzz 1000 --json docs/results/hostile.json`
+`save-ros robustness hostile --fuzz 1000 --json docs/results/hostile.json` runs it
+(`hostile_cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from save_ros.eval.record import run_record, write_json
 from save_ros.ros.bags import read_messages
-from save_ros.ros.tools.bundled import CONFIG_DIR
-from save_ros.ros.tools.client import ReplayClient
-from save_ros.ros.tools.fuzz import INPUT_TYPES, fuzz_messages
-from save_ros.ros.tools.hostile import (
+from save_ros.tools.bundled import CONFIG_DIR
+from save_ros.tools.client import ReplayClient
+from save_ros.tools.fuzz import fuzz_messages
+from save_ros.tools.hostile import (
     ACCEPT,
     REJECT,
     TOPICS,
     case_labels,
     hostile_cases,
-    write_hostile_bag,
 )
-from save_ros.ros.tools.process import NodeProcess
-from save_ros.ros.tools.replay_result import FAULT_COUNTERS, LARGE_SAMPLE_BYTES, ReplayResult
+from save_ros.tools.process import NodeProcess
+from save_ros.tools.replay_result import FAULT_COUNTERS, LARGE_SAMPLE_BYTES, ReplayResult
 
 CONFIGS = {"image": "digits_cnn.yaml", "joint_state": "cartpole_policy.yaml",
            "float32_multi_array": "cartpole_policy.yaml"}
@@ -394,55 +390,3 @@ def case_table(sessions: list[Session]) -> str:
                 cells.append(", ".join(f"{n} {k}" for k, n in sorted(got.items())) or "-")
             rows.append(f"| {input_type} | {name} | {expect} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def _rmw() -> str:
-    from rclpy.utilities import get_rmw_implementation_identifier
-
-    return get_rmw_implementation_identifier()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the suite; print the table; exit 1 if any promise was broken."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--types", nargs="+", choices=INPUT_TYPES, default=list(INPUT_TYPES))
-    parser.add_argument("--isolation", nargs="+", choices=("none", "process"),
-                        default=["none", "process"])
-    parser.add_argument("--fuzz", type=int, default=1000, help="fuzzed messages per session")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fuzz")
-    parser.add_argument("--fuzz-passes", type=int, default=1,
-                        help="fuzz passes per session (seeds --seed, --seed + 1, ...)")
-    parser.add_argument("--no-hostile", action="store_true", help="skip the hostile bag")
-    parser.add_argument("--no-burst", action="store_true",
-                        help="skip the realtime pass of the hostile bag")
-    parser.add_argument("--json", type=Path, help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    sessions: list[Session] = []
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="save_ros_hostile_") as tmp:
-        bag = Path(tmp) / "hostile_bag"
-        counts = write_hostile_bag(bag, tuple(args.types))
-        print(f"hostile bag {bag}: {counts}", flush=True)
-        for isolation in args.isolation:
-            for input_type in args.types:
-                sessions.append(run_session(
-                    input_type, isolation, None if args.no_hostile else bag, args.fuzz,
-                    args.seed, burst=not args.no_burst, cache_dir=Path(tmp), log=sys.stdout,
-                    fuzz_passes=args.fuzz_passes))
-    print(table(sessions))
-    print()
-    print(case_table(sessions))
-    problems = [v for s in sessions for v in s.violations()]
-    for p in problems:
-        print(f"VIOLATION {p}")
-    if args.json:
-        record = run_record("save_ros.hostile_suite", started)
-        record["machine"]["rmw"] = _rmw()
-        write_json(args.json, record | {
-            "seconds": round(time.time() - started, 1),
-            "sessions": [asdict(s) for s in sessions], "violations": problems})
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
-from save_ros.ros.tools.replay_result import InputRecord, ReplayResult, compare, status_values
+from save_ros.tools.replay_result import InputRecord, ReplayResult, compare, status_values
 
 __all__ = ["INPUT_MSGTYPES", "PACES", "InputRecord", "NodeUnreachableError", "ReplayClient",
            "ReplayResult", "compare", "output_values", "stamp_key", "status_values"]

@@ -25,8 +25,8 @@ from pathlib import Path
 from save_ros.argtypes import nonnegative_int, positive_float, positive_int
 from save_ros.ros.bags import BagError, BagWriter, read_messages, topics
 from save_ros.ros.params import ParameterError
-from save_ros.ros.tools.client import INPUT_MSGTYPES, PACES, ReplayClient, ReplayResult, compare
-from save_ros.ros.tools.process import NodeProcess, config_parameters
+from save_ros.tools.client import INPUT_MSGTYPES, PACES, ReplayClient, ReplayResult, compare
+from save_ros.tools.process import NodeProcess, config_parameters
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

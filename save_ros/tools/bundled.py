@@ -1,6 +1,8 @@
-"""The package's bundled data: where config/ and bags/ are, and how the committed bags are made.
+"""The package's bundled data: the committed bags, their topics, and how they are made.
 
-`python -m save_ros.ros.tools.bundled` writes the committed bags under `bags/`:
+Where config/ and bags/ are is `save_ros.ros.share` (the node needs it); re-exported here.
+
+`save-ros maintainer bags` writes the committed bags under `bags/`:
 - `bags/digits_mono8`: digits test images as 64x64 mono8 sensor_msgs/Image (each 8x8 pixel
   is an 8x8 block) at 30 Hz on `/camera/image`; the node area-averages them back to 8x8.
 - `bags/cartpole_states`: CartPole-v1 states of held-out rollouts as sensor_msgs/JointState at
@@ -20,31 +22,11 @@ import numpy as np
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Header
 
+from save_ros.argtypes import standalone
 from save_ros.ros.bags import BagWriter, topics
+from save_ros.ros.share import BAGS_DIR as BAGS_DIR  # re-exported: the tools find bags here
+from save_ros.ros.share import CONFIG_DIR as CONFIG_DIR
 
-_SOURCE_ROOT = Path(__file__).resolve().parents[3]
-
-
-def share_dir(name: str) -> Path:
-    """The folder `name` of the package: the source tree's (checkout, editable install), else the
-    ament share directory (colcon install), else `<prefix>/share/save_ros/<name>` (pip install)."""
-    here = _SOURCE_ROOT / name
-    if here.is_dir():
-        return here
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        try:
-            return Path(get_package_share_directory("save_ros")) / name
-        except PackageNotFoundError:
-            pass
-    except ImportError:  # no ament index on this machine
-        pass
-    return Path(sys.prefix) / "share" / "save_ros" / name
-
-
-CONFIG_DIR = share_dir("config")
-BAGS_DIR = share_dir("bags")
 DIGITS_BAG, CARTPOLE_BAG, CARTPOLE_ARRAY_BAG = "digits_mono8", "cartpole_states", "cartpole_array"
 DIGITS_TOPIC, CARTPOLE_TOPIC = "/camera/image", "/cartpole/joint_states"
 CARTPOLE_ARRAY_TOPIC = "/cartpole/state"
@@ -109,12 +91,15 @@ def make_cartpole_array_bag(out: Path, count: int = 200, hz: float = 50.0) -> Pa
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write the committed bags (replacing them with --force)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=BAGS_DIR)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `save-ros maintainer bags`."""
+    parser.add_argument("--out-dir", type=Path, default=BAGS_DIR,
+                        help=f"where the bags go (default {BAGS_DIR})")
     parser.add_argument("--force", action="store_true", help="replace existing bags")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the committed bags (replacing them with --force)."""
     for name, make in ((DIGITS_BAG, make_digits_bag), (CARTPOLE_BAG, make_cartpole_bag),
                        (CARTPOLE_ARRAY_BAG, make_cartpole_array_bag)):
         out = args.out_dir / name
@@ -126,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         make(out)
         print(f"{out}: {topics(out)}")
     return 0
+
+
+main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.tools.bundled")
 
 
 if __name__ == "__main__":
