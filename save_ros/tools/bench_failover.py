@@ -49,6 +49,33 @@ def _publish_and_wait(client: ReplayClient, msg, timeout: float) -> tuple[float,
     return t, got
 
 
+# the crashed input's path inside the node (its status's failover_phases_ms) and after it
+PHASES = ("detection", "activation", "inference", "return", "verdict_and_publication")
+
+
+def _add_phases(phases: dict[str, list[float]], client: ReplayClient, stamp: int,
+                received: float, timeout: float = 2.0) -> None:
+    """The crashed input's phases from its status; verdict_and_publication = answered in the
+    node -> output received here (one CLOCK_MONOTONIC: node and bench share the host)."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, str] | None = None
+    while time.monotonic() < deadline:
+        with client._cond:
+            status = client.result.final_status(stamp)
+        if status and "failover_phases_ms" in status:
+            break
+        time.sleep(0.01)
+    if not status or not status.get("failover_phases_ms"):
+        return
+    for part in status["failover_phases_ms"].split():
+        name, _, value = part.partition("=")
+        if name in phases:
+            phases[name].append(float(value))
+    answered = float(status.get("answered_monotonic", 0.0))
+    if answered:
+        phases["verdict_and_publication"].append((received - answered) * 1e3)
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     s = summary(values, (50, 90))
     return {"median": s["p50"], "p90": s["p90"], "min": s["min"], "max": s["max"], "n": s["n"]}
@@ -86,6 +113,7 @@ def measure(crashes: int, kind: str, gap: float, clean_per_gap: int,
                 before = client.latest_diagnostics()
                 stream = _restamped(frames, crashes * (1 + clean_per_gap), 100.0, 10)
                 crash_ms, input_ms, clean_ms, wrong, missing = [], [], [], 0, 0
+                phases: dict[str, list[float]] = {k: [] for k in PHASES}
                 k = 0
                 for _ in range(crashes):
                     time.sleep(gap)  # the standby started after the last crash gets warm
@@ -108,6 +136,7 @@ def measure(crashes: int, kind: str, gap: float, clean_per_gap: int,
                         crash_ms.append((got[0][0] - t0) * 1e3)
                         input_ms.append((got[0][0] - t) * 1e3)
                         wrong += int(got[-1][1] != reference[k % 12])
+                        _add_phases(phases, client, stamp_key(stream[k].header), got[0][0])
                     k += 1
                 time.sleep(1.0)
                 after = client.latest_diagnostics()
@@ -128,6 +157,7 @@ def measure(crashes: int, kind: str, gap: float, clean_per_gap: int,
                                               / statistics.median(inproc_ms)),
         "ratio_crashed_vs_clean_input_to_output": (statistics.median(input_ms)
                                                    / statistics.median(clean_ms)),
+        "crashed_input_phases_ms": {k: _stats(v) for k, v in phases.items() if v},
         "outputs_missing": missing, "outputs_not_bit_equal": wrong,
         "worker_failures": delta("worker_failures"), "failovers": delta("failovers"),
         "cold_failovers": delta("cold_failovers"), "dropped": delta("dropped"),
@@ -161,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
           f"{result['outputs_missing']}, not bit-equal "
           f"{result['outputs_not_bit_equal']}, cold failovers {result['cold_failovers']}/"
           f"{result['failovers']}", flush=True)
+    phases = result["crashed_input_phases_ms"]
+    if phases:
+        print("crashed input, median ms: " + ", ".join(
+            f"{k} {v['median']:.2f}" for k, v in phases.items()), flush=True)
     if args.out:
         write_json(args.out, result)
     return 0

@@ -33,6 +33,7 @@ from save_ros.argtypes import comma_list, positive_int, positive_int_list, stand
 from save_ros.errors import UserError
 from save_ros.eval.bench import scale_coverage as cov
 from save_ros.eval.bench import scale_inits
+from save_ros.eval.bench.scale_plain import CANDIDATES, best_plain
 from save_ros.eval.record import run_record, write_json
 from save_ros.eval.table import counts_text
 from save_ros.eval.timing import median_ms, thread_cpu_us
@@ -52,6 +53,12 @@ def _on_off(text: str) -> str:
 
 def _dtype(text: str) -> str:
     if text not in DTYPES:
+        raise ValueError(text)
+    return text
+
+
+def _baseline(text: str) -> str:
+    if text not in CANDIDATES:
         raise ValueError(text)
     return text
 
@@ -84,6 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-checksums", type=comma_list(_on_off, "on,off"),
                         default=("on",), help="speed: with memory checksums (on), without "
                         "(off: DMR / ABFT / range as before), or both (on,off)")
+    parser.add_argument("--baselines", default=CANDIDATES,
+                        type=comma_list(_baseline, ",".join(CANDIDATES)),
+                        help="GPU: unprotected configurations to try; the fastest is the "
+                             f"baseline ({', '.join(CANDIDATES)}; the CPU uses eager)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads on the CPU (default: torch's)")
     scale_inits.add_arguments(parser, comma_list)
@@ -144,33 +155,11 @@ def analysis_section(model, x, calib, device) -> tuple[object, dict]:
     return a, row
 
 
-def _plain_best(model, x):
-    """The unprotected model's best configuration: a CUDA graph on a GPU, else eager."""
-    if x.device.type != "cuda":
-        def run():
-            with torch.inference_mode():
-                model(x)
-        return run
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s), torch.inference_mode():
-        for _ in range(3):
-            model(x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(g):
-        model(x)
-
-    def replay():
-        g.replay()
-        torch.cuda.synchronize()
-    return replay
-
-
 def _print_speed(red: str, mc: str, dt: str, b: int, r: dict) -> None:
     cov_share = r["coverage"]["covered_bits"] / max(r["coverage"]["vulnerable_bits"], 1)
     cpu = f", thread-CPU ratio {r['thread_cpu_ratio']:.3f}" if r["thread_cpu_ratio"] else ""
-    print(f"  {red} memory checksums {mc} {dt} b{b}: plain {r['plain_ms']:.3f} ms, protected "
+    print(f"  {red} memory checksums {mc} {dt} b{b}: plain ({r['baseline']}) "
+          f"{r['plain_ms']:.3f} ms, protected "
           f"{r['protected_ms']:.3f} ms, ratio {r['ratio']:.3f}{cpu}; checks: "
           f"{counts_text(r['checks'])}; covers {cov_share:.1%} of the vulnerable bits", flush=True)
 
@@ -180,7 +169,8 @@ def _budget(text: str) -> float | None:
 
 
 def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
-                  budget: float | None = None, memory_checksums: bool = True) -> dict:
+                  budget: float | None = None, memory_checksums: bool = True,
+                  baselines: tuple[str, ...] = CANDIDATES) -> dict:
     """Verified protected latency vs the unprotected best, interleaved in one run."""
     from save_ros.core.protect import ProtectConfig, protect
 
@@ -194,7 +184,7 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
                                                      redundancy_budget=budget,
                                                      memory_checksums=memory_checksums))
     setup = time.perf_counter() - t
-    plain_fn = _plain_best(plain, x)
+    plain_fn, baseline, baselines_ms = best_plain(plain, x, baselines)
 
     def prot():
         r = pm.infer(x)
@@ -215,6 +205,7 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
     row = {"dtype": str(dtype).removeprefix("torch."), "batch": batch,
            "redundancy_budget": budget, "coverage": pm._plan.coverage,
            "plain_ms": pa, "protected_ms": pb, "ratio": pb / pa, "setup_s": setup,
+           "baseline": baseline, "baselines_ms": baselines_ms,
            "memory_checksums": memory_checksums, "threads": torch.get_num_threads(),
            "thread_cpu_ratio": min(cb) / min(ca) if ca else None,
            "checks": pm._plan.by_kind(), "verified": st["verified"],
@@ -306,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
                     for dt in args.dtypes:
                         for b in args.batches:
                             r = speed_section(base, analysis, calib, DTYPES[dt], b, args.iters,
-                                              args.size, device, _budget(red), mc == "on")
+                                              args.size, device, _budget(red), mc == "on",
+                                              args.baselines)
                             row["speed"].append(r)
                             _print_speed(red, mc, dt, b, r)
                             save()
