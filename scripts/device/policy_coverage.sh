@@ -10,11 +10,11 @@
 set -u
 OUT=${1:-/tmp/out}; mkdir -p "$OUT"
 TRIALS=${TRIALS:-1000}; POLICIES=${POLICIES:-decision_transformer,visuomotor,rdt_policy}
-SECONDS_EACH=${SECONDS_EACH:-90}
+SECONDS_EACH=${SECONDS_EACH:-90}; BITS=${BITS:-all,23-31}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 for policy in ${POLICIES//,/ }; do
   for target in weights activations; do
-    for bits in all 23-31; do
+    for bits in ${BITS//,/ }; do
       extra=(); [ "$bits" != all ] && extra=(--bits "$bits")
       timeout "$SECONDS_EACH" python3 -m save_ros.eval.campaign_cli --model "$policy" \
         --device cuda --method save --target "$target" --flips 1 --trials "$TRIALS" \
