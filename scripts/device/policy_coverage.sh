@@ -16,7 +16,7 @@ for policy in ${POLICIES//,/ }; do
   for target in weights activations; do
     for bits in ${BITS//,/ }; do
       extra=(); [ "$bits" != all ] && extra=(--bits "$bits")
-      timeout "$SECONDS_EACH" python3 -m save_ros.eval.campaign_cli --model "$policy" \
+      timeout "$SECONDS_EACH" python3 -m save_ros.cli robustness campaign --model "$policy" \
         --device cuda --method save --target "$target" --flips 1 --trials "$TRIALS" \
         --batch 4 --seed 0 "${extra[@]}" --quiet \
         --store "$OUT/${policy}_${target}_${bits}.sqlite" \
