@@ -39,10 +39,13 @@ class ProtectConfig:
     # compare runs of DMR layers once, at the end of the run (checkplan._chain): same verified
     # outputs, fewer compares, but flips the run masks are no longer reported; off by default
     chain_dmr: bool = False
-    # memory checksums of activations (bit sum when written vs after the last read) where they
-    # cost less than DMR / ABFT / range: exact for every memory flip, no re-computation
-    # (`core.verify.kinds`); both backends run them (on CUDA inside the captured graph)
-    memory_checksums: bool = True
+    # memory checksums of activations (bit sum when written vs after the last read) instead of
+    # DMR / ABFT / range: exact for every memory flip, no re-computation (`core.verify.kinds`);
+    # both backends run them (on CUDA inside the captured graph). "auto": on the CPU backend,
+    # off in the CUDA graph backend, where a separate sum kernel per tensor costs more than the
+    # DMR it replaces (measured: docs/results/robot_scale.md) until sums are fused into the
+    # producing kernels
+    memory_checksums: bool | str = "auto"
     max_reruns: int = 2  # Edit attempts before a result is reported unverified
     analysis: Analysis | None = None  # a precomputed (e.g. loaded) analysis of this model
     # what a robust flip may not change: "classification" (top-1), "regression" (every output

@@ -68,9 +68,19 @@ class InferenceResult:
 class ProtectedModel:
     """A model under SAVE: infer, get verdicts, repair. Thread-safe."""
 
-    _memory_checksums = True  # this backend can run memory checksums
+    _memory_checksums = True  # memory_checksums="auto" turns them on in this backend
     _eager_forward = True  # inference runs `CheckPlan.forward` (the CUDA graph backend: not)
 
+
+    def _use_memory_checksums(self) -> bool:
+        """`ProtectConfig.memory_checksums` for this backend ("auto": its default)."""
+        value = self.config.memory_checksums
+        if value == "auto":  # forcing the checksum kind (checks="checksum") asks for them
+            return self._memory_checksums or self.config.checks == "checksum"
+        if not isinstance(value, bool):
+            raise ValueError(f"ProtectConfig.memory_checksums={value!r}: use True, False or "
+                             "'auto'")
+        return value
     def __init__(self, model: nn.Module, example_input: Any, input_range: Any,
                  config: ProtectConfig, analysis: Analysis | None,
                  fault_sites: bool = False) -> None:
@@ -135,7 +145,7 @@ class ProtectedModel:
                                self.config.checks, self.config.robust_allowance,
                                self.config.min_vulnerable_share, self.config.chain_dmr,
                                self.config.redundancy_budget,
-                               self.config.memory_checksums and self._memory_checksums)
+                               self._use_memory_checksums())
             RANGE.fit(plan, self._inst, calib, InputBatch(self._example))
             if self._eager_forward and (plan.checksummed or self.fault_sites):
                 self._sites = self._site_table(plan, values) if self.fault_sites else {}

@@ -165,7 +165,10 @@ class CampaignContext:
     def _prepare(self, name: str) -> Prepared:
         cfg, setup, naming = self.cfg, self.setup, self.naming
         method = get_method(name)
-        method.prepare(setup.build().to(self.device), setup.spec, setup.calib)
+        calib = setup.calib
+        if calib is not None and self.device.type != "cpu":  # the model's device, as protect()
+            calib = (calib[0].to(self.device), *calib[1:])  # wants (a tensor or InputBatch)
+        method.prepare(setup.build().to(self.device), setup.spec, calib)
         clean, clean_det = method.predict(self.x)
         if not torch.isfinite(clean).all():
             raise CampaignError(f"{name} gives non-finite outputs without faults; check the model")

@@ -157,6 +157,9 @@ class CudaProtectedModel(ProtectedModel):
     """A ProtectedModel whose inference is one CUDA-graph replay (eager on a CPU, for tests)."""
 
     _eager_forward = False  # the captured CheckProgram runs the checks, not CheckPlan.forward
+    # "auto" leaves memory checksums off here: one sum kernel per tensor, written and read, costs
+    # more inside the graph than the DMR it replaces (docs/results/robot_scale.md, 2026-12-08)
+    _memory_checksums = False
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, input_range: Any,
                  config, analysis: Analysis | None, use_graph: bool | None = None,
