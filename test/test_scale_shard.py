@@ -100,6 +100,15 @@ def test_seconds_budget_stops_a_one_process_section_at_a_chunk(tmp_path, capsys)
     again = bench(tmp_path, "rest", "--seconds", "100000", "--store", str(tmp_path / "c.sqlite"),
                   "--resume")
     assert again["execution"]["chunks_resumed"] == 5 and again["execution"]["chunks_run"] == 5
+    # a chunk stored under another protection plan (another analysis or code) is refused
+    with sqlite3.connect(tmp_path / "c.sqlite") as db:
+        (rec,) = db.execute("SELECT record FROM trials WHERE trial = 1 LIMIT 1").fetchone()
+        rec = json.loads(rec)
+        rec["plan"]["fingerprint"] = "0" * 16
+        db.execute("UPDATE trials SET record = ? WHERE method = ? AND trial = 1",
+                   (json.dumps(rec), rec["method"]))
+    with pytest.raises(scale_shard.CoverageShardError, match="2 different protection plans"):
+        bench(tmp_path, "mixed", "--store", str(tmp_path / "c.sqlite"), "--resume")
 
 
 def _rows(path) -> int:
