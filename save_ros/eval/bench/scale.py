@@ -9,7 +9,9 @@ or any `package.module:factory`), on the chosen device:
   module on a CPU), measured interleaved in one run; the ratio is the AccurateLatency ratio of a
   fault-free run (error rate 0 for both), and `accurate_ratio_1e-3` adds one weight flip per
   1,000 inferences with the error rate and repair time the coverage section measured;
-- coverage (fp32, batch 1): weight-flip, activation-flip and clean trials (`scale_coverage`).
+- coverage (fp32, batch 1): weight-flip, activation-flip and clean trials (`scale_coverage`),
+  in keyed chunks that run here, in `--workers N` processes (one per visible GPU on CUDA) or on
+  a Ray cluster (`--ray`), kept in `--store FILE` and continued with `--resume` (`scale_shard`).
 
 With `--trained DIR` (weights from `save-ros maintainer train-zoo`) each zoo model also runs
 trained, as row `NAME@trained` beside its random init (`scale_inits`). Writes one JSON (`--out`)

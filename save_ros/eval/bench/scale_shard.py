@@ -270,6 +270,9 @@ def run_row(name: str, model: str, weights: Path | None, base, calib, analysis, 
                     "chunks_run": len(ran), "chunks_resumed": len(before),
                     "trials_run": trials_run, "trials_resumed": sum(map(_trials, before)),
                     "trials_per_s": trials_run / wall if ran and wall > 0 else None,
+                    # after the first chunk came back (workers started, model protected)
+                    "steady_trials_per_s": _steady(trials_run, args.chunk, wall,
+                                                   ex["first_chunk_s"]),
                     "seconds_budget": None if sharded else here_budget(args),
                     "store_chunks_per_worker": ex["trials_per_worker"]}})
     if mine:
@@ -289,6 +292,12 @@ def run_row(name: str, model: str, weights: Path | None, base, calib, analysis, 
     out["detection_latency_ms"] = None if not lat else {
         "mean": sum(lat) / len(lat), "p50": lat[len(lat) // 2], "max": lat[-1], "n": len(lat)}
     return out
+
+
+def _steady(trials: int, chunk: int, wall: float, first: float | None) -> float | None:
+    if first is None or trials <= chunk or wall <= first:
+        return None
+    return (trials - chunk) / (wall - first)
 
 
 def here_budget(args) -> float:
