@@ -11,18 +11,20 @@
 # travels with the working tree) and call again, until coverage_MODEL_seedSEED.json says every
 # section is complete. The chunks' seeds depend on (SEED, section, chunk) only, so the counts
 # are those of one uninterrupted run on one device, however many GPUs and calls it took.
+# EXTRA="..." adds bench options (e.g. EXTRA="--device cpu --size 32 --calibration 8" to try
+# the script on a CPU).
 set -u
 M=$1; OUT=${2:-/tmp/out}; SEED=${3:-0}; N=${4:-10000}; C=${5:-10000}
 STORE=${STORE:-coverage_${M}_seed$SEED.sqlite}; LIMIT=${LIMIT:-520}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi"
 RESUME=(); [ -f "$STORE" ] && RESUME=(--resume) && echo "resuming $STORE"
 # --workers 0: every visible GPU; --seconds: no per-section budget (the limit and --resume
 # split the run instead; a multi-GPU run ignores --seconds anyway and says so)
 timeout "$LIMIT" python3 -m save_ros.eval.bench.scale --models "$M" --what analysis,coverage \
   --redundancy full --trials "$N" --clean "$C" --seconds 1e9 --seed "$SEED" --workers 0 \
-  --store "$STORE" "${RESUME[@]}" --out "$OUT/coverage_${M}_seed$SEED.json" 2>&1 \
+  --store "$STORE" "${RESUME[@]}" ${EXTRA:-} --out "$OUT/coverage_${M}_seed$SEED.json" 2>&1 \
   | grep -v -e Warning -e run_backward
 echo "bench exit ${PIPESTATUS[0]} (124: stopped at $LIMIT s; call again with the store to resume)"
 python3 - "$STORE" <<'PY'
