@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=("on",), help="speed: with memory checksums (on), without "
                         "(off: DMR / ABFT / range as before), or both (on,off)")
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch threads on the CPU (default: torch's)")
+                        help="torch threads on the CPU (default: torch's; each of --workers N "
+                             "CPU processes: cores / N; each Ray task: 1)")
     scale_inits.add_arguments(parser, comma_list)
     parser.add_argument("--out", help="write the results as JSON here")
     shard_cli.add_arguments(parser, device=False)  # --workers --ray --store --resume: coverage

@@ -20,6 +20,8 @@ back (`--store FILE`, SQLite), so `--resume` continues a killed run with no chun
 twice; progress shows trials/s and the ETA. `--seconds` is a time budget per section of a
 one-process run (the old meaning: fault sections get half of it each, clean all of it), checked
 between chunks so a stored chunk is always whole; a sharded run ignores it and says so.
+The driver analyses the model on `--device` (so a Ray driver needs that device too), and a
+`--trained` folder must be at the same path on every Ray node.
 """
 
 from __future__ import annotations
