@@ -131,3 +131,21 @@ def test_train_campaign_on_ray_equals_one_process(cluster, tmp_path):
     assert json.dumps(out["ray"]["rows"], sort_keys=True) == json.dumps(out["one"]["rows"],
                                                                         sort_keys=True)
     assert out["ray"]["rows"][0]["shares"]["crash"] > 0  # 4096 flips: fine-tunes do crash
+
+
+def test_coverage_bench_on_ray_equals_one_process(cluster, tmp_path):
+    """`bench scale --what coverage --ray`: chunk by chunk the records of one process."""
+    from test_scale_shard import MODEL, OPTS, bench, chunk_records, counts
+
+    one = bench(tmp_path, "one", "--seconds", "100000", "--store", str(tmp_path / "one.sqlite"))
+    out, store = tmp_path / "ray.json", tmp_path / "ray.sqlite"
+    run = subprocess.run([sys.executable, "-m", "save_ros.cli", "bench", "scale", *OPTS,
+                          "--ray", cluster.address, "--store", str(store), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = json.loads(out.read_text())["models"][MODEL]["coverage"]["full"]
+    assert counts(row) == counts(one)
+    assert chunk_records(store) == chunk_records(tmp_path / "one.sqlite")
+    ex = row["execution"]
+    assert ex["executor"] == "ray" and ex["conflicts"] == 0 and ex["chunks_resumed"] == 0
+    assert len(ex["store_chunks_per_worker"]) >= 2  # both worker nodes ran chunks

@@ -193,17 +193,19 @@ def in_process(setup=None) -> Executor:
 
 
 _DEVICE: list[str] = []  # the device of a pool worker process
+_JOB: list[Job] = []  # its job: sent once per process, not with every chunk (it can be large)
 
 
-def _pool_init(devices, threads: int) -> None:
+def _pool_init(devices, threads: int, job: Job) -> None:
     _DEVICE.append(devices.get())
+    _JOB.append(job)
     torch.set_num_threads(max(1, threads))
 
 
-def _pool_chunk(job: Job, keys: list[TrialKey]) -> dict:
+def _pool_chunk(keys: list[TrialKey]) -> dict:
     if _DEVICE[0].startswith("cuda"):
         torch.cuda.set_device(torch.device(_DEVICE[0]))
-    return run_chunk(job, keys, _DEVICE[0])
+    return run_chunk(_JOB[0], keys, _DEVICE[0])
 
 
 def processes(devices: Sequence[str]) -> Executor:
@@ -214,8 +216,8 @@ def processes(devices: Sequence[str]) -> Executor:
         for d in devices:
             queue.put(d)
         with ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_pool_init,
-                                 initargs=(queue, job.threads)) as pool:
-            pending = {pool.submit(_pool_chunk, job, part) for part in parts}
+                                 initargs=(queue, job.threads, job)) as pool:
+            pending = {pool.submit(_pool_chunk, part) for part in parts}
             try:
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -250,26 +252,34 @@ def campaign_spec(cfg: CampaignConfig, source: ModelSource, device: str) -> dict
 
 
 def drive(job: Job, keys: Sequence[TrialKey], execute: Executor, store: TrialStore,
-          progress: bool = True, stream=None) -> tuple[dict, list[dict], dict]:
+          progress: bool = True, stream=None, most: int = 32,
+          size: Callable[[TrialKey], int] | None = None) -> tuple[dict, list[dict], dict]:
     """Run the keys the store lacks with `execute`, storing chunks as they come back.
 
-    Returns (meta of the prepared job, every stored record in key order, the execution record:
-    executor, workers, trials run and resumed, duplicates, trials/s, per-worker counts)."""
+    `most`: keys per chunk at most; `size`: how many trials a key stands for (default 1), for
+    the progress line. Returns (meta of the prepared job, every stored record in key order, the
+    execution record: executor, workers, trials run and resumed, duplicates, trials/s,
+    per-worker counts)."""
     started = time.time()
     have = store.done()
     todo = [k for k in keys if k not in have]
-    meter = Meter(len(keys), len(keys) - len(todo), stream) if progress else None
+    weigh = size or (lambda _k: 1)
+    meter = (Meter(sum(map(weigh, keys)), sum(weigh(k) for k in keys if k in have), stream)
+             if progress else None)
+    counted = set(have)
     meta = store.meta()
     first = None  # (time, trials) of the first chunk back: workers warm from then on
-    for out in execute(job, chunks(todo, execute.workers)):
+    for out in execute(job, chunks(todo, execute.workers, most)):
         if first is None:
             first = (time.time(), len(out["records"]))
         if meta is None:
             meta = out["meta"]
             store.set_meta(meta)
-        new = store.add(out["records"], out.get("worker"))
+        store.add(out["records"], out.get("worker"))
         if meter:
-            meter.update(new)
+            back = {TrialKey(r["method"], r["point"], r["trial"]) for r in out["records"]}
+            meter.update(sum(weigh(k) for k in back - counted))
+            counted |= back
     if meta is None:  # nothing left to run and no worker ever reported: prepare here
         meta = worker_context(job).meta()
         store.set_meta(meta)

@@ -42,7 +42,7 @@ class CampaignError(UserError, ValueError):
 
 
 # the fields of a trial record that are not reproducible (wall-clock measurements)
-TIMING_FIELDS = ("latency_s",)
+TIMING_FIELDS = ("latency_s", "seconds", "detection_latencies_ms")
 
 
 def trial_seed(seed: int, key: int, trial: int) -> int:

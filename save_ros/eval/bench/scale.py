@@ -9,7 +9,9 @@ or any `package.module:factory`), on the chosen device:
   module on a CPU), measured interleaved in one run; the ratio is the AccurateLatency ratio of a
   fault-free run (error rate 0 for both), and `accurate_ratio_1e-3` adds one weight flip per
   1,000 inferences with the error rate and repair time the coverage section measured;
-- coverage (fp32, batch 1): weight-flip, activation-flip and clean trials (`scale_coverage`).
+- coverage (fp32, batch 1): weight-flip, activation-flip and clean trials (`scale_coverage`),
+  in keyed chunks that run here, in `--workers N` processes (one per visible GPU on CUDA) or on
+  a Ray cluster (`--ray`), kept in `--store FILE` and continued with `--resume` (`scale_shard`).
 
 With `--trained DIR` (weights from `save-ros maintainer train-zoo`) each zoo model also runs
 trained, as row `NAME@trained` beside its random init (`scale_inits`). Writes one JSON (`--out`)
@@ -29,12 +31,19 @@ from pathlib import Path
 
 import torch
 
-from save_ros.argtypes import comma_list, positive_int, positive_int_list, standalone
+from save_ros.argtypes import (
+    comma_list,
+    positive_float,
+    positive_int,
+    positive_int_list,
+    standalone,
+)
 from save_ros.errors import UserError
-from save_ros.eval.bench import scale_coverage as cov
-from save_ros.eval.bench import scale_inits
+from save_ros.eval import shard_cli
+from save_ros.eval.bench import scale_inits, scale_shard
 from save_ros.eval.bench.scale_plain import CANDIDATES, best_plain
 from save_ros.eval.record import run_record, write_json
+from save_ros.eval.store import TrialStore
 from save_ros.eval.table import counts_text
 from save_ros.eval.timing import median_ms, thread_cpu_us
 
@@ -85,8 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="coverage: trials per section (weights, activations)")
     parser.add_argument("--clean", type=positive_int, default=10_000,
                         help="coverage: fault-free inferences (false alarms)")
-    parser.add_argument("--seconds", type=float, default=120.0,
-                        help="coverage: time budget per section (stops early, says so)")
+    parser.add_argument("--seconds", type=positive_float, default=None,
+                        help="coverage, one process: time budget per section, checked between "
+                             "chunks of 50 trials (default 120; weight and activation sections "
+                             "get half each; stops early and says so); ignored by --workers "
+                             "and --ray runs")
+    parser.add_argument("--chunk", type=positive_int, default=scale_shard.CHUNK,
+                        help="coverage: trials per chunk, the unit that is stored, resumed and "
+                             "spread over workers (part of the seeds: keep it to compare runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory-checksums", type=comma_list(_on_off, "on,off"),
                         default=("on",), help="speed: with memory checksums (on), without "
@@ -96,20 +111,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPU: unprotected configurations to try; the fastest is the "
                              f"baseline ({', '.join(CANDIDATES)}; the CPU uses eager)")
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch threads on the CPU (default: torch's)")
+                        help="torch threads on the CPU (default: torch's; each of --workers N "
+                             "CPU processes: cores / N; each Ray task: 1)")
     scale_inits.add_arguments(parser, comma_list)
     parser.add_argument("--out", help="write the results as JSON here")
-
-
-def _model(name: str, size: int, weights: Path | None = None) -> torch.nn.Module:
-    if ":" in name:
-        import importlib
-
-        mod, _, fn = name.partition(":")
-        return getattr(importlib.import_module(mod), fn)().eval()
-    from save_ros.models import zoo
-
-    return zoo.build(name, image_size=size, weights=weights)
+    shard_cli.add_arguments(parser, device=False)  # --workers --ray --store --resume: coverage
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -219,49 +225,6 @@ def speed_section(base, analysis, calib, dtype, batch, iters, size, device,
     return row
 
 
-def coverage_section(base, analysis, calib, args, device, budget: float | None,
-                     out: dict | None = None, save=None) -> dict:
-    """Weight, activation and clean trials (fp32, batch 1) through protect(); each section
-    goes into `out` as it ends and `save()` is called (a long run keeps what it measured)."""
-    from save_ros.core.protect import ProtectConfig, protect
-
-    model = copy.deepcopy(base)
-    x = calib[:1]
-    pm = protect(model, x, (0.0, 1.0), ProtectConfig(calibration=calib, analysis=analysis,
-                                                     redundancy_budget=budget),
-                 fault_sites=True)
-    inputs = calib[:64]
-    refs = cov.reference_outputs(pm, inputs)
-    answer = cov.Answer(analysis.task, analysis.settings.get("tolerance"),
-                        analysis.settings.get("min_gap"))
-    out = {} if out is None else out
-    out.update({"redundancy_budget": budget, "coverage": pm._plan.coverage,
-                "checks": pm._plan.by_kind(), "seed": args.seed})
-    half = args.trials // 2
-
-    def done(key: str, o) -> None:  # progress: one line per section as it ends
-        out[key] = v = o.to_dict()
-        print(f"  {budget if budget is not None else 'full'} {key}: {v['trials']} trials, raw "
-              f"changed {v['raw_changed']}, detected {v['detected']}, sdc {v['sdc']} (<= "
-              f"{v['sdc_upper95']:.2g}; uncovered {v['sdc_uncovered']}), unverified "
-              f"{v['unverified']}, {v['seconds']:.0f} s", flush=True)
-        for e in v["examples"]:
-            print(f"    sdc: {e['site']}", flush=True)
-        if save is not None:
-            save()
-
-    for mode in ("uniform", "high"):
-        done(f"weights_{mode}", cov.weight_trials(pm, inputs, refs, answer, half, args.seed,
-                                                  mode, args.seconds / 2))
-        done(f"activations_{mode}", cov.activation_trials(
-            pm, inputs, refs, answer, half, args.seed + 1, mode, args.seconds / 2))
-    done("clean", cov.clean_trials(pm, calib, args.clean, args.seed + 2, args.seconds))
-    st = pm.stats()
-    out["detection_latency_ms"] = st.get("detection_latency_ms")
-    pm.close()
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the chosen sections for every model; print a table, write JSON."""
     device = torch.device(args.device)
@@ -270,14 +233,29 @@ def run(args: argparse.Namespace) -> int:
                             f"{torch.__version__}; measure on the CPU with --device cpu (CPU "
                             "latencies count only as ratios) or run on a GPU host")
     what = set(args.what.split(","))
+    models = [m for m in args.models.split(",") if m]
+    rows = scale_inits.rows(models, args.init, args.trained)
+    store = None
+    if "coverage" in what:  # bad options or store fail now, not after the analysis
+        scale_shard.check_options(args)
+        store = TrialStore(args.store or ":memory:", scale_shard.spec(args, rows, args.device),
+                           resume=args.resume)
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict = run_record("save_ros.bench_scale", device=device) | {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "models": {}}
-    models = [m for m in args.models.split(",") if m]
-    for name, model_name, weights in scale_inits.rows(models, args.init, args.trained):
-        base = _model(model_name, args.size, weights).to(device)
+    try:
+        _rows(args, rows, device, what, results, store)
+    finally:
+        if store is not None:
+            store.close()
+    return 0
+
+
+def _rows(args, rows, device, what, results, store) -> None:
+    for name, model_name, weights in rows:
+        base = scale_inits.build(model_name, args.size, weights).to(device)
         calib = scale_inits.calibration(weights, model_name, args.calibration, args.size,
                                         args.seed, device)
         row: dict = scale_inits.describe(weights, model_name)
@@ -306,14 +284,15 @@ def run(args: argparse.Namespace) -> int:
             row["coverage"] = {}
             for red in args.redundancy.split(","):
                 row["coverage"][red] = {}
-                coverage_section(base, analysis, calib, args, device, _budget(red),
-                                 row["coverage"][red], save)
+                scale_shard.run_row(name, model_name, weights, base, calib, analysis, args,
+                                    args.device, _budget(red), red, store,
+                                    row["coverage"][red])
+                save()
         results["models"][name] = row
         if args.out:
             write_json(Path(args.out), results)
         del base
         gc.collect()
-    return 0
 
 
 main = standalone(add_arguments, run, __doc__, prog="python -m save_ros.eval.bench.scale")

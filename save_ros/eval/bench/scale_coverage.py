@@ -17,14 +17,19 @@ were recorded first, and classifies the outcome:
 Weight trials flip one bit of one element of a normal-memory weight (the reliable pool is
 never hit); activation trials one bit of one element of a normal-memory activation. Bits are
 drawn uniformly over all bits (`uniform`) or over the sign and exponent bits (`high`, the flips
-that matter). Clean trials count false alarms on varied inputs. A trial budget in seconds stops a
-section early; the report says how many trials ran.
+that matter). Clean trials count false alarms on varied inputs.
+
+Each function runs one chunk of a section: `n` trials from trial `start` on, drawn from one
+generator seeded with `seed`; trial t of the section runs on input t mod len(inputs) (clean
+trials also mirror it on every other pass). `save_ros.eval.bench.scale_shard` cuts sections into
+chunks with seeds of their own, so a chunk is a function of its key wherever it runs.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -47,11 +52,32 @@ class Outcome:
     seconds: float = 0.0
     examples: list[dict] = field(default_factory=list)  # the first few SDCs, for the record
 
+    latencies_ms: list[float] = field(default_factory=list)  # detection latency, per detection
+    draws: list = field(default_factory=list)  # what each trial drew (site and bit, or noise gain)
+
+    COUNTS = ("trials", "raw_changed", "detected", "sdc", "sdc_uncovered", "not_exact",
+              "unverified", "notes")
+
     def to_dict(self) -> dict:
-        """Plain data with the 95 % upper bound of the SDC rate."""
+        """Plain data with the 95 % upper bound of the SDC rate (latencies left out)."""
         d = asdict(self)
+        d.pop("latencies_ms")
+        d.pop("draws")
         d["sdc_upper95"] = upper95(self.sdc, self.trials)
         return d
+
+    @classmethod
+    def total(cls, parts: Iterable[Outcome]) -> Outcome:
+        """The counts of several chunks together (the first 5 SDC examples, in chunk order)."""
+        o = cls()
+        for p in parts:
+            for k in cls.COUNTS:
+                setattr(o, k, getattr(o, k) + getattr(p, k))
+            o.seconds += p.seconds
+            o.examples.extend(p.examples[: 5 - len(o.examples)])
+            o.latencies_ms.extend(p.latencies_ms)
+            o.draws.extend(p.draws)
+        return o
 
 
 def upper95(k: int, n: int) -> float | None:
@@ -103,6 +129,8 @@ def _score(o: Outcome, st, raw, out, ref, answer: Answer, site: dict | None = No
     o.detected += bool(st.detections)
     o.unverified += not st.verified
     o.notes += bool(st.notes)
+    if st.detection_latency_s is not None:
+        o.latencies_ms.append(st.detection_latency_s * 1e3)
     if st.verified:
         if not answer.same(out, ref):
             o.sdc += 1
@@ -127,21 +155,22 @@ def reference_outputs(pm, inputs: torch.Tensor) -> list[torch.Tensor]:
 
 
 def weight_trials(pm, inputs, refs, answer: Answer, n: int, seed: int, mode: str,
-                  seconds: float) -> Outcome:
-    """n trials of one weight bit flip each."""
+                  start: int = 0) -> Outcome:
+    """Trials start..start+n-1 of one weight bit flip each."""
     gen = torch.Generator().manual_seed(seed)
     tensors = pm.normal_tensors()
     names = sorted(tensors)
     sizes = torch.tensor([float(tensors[k].numel()) for k in names])
     o, t0 = Outcome(), time.perf_counter()
-    while o.trials < n and time.perf_counter() - t0 < seconds:
+    while o.trials < n:
         name = names[int(torch.multinomial(sizes, 1, generator=gen))]
         w = tensors[name]
         idx = int(torch.randint(w.numel(), (1,), generator=gen))
         bit = _pick_bit(gen, bits.layout_of(w.dtype).width, mode)
-        j = o.trials % len(inputs)
+        j = (start + o.trials) % len(inputs)
         bits.flip_(w, idx, bit)
         site = {"tensor": name, "index": idx, "bit": bit, "input": j}  # no device sync here
+        o.draws.append(site)
         r = pm.infer(inputs[j : j + 1])
         if not r.status.repaired:  # undetected: put the bit back before the next trial
             bits.flip_(w, idx, bit)
@@ -151,38 +180,43 @@ def weight_trials(pm, inputs, refs, answer: Answer, n: int, seed: int, mode: str
 
 
 def activation_trials(pm, inputs, refs, answer: Answer, n: int, seed: int, mode: str,
-                      seconds: float) -> Outcome:
-    """n trials of one transient activation bit flip each, inside the protected program."""
+                      start: int = 0) -> Outcome:
+    """Trials start..start+n-1 of one transient activation bit flip each, inside the protected
+    program."""
     gen = torch.Generator().manual_seed(seed)
     sites = pm.activation_sites()
     names = list(sites)
     sizes = torch.tensor([float(sites[k]) for k in names])
     width = bits.layout_of(pm._example[0].dtype).width
     o, t0 = Outcome(), time.perf_counter()
-    while o.trials < n and time.perf_counter() - t0 < seconds:
+    while o.trials < n:
         name = names[int(torch.multinomial(sizes, 1, generator=gen))]
         idx = int(torch.randint(sites[name], (1,), generator=gen))
-        j = o.trials % len(inputs)
+        j = (start + o.trials) % len(inputs)
         bit = _pick_bit(gen, width, mode)
         pm.arm_activation_fault(name, idx, bit)
         r = pm.infer(inputs[j : j + 1])
-        _score(o, r.status, pm.last_raw_output, r.output, refs[j], answer,
-               {"node": name, "index": idx, "bit": bit, "input": j})
+        site = {"node": name, "index": idx, "bit": bit, "input": j}
+        o.draws.append(site)
+        _score(o, r.status, pm.last_raw_output, r.output, refs[j], answer, site)
     o.seconds = time.perf_counter() - t0
     return o
 
 
-def clean_trials(pm, inputs: torch.Tensor, n: int, seed: int, seconds: float) -> Outcome:
-    """n fault-free inferences on varied inputs (flips, brightness, noise): false alarms."""
+def clean_trials(pm, inputs: torch.Tensor, n: int, seed: int, start: int = 0) -> Outcome:
+    """Fault-free inferences start..start+n-1 on varied inputs (mirrored, brightness, noise):
+    false alarms."""
     gen = torch.Generator(device=inputs.device).manual_seed(seed)
     o, t0 = Outcome(), time.perf_counter()
-    while o.trials < n and time.perf_counter() - t0 < seconds:
-        x = inputs[o.trials % len(inputs)][None].float()
-        if o.trials // len(inputs) % 2:
+    while o.trials < n:
+        t = start + o.trials
+        x = inputs[t % len(inputs)][None].float()
+        if t // len(inputs) % 2:
             x = x.flip(-1)
         gain = 0.8 + 0.4 * torch.rand((), generator=gen, device=x.device)
         x = (x * gain + 0.01 * torch.randn(x.shape, generator=gen, device=x.device))
         r = pm.infer(x.clamp(0.0, 1.0).to(inputs.dtype))
+        o.draws.append(float(gain))
         o.trials += 1
         o.detected += bool(r.status.detections)  # a false alarm: no fault was injected
         o.unverified += not r.verified

@@ -56,6 +56,19 @@ def rows(models: list[str], inits: tuple[str, ...] | None,
     return out
 
 
+def build(name: str, size: int, weights: Path | None = None) -> torch.nn.Module:
+    """The row's model in eval mode: a zoo name (seeded init, or `weights`), or an import path
+    `package.module:factory` (called without arguments)."""
+    if ":" in name:
+        import importlib
+
+        mod, _, fn = name.partition(":")
+        return getattr(importlib.import_module(mod), fn)().eval()
+    from save_ros.models import zoo
+
+    return zoo.build(name, image_size=size, weights=weights)
+
+
 def calibration(weights: Path | None, name: str, n: int, size: int, seed: int,
                 device: torch.device) -> torch.Tensor:
     """The row's calibration images: zoo.images for random init, held-out scenes if trained."""
