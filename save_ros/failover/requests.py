@@ -32,6 +32,18 @@ class FailoverResult:
     # failover also detected (the failure was noticed) and, for an injected crash, crashed
     timeline: dict[str, float] = field(default_factory=dict)
 
+    def phases(self) -> dict[str, float]:
+        """Where a failed-over request's time went (seconds): detection (crash -> noticed;
+        only for an injected crash, whose time is known), activation (-> the standby read it),
+        inference (-> output on its CPU), return (-> answered); empty without a failover."""
+        t = self.timeline
+        if "detected" not in t:
+            return {}
+        parts = {"detection": t["detected"] - t["crashed"]} if "crashed" in t else {}
+        return parts | {"activation": t["worker_received"] - t["detected"],
+                        "inference": t["worker_done"] - t["worker_received"],
+                        "return": t["answered"] - t["worker_done"]}
+
 
 @dataclass
 class Request:

@@ -96,15 +96,14 @@ BREAKDOWN = {
 }
 
 
-def _split(parts: dict[str, list[float]], timeline: dict[str, float]) -> None:
-    """Add one failed-over request's phases: detection, activation, inference, return, total."""
-    if "crashed" not in timeline:
+def _split(parts: dict[str, list[float]], result) -> None:
+    """Add one failed-over request's phases (`FailoverResult.phases`) and its total."""
+    phases = result.phases()
+    if "detection" not in phases:  # not an injected crash: no crash time to start from
         return
-    parts["detection"].append(timeline["detected"] - timeline["crashed"])
-    parts["activation"].append(timeline["worker_received"] - timeline["detected"])
-    parts["inference"].append(timeline["worker_done"] - timeline["worker_received"])
-    parts["return"].append(timeline["answered"] - timeline["worker_done"])
-    parts["crash_to_answer"].append(timeline["answered"] - timeline["crashed"])
+    for name, seconds in phases.items():
+        parts[name].append(seconds)
+    parts["crash_to_answer"].append(result.timeline["answered"] - result.timeline["crashed"])
 
 
 def bench_mode(mode: str, name: str, base: dict[str, Any], crash: CrashKind, reps: int,
@@ -171,7 +170,7 @@ def bench_mode(mode: str, name: str, base: dict[str, Any], crash: CrashKind, rep
             if failures and failures[0].duration_s is not None:
                 detect.append(failures[0].duration_s)
                 if first_results and first_results[-1].attempts > 1:
-                    _split(parts, first_results[-1].timeline)
+                    _split(parts, first_results[-1])
         takeover = [e.duration_s for e in events if e.kind is EventKind.FAILOVER]
         ready = [e.duration_s for e in events if e.kind is EventKind.STANDBY_READY]
         info = {k: v for k, v in served.worker_info().items() if k != "warm_output"}

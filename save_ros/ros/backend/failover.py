@@ -116,7 +116,7 @@ class FailoverBackend(Backend):
             raise BackendError(f"no worker answered within {self._infer_timeout:.0f} s") from exc
         verdict: Future = Future()
         attempts, pid = result.attempts, result.worker_pid
-        phases = self._phases(result.timeline) if attempts > 1 else ""
+        phases = " ".join(f"{k}={v * 1e3:.2f}" for k, v in result.phases().items())
 
         def done(f: Future) -> None:
             try:
@@ -141,20 +141,6 @@ class FailoverBackend(Backend):
         else:
             result.verdict.add_done_callback(done)
         return result.output.detach().cpu(), verdict
-
-    @staticmethod
-    def _phases(timeline: dict[str, float]) -> str:
-        """Where a failed-over input's time went, in ms: detection (crash -> noticed; only
-        for an injected crash, whose time is known), activation (-> the standby read it),
-        inference, return (-> answered here)."""
-        if "detected" not in timeline:
-            return ""
-        parts = {"detection": timeline["detected"] - timeline["crashed"]
-                 if "crashed" in timeline else None,
-                 "activation": timeline["worker_received"] - timeline["detected"],
-                 "inference": timeline["worker_done"] - timeline["worker_received"],
-                 "return": timeline["answered"] - timeline["worker_done"]}
-        return " ".join(f"{k}={v * 1e3:.2f}" for k, v in parts.items() if v is not None)
 
     def recover(self) -> str:
         """Restore the active worker's weights from their golden copies."""
